@@ -1,0 +1,5 @@
+from .frame_dataset import FrameDataset
+from .synthetic_frame_dataset import SyntheticFrameDataset, synthetic_frame
+from .transforms import *  # noqa: F401,F403
+
+__all__ = ['FrameDataset', 'SyntheticFrameDataset', 'synthetic_frame']

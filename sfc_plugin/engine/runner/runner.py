@@ -1,0 +1,80 @@
+import os.path as osp
+import pickle
+from typing import Callable, Union
+
+from mmengine.runner import Runner
+
+from sfc_plugin.registry import RUNNERS
+from .checkpoint import checkpoint_safe_loading, explain_unpickling_error
+
+#: What ``resume`` reads from a checkpoint besides the weights.
+RESUME_KEYS = ('meta', 'state_dict', 'message_hub', 'optimizer')
+
+
+@RUNNERS.register_module()
+class SFCRunner(Runner):
+    """mmengine's ``Runner``, loading checkpoints safely and strictly.
+
+    * Checkpoints are read with ``torch.load(weights_only=True)`` while only
+      the few mmengine/NumPy classes of an mmengine checkpoint are
+      allow-listed (see :mod:`sfc_plugin.engine.runner.checkpoint`), so
+      ``resume`` works under torch >= 2.6 without
+      ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+    * A checkpoint that is missing, lacks what ``resume`` needs, or does not
+      hold every weight of the model (when resuming) is refused with an
+      error that names the file and the missing keys, before any training.
+
+    Select it in a config with ``runner_type = 'SFCRunner'``.
+    """
+
+    def load_checkpoint(self,
+                        filename: str,
+                        map_location: Union[str, Callable] = 'cpu',
+                        strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]):
+        if '://' not in filename and not osp.isfile(filename):
+            raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
+        # Resuming continues one run: every weight must be there.
+        strict = strict or self._resume
+        try:
+            with checkpoint_safe_loading():
+                return super().load_checkpoint(
+                    filename,
+                    map_location=map_location,
+                    strict=strict,
+                    revise_keys=revise_keys)
+        except pickle.UnpicklingError as err:
+            raise explain_unpickling_error(filename, err) from err
+        except RuntimeError as err:
+            if 'state_dict' not in str(err):
+                raise
+            raise RuntimeError(
+                f'Checkpoint "{filename}" does not match the model: '
+                f'{err}') from err
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self._check_resumable(filename)
+        super().resume(filename, *args, **kwargs)
+
+    @staticmethod
+    def _check_resumable(filename: str) -> None:
+        if '://' in filename:
+            return
+        if not osp.isfile(filename):
+            raise FileNotFoundError(
+                f'Cannot resume: checkpoint file not found: "{filename}"')
+        import torch
+        try:
+            with checkpoint_safe_loading():
+                checkpoint = torch.load(
+                    filename, map_location='cpu', weights_only=True,
+                    mmap=True)
+        except pickle.UnpicklingError as err:
+            raise explain_unpickling_error(filename, err) from err
+        missing = [k for k in RESUME_KEYS if k not in checkpoint]
+        if missing:
+            raise KeyError(
+                f'Cannot resume from "{filename}": it lacks {missing} (a '
+                'checkpoint written by an mmengine training run has '
+                f'{list(RESUME_KEYS)}); use `load_from` without `resume` to '
+                'load its weights only')

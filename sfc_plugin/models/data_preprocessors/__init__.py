@@ -1,0 +1,3 @@
+from .multi_view import MultiViewDataPreprocessor
+
+__all__ = ['MultiViewDataPreprocessor']

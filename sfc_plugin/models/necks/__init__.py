@@ -1,0 +1,3 @@
+from .conv_mlp import ConvMLP
+
+__all__ = ['ConvMLP']

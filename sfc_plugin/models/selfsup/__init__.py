@@ -1,0 +1,3 @@
+from .fine_grained_correspondence import FineGrainedCorrespondence
+
+__all__ = ['FineGrainedCorrespondence']

@@ -1,0 +1,174 @@
+import copy
+from typing import Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+
+from sfc_plugin.models.losses import dense_cosine_loss, positive_mask
+from sfc_plugin.registry import MODELS
+
+
+@MODELS.register_module()
+class FineGrainedCorrespondence(BaseModel):
+    """Fine-grained correspondence (FC) network: a dense BYOL.
+
+    Implementation of the FC branch of `Semantic-Aware Fine-Grained
+    Correspondence <https://arxiv.org/abs/2207.10456>`_ (Hu et al., ECCV
+    2022, §3.3). Two random crops of one frame go through an online encoder
+    (backbone + projector + predictor) and a target encoder (an exponential
+    moving average of backbone + projector, no predictor, no gradient). Every
+    online prediction is pulled towards the target projections of the other
+    view's cells that lie within ``positive_radius`` cell diagonals of it in
+    the original image.
+
+    The target is updated as ``ξ ← m·ξ + (1 - m)·θ`` right before each target
+    forward, parameters only (BN running statistics are not averaged, and the
+    target runs in train mode like the reference). ``target_momentum`` is m;
+    :class:`~sfc_plugin.engine.hooks.CosineTargetMomentumHook` anneals it.
+
+    Args:
+        backbone (dict): Backbone config, e.g. a stride-8 ResNet-18.
+        projector (dict): Projector config (dense MLP, 512 → 2048 → 256).
+        predictor (dict): Predictor config (dense MLP, 256 → 2048 → 256).
+        positive_radius (float): r of eq. 4, in cell diagonals.
+            Defaults to 0.5.
+        loss_weight (float): Factor on the symmetrised loss. Defaults to 2.0,
+            the reference's scale, so the loss lies in [-4, 4].
+        base_momentum (float): Target momentum until a hook sets it.
+            Defaults to 0.99.
+        data_preprocessor (dict, optional): Defaults to
+            :class:`MultiViewDataPreprocessor` with ImageNet statistics.
+        init_cfg (dict, optional): mmengine initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: Dict,
+                 projector: Dict,
+                 predictor: Dict,
+                 positive_radius: float = 0.5,
+                 loss_weight: float = 2.0,
+                 base_momentum: float = 0.99,
+                 data_preprocessor: Optional[Dict] = None,
+                 init_cfg: Optional[Dict] = None):
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='MultiViewDataPreprocessor')
+        super().__init__(
+            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if positive_radius <= 0:
+            raise ValueError('FineGrainedCorrespondence: positive_radius must '
+                             f'be positive, got {positive_radius}')
+        if not 0.0 <= base_momentum <= 1.0:
+            raise ValueError('FineGrainedCorrespondence: base_momentum must '
+                             f'be in [0, 1], got {base_momentum}')
+        self.backbone = MODELS.build(backbone)
+        self.projector = MODELS.build(projector)
+        self.predictor = MODELS.build(predictor)
+        self.target_net = nn.ModuleDict(
+            dict(
+                backbone=copy.deepcopy(self.backbone),
+                projector=copy.deepcopy(self.projector)))
+        self.target_net.requires_grad_(False)
+        self.positive_radius = positive_radius
+        self.loss_weight = loss_weight
+        self.target_momentum = base_momentum
+
+    def init_weights(self) -> None:
+        """Initialise the online network and copy it into the target."""
+        super().init_weights()
+        self.target_net['backbone'].load_state_dict(
+            self.backbone.state_dict())
+        self.target_net['projector'].load_state_dict(
+            self.projector.state_dict())
+
+    def _online_params(self) -> List[nn.Parameter]:
+        return [*self.backbone.parameters(), *self.projector.parameters()]
+
+    @torch.no_grad()
+    def update_target(self, momentum: Optional[float] = None) -> None:
+        """``ξ ← m·ξ + (1 - m)·θ`` over parameters (not buffers).
+
+        Args:
+            momentum (float, optional): m; defaults to ``target_momentum``.
+        """
+        m = self.target_momentum if momentum is None else momentum
+        target = list(self.target_net.parameters())
+        online = self._online_params()
+        torch._foreach_mul_(target, m)
+        torch._foreach_add_(target, online, alpha=1.0 - m)
+
+    def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Backbone features of a batch of images, (N, C, H/8, W/8)."""
+        return self.backbone(inputs)[-1]
+
+    def _check_inputs(self, inputs: List[torch.Tensor],
+                      data_samples: Optional[List[BaseDataElement]]):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError('FineGrainedCorrespondence.loss: expected a list '
+                             'of two views (N, 3, H, W), got '
+                             f'{type(inputs).__name__} of length '
+                             f'{len(inputs) if hasattr(inputs, "__len__") else "?"}')
+        if not data_samples or any('crop_boxes' not in ds
+                                   for ds in data_samples):
+            raise ValueError('FineGrainedCorrespondence.loss: every data '
+                             'sample needs `crop_boxes` (2, 4); use '
+                             'TwoViewRandomResizedCrop and PackMultiViewInputs')
+        boxes = torch.stack([ds.crop_boxes for ds in data_samples])
+        if boxes.shape != (len(inputs[0]), 2, 4):
+            raise ValueError('FineGrainedCorrespondence.loss: crop_boxes must '
+                             f'stack to ({len(inputs[0])}, 2, 4), got '
+                             f'{tuple(boxes.shape)}')
+        return boxes.to(device=inputs[0].device, dtype=torch.float32)
+
+    def loss(self, inputs: List[torch.Tensor],
+             data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        """Symmetric dense loss of a batch of view pairs.
+
+        Args:
+            inputs (list[Tensor]): Two (N, 3, H, W) views.
+            data_samples (list[BaseDataElement]): One per image, each with
+                ``crop_boxes`` (2, 4): the views' normalised boxes.
+
+        Returns:
+            dict[str, Tensor]: ``loss`` and ``positive_pairs`` (mean number
+            of positive pairs per image, for monitoring).
+        """
+        boxes = self._check_inputs(inputs, data_samples)
+        # Views go through the networks one at a time, as in the reference:
+        # batching them together would mix both views in the BN statistics.
+        p1, p2 = (self.predictor(self.projector(self.extract_feat(v)))
+                  for v in inputs)
+
+        self.update_target()
+        with torch.no_grad():
+            z1, z2 = (self.target_net['projector'](
+                self.target_net['backbone'](v)) for v in inputs)
+
+        mask = positive_mask(boxes[:, 0], boxes[:, 1],
+                             tuple(p1.shape[-2:]), tuple(z2.shape[-2:]),
+                             self.positive_radius)
+        loss = (dense_cosine_loss(p1.flatten(2), z2.flatten(2), mask) +
+                dense_cosine_loss(p2.flatten(2), z1.flatten(2),
+                                  mask.transpose(1, 2)))
+        return dict(
+            loss=self.loss_weight * loss.mean(),
+            positive_pairs=mask.sum((1, 2)).float().mean().detach())
+
+    def forward(self,
+                inputs: Union[torch.Tensor, List[torch.Tensor]],
+                data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor'):
+        """mmengine's entry point.
+
+        ``mode='loss'`` returns :meth:`loss`; ``mode='tensor'`` returns the
+        backbone features of a (N, 3, H, W) batch (or of each view of a list).
+        """
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'tensor':
+            if isinstance(inputs, (list, tuple)):
+                return [self.extract_feat(v) for v in inputs]
+            return self.extract_feat(inputs)
+        raise RuntimeError(f'FineGrainedCorrespondence: invalid mode '
+                           f'"{mode}"; only "loss" and "tensor" are supported')

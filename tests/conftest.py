@@ -1,0 +1,48 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+DAVIS2016 = SHARED_DATA / 'davis2016'
+
+# Tiny FC training for end-to-end tests: 64×64 crops (8×8 maps), batch 2.
+TINY_TRAIN_OPTIONS = [
+    'train_dataloader.batch_size=2',
+    'train_dataloader.num_workers=0',
+    'train_dataloader.dataset.num_frames=16',
+    'train_dataloader.dataset.img_size=[48,64]',
+    'train_dataloader.dataset.pipeline.0.size=64',
+    'default_hooks.logger.interval=1',
+    'env_cfg.cudnn_benchmark=False',
+]
+
+
+@pytest.fixture(scope='session')
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope='session')
+def davis2016() -> Path:
+    if not (DAVIS2016 / 'JPEGImages' / '480p').is_dir():
+        pytest.fail(f'shared DAVIS-2016 data not found at {DAVIS2016}')
+    return DAVIS2016
+
+
+@pytest.fixture()
+def subprocess_env() -> dict:
+    """Environment for child processes: the repo importable, one thread."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO), env.get('PYTHONPATH', '')])
+    env.setdefault('OMP_NUM_THREADS', '1')
+    env['PYTHONWARNINGS'] = 'ignore'
+    return env
+
+
+@pytest.fixture(scope='session')
+def python() -> str:
+    return sys.executable

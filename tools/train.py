@@ -1,0 +1,150 @@
+"""Train a model of sfc_plugin with mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N tools/train.py CONFIG
+--launcher pytorch`` or ``srun ... tools/train.py CONFIG --launcher slurm``
+(or the same through ``mim train sfc_plugin CONFIG --launcher ...``).
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+# A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
+from sfc_plugin.registry import RUNNERS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint; with no value, from the '
+        'latest checkpoint in the work dir')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic mixed precision training (needs a GPU)')
+    parser.add_argument(
+        '--sync-bn',
+        action='store_true',
+        help='convert BatchNorm to SyncBatchNorm in distributed training')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs; '
+        'e.g. train_dataloader.batch_size=8 train_cfg.max_iters=40')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (older: --local_rank).
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def merge_args(cfg: Config, args) -> Config:
+    """Applies the command-line switches to the config."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA GPU; none is available')
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            print('AMP is already enabled in the config.')
+        elif wrapper != 'OptimWrapper':
+            raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper, '
+                             f'the config has {wrapper}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.sync_bn:
+        cfg.sync_bn = 'torch'
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if args.launcher != 'none':
+        prepare_distributed(cfg)
+    return cfg
+
+
+def prepare_distributed(cfg: Config) -> None:
+    """Lets the launchers also run on machines without CUDA.
+
+    mmengine's launchers assume CUDA: they call ``torch.cuda.set_device`` and
+    give DDP a device id. Without a GPU the process group is created here with
+    gloo from the launcher's environment (torchrun sets it; for slurm it is
+    derived from the SLURM variables), and DDP gets no device id.
+    """
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available() or dist.is_initialized():
+        return
+    env = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    env['backend'] = 'gloo'
+    if cfg.launcher == 'slurm':
+        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+        os.environ.setdefault('LOCAL_RANK', os.environ['SLURM_LOCALID'])
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            import subprocess
+            node_list = os.environ['SLURM_NODELIST']
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {node_list} | head -n1')
+    dist.init_process_group(backend='gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False)
+    wrapper.setdefault('find_unused_parameters',
+                       cfg.get('find_unused_parameters', False))
+    # The Runner's default device_ids=[LOCAL_RANK] is refused by DDP for a
+    # CPU module; an explicit None in the config takes precedence.
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def build_runner(cfg: Config) -> Runner:
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = merge_args(Config.fromfile(args.config), args)
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
