@@ -1,8 +1,8 @@
-from .checkpoint import (checkpoint_safe_globals, checkpoint_safe_loading,
+from .checkpoint import (decode_message_hub, encode_message_hub,
                          explain_unpickling_error)
 from .runner import SFCRunner
 
 __all__ = [
-    'SFCRunner', 'checkpoint_safe_globals', 'checkpoint_safe_loading',
+    'SFCRunner', 'encode_message_hub', 'decode_message_hub',
     'explain_unpickling_error'
 ]

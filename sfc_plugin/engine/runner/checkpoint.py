@@ -1,54 +1,80 @@
-"""Loading mmengine checkpoints with ``torch.load(weights_only=True)``.
+"""Checkpoints that ``torch.load(weights_only=True)`` can read.
 
 Since torch 2.6 ``torch.load`` only unpickles tensors and plain containers
-unless told otherwise. mmengine's own checkpoints also pickle the message
-hub's ``HistoryBuffer`` (NumPy arrays inside), so its ``resume`` fails. Instead
-of switching the protection off for every file
-(``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``), the few classes that an mmengine
-checkpoint is made of are allow-listed, only while a checkpoint is loaded.
+unless told otherwise. mmengine's checkpoints also pickle the message hub's
+``HistoryBuffer`` objects, whose state holds NumPy arrays and references to
+functions (reached through ``builtins.getattr``): allow-listing those would
+let any checkpoint call ``getattr`` on anything, and turning the protection
+off (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) drops it for every file.
+
+Instead, :class:`~sfc_plugin.engine.runner.SFCRunner` writes the message hub
+as plain data (tensors, numbers, strings) and turns it back into
+``HistoryBuffer`` objects on load, so its checkpoints load with
+``weights_only=True`` and nothing allow-listed.
 """
-import contextlib
 import pickle
-from typing import Iterator, List
+from typing import Any
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-
-def checkpoint_safe_globals() -> List:
-    """The non-tensor classes that mmengine's checkpoints contain.
-
-    All are plain data holders: mmengine's ``HistoryBuffer`` and what NumPy
-    needs to rebuild the arrays and scalars it holds.
-    """
-    # numpy 2 moved the array internals from numpy.core to numpy._core.
-    multiarray = getattr(np, '_core', None) or np.core
-    dtype_classes = [type(np.dtype(t)) for t in (
-        np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8,
-        np.bool_)]
-    return [
-        HistoryBuffer,
-        np.ndarray,
-        np.dtype,
-        multiarray.multiarray._reconstruct,
-        multiarray.multiarray.scalar,
-        *dtype_classes,
-    ]
+_BUFFER_TAG = '__history_buffer__'
 
 
-@contextlib.contextmanager
-def checkpoint_safe_loading() -> Iterator[None]:
-    """Allow-list :func:`checkpoint_safe_globals` for the enclosed loads."""
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        yield
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, HistoryBuffer):
+        logs, counts = value.data
+        return {
+            _BUFFER_TAG: True,
+            'log_history': torch.from_numpy(np.array(logs, dtype=np.float64)),
+            'count_history': torch.from_numpy(
+                np.array(counts, dtype=np.float64)),
+            'max_length': int(value.max_length),
+        }
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((k, _to_plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_plain(v) for v in value)
+    return value
+
+
+def _from_plain(value: Any) -> Any:
+    if isinstance(value, dict) and value.get(_BUFFER_TAG, False):
+        return HistoryBuffer(
+            log_history=value['log_history'].numpy(),
+            count_history=value['count_history'].numpy(),
+            max_length=value['max_length'])
+    if isinstance(value, dict):
+        return type(value)((k, _from_plain(v)) for k, v in value.items())
+    return value
+
+
+def encode_message_hub(checkpoint: dict) -> None:
+    """Makes ``checkpoint['message_hub']`` plain data, in place."""
+    if 'message_hub' in checkpoint:
+        checkpoint['message_hub'] = _to_plain(checkpoint['message_hub'])
+
+
+def decode_message_hub(checkpoint: dict) -> None:
+    """Undoes :func:`encode_message_hub`, in place."""
+    if 'message_hub' in checkpoint:
+        checkpoint['message_hub'] = _from_plain(checkpoint['message_hub'])
 
 
 def explain_unpickling_error(filename: str,
                              err: pickle.UnpicklingError) -> RuntimeError:
     """A clear error for a checkpoint that ``weights_only`` refuses."""
+    reason = next((line.strip() for line in str(err).splitlines()
+                   if 'Unsupported global' in line), str(err).splitlines()[0])
     return RuntimeError(
         f'Cannot load checkpoint "{filename}" with torch.load('
-        'weights_only=True): it holds objects other than tensors and the '
-        'allow-listed mmengine/NumPy types. Load only checkpoints you trust; '
-        f'torch said: {str(err).splitlines()[0]}')
+        'weights_only=True): it holds objects other than tensors and plain '
+        'data (a checkpoint written by plain mmengine pickles its message '
+        'hub; sfc_plugin\'s SFCRunner writes loadable ones). Only if you '
+        'trust the file, re-save its "state_dict" and load that. '
+        f'torch said: {reason}')

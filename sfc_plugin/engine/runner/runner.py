@@ -2,10 +2,12 @@ import os.path as osp
 import pickle
 from typing import Callable, Union
 
+import torch
 from mmengine.runner import Runner
 
 from sfc_plugin.registry import RUNNERS
-from .checkpoint import checkpoint_safe_loading, explain_unpickling_error
+from .checkpoint import (decode_message_hub, encode_message_hub,
+                         explain_unpickling_error)
 
 #: What ``resume`` reads from a checkpoint besides the weights.
 RESUME_KEYS = ('meta', 'state_dict', 'message_hub', 'optimizer')
@@ -15,11 +17,11 @@ RESUME_KEYS = ('meta', 'state_dict', 'message_hub', 'optimizer')
 class SFCRunner(Runner):
     """mmengine's ``Runner``, loading checkpoints safely and strictly.
 
-    * Checkpoints are read with ``torch.load(weights_only=True)`` while only
-      the few mmengine/NumPy classes of an mmengine checkpoint are
-      allow-listed (see :mod:`sfc_plugin.engine.runner.checkpoint`), so
-      ``resume`` works under torch >= 2.6 without
-      ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+    * Checkpoints hold tensors and plain data only: the message hub is
+      written as plain data and rebuilt on load (see
+      :mod:`sfc_plugin.engine.runner.checkpoint`), so they load with
+      ``torch.load(weights_only=True)`` and ``resume`` works under
+      torch >= 2.6 without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
     * A checkpoint that is missing, lacks what ``resume`` needs, or does not
       hold every weight of the model (when resuming) is refused with an
       error that names the file and the missing keys, before any training.
@@ -37,12 +39,11 @@ class SFCRunner(Runner):
         # Resuming continues one run: every weight must be there.
         strict = strict or self._resume
         try:
-            with checkpoint_safe_loading():
-                return super().load_checkpoint(
-                    filename,
-                    map_location=map_location,
-                    strict=strict,
-                    revise_keys=revise_keys)
+            checkpoint = super().load_checkpoint(
+                filename,
+                map_location=map_location,
+                strict=strict,
+                revise_keys=revise_keys)
         except pickle.UnpicklingError as err:
             raise explain_unpickling_error(filename, err) from err
         except RuntimeError as err:
@@ -51,6 +52,15 @@ class SFCRunner(Runner):
             raise RuntimeError(
                 f'Checkpoint "{filename}" does not match the model: '
                 f'{err}') from err
+        decode_message_hub(checkpoint)
+        return checkpoint
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        super().call_hook(fn_name, **kwargs)
+        # The last step before mmengine writes the file: whatever the hooks
+        # added, the message hub leaves as plain data.
+        if fn_name == 'before_save_checkpoint':
+            encode_message_hub(kwargs['checkpoint'])
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         self._check_resumable(filename)
@@ -63,18 +73,15 @@ class SFCRunner(Runner):
         if not osp.isfile(filename):
             raise FileNotFoundError(
                 f'Cannot resume: checkpoint file not found: "{filename}"')
-        import torch
         try:
-            with checkpoint_safe_loading():
-                checkpoint = torch.load(
-                    filename, map_location='cpu', weights_only=True,
-                    mmap=True)
+            checkpoint = torch.load(
+                filename, map_location='cpu', weights_only=True, mmap=True)
         except pickle.UnpicklingError as err:
             raise explain_unpickling_error(filename, err) from err
         missing = [k for k in RESUME_KEYS if k not in checkpoint]
         if missing:
             raise KeyError(
-                f'Cannot resume from "{filename}": it lacks {missing} (a '
-                'checkpoint written by an mmengine training run has '
-                f'{list(RESUME_KEYS)}); use `load_from` without `resume` to '
-                'load its weights only')
+                f'Cannot resume from "{filename}": it lacks '
+                f'{", ".join(missing)} (a checkpoint written by an mmengine '
+                f'training run has {", ".join(RESUME_KEYS)}); use `load_from` '
+                'without `resume` to load its weights only')

@@ -1,0 +1,213 @@
+"""End-to-end training through tools/train.py (and mim), on generated frames."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ..conftest import TINY_TRAIN_OPTIONS
+
+
+def train(python, repo, env, work_dir, *extra, options=(), check=True):
+    cmd = [
+        python,
+        str(repo / 'tools' / 'train.py'),
+        str(repo / 'configs' / 'fc_demo.py'), '--work-dir',
+        str(work_dir), *extra, '--cfg-options', *TINY_TRAIN_OPTIONS, *options
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f'training failed:\n{proc.stdout[-3000:]}\n'
+                    f'{proc.stderr[-5000:]}')
+    return proc
+
+
+def load(path):
+    # SFCRunner's checkpoints need nothing allow-listed.
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, python, repo):
+    """4 iterations, checkpoint every 2: iter_2.pth and iter_4.pth."""
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS='1')
+    work_dir = tmp_path_factory.mktemp('fc_tiny')
+    proc = train(python, repo, env, work_dir, options=[
+        'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=2'])
+    return work_dir, proc, env
+
+
+def test_train_logs_loss_and_momentum_and_saves(trained):
+    work_dir, proc, _ = trained
+    log = proc.stdout + proc.stderr
+    assert 'Iter(train) [4/4]' in log
+    assert 'loss:' in log and 'target_momentum:' in log
+    assert (work_dir / 'iter_2.pth').is_file()
+    assert (work_dir / 'iter_4.pth').is_file()
+    ckpt = load(work_dir / 'iter_4.pth')
+    assert ckpt['meta']['iter'] == 4
+    state = ckpt['meta']['target_momentum']
+    # The momentum used at the last iteration (k = 3 of K = 4).
+    assert state['momentum'] == pytest.approx(
+        1 - 0.01 * (torch.cos(torch.tensor(torch.pi * 3 / 4)).item() + 1) / 2)
+    assert any(k.startswith('target_net.backbone.') for k in
+               ckpt['state_dict'])
+
+
+def test_plain_mmengine_checkpoint_is_refused_with_a_clear_error(
+        trained, python, repo, tmp_path):
+    """A checkpoint pickling HistoryBuffer objects (plain mmengine)."""
+    from mmengine.logging import HistoryBuffer
+    work_dir, _, env = trained
+    ckpt = load(work_dir / 'iter_2.pth')
+    ckpt['message_hub']['log_scalars']['train/loss'] = HistoryBuffer([1.0], [1])
+    torch.save(ckpt, tmp_path / 'plain.pth')
+    proc = train(python, repo, env, tmp_path / 'w', '--resume',
+                 str(tmp_path / 'plain.pth'), check=False)
+    assert proc.returncode != 0
+    assert 'Cannot load checkpoint' in proc.stderr
+    assert 'plain.pth' in proc.stderr and 'weights_only=True' in proc.stderr
+
+
+def test_resume_restores_optimizer_target_and_schedule(trained, python, repo,
+                                                       tmp_path):
+    work_dir, _, env = trained
+    resumed_dir = tmp_path / 'resumed'
+    resumed_dir.mkdir()
+    shutil.copy(work_dir / 'iter_2.pth', resumed_dir / 'iter_2.pth')
+    (resumed_dir / 'last_checkpoint').write_text(
+        str(resumed_dir / 'iter_2.pth'))
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in env
+    proc = train(python, repo, env, resumed_dir, '--resume', options=[
+        'train_cfg.max_iters=6', 'default_hooks.checkpoint.interval=2'])
+    log = proc.stdout + proc.stderr
+    assert 'resumed epoch: 0, iter: 2' in log
+    assert 'Iter(train) [3/6]' in log and 'Iter(train) [1/6]' not in log
+
+    before = load(resumed_dir / 'iter_2.pth')
+    after = load(resumed_dir / 'iter_6.pth')
+    assert after['meta']['iter'] == 6
+    assert after['meta']['target_momentum']['max_iters'] == 6
+    # Adam's step count continues from the checkpoint's.
+    steps_before = {s['step'].item() for s in
+                    before['optimizer']['state'].values()}
+    steps_after = {s['step'].item() for s in
+                   after['optimizer']['state'].values()}
+    assert steps_before == {2.0} and steps_after == {6.0}
+    # Momentum restored then annealed; ends at the last iteration's value.
+    assert after['meta']['target_momentum']['momentum'] == pytest.approx(
+        1 - 0.01 * (torch.cos(torch.tensor(torch.pi * 5 / 6)).item() + 1) / 2)
+
+
+def test_resume_from_explicit_checkpoint(trained, python, repo, tmp_path):
+    work_dir, _, env = trained
+    proc = train(python, repo, env, tmp_path, '--resume',
+                 str(work_dir / 'iter_4.pth'),
+                 options=['train_cfg.max_iters=5'])
+    assert 'resumed epoch: 0, iter: 4' in proc.stdout + proc.stderr
+    assert (tmp_path / 'iter_5.pth').is_file()
+
+
+def test_checkpoint_with_missing_keys_is_named(trained, python, repo,
+                                               tmp_path):
+    work_dir, _, env = trained
+    ckpt = load(work_dir / 'iter_2.pth')
+    del ckpt['state_dict']['predictor.mlp.3.bias']
+    broken = tmp_path / 'broken.pth'
+    torch.save(ckpt, broken)
+    proc = train(python, repo, env, tmp_path / 'w', '--resume', str(broken),
+                 options=['train_cfg.max_iters=3'], check=False)
+    assert proc.returncode != 0
+    assert 'predictor.mlp.3.bias' in proc.stderr
+    assert 'broken.pth' in proc.stderr
+
+    del ckpt['message_hub']
+    torch.save(ckpt, broken)
+    proc = train(python, repo, env, tmp_path / 'w', '--resume', str(broken),
+                 options=['train_cfg.max_iters=3'], check=False)
+    assert proc.returncode != 0
+    assert 'broken.pth": it lacks message_hub' in proc.stderr
+
+
+def test_missing_checkpoint_is_named(python, repo, tmp_path,
+                                     subprocess_env):
+    proc = train(python, repo, subprocess_env, tmp_path, '--resume',
+                 str(tmp_path / 'nope.pth'), check=False)
+    assert proc.returncode != 0
+    assert 'nope.pth' in proc.stderr and 'not found' in proc.stderr
+
+
+def test_unknown_type_is_named(python, repo, tmp_path, subprocess_env):
+    proc = train(python, repo, subprocess_env, tmp_path,
+                 options=['model.backbone.type=ResNext404'], check=False)
+    assert proc.returncode != 0
+    assert 'ResNext404 is not in the sfc_plugin::model registry' in \
+        proc.stderr
+
+
+def test_missing_frame_folder_is_named(python, repo, tmp_path,
+                                       subprocess_env):
+    cmd = [
+        python, str(repo / 'tools' / 'train.py'),
+        str(repo / 'configs' / 'fc_ytvos.py'), '--work-dir', str(tmp_path),
+        '--cfg-options', f'train_dataloader.dataset.data_root={tmp_path}/x'
+    ]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f'frame folder not found: "{tmp_path}/x/JPEGImages"' in proc.stderr
+
+
+def test_amp_without_gpu_is_refused(python, repo, tmp_path, subprocess_env):
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present: --amp is valid here')
+    proc = train(python, repo, subprocess_env, tmp_path, '--amp',
+                 check=False)
+    assert proc.returncode != 0
+    assert '--amp needs a CUDA GPU' in proc.stderr
+
+
+def test_two_process_pytorch_launcher(python, repo, tmp_path,
+                                      subprocess_env):
+    """torchrun, 2 processes, gloo on CPU: DDP through mmengine's launcher."""
+    cmd = [
+        python, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        '--master_port=29533',
+        str(repo / 'tools' / 'train.py'),
+        str(repo / 'configs' / 'fc_demo.py'), '--launcher', 'pytorch',
+        '--work-dir', str(tmp_path), '--cfg-options', *TINY_TRAIN_OPTIONS,
+        'train_cfg.max_iters=3'
+    ]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert 'Distributed launcher: pytorch' in log
+    assert 'Distributed training: True' in log
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
+    assert 'Iter(train) [3/3]' in log
+    ckpt = load(tmp_path / 'iter_3.pth')
+    assert ckpt['meta']['iter'] == 3
+    assert not any(k.startswith('module.') for k in ckpt['state_dict'])
+
+
+def test_mim_train_from_another_directory(tmp_path, subprocess_env):
+    """`mim train sfc_plugin configs/fc_demo.py` with the installed package."""
+    if shutil.which('mim') is None:
+        pytest.fail('mim is not installed (see README)')
+    env = dict(subprocess_env)
+    env.pop('PYTHONPATH')  # the installed package, not this checkout
+    cmd = [
+        'mim', 'train', 'sfc_plugin', 'configs/fc_demo.py', '--work-dir',
+        str(tmp_path / 'w'), '--cfg-options', *TINY_TRAIN_OPTIONS,
+        'train_cfg.max_iters=2'
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert 'Training finished successfully' in log
+    assert (tmp_path / 'w' / 'iter_2.pth').is_file()
