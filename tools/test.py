@@ -11,7 +11,6 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
-
 from train import build_runner, prepare_distributed
 
 

@@ -1,12 +1,14 @@
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from sfc_plugin.datasets.transforms import (PackMultiViewInputs,
-                                            TwoViewRandomResizedCrop,
-                                            crop_box, sample_crop)
+from sfc_plugin.datasets.transforms import (
+    PackMultiViewInputs,
+    TwoViewRandomResizedCrop,
+    crop_box,
+    sample_crop,
+)
 
 
 def coordinate_image(h, w):

@@ -3,8 +3,11 @@ import math
 import pytest
 import torch
 
-from sfc_plugin.models.losses import (cell_centers, dense_cosine_loss,
-                                      positive_mask)
+from sfc_plugin.models.losses import (
+    cell_centers,
+    dense_cosine_loss,
+    positive_mask,
+)
 
 
 def brute_force_mask(box1, box2, size1, size2, r):

@@ -1,5 +1,8 @@
-from .checkpoint import (decode_message_hub, encode_message_hub,
-                         explain_unpickling_error)
+from .checkpoint import (
+                         decode_message_hub,
+                         encode_message_hub,
+                         explain_unpickling_error,
+)
 from .runner import SFCRunner
 
 __all__ = [

@@ -6,8 +6,12 @@ import torch
 from mmengine.runner import Runner
 
 from sfc_plugin.registry import RUNNERS
-from .checkpoint import (decode_message_hub, encode_message_hub,
-                         explain_unpickling_error)
+
+from .checkpoint import (
+    decode_message_hub,
+    encode_message_hub,
+    explain_unpickling_error,
+)
 
 #: What ``resume`` reads from a checkpoint besides the weights.
 RESUME_KEYS = ('meta', 'state_dict', 'message_hub', 'optimizer')

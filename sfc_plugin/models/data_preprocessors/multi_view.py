@@ -1,4 +1,4 @@
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 from mmengine.model import BaseDataPreprocessor

@@ -102,23 +102,25 @@ class FineGrainedCorrespondence(BaseModel):
         """Backbone features of a batch of images, (N, C, H/8, W/8)."""
         return self.backbone(inputs)[-1]
 
-    def _check_inputs(self, inputs: List[torch.Tensor],
-                      data_samples: Optional[List[BaseDataElement]]):
+    def _crop_boxes(self, inputs: List[torch.Tensor],
+                    data_samples: Optional[List[BaseDataElement]]
+                    ) -> torch.Tensor:
+        """Checks the inputs; returns the crop boxes, (N, 2, 4) float32."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError('FineGrainedCorrespondence.loss: expected a list '
-                             'of two views (N, 3, H, W), got '
-                             f'{type(inputs).__name__} of length '
-                             f'{len(inputs) if hasattr(inputs, "__len__") else "?"}')
+            raise ValueError(
+                'FineGrainedCorrespondence.loss: expected a list of two '
+                f'views (N, 3, H, W), got {type(inputs).__name__}'
+                f'{f" of {len(inputs)}" if isinstance(inputs, list) else ""}')
         if not data_samples or any('crop_boxes' not in ds
                                    for ds in data_samples):
             raise ValueError('FineGrainedCorrespondence.loss: every data '
                              'sample needs `crop_boxes` (2, 4); use '
                              'TwoViewRandomResizedCrop and PackMultiViewInputs')
         boxes = torch.stack([ds.crop_boxes for ds in data_samples])
-        if boxes.shape != (len(inputs[0]), 2, 4):
+        n = len(inputs[0])
+        if boxes.shape != (n, 2, 4):
             raise ValueError('FineGrainedCorrespondence.loss: crop_boxes must '
-                             f'stack to ({len(inputs[0])}, 2, 4), got '
-                             f'{tuple(boxes.shape)}')
+                             f'stack to ({n}, 2, 4), got {tuple(boxes.shape)}')
         return boxes.to(device=inputs[0].device, dtype=torch.float32)
 
     def loss(self, inputs: List[torch.Tensor],
@@ -134,7 +136,7 @@ class FineGrainedCorrespondence(BaseModel):
             dict[str, Tensor]: ``loss`` and ``positive_pairs`` (mean number
             of positive pairs per image, for monitoring).
         """
-        boxes = self._check_inputs(inputs, data_samples)
+        boxes = self._crop_boxes(inputs, data_samples)
         # Views go through the networks one at a time, as in the reference:
         # batching them together would mix both views in the BN statistics.
         p1, p2 = (self.predictor(self.projector(self.extract_feat(v)))
