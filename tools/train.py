@@ -11,6 +11,8 @@ import argparse
 import os
 import os.path as osp
 
+import torch
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -18,10 +20,29 @@ from mmengine.runner import Runner
 from sfc_plugin.registry import RUNNERS
 
 
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """Options that tools/train.py and tools/test.py share."""
+    parser.add_argument(
+        '--work-dir', help='the dir to save logs, models and results')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs; '
+        'e.g. train_dataloader.batch_size=8 train_cfg.max_iters=40')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (older: --local_rank).
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    add_runner_args(parser)
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -38,39 +59,29 @@ def parse_args(argv=None):
         '--sync-bn',
         action='store_true',
         help='convert BatchNorm to SyncBatchNorm in distributed training')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, as key=value pairs; '
-        'e.g. train_dataloader.batch_size=8 train_cfg.max_iters=40')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (older: --local_rank).
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
-def merge_args(cfg: Config, args) -> Config:
-    """Applies the command-line switches to the config."""
+def load_config(args) -> Config:
+    """The config with the shared options (launcher, overrides, work dir)."""
+    cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
+
+def merge_args(cfg: Config, args) -> Config:
+    """Applies the training switches to the config."""
     if args.amp:
-        import torch
         if not torch.cuda.is_available():
             raise SystemExit('--amp needs a CUDA GPU; none is available')
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -84,6 +95,9 @@ def merge_args(cfg: Config, args) -> Config:
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
     if args.sync_bn:
+        if not torch.cuda.is_available():
+            raise SystemExit('--sync-bn needs CUDA GPUs (SyncBatchNorm has '
+                             'no CPU implementation)')
         cfg.sync_bn = 'torch'
 
     if args.resume == 'auto':
@@ -106,8 +120,6 @@ def prepare_distributed(cfg: Config) -> None:
     gloo from the launcher's environment (torchrun sets it; for slurm it is
     derived from the SLURM variables), and DDP gets no device id.
     """
-    import torch
-    import torch.distributed as dist
     if torch.cuda.is_available() or dist.is_initialized():
         return
     env = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
@@ -141,7 +153,7 @@ def build_runner(cfg: Config) -> Runner:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
+    cfg = merge_args(load_config(args), args)
     runner = build_runner(cfg)
     runner.train()
 

@@ -57,7 +57,8 @@ def test_davis_layout_with_list(davis2016):
 def test_flat_folder(tmp_path):
     write_frames(tmp_path / 'imgs', ['a.png', 'b.JPG'])
     (tmp_path / 'imgs' / 'notes.txt').write_text('not a frame')
-    ds = FrameDataset(data_root=str(tmp_path), data_prefix=dict(img_path='imgs'))
+    ds = FrameDataset(
+        data_root=str(tmp_path), data_prefix=dict(img_path='imgs'))
     assert len(ds) == 2
 
 

@@ -12,7 +12,7 @@ from sfc_plugin.datasets.transforms import (
 
 
 def coordinate_image(h, w):
-    """Channel 0 holds x/(W-1), channel 1 y/(H-1): pixels say where they are."""
+    """Channel 0 holds x/(W-1) and channel 1 y/(H-1) of each pixel."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     return np.stack([x / (w - 1), y / (h - 1), np.zeros_like(x)], axis=-1)
 

@@ -1,4 +1,4 @@
-"""End-to-end training through tools/train.py (and mim), on generated frames."""
+"""End-to-end training with tools/train.py and mim, on generated frames."""
 import os
 import shutil
 import subprocess
@@ -62,7 +62,8 @@ def test_plain_mmengine_checkpoint_is_refused_with_a_clear_error(
     from mmengine.logging import HistoryBuffer
     work_dir, _, env = trained
     ckpt = load(work_dir / 'iter_2.pth')
-    ckpt['message_hub']['log_scalars']['train/loss'] = HistoryBuffer([1.0], [1])
+    scalars = ckpt['message_hub']['log_scalars']
+    scalars['train/loss'] = HistoryBuffer([1.0], [1])
     torch.save(ckpt, tmp_path / 'plain.pth')
     proc = train(python, repo, env, tmp_path / 'w', '--resume',
                  str(tmp_path / 'plain.pth'), check=False)

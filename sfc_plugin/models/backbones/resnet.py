@@ -218,7 +218,8 @@ class ResNet(BaseModule):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(
                     m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm,
+                                nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.zero_init_residual:

@@ -106,16 +106,18 @@ class FineGrainedCorrespondence(BaseModel):
                     data_samples: Optional[List[BaseDataElement]]
                     ) -> torch.Tensor:
         """Checks the inputs; returns the crop boxes, (N, 2, 4) float32."""
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+        num_views = len(inputs) if isinstance(inputs, (list, tuple)) else 0
+        if num_views != 2:
             raise ValueError(
                 'FineGrainedCorrespondence.loss: expected a list of two '
-                f'views (N, 3, H, W), got {type(inputs).__name__}'
-                f'{f" of {len(inputs)}" if isinstance(inputs, list) else ""}')
+                f'views (N, 3, H, W), got {type(inputs).__name__} with '
+                f'{num_views} views')
         if not data_samples or any('crop_boxes' not in ds
                                    for ds in data_samples):
-            raise ValueError('FineGrainedCorrespondence.loss: every data '
-                             'sample needs `crop_boxes` (2, 4); use '
-                             'TwoViewRandomResizedCrop and PackMultiViewInputs')
+            raise ValueError(
+                'FineGrainedCorrespondence.loss: every data sample needs '
+                '`crop_boxes` (2, 4); use TwoViewRandomResizedCrop and '
+                'PackMultiViewInputs')
         boxes = torch.stack([ds.crop_boxes for ds in data_samples])
         n = len(inputs[0])
         if boxes.shape != (n, 2, 4):
