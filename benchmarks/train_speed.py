@@ -9,12 +9,14 @@ is left out; prints a table (Markdown) with one row per batch size.
         --iters 50 --channels-last
 """
 import argparse
+import logging
 import os.path as osp
 import platform
 import time
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.structures import BaseDataElement
 
@@ -51,7 +53,12 @@ def make_batch(batch_size, crop):
 
 def bench(cfg, batch_size, args):
     model = MODELS.build(cfg.model)
+    # init_weights logs every parameter at INFO; keep the table readable.
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     model.init_weights()
+    logger.setLevel(level)
     model.to(args.device).train()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
