@@ -30,7 +30,7 @@ def test_crop_of_coordinate_image_reproduces_box(seed, flip_prob):
     for view, box, flipped in zip(out['img'], out['crop_boxes'],
                                   out['flip']):
         assert bool(flipped) == (flip_prob == 1.0)
-        x1, y1, x2, y2 = box
+        x1, y1, x2, y2 = map(float, box)
         if flipped:
             assert x1 > x2
         # The corners of the view sample the image next to the box corners:
