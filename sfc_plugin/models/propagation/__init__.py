@@ -1,0 +1,3 @@
+from .label_propagator import LabelPropagator
+
+__all__ = ['LabelPropagator']
