@@ -1,0 +1,14 @@
+from .checkpoint_loading import (
+                                 CheckpointKeyError,
+                                 find_prefix,
+                                 load_backbone_checkpoint,
+)
+from .correspondence_encoder import (
+                                 CorrespondenceEncoder,
+                                 FusedCorrespondenceEncoder,
+)
+
+__all__ = [
+    'CorrespondenceEncoder', 'FusedCorrespondenceEncoder',
+    'load_backbone_checkpoint', 'find_prefix', 'CheckpointKeyError'
+]
