@@ -85,12 +85,16 @@ PARAM_SCHEDULERS = Registry(
     parent=MMENGINE_PARAM_SCHEDULERS,
     locations=['sfc_plugin.engine'])
 
-# Evaluation and visualisation register nothing of their own yet.
-METRICS = Registry('metric', parent=MMENGINE_METRICS)
-EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR)
+METRICS = Registry(
+    'metric', parent=MMENGINE_METRICS, locations=['sfc_plugin.evaluation'])
+EVALUATOR = Registry(
+    'evaluator',
+    parent=MMENGINE_EVALUATOR,
+    locations=['sfc_plugin.evaluation'])
 
 TASK_UTILS = Registry(
     'task util', parent=MMENGINE_TASK_UTILS, locations=['sfc_plugin.models'])
+# Visualisation registers nothing of its own yet.
 VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS)
 VISBACKENDS = Registry('vis_backend', parent=MMENGINE_VISBACKENDS)
 LOG_PROCESSORS = Registry(

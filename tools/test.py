@@ -21,7 +21,13 @@ from train import (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (evaluate) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        'checkpoint',
+        nargs='?',
+        help='checkpoint file; configs with `checkpoint_field` load it into '
+        'that part of the model (e.g. the FC encoder), others into the whole '
+        'model (load_from). Without it the networks keep their random '
+        'initialisation (a baseline)')
     add_runner_args(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -39,9 +45,14 @@ def main(argv=None):
     if missing:
         raise SystemExit(f'{args.config} defines no {", ".join(missing)}: '
                          'it is not an evaluation config')
-    if not osp.isfile(args.checkpoint):
+    if args.checkpoint is None:
+        print('No checkpoint given: the networks are randomly initialised.')
+    elif not osp.isfile(args.checkpoint):
         raise SystemExit(f'Checkpoint file not found: "{args.checkpoint}"')
-    cfg.load_from = args.checkpoint
+    elif cfg.get('checkpoint_field'):
+        cfg.merge_from_dict({cfg.checkpoint_field: args.checkpoint})
+    else:
+        cfg.load_from = args.checkpoint
     if args.launcher != 'none':
         prepare_distributed(cfg)
     build_runner(cfg).test()

@@ -5,3 +5,4 @@ from .losses import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403
 from .propagation import *  # noqa: F401,F403
 from .selfsup import *  # noqa: F401,F403
+from .trackers import *  # noqa: F401,F403

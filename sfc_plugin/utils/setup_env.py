@@ -17,6 +17,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     """
     import sfc_plugin.datasets  # noqa: F401
     import sfc_plugin.engine  # noqa: F401
+    import sfc_plugin.evaluation  # noqa: F401
     import sfc_plugin.models  # noqa: F401
 
     if not init_default_scope:

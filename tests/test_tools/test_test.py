@@ -24,3 +24,40 @@ def test_test_tool_names_a_missing_checkpoint(python, repo, tmp_path,
     ], env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'nope.pth' in proc.stderr and 'not found' in proc.stderr
+
+
+def test_fc_davis_end_to_end_on_generated_videos(python, repo, tmp_path,
+                                                 subprocess_env):
+    """tools/test.py with the FC DAVIS config, a random-init network."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from ..test_evaluation.davis_fixtures import moving_squares, write_davis
+    root = write_davis(tmp_path / 'davis', {
+        'a': moving_squares(5, 64, 96, 2, seed=3),
+        'b': moving_squares(4, 64, 96, 1, seed=4),
+    })
+    out = tmp_path / 'results'
+    proc = subprocess.run([
+        python, str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), '--work-dir',
+        str(tmp_path / 'w'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={root}',
+        'test_dataloader.dataset.ann_file=ImageSets/val.txt',
+        'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}'
+    ], env=subprocess_env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'randomly initialised' in log
+    assert 'davis/J&F-Mean' in log
+    assert sorted(p.name for p in (out / 'a').iterdir()) == [
+        f'{t:05d}.png' for t in range(5)
+    ]
+    assert Image.open(out / 'b' / '00003.png').mode == 'P'
+    first = np.array(Image.open(out / 'a' / '00000.png'))
+    assert set(np.unique(first)) == {0, 1, 2}
+    with open(out / 'global_results-val.csv') as f:
+        header, values = list(csv.reader(f))
+    assert header[0] == 'J&F-Mean' and 0 <= float(values[0]) <= 1

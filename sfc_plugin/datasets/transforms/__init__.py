@@ -1,7 +1,8 @@
-from .formatting import PackMultiViewInputs
+from .formatting import PackMultiViewInputs, PackVideoFrameInputs
+from .loading import LoadObjectMask
 from .two_view_crop import TwoViewRandomResizedCrop, crop_box, sample_crop
 
 __all__ = [
-    'TwoViewRandomResizedCrop', 'PackMultiViewInputs', 'sample_crop',
-    'crop_box'
+    'TwoViewRandomResizedCrop', 'PackMultiViewInputs', 'PackVideoFrameInputs',
+    'LoadObjectMask', 'sample_crop', 'crop_box'
 ]

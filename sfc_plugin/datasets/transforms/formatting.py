@@ -47,3 +47,39 @@ class PackMultiViewInputs(BaseTransform):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(meta_keys={self.meta_keys})'
+
+
+@TRANSFORMS.register_module()
+class PackVideoFrameInputs(BaseTransform):
+    """Packs one video frame for a tracker.
+
+    Output: ``inputs`` a (3, H, W) tensor of the image's dtype, and
+    ``data_samples`` a :class:`~mmengine.structures.BaseDataElement` with the
+    meta keys in ``meta_keys`` and, where loaded, ``gt_seg_map`` (H, W) uint8.
+
+    Args:
+        meta_keys (Sequence[str]): Meta information to keep.
+    """
+
+    def __init__(self,
+                 meta_keys: Sequence[str] = ('img_path', 'seg_map_path',
+                                             'first_seg_map_path',
+                                             'mask_format', 'video',
+                                             'frame_id', 'video_length',
+                                             'ori_shape', 'img_shape')):
+        self.meta_keys = tuple(meta_keys)
+
+    def transform(self, results: dict) -> dict:
+        img = results['img']
+        if img.ndim == 2:
+            img = img[..., None]
+        inputs = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0,
+                                                                     1)))
+        sample = BaseDataElement(metainfo={
+            k: results[k] for k in self.meta_keys if k in results})
+        if 'gt_seg_map' in results:
+            sample.gt_seg_map = torch.from_numpy(results['gt_seg_map'])
+        return dict(inputs=inputs, data_samples=sample)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(meta_keys={self.meta_keys})'

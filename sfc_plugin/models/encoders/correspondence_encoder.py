@@ -16,7 +16,8 @@ class CorrespondenceEncoder(BaseModule):
     Wraps a backbone (e.g. the FC ResNet-18 or a semantic ResNet-50, both at
     stride 8 with ``layer3`` as output) and, when ``checkpoint`` is given,
     loads it at construction through :func:`load_backbone_checkpoint`, so an
-    evaluation config names each network's weights directly.
+    evaluation config names each network's weights directly; without one the
+    backbone keeps its own initialisation (``init_weights``).
 
     Args:
         backbone (dict): Backbone config; its last output is used.
@@ -41,6 +42,11 @@ class CorrespondenceEncoder(BaseModule):
         if checkpoint is not None:
             load_backbone_checkpoint(self.backbone, checkpoint,
                                      checkpoint_prefix)
+        else:
+            # A random baseline gets the backbone's documented init (for
+            # ResNet the reference's, zero-init residuals included unless
+            # the config sets zero_init_residual=False), not torch's default.
+            self.backbone.init_weights()
 
     @property
     def out_channels(self) -> int:

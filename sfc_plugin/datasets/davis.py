@@ -1,0 +1,157 @@
+import os
+import os.path as osp
+from typing import List
+
+import numpy as np
+from mmengine.dataset import BaseDataset
+from PIL import Image
+
+from sfc_plugin.registry import DATASETS
+
+from .frame_dataset import _is_image
+
+
+def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
+    """Reads a DAVIS annotation as an (H, W) uint8 map of object ids.
+
+    Args:
+        path (str): PNG file.
+        mask_format (str): 'palette' (DAVIS-2017: pixel values are object
+            ids), 'binary' (DAVIS-2016: 8-bit {0, 255}, one object) or 'auto'
+            (palette images as ids; grey images holding only 0 and 255 as
+            binary, other grey images as ids). Defaults to 'auto'.
+
+    Returns:
+        np.ndarray: (H, W) uint8, 0 for background.
+    """
+    if mask_format not in ('auto', 'palette', 'binary'):
+        raise ValueError('mask_format must be auto, palette or binary, got '
+                         f'{mask_format!r}')
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            arr = np.array(img)
+    except (OSError, ValueError) as err:
+        raise OSError(f'Cannot read annotation "{path}": {err}') from err
+    if arr.ndim == 3:
+        raise ValueError(f'Annotation "{path}" is a colour image ({mode}); '
+                         'expected a palette or 8-bit grey PNG')
+    binary = mask_format == 'binary' or (
+        mask_format == 'auto' and mode != 'P'
+        and np.isin(arr, (0, 255)).all() and arr.max() == 255)
+    if binary:
+        return (arr > 127).astype(np.uint8)
+    return arr.astype(np.uint8)
+
+
+@DATASETS.register_module()
+class DAVISDataset(BaseDataset):
+    """DAVIS-2017 / DAVIS-2016 videos for semi-supervised label propagation.
+
+    Items are frames, in video order; each carries its video's name, the
+    frame index, the video length and the annotation paths, so a tracker can
+    start a video at ``frame_id == 0`` and stream the rest. Use
+    :class:`VideoSampler` to keep videos whole across processes.
+
+    Layout (the official one)::
+
+        data_root/JPEGImages/480p/<seq>/%05d.jpg
+        data_root/Annotations/480p/<seq>/%05d.png
+        data_root/ImageSets/2017/val.txt        (ann_file: one seq per line)
+
+    Args:
+        data_root (str): Root folder.
+        ann_file (str): Sequence list under ``data_root``.
+            Defaults to 'ImageSets/2017/val.txt'.
+        data_prefix (dict): ``img_path`` and ``seg_map_path`` folders.
+        mask_format (str): See :func:`read_object_mask`. Defaults to 'auto'.
+        pipeline (list): Transforms. Defaults to [].
+
+    Raises:
+        FileNotFoundError: A listed sequence has no frames folder, or its
+            first frame has no annotation.
+    """
+
+    METAINFO = dict(dataset_name='DAVIS')
+
+    def __init__(self,
+                 data_root: str = '',
+                 ann_file: str = 'ImageSets/2017/val.txt',
+                 data_prefix: dict = dict(
+                     img_path='JPEGImages/480p',
+                     seg_map_path='Annotations/480p'),
+                 mask_format: str = 'auto',
+                 pipeline=(),
+                 **kwargs):
+        self.mask_format = mask_format
+        super().__init__(
+            data_root=data_root,
+            ann_file=ann_file,
+            data_prefix=data_prefix,
+            pipeline=list(pipeline),
+            **kwargs)
+
+    def _videos(self) -> List[str]:
+        if not osp.isfile(self.ann_file):
+            raise FileNotFoundError(
+                f'DAVISDataset: sequence list (ann_file) not found: '
+                f'"{self.ann_file}"')
+        with open(self.ann_file) as f:
+            videos = [line.strip() for line in f if line.strip()]
+        if not videos:
+            raise ValueError(
+                f'DAVISDataset: sequence list "{self.ann_file}" is empty')
+        return videos
+
+    def load_data_list(self) -> List[dict]:
+        img_root = self.data_prefix['img_path']
+        ann_root = self.data_prefix['seg_map_path']
+        data_list = []
+        for video in self._videos():
+            frame_dir = osp.join(img_root, video)
+            if not osp.isdir(frame_dir):
+                raise FileNotFoundError(
+                    f'DAVISDataset: sequence "{video}" has no frames folder '
+                    f'"{frame_dir}"')
+            frames = sorted(f for f in os.listdir(frame_dir) if _is_image(f))
+            if not frames:
+                raise ValueError(
+                    f'DAVISDataset: no frames in "{frame_dir}"')
+            ann_paths = [
+                osp.join(ann_root, video, osp.splitext(f)[0] + '.png')
+                for f in frames
+            ]
+            if not osp.isfile(ann_paths[0]):
+                raise FileNotFoundError(
+                    f'DAVISDataset: sequence "{video}" has no annotation for '
+                    f'its first frame: "{ann_paths[0]}"')
+            for i, (frame, ann) in enumerate(zip(frames, ann_paths)):
+                data_list.append(
+                    dict(
+                        img_path=osp.join(frame_dir, frame),
+                        seg_map_path=ann if osp.isfile(ann) else None,
+                        first_seg_map_path=ann_paths[0],
+                        mask_format=self.mask_format,
+                        video=video,
+                        frame_id=i,
+                        video_length=len(frames)))
+        return data_list
+
+    def video_ranges(self) -> List[range]:
+        """Dataset indices of each video, in order."""
+        ranges, start = [], 0
+        while start < len(self):
+            length = self.get_data_info(start)['video_length']
+            ranges.append(range(start, start + length))
+            start += length
+        return ranges
+
+
+def first_frame_object_count(path: str, mask_format: str = 'auto') -> int:
+    """Objects of a video: the largest id in its first annotation."""
+    return int(read_object_mask(path, mask_format).max())
+
+
+__all__ = [
+    'DAVISDataset', 'read_object_mask', 'first_frame_object_count'
+]

@@ -1,0 +1,3 @@
+from .video_sampler import VideoSampler
+
+__all__ = ['VideoSampler']

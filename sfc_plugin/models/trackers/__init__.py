@@ -1,0 +1,3 @@
+from .sfc_tracker import SFCTracker
+
+__all__ = ['SFCTracker']

@@ -1,0 +1,125 @@
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sfc_plugin.datasets import DAVISDataset, read_object_mask
+from sfc_plugin.evaluation.functional import (
+    boundary_f_measure,
+    per_frame_statistics,
+    region_similarity,
+)
+from sfc_plugin.evaluation.metrics import DAVISMetric
+
+from .davis_fixtures import moving_squares, write_davis
+
+
+def samples_for(dataset, preds):
+    out = []
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        out.append(dict(info, pred_seg_map=preds[info['video']][
+            info['frame_id']]))
+    return out
+
+
+@pytest.fixture()
+def two_videos(tmp_path):
+    videos = {
+        'a': moving_squares(6, 48, 64, 2, seed=1),
+        'b': moving_squares(5, 48, 64, 1, seed=2),
+    }
+    return write_davis(tmp_path / 'davis', videos), videos
+
+
+def test_perfect_prediction_scores_one(two_videos, tmp_path):
+    root, videos = two_videos
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    metric = DAVISMetric(output_dir=str(tmp_path / 'out'))
+    metric.process(None, samples_for(ds, {k: v[1] for k, v in
+                                          videos.items()}))
+    res = metric.compute_metrics(metric.results)
+    assert res['J&F-Mean'] == 1.0 and res['J-Recall'] == 1.0
+    assert res['J-Decay'] == 0.0
+    png = Image.open(tmp_path / 'out' / 'a' / '00003.png')
+    assert png.mode == 'P'
+    assert np.array_equal(np.array(png), videos['a'][1][3])
+    with open(tmp_path / 'out' / 'per-sequence_results-val.csv') as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ['Sequence', 'J-Mean', 'F-Mean']
+    assert [r[0] for r in rows[1:]] == ['a_1', 'a_2', 'b_1']
+    assert (tmp_path / 'out' / 'global_results-val.csv').is_file()
+
+
+def test_matches_toolkit_aggregation(two_videos):
+    """Objects, not videos, are averaged; first and last frames skipped."""
+    root, videos = two_videos
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    rng = np.random.default_rng(0)
+    preds = {}
+    for name, (_, masks) in videos.items():
+        noisy = []
+        for m in masks:
+            p = m.copy()
+            flip = rng.random(m.shape) < 0.05
+            p[flip] = rng.integers(0, 3, flip.sum())
+            noisy.append(p)
+        preds[name] = noisy
+    metric = DAVISMetric()
+    metric.process(None, samples_for(ds, preds))
+    res = metric.compute_metrics(metric.results)
+
+    js, fs = [], []
+    for name, (_, masks) in videos.items():
+        num_obj = int(masks[0].max())
+        for o in range(1, num_obj + 1):
+            jv = [region_similarity(masks[t] == o, preds[name][t] == o)
+                  for t in range(1, len(masks) - 1)]
+            fv = [boundary_f_measure(masks[t] == o, preds[name][t] == o)
+                  for t in range(1, len(masks) - 1)]
+            js.append(per_frame_statistics(np.array(jv)))
+            fs.append(per_frame_statistics(np.array(fv)))
+    assert len(js) == 3
+    j_mean = np.mean([s['mean'] for s in js])
+    f_mean = np.mean([s['mean'] for s in fs])
+    assert res['J-Mean'] == pytest.approx(j_mean)
+    assert res['F-Mean'] == pytest.approx(f_mean)
+    assert res['J&F-Mean'] == pytest.approx((j_mean + f_mean) / 2)
+    assert res['F-Decay'] == pytest.approx(np.mean([s['decay'] for s in fs]))
+
+
+def test_binary_davis2016_masks(tmp_path):
+    frames, masks = moving_squares(4, 32, 40, 1)
+    root = write_davis(tmp_path / 'd16', {'v': (frames, masks)},
+                       binary=True)
+    m = read_object_mask(str(root / 'Annotations/480p/v/00000.png'))
+    assert set(np.unique(m)) == {0, 1}
+    assert np.array_equal(m, masks[0])
+
+
+def test_video_too_short_to_score_is_left_out(tmp_path):
+    root = write_davis(tmp_path / 'd', {
+        'one': moving_squares(1, 32, 40, 1),
+        'three': moving_squares(3, 32, 40, 1)
+    })
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    preds = {'one': moving_squares(1, 32, 40, 1)[1],
+             'three': moving_squares(3, 32, 40, 1)[1]}
+    metric = DAVISMetric()
+    metric.process(None, samples_for(ds, preds))
+    assert metric.compute_metrics(metric.results)['J-Mean'] == 1.0
+
+
+def test_dataset_errors_name_the_file(tmp_path):
+    frames, masks = moving_squares(3, 32, 40, 1)
+    root = write_davis(tmp_path / 'd', {'v': (frames, masks)})
+    (root / 'ImageSets/val.txt').write_text('v\nghost\n')
+    with pytest.raises(FileNotFoundError, match='ghost'):
+        DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    with pytest.raises(FileNotFoundError, match='nope.txt'):
+        DAVISDataset(data_root=str(root), ann_file='ImageSets/nope.txt')
+    (root / 'ImageSets/val.txt').write_text('v\n')
+    (root / 'Annotations/480p/v/00000.png').unlink()
+    with pytest.raises(FileNotFoundError, match='v/00000.png'):
+        DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')

@@ -1,0 +1,89 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.structures import BaseDataElement
+
+from sfc_plugin.registry import MODELS
+from sfc_plugin.utils import register_all_modules
+
+register_all_modules()
+
+
+class PixelEncoder(torch.nn.Module):
+    """Features = the normalised colour of each 8×8 cell (test double)."""
+
+    out_channels = 3
+
+    def forward(self, images):
+        return F.normalize(F.avg_pool2d(images, 8, ceil_mode=True) + 1e-3,
+                           dim=1)
+
+
+@pytest.fixture()
+def tracker():
+    MODELS.register_module('PixelEncoder', module=PixelEncoder, force=True)
+    return MODELS.build(
+        dict(
+            type='SFCTracker',
+            encoder=dict(type='PixelEncoder'),
+            propagator=dict(type='LabelPropagator', topk=4, radius=3,
+                            context_frames=2, temperature=0.05)))
+
+
+def scene(shift, h=64, w=80):
+    """Red object on the left half, blue object on the right, grey ground."""
+    img = torch.full((3, h, w), 0.2)
+    labels = torch.zeros(h, w, dtype=torch.long)
+    img[:, 16:48, 8 + shift:32 + shift] = torch.tensor([1., 0, 0])[:, None,
+                                                                 None]
+    labels[16:48, 8 + shift:32 + shift] = 1
+    img[:, 16:48, 48 + shift:72 + shift] = torch.tensor([0., 0, 1])[:, None,
+                                                                  None]
+    labels[16:48, 48 + shift:72 + shift] = 2
+    return img, labels
+
+
+def test_init_and_track_follow_two_objects(tracker):
+    frame0, labels0 = scene(0)
+    tracker.init(frame0, labels0)
+    for shift in (0, 2, 4):
+        frame, labels = scene(shift)
+        pred = tracker.track(frame)
+        assert pred.shape == labels.shape
+        assert (pred == labels).float().mean() > 0.9
+
+
+def test_predict_over_a_video_batch(tracker):
+    frames, samples = [], []
+    for t in range(3):
+        img, labels = scene(2 * t)
+        frames.append(img)
+        s = BaseDataElement(metainfo=dict(video='v', frame_id=t,
+                                          video_length=3))
+        if t == 0:
+            s.gt_seg_map = labels.to(torch.uint8)
+        samples.append(s)
+    out = tracker.predict(torch.stack(frames), samples)
+    assert torch.equal(out[0].pred_seg_map, scene(0)[1].to(torch.uint8))
+    assert out[2].pred_seg_map.dtype == torch.uint8
+    assert (out[2].pred_seg_map == scene(4)[1]).float().mean() > 0.9
+
+
+def test_misuse_is_reported(tracker):
+    with pytest.raises(RuntimeError, match='before init'):
+        tracker.track(scene(0)[0])
+    frame, labels = scene(0)
+    with pytest.raises(ValueError, match='differ in size'):
+        tracker.init(frame, labels[:-8])
+    tracker.init(frame, labels)
+    with pytest.raises(ValueError, match="first frame's"):
+        tracker.track(frame[:, :-8])
+    sample = BaseDataElement(metainfo=dict(video='v', frame_id=0))
+    with pytest.raises(KeyError, match='video "v"'):
+        tracker.predict(frame[None], [sample])
+
+
+def test_empty_first_mask_gives_background(tracker):
+    frame, _ = scene(0)
+    tracker.init(frame, torch.zeros(64, 80, dtype=torch.long))
+    assert not tracker.track(frame).any()
