@@ -3,12 +3,12 @@ import os.path as osp
 from typing import List
 
 import numpy as np
-from mmengine.dataset import BaseDataset
 from PIL import Image
 
 from sfc_plugin.registry import DATASETS
 
 from .frame_dataset import _is_image
+from .video_frame_dataset import VideoFrameDataset
 
 
 def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
@@ -45,7 +45,7 @@ def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
 
 
 @DATASETS.register_module()
-class DAVISDataset(BaseDataset):
+class DAVISDataset(VideoFrameDataset):
     """DAVIS-2017 / DAVIS-2016 videos for semi-supervised label propagation.
 
     Items are frames, in video order; each carries its video's name, the
@@ -137,21 +137,40 @@ class DAVISDataset(BaseDataset):
                         video_length=len(frames)))
         return data_list
 
-    def video_ranges(self) -> List[range]:
-        """Dataset indices of each video, in order."""
-        ranges, start = [], 0
-        while start < len(self):
-            length = self.get_data_info(start)['video_length']
-            ranges.append(range(start, start + length))
-            start += length
-        return ranges
-
 
 def first_frame_object_count(path: str, mask_format: str = 'auto') -> int:
     """Objects of a video: the largest id in its first annotation."""
     return int(read_object_mask(path, mask_format).max())
 
 
-__all__ = [
-    'DAVISDataset', 'read_object_mask', 'first_frame_object_count'
-]
+
+
+@DATASETS.register_module()
+class VIPDataset(DAVISDataset):
+    """VIP (Video Instance-level Parsing) part-map propagation.
+
+    The DAVIS reader with VIP's layout as defaults: frames in
+    ``Images/<video>/``, class-id maps (0 background, 1..19 parts) in
+    ``Annotations/Category_ids/<video>/``, videos listed in
+    ``lists/val_videos.txt``. Frames without an annotation are propagated
+    but not scored.
+    """
+
+    METAINFO = dict(dataset_name='VIP')
+
+    def __init__(self,
+                 data_root: str = '',
+                 ann_file: str = 'lists/val_videos.txt',
+                 data_prefix: dict = dict(
+                     img_path='Images',
+                     seg_map_path='Annotations/Category_ids'),
+                 mask_format: str = 'auto',
+                 pipeline=(),
+                 **kwargs):
+        super().__init__(
+            data_root=data_root,
+            ann_file=ann_file,
+            data_prefix=data_prefix,
+            mask_format=mask_format,
+            pipeline=pipeline,
+            **kwargs)

@@ -55,7 +55,8 @@ class PackVideoFrameInputs(BaseTransform):
 
     Output: ``inputs`` a (3, H, W) tensor of the image's dtype, and
     ``data_samples`` a :class:`~mmengine.structures.BaseDataElement` with the
-    meta keys in ``meta_keys`` and, where loaded, ``gt_seg_map`` (H, W) uint8.
+    meta keys in ``meta_keys`` and, where present, ``gt_seg_map`` (H, W)
+    uint8 object ids and ``gt_joints`` (J, 2) float32 keypoints.
 
     Args:
         meta_keys (Sequence[str]): Meta information to keep.
@@ -66,7 +67,8 @@ class PackVideoFrameInputs(BaseTransform):
                                              'first_seg_map_path',
                                              'mask_format', 'video',
                                              'frame_id', 'video_length',
-                                             'ori_shape', 'img_shape')):
+                                             'ori_shape', 'img_shape',
+                                             'scale_factor')):
         self.meta_keys = tuple(meta_keys)
 
     def transform(self, results: dict) -> dict:
@@ -79,6 +81,9 @@ class PackVideoFrameInputs(BaseTransform):
             k: results[k] for k in self.meta_keys if k in results})
         if 'gt_seg_map' in results:
             sample.gt_seg_map = torch.from_numpy(results['gt_seg_map'])
+        if 'gt_joints' in results:
+            sample.gt_joints = torch.as_tensor(
+                results['gt_joints'], dtype=torch.float32)
         return dict(inputs=inputs, data_samples=sample)
 
     def __repr__(self) -> str:

@@ -9,7 +9,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from PIL import Image
 
-from sfc_plugin.datasets.davis import read_object_mask
+from sfc_plugin.datasets.davis import (
+    first_frame_object_count,
+    read_object_mask,
+)
 from sfc_plugin.registry import METRICS
 
 from ..functional import (
@@ -98,9 +101,8 @@ class DAVISMetric(BaseMetric):
     def _objects(self, meta: dict) -> int:
         video = meta['video']
         if video not in self._num_objects:
-            mask = read_object_mask(meta['first_seg_map_path'],
-                                    meta.get('mask_format', 'auto'))
-            self._num_objects[video] = int(mask.max())
+            self._num_objects[video] = first_frame_object_count(
+                meta['first_seg_map_path'], meta.get('mask_format', 'auto'))
         return self._num_objects[video]
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:

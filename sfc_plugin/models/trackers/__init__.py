@@ -1,3 +1,4 @@
+from .label_codecs import KeypointCodec, MaskCodec
 from .sfc_tracker import SFCTracker
 
-__all__ = ['SFCTracker']
+__all__ = ['SFCTracker', 'MaskCodec', 'KeypointCodec']

@@ -1,11 +1,10 @@
 from typing import Dict, List, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 
-from sfc_plugin.registry import MODELS
+from sfc_plugin.registry import MODELS, TASK_UTILS
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -17,22 +16,23 @@ class SFCTracker(BaseModel):
 
     The SFC evaluation protocol (paper §4.1, appendix A.2) as a model that
     mmengine's test loop drives frame by frame: an encoder (FC, semantic or
-    fused features, unit-norm, stride 8) and a :class:`LabelPropagator`.
-    Frame 0's labels are one-hot encoded (one channel per object id, the
-    background included), bilinearly resized to the feature grid and
-    propagated; each frame's soft labels are bilinearly upsampled to the
-    image size and argmaxed.
+    fused features, unit-norm, stride 8), a :class:`LabelPropagator`, and a
+    label codec that turns the task's labels into soft label maps on the
+    feature grid and back: :class:`MaskCodec` for object masks and part maps
+    (one-hot, bilinear resizing, argmax) or :class:`KeypointCodec` for
+    keypoints (Gaussian maps, top-3 decoding).
 
     Streaming use::
 
-        tracker.init(frame0, labels0)     # (3, H, W) normalised, (H, W) ids
+        tracker.init(frame0, labels0)     # (3, H, W) normalised, labels
         for frame in frames:
-            ids = tracker.track(frame)    # (H, W) object ids
+            pred = tracker.track(frame)   # (H, W) ids, or (J, 2) keypoints
 
     Args:
         encoder (dict): Feature encoder config, e.g. CorrespondenceEncoder
             or FusedCorrespondenceEncoder.
         propagator (dict): LabelPropagator config.
+        label_codec (dict): Codec config. Defaults to ``MaskCodec``.
         data_preprocessor (dict, optional): Defaults to mmengine's
             ImgDataPreprocessor with ImageNet statistics and BGR→RGB.
         init_cfg (dict, optional): mmengine initialisation config.
@@ -41,6 +41,7 @@ class SFCTracker(BaseModel):
     def __init__(self,
                  encoder: Dict,
                  propagator: Dict = dict(type='LabelPropagator'),
+                 label_codec: Dict = dict(type='MaskCodec'),
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         if data_preprocessor is None:
@@ -53,8 +54,8 @@ class SFCTracker(BaseModel):
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.encoder = MODELS.build(encoder)
         self.propagator = MODELS.build(propagator)
+        self.codec = TASK_UTILS.build(label_codec)
         self._image_size = None
-        self._num_labels = 0
 
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
@@ -67,22 +68,15 @@ class SFCTracker(BaseModel):
 
         Args:
             frame (Tensor): (3, H, W) normalised frame 0.
-            labels (Tensor): (H, W) integer object ids of frame 0, 0 for
-                background; ids absent from the map stay empty channels.
+            labels (Tensor): Frame 0's labels in the codec's form: (H, W)
+                integer ids (0 for background) for masks and part maps,
+                (J, 2) pixel coordinates (x, y) for keypoints.
         """
-        if labels.shape != frame.shape[-2:]:
-            raise ValueError(
-                f'SFCTracker.init: labels {tuple(labels.shape)} and frame '
-                f'{tuple(frame.shape[-2:])} differ in size')
         feat = self.extract_feat(frame)
-        self._num_labels = int(labels.max()) + 1
-        onehot = F.one_hot(labels.long(), self._num_labels).permute(
-            2, 0, 1).to(feat.dtype)
-        small = F.interpolate(
-            onehot[None], size=feat.shape[-2:], mode='bilinear',
-            align_corners=False)[0]
-        self.propagator.init(feat, small)
-        self._image_size = tuple(labels.shape)
+        image_size = tuple(frame.shape[-2:])
+        soft = self.codec.encode(labels, tuple(feat.shape[-2:]), image_size)
+        self.propagator.init(feat, soft.to(feat.dtype))
+        self._image_size = image_size
 
     @torch.no_grad()
     def track_soft(self, frame: torch.Tensor) -> torch.Tensor:
@@ -95,17 +89,11 @@ class SFCTracker(BaseModel):
                 f'differs from the first frame\'s {self._image_size}')
         return self.propagator.step(self.extract_feat(frame))
 
-    def upsample(self, soft: torch.Tensor) -> torch.Tensor:
-        """(K, h, w) soft labels → (H, W) object ids at image size."""
-        full = F.interpolate(
-            soft[None], size=self._image_size, mode='bilinear',
-            align_corners=False)[0]
-        return full.argmax(0)
-
     @torch.no_grad()
     def track(self, frame: torch.Tensor) -> torch.Tensor:
-        """(H, W) object ids of the next (3, H, W) normalised frame."""
-        return self.upsample(self.track_soft(frame))
+        """The next (3, H, W) normalised frame's labels, in the codec's form.
+        """
+        return self.codec.decode(self.track_soft(frame), self._image_size)
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor,
@@ -113,21 +101,32 @@ class SFCTracker(BaseModel):
                 ) -> List[BaseDataElement]:
         """Frames in video order; frame 0 of a video starts it.
 
-        Each data sample needs ``frame_id`` and ``video``; frame 0's needs
-        ``gt_seg_map``. Adds ``pred_seg_map`` (H, W) uint8 object ids.
+        Each data sample needs ``frame_id`` and ``video``; frame 0's needs the
+        codec's target (``gt_seg_map`` or ``gt_joints``). Adds the codec's
+        prediction (``pred_seg_map`` (H, W) uint8 ids, or ``pred_joints``
+        (J, 2)). Keypoints are given and returned in original image
+        coordinates: a ``scale_factor`` (w, h) meta key (from a Resize
+        transform) maps them to and from the network input.
         """
+        target_key, pred_key = self.codec.target_key, self.codec.pred_key
         for frame, sample in zip(inputs, data_samples):
+            scale = sample.metainfo.get('scale_factor')
             if sample.frame_id == 0:
-                if 'gt_seg_map' not in sample:
+                if target_key not in sample:
                     raise KeyError(
                         f'SFCTracker: frame 0 of video "{sample.video}" comes '
-                        'without its annotation (gt_seg_map)')
-                labels = sample.gt_seg_map.to(frame.device)
-                self.init(frame, labels)
-                pred = labels
+                        f'without its annotation ({target_key})')
+                target = sample.get(target_key).to(frame.device)
+                if target_key == 'gt_joints' and scale is not None:
+                    target = target * target.new_tensor(scale)
+                self.init(frame, target)
+                pred = target if target_key == 'gt_joints' else target.to(
+                    torch.uint8)
             else:
                 pred = self.track(frame)
-            sample.pred_seg_map = pred.to(torch.uint8).cpu()
+            if pred_key == 'pred_joints' and scale is not None:
+                pred = pred / pred.new_tensor(scale)
+            sample.set_field(pred.cpu(), pred_key)
         return data_samples
 
     def forward(self,

@@ -1,0 +1,12 @@
+# SFC on JHMDB keypoints (paper Table A.2: top-k 20, r' 5, m 8, λ 1.0; τ not
+# stated, 0.1 as for fused features on DAVIS).
+_base_ = [
+    '_base_/models/sfc_tracker_r50_r18.py',
+    '_base_/datasets/jhmdb_val.py',
+    '_base_/default_runtime.py',
+]
+model = dict(
+    encoder=dict(fc_weight=1.0),
+    propagator=dict(topk=20, radius=5, context_frames=8, temperature=0.1),
+    label_codec=dict(_delete_=True, type='KeypointCodec', sigma=0.5,
+                     stride=8, topk=3))

@@ -1,0 +1,117 @@
+"""Between a task's labels and the soft label maps that are propagated."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from sfc_plugin.registry import TASK_UTILS
+
+
+@TASK_UTILS.register_module()
+class MaskCodec:
+    """Object masks or part maps: one-hot channels, argmax back.
+
+    Encoding one-hot encodes an (H, W) id map (background 0 included) and
+    resizes it bilinearly to the feature grid; decoding resizes the soft maps
+    bilinearly to the image size and takes the argmax.
+
+    Args:
+        num_classes (int, optional): Channels to encode. None (objects) uses
+            ``max id + 1`` of the first frame; part maps set the number of
+            classes so that classes absent from frame 0 still exist.
+    """
+
+    target_key = 'gt_seg_map'
+    pred_key = 'pred_seg_map'
+
+    def __init__(self, num_classes: Optional[int] = None):
+        self.num_classes = num_classes
+
+    def encode(self, labels: torch.Tensor, feat_size: Tuple[int, int],
+               image_size: Tuple[int, int]) -> torch.Tensor:
+        if tuple(labels.shape) != tuple(image_size):
+            raise ValueError(f'MaskCodec: labels {tuple(labels.shape)} and '
+                             f'frame {tuple(image_size)} differ in size')
+        num = int(labels.max()) + 1
+        if self.num_classes is not None:
+            if num > self.num_classes:
+                raise ValueError(f'MaskCodec: label id {num - 1} is out of '
+                                 f'range for num_classes={self.num_classes}')
+            num = self.num_classes
+        onehot = F.one_hot(labels.long(), num).permute(2, 0, 1).float()
+        return F.interpolate(
+            onehot[None], size=feat_size, mode='bilinear',
+            align_corners=False)[0]
+
+    def decode(self, soft: torch.Tensor,
+               image_size: Tuple[int, int]) -> torch.Tensor:
+        full = F.interpolate(
+            soft[None], size=image_size, mode='bilinear',
+            align_corners=False)[0]
+        return full.argmax(0).to(torch.uint8)
+
+
+@TASK_UTILS.register_module()
+class KeypointCodec:
+    """Keypoints: Gaussian heat maps on the feature grid, top-k decoding.
+
+    Each of J keypoints becomes a Gaussian of ``sigma`` feature pixels on the
+    feature grid, plus a background channel ``max(0, 1 - Σ_j heat_j)``;
+    decoding takes, per keypoint channel, the weighted mean of the positions
+    of its ``topk`` largest values (the CRW protocol: top-3).
+
+    Coordinates are in pixels of the network input, x right and y down,
+    pixel centres at integers; feature cell u covers input pixels
+    ``[u·stride, (u+1)·stride)``.
+
+    Args:
+        sigma (float): Gaussian std in feature pixels. Defaults to 0.5.
+        stride (int): Feature stride. Defaults to 8.
+        topk (int): Positions averaged when decoding. Defaults to 3.
+    """
+
+    target_key = 'gt_joints'
+    pred_key = 'pred_joints'
+
+    def __init__(self, sigma: float = 0.5, stride: int = 8, topk: int = 3):
+        if sigma <= 0 or stride < 1 or topk < 1:
+            raise ValueError('KeypointCodec: need sigma > 0, stride >= 1, '
+                             f'topk >= 1; got {sigma}, {stride}, {topk}')
+        self.sigma = sigma
+        self.stride = stride
+        self.topk = topk
+
+    def to_feature(self, xy: torch.Tensor) -> torch.Tensor:
+        return (xy + 0.5) / self.stride - 0.5
+
+    def to_image(self, uv: torch.Tensor) -> torch.Tensor:
+        return (uv + 0.5) * self.stride - 0.5
+
+    def encode(self, joints: torch.Tensor, feat_size: Tuple[int, int],
+               image_size: Tuple[int, int]) -> torch.Tensor:
+        if joints.dim() != 2 or joints.shape[1] != 2:
+            raise ValueError('KeypointCodec: joints must be (J, 2) (x, y), '
+                             f'got {tuple(joints.shape)}')
+        h, w = feat_size
+        uv = self.to_feature(joints.float())
+        v, u = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=joints.device),
+            torch.arange(w, dtype=torch.float32, device=joints.device),
+            indexing='ij')
+        d2 = (u[None] - uv[:, 0, None, None])**2 + (
+            v[None] - uv[:, 1, None, None])**2
+        heat = torch.exp(-d2 / (2 * self.sigma**2))
+        background = (1 - heat.sum(0, keepdim=True)).clamp_(min=0)
+        return torch.cat([heat, background])
+
+    def decode(self, soft: torch.Tensor,
+               image_size: Tuple[int, int]) -> torch.Tensor:
+        heat = soft[:-1]
+        num, h, w = heat.shape
+        vals, idx = heat.reshape(num, -1).topk(min(self.topk, h * w), dim=1)
+        uv = torch.stack([idx % w, idx // w], dim=-1).to(vals.dtype)
+        wts = vals.clamp(min=0)
+        wts = torch.where(
+            wts.sum(1, keepdim=True) > 0, wts, torch.ones_like(wts))
+        uv = (wts[..., None] * uv).sum(1) / wts.sum(1)[:, None]
+        return self.to_image(uv)
