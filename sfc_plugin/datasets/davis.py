@@ -8,6 +8,7 @@ from PIL import Image
 from sfc_plugin.registry import DATASETS
 
 from .frame_dataset import _is_image
+from .utils import read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
 
@@ -91,23 +92,12 @@ class DAVISDataset(VideoFrameDataset):
             pipeline=list(pipeline),
             **kwargs)
 
-    def _videos(self) -> List[str]:
-        if not osp.isfile(self.ann_file):
-            raise FileNotFoundError(
-                f'DAVISDataset: sequence list (ann_file) not found: '
-                f'"{self.ann_file}"')
-        with open(self.ann_file) as f:
-            videos = [line.strip() for line in f if line.strip()]
-        if not videos:
-            raise ValueError(
-                f'DAVISDataset: sequence list "{self.ann_file}" is empty')
-        return videos
-
     def load_data_list(self) -> List[dict]:
         img_root = self.data_prefix['img_path']
         ann_root = self.data_prefix['seg_map_path']
         data_list = []
-        for video in self._videos():
+        for video in read_list_file(self.ann_file, type(self).__name__,
+                                    'sequence list'):
             frame_dir = osp.join(img_root, video)
             if not osp.isdir(frame_dir):
                 raise FileNotFoundError(

@@ -6,6 +6,8 @@ from mmengine.dataset import BaseDataset
 
 from sfc_plugin.registry import DATASETS
 
+from .utils import read_list_file
+
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
@@ -67,16 +69,7 @@ class FrameDataset(BaseDataset):
     def _read_video_list(self) -> Optional[List[str]]:
         if not self.ann_file:
             return None
-        if not osp.isfile(self.ann_file):
-            raise FileNotFoundError(
-                f'FrameDataset: video list (ann_file) not found: '
-                f'"{self.ann_file}"')
-        with open(self.ann_file) as f:
-            names = [line.strip() for line in f if line.strip()]
-        if not names:
-            raise ValueError(
-                f'FrameDataset: video list "{self.ann_file}" is empty')
-        return names
+        return read_list_file(self.ann_file, 'FrameDataset', 'video list')
 
     def load_data_list(self) -> List[dict]:
         img_dir = self.data_prefix.get('img_path', '')

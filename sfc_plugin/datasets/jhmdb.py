@@ -7,6 +7,7 @@ import numpy as np
 from sfc_plugin.registry import DATASETS
 
 from .frame_dataset import _is_image
+from .utils import read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
 
@@ -56,14 +57,10 @@ class JHMDBDataset(VideoFrameDataset):
             **kwargs)
 
     def load_data_list(self) -> List[dict]:
-        if not osp.isfile(self.ann_file):
-            raise FileNotFoundError(
-                f'JHMDBDataset: video list (ann_file) not found: '
-                f'"{self.ann_file}"')
+        lines = read_list_file(self.ann_file, 'JHMDBDataset', 'video list')
         data_list = []
-        with open(self.ann_file) as f:
-            lines = [line.split() for line in f if line.strip()]
-        for n, parts in enumerate(lines, start=1):
+        for n, parts in enumerate((line.split() for line in lines),
+                                  start=1):
             if len(parts) != 2:
                 raise ValueError(
                     f'JHMDBDataset: line {n} of "{self.ann_file}" must be '
@@ -87,7 +84,4 @@ class JHMDBDataset(VideoFrameDataset):
                         frame_id=i,
                         video_length=len(frames),
                         gt_joints=joints[i]))
-        if not data_list:
-            raise ValueError(
-                f'JHMDBDataset: no frames listed in "{self.ann_file}"')
         return data_list
