@@ -1,3 +1,7 @@
-from .topk_window_match import topk_window_match, window_mask
+from .topk_window_match import (
+                                topk_window_match,
+                                topk_window_match_dense,
+                                window_mask,
+)
 
-__all__ = ['topk_window_match', 'window_mask']
+__all__ = ['topk_window_match', 'topk_window_match_dense', 'window_mask']

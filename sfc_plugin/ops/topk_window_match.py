@@ -76,6 +76,29 @@ def window_mask(height: int, width: int, radius: float,
     return torch.cdist(q, pos) < radius
 
 
+def _weighted_topk(aff: torch.Tensor, labels: torch.Tensor,
+                   topk: int) -> torch.Tensor:
+    """Top-k of each row of ``aff`` (-inf where ineligible), softmax, and
+    the weighted sum of the chosen candidates' labels; a row with no
+    eligible candidate gives zeros.
+
+    Args:
+        aff (Tensor): (Q, N) affinities already divided by the temperature.
+        labels (Tensor): (N, K) labels of the N candidates, or (Q, N, K)
+            per row.
+
+    Returns:
+        Tensor: (Q, K).
+    """
+    vals, idx = aff.topk(min(topk, aff.shape[1]), dim=1)
+    has_key = torch.isfinite(vals[:, 0])
+    weights = torch.softmax(vals, dim=1).nan_to_num_(0.0)
+    chosen = labels[idx] if labels.dim() == 2 else labels.gather(
+        1, idx[..., None].expand(-1, -1, labels.shape[-1]))
+    out = torch.einsum('qk,qkl->ql', weights.to(labels.dtype), chosen)
+    return torch.where(has_key[:, None], out, 0)
+
+
 def topk_window_match(query: torch.Tensor,
                       keys: torch.Tensor,
                       key_labels: torch.Tensor,
@@ -83,7 +106,8 @@ def topk_window_match(query: torch.Tensor,
                       topk: int,
                       radius: float,
                       temperature: float,
-                      unrestricted_keys: int = 1) -> torch.Tensor:
+                      unrestricted_keys: int = 1,
+                      tile_size: int = 8) -> torch.Tensor:
     """Propagates key labels to a query frame by top-k windowed matching.
 
     Each query position takes the ``topk`` largest affinities (dot products
@@ -98,6 +122,12 @@ def topk_window_match(query: torch.Tensor,
     are used; a query position with no eligible key (``radius=0`` and
     ``unrestricted_keys=0``) gets an all-zero label vector.
 
+    This pure-PyTorch implementation never builds the dense affinity: the
+    query positions go in ``tile_size``² tiles, and a tile is scored against
+    the unrestricted frames and against the union of its positions' windows
+    in the restricted frames only. Keys stored channels-last
+    (``memory_format=torch.channels_last``) are used without a copy.
+
     Args:
         query (Tensor): (C, H, W) features of the target frame.
         keys (Tensor): (T, C, H, W) features of the key frames.
@@ -107,9 +137,96 @@ def topk_window_match(query: torch.Tensor,
         temperature (float): Softmax temperature τ.
         unrestricted_keys (int): Leading key frames matched over all
             positions. Defaults to 1 (the first frame).
+        tile_size (int): Side of the query tiles. Defaults to 8.
 
     Returns:
         Tensor: (K, H, W) propagated labels, in ``key_labels``' dtype.
+    """
+    _check(query, keys, key_labels, topk, radius, temperature,
+           unrestricted_keys)
+    num_frames, channels, height, width = keys.shape
+    num_labels = key_labels.shape[1]
+    topk = int(topk)
+    free = unrestricted_keys
+    keys_hwc = keys.permute(0, 2, 3, 1).contiguous()
+    labels_hwk = key_labels.permute(0, 2, 3, 1).contiguous()
+    query_hwc = query.permute(1, 2, 0)
+    free_keys = keys_hwc[:free].reshape(-1, channels)
+    free_labels = labels_hwk[:free].reshape(-1, num_labels)
+    # Offsets d with |d| < radius: a window reaches `reach` cells each way.
+    reach = math.ceil(radius) - 1
+    windowed = num_frames > free and reach >= 0
+    outside_masks = {}
+
+    out = key_labels.new_zeros(height, width, num_labels)
+    for y0 in range(0, height, tile_size):
+        y1 = min(y0 + tile_size, height)
+        for x0 in range(0, width, tile_size):
+            x1 = min(x0 + tile_size, width)
+            q = query_hwc[y0:y1, x0:x1].reshape(-1, channels)
+            # Top-k of each candidate group, then of their union: the
+            # joint top-k without concatenating the affinities.
+            vals, labels = [], []
+            if free:
+                v, i = (q @ free_keys.t()).topk(
+                    min(topk, free_keys.shape[0]), dim=1)
+                vals.append(v)
+                labels.append(free_labels[i])
+            if windowed:
+                ky0, ky1 = max(0, y0 - reach), min(height, y1 + reach)
+                kx0, kx1 = max(0, x0 - reach), min(width, x1 + reach)
+                geometry = (y1 - y0, x1 - x0, y0 - ky0, x0 - kx0, ky1 - ky0,
+                            kx1 - kx0)
+                if geometry not in outside_masks:
+                    outside_masks[geometry] = _outside_window(
+                        *geometry, radius, query.device)
+                rect = keys_hwc[free:, ky0:ky1, kx0:kx1].reshape(-1, channels)
+                aff = (q @ rect.t()).view(q.shape[0], num_frames - free, -1)
+                aff.masked_fill_(outside_masks[geometry][:, None], -math.inf)
+                v, i = aff.view(q.shape[0], -1).topk(
+                    min(topk, rect.shape[0]), dim=1)
+                vals.append(v)
+                labels.append(labels_hwk[free:, ky0:ky1, kx0:kx1].reshape(
+                    -1, num_labels)[i])
+            if not vals:
+                continue
+            tile_out = _weighted_topk(
+                torch.cat(vals, dim=1).div_(temperature),
+                torch.cat(labels, dim=1), topk)
+            out[y0:y1, x0:x1] = tile_out.view(y1 - y0, x1 - x0, num_labels)
+    return out.permute(2, 0, 1).contiguous()
+
+
+def _outside_window(tile_h: int, tile_w: int, off_y: int, off_x: int,
+                    rect_h: int, rect_w: int, radius: float,
+                    device) -> torch.Tensor:
+    """(tile positions, rectangle positions) mask of pairs at distance >=
+    radius; the tile's top-left cell is (off_y, off_x) in the rectangle."""
+    qy, qx = torch.meshgrid(
+        torch.arange(tile_h, device=device) + off_y,
+        torch.arange(tile_w, device=device) + off_x, indexing='ij')
+    ky, kx = torch.meshgrid(
+        torch.arange(rect_h, device=device),
+        torch.arange(rect_w, device=device), indexing='ij')
+    dist2 = (qy.reshape(-1, 1) - ky.reshape(1, -1))**2 + (
+        qx.reshape(-1, 1) - kx.reshape(1, -1))**2
+    return dist2 >= radius * radius
+
+
+def topk_window_match_dense(query: torch.Tensor,
+                            keys: torch.Tensor,
+                            key_labels: torch.Tensor,
+                            *,
+                            topk: int,
+                            radius: float,
+                            temperature: float,
+                            unrestricted_keys: int = 1) -> torch.Tensor:
+    """Dense form of :func:`topk_window_match`, as the CRW protocol computes
+    it: the affinity of each chunk of query positions against every key
+    position, masked to the windows. It scores all T·H·W keys for every
+    query, and is kept as the baseline that benchmarks compare against.
+
+    Arguments, result and edge cases as :func:`topk_window_match`.
     """
     _check(query, keys, key_labels, topk, radius, temperature,
            unrestricted_keys)
@@ -122,7 +239,6 @@ def topk_window_match(query: torch.Tensor,
     labels = key_labels.reshape(num_frames, num_labels, num_pos).transpose(
         1, 2).reshape(num_frames * num_pos, num_labels)
     restricted = num_frames - unrestricted_keys
-    k_eff = min(int(topk), num_frames * num_pos)
 
     out = key_labels.new_zeros(num_pos, num_labels)
     rows_per_chunk = max(
@@ -135,10 +251,6 @@ def topk_window_match(query: torch.Tensor,
             outside = ~window_mask(height, width, radius, rows, q.device)
             aff[:, unrestricted_keys:].masked_fill_(outside[:, None],
                                                     -math.inf)
-        vals, idx = aff.view(aff.shape[0], -1).topk(k_eff, dim=1)
-        has_key = torch.isfinite(vals[:, 0])
-        weights = torch.softmax(vals, dim=1).nan_to_num_(0.0)
-        chunk = torch.einsum('qk,qkl->ql', weights.to(labels.dtype),
-                             labels[idx])
-        out[rows] = torch.where(has_key[:, None], chunk, 0)
+        out[rows] = _weighted_topk(aff.view(aff.shape[0], -1), labels,
+                                   int(topk))
     return out.t().reshape(num_labels, height, width)

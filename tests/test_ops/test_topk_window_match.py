@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfc_plugin.ops import topk_window_match, window_mask
+from sfc_plugin.ops import (topk_window_match, topk_window_match_dense,
+                            window_mask)
 
 
 def unit(x, dim):
@@ -57,15 +58,28 @@ def random_inputs(seed, t_frames, channels, h, w, num_labels):
                              (2, 6, 5, 5, 2, 7, 0.0, 1),
                              (3, 3, 3, 3, 2, 1000, 1.0, 1),
                          ])
-def test_matches_definition(t_frames, channels, h, w, num_labels, topk,
+@pytest.mark.parametrize('impl', [
+    topk_window_match, topk_window_match_dense,
+    lambda *a, **k: topk_window_match(*a, tile_size=3, **k),
+    lambda *a, **k: topk_window_match(*a, tile_size=1, **k),
+], ids=['tiled', 'dense', 'tile3', 'tile1'])
+def test_matches_definition(impl, t_frames, channels, h, w, num_labels, topk,
                             radius, unrestricted):
     query, keys, labels = random_inputs(t_frames * 100 + h, t_frames,
                                         channels, h, w, num_labels)
-    got = topk_window_match(query, keys, labels, topk=topk, radius=radius,
-                            temperature=0.07, unrestricted_keys=unrestricted)
+    got = impl(query, keys, labels, topk=topk, radius=radius,
+               temperature=0.07, unrestricted_keys=unrestricted)
     expected = brute_force(query, keys, labels, topk, radius, 0.07,
                            unrestricted)
     assert got.shape == (num_labels, h, w)
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_channels_last_keys_and_fractional_radius():
+    query, keys, labels = random_inputs(5, 4, 6, 9, 10, 3)
+    expected = brute_force(query, keys, labels, 7, 2.5, 0.1, 1)
+    got = topk_window_match(query, keys.to(memory_format=torch.channels_last),
+                            labels, topk=7, radius=2.5, temperature=0.1)
     assert torch.allclose(got, expected, atol=1e-10)
 
 

@@ -84,7 +84,11 @@ class LabelPropagator:
                 f'LabelPropagator.init: feat {tuple(feat.shape)} and labels '
                 f'{tuple(labels.shape)} differ in size')
         slots = 1 + self.context_frames
-        self._feats = feat.new_empty((slots, *feat.shape))
+        # Channels-last: topk_window_match reads windows of positions as
+        # C-contiguous rows, so this layout spares it a copy of all keys.
+        self._feats = torch.empty((slots, *feat.shape), dtype=feat.dtype,
+                                  device=feat.device,
+                                  memory_format=torch.channels_last)
         self._labels = labels.new_empty((slots, *labels.shape))
         self._feats.copy_(feat.expand_as(self._feats))
         self._labels.copy_(labels.expand_as(self._labels))
