@@ -7,8 +7,7 @@ from PIL import Image
 
 from sfc_plugin.registry import DATASETS
 
-from .frame_dataset import _is_image
-from .utils import read_list_file
+from .utils import is_image_file, read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
 
@@ -103,7 +102,7 @@ class DAVISDataset(VideoFrameDataset):
                 raise FileNotFoundError(
                     f'DAVISDataset: sequence "{video}" has no frames folder '
                     f'"{frame_dir}"')
-            frames = sorted(f for f in os.listdir(frame_dir) if _is_image(f))
+            frames = sorted(f for f in os.listdir(frame_dir) if is_image_file(f))
             if not frames:
                 raise ValueError(
                     f'DAVISDataset: no frames in "{frame_dir}"')

@@ -6,13 +6,7 @@ from mmengine.dataset import BaseDataset
 
 from sfc_plugin.registry import DATASETS
 
-from .utils import read_list_file
-
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+from .utils import IMG_EXTENSIONS, is_image_file, read_list_file
 
 
 @DATASETS.register_module()
@@ -78,7 +72,7 @@ class FrameDataset(BaseDataset):
                 f'FrameDataset: frame folder not found: "{img_dir}" (set '
                 '`data_root` and `data_prefix.img_path`)')
         entries = sorted(os.listdir(img_dir))
-        images = [e for e in entries if _is_image(e)]
+        images = [e for e in entries if is_image_file(e)]
         videos = [e for e in entries if osp.isdir(osp.join(img_dir, e))]
         listed = self._read_video_list()
 
@@ -99,7 +93,7 @@ class FrameDataset(BaseDataset):
                         f'FrameDataset: video "{video}" listed in '
                         f'"{self.ann_file}" has no folder "{video_dir}"')
                 frames = sorted(f for f in os.listdir(video_dir)
-                                if _is_image(f))[::self.frame_interval]
+                                if is_image_file(f))[::self.frame_interval]
                 data_list += [
                     dict(img_path=osp.join(video_dir, f), video=video)
                     for f in frames

@@ -6,8 +6,7 @@ import numpy as np
 
 from sfc_plugin.registry import DATASETS
 
-from .frame_dataset import _is_image
-from .utils import read_list_file
+from .utils import is_image_file, read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
 
@@ -69,7 +68,7 @@ class JHMDBDataset(VideoFrameDataset):
             if not osp.isdir(frame_dir):
                 raise FileNotFoundError(
                     f'JHMDBDataset: frames folder not found: "{frame_dir}"')
-            frames = sorted(x for x in os.listdir(frame_dir) if _is_image(x))
+            frames = sorted(x for x in os.listdir(frame_dir) if is_image_file(x))
             joints = read_joint_positions(mat)
             if len(joints) < len(frames):
                 raise ValueError(

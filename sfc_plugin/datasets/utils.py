@@ -1,6 +1,13 @@
 import os.path as osp
 from typing import List
 
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has one of :data:`IMG_EXTENSIONS` (any case)."""
+    return name.lower().endswith(IMG_EXTENSIONS)
+
 
 def read_list_file(path: str, owner: str, what: str = 'list') -> List[str]:
     """Non-empty, stripped lines of a list file (video lists, splits).

@@ -4,8 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfc_plugin.ops import (topk_window_match, topk_window_match_dense,
-                            window_mask)
+from sfc_plugin.ops import (
+    topk_window_match,
+    topk_window_match_dense,
+    window_mask,
+)
 
 
 def unit(x, dim):
