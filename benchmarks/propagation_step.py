@@ -6,7 +6,8 @@ unrestricted. Each implementation runs in a fresh child process, so the peak
 RSS it adds over the inputs is its own; outputs are checked against each
 other. Prints a Markdown table.
 
-    python benchmarks/propagation_step.py --channels 256 1280 --impl tiled dense
+    python benchmarks/propagation_step.py --channels 256 1280 \
+        --impl tiled dense
 """
 import argparse
 import json

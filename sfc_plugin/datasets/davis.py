@@ -102,7 +102,8 @@ class DAVISDataset(VideoFrameDataset):
                 raise FileNotFoundError(
                     f'DAVISDataset: sequence "{video}" has no frames folder '
                     f'"{frame_dir}"')
-            frames = sorted(f for f in os.listdir(frame_dir) if is_image_file(f))
+            frames = sorted(
+                f for f in os.listdir(frame_dir) if is_image_file(f))
             if not frames:
                 raise ValueError(
                     f'DAVISDataset: no frames in "{frame_dir}"')

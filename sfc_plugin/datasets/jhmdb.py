@@ -68,7 +68,8 @@ class JHMDBDataset(VideoFrameDataset):
             if not osp.isdir(frame_dir):
                 raise FileNotFoundError(
                     f'JHMDBDataset: frames folder not found: "{frame_dir}"')
-            frames = sorted(x for x in os.listdir(frame_dir) if is_image_file(x))
+            frames = sorted(
+                x for x in os.listdir(frame_dir) if is_image_file(x))
             joints = read_joint_positions(mat)
             if len(joints) < len(frames):
                 raise ValueError(
