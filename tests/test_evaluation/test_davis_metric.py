@@ -123,3 +123,38 @@ def test_dataset_errors_name_the_file(tmp_path):
     (root / 'Annotations/480p/v/00000.png').unlink()
     with pytest.raises(FileNotFoundError, match='v/00000.png'):
         DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+
+
+def test_frame_and_mask_sizes_must_match(tmp_path):
+    from sfc_plugin.datasets.transforms import LoadObjectMask
+    frames, masks = moving_squares(2, 32, 40, 1)
+    root = write_davis(tmp_path / 'd', {'v': (frames, masks)})
+    load = LoadObjectMask()
+    path = str(root / 'Annotations/480p/v/00000.png')
+    out = load(dict(img=frames[0], seg_map_path=path, frame_id=0))
+    assert np.array_equal(out['gt_seg_map'], masks[0])
+    with pytest.raises(ValueError, match=r'00000.png" is 40×32 but frame'):
+        load(dict(img=frames[0][:, :30], seg_map_path=path, frame_id=0,
+                  img_path='x.jpg'))
+    # Later frames are left to the metric.
+    assert 'gt_seg_map' not in load(dict(img=frames[1], seg_map_path=path,
+                                         frame_id=1))
+
+
+def test_no_object_and_sparse_ids(tmp_path):
+    """An empty first mask is a defined result (left out of the score); ids
+    above the object count keep their value (objects 1..max id)."""
+    empty = moving_squares(4, 32, 40, 1)
+    empty = (empty[0], [np.zeros_like(m) for m in empty[1]])
+    frames, masks = moving_squares(4, 32, 40, 2, seed=7)
+    masks = [np.where(m == 2, 5, m).astype(np.uint8) for m in masks]
+    root = write_davis(tmp_path / 'd', {'empty': empty,
+                                        'sparse': (frames, masks)})
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    metric = DAVISMetric()
+    metric.process(None, samples_for(ds, {'empty': empty[1],
+                                          'sparse': masks}))
+    res = metric.compute_metrics(metric.results)
+    # Objects 1..5 of "sparse": 2, 3, 4 are empty in both (J = F = 1).
+    assert res['J&F-Mean'] == 1.0
+    assert len([r for r in metric.results if r['video'] == 'sparse']) == 4

@@ -61,3 +61,33 @@ def test_fc_davis_end_to_end_on_generated_videos(python, repo, tmp_path,
     with open(out / 'global_results-val.csv') as f:
         header, values = list(csv.reader(f))
     assert header[0] == 'J&F-Mean' and 0 <= float(values[0]) <= 1
+
+
+def test_distributed_evaluation_keeps_videos_whole(python, repo, tmp_path,
+                                                   subprocess_env):
+    """Two processes (gloo, CPU): videos dealt whole, every frame scored."""
+    from ..test_evaluation.davis_fixtures import moving_squares, write_davis
+    root = write_davis(tmp_path / 'davis', {
+        name: moving_squares(4, 48, 64, 1, seed=i)
+        for i, name in enumerate(['a', 'b', 'c'])
+    })
+    out = tmp_path / 'results'
+    proc = subprocess.run([
+        python, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        '--master_port=29541',
+        str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), '--launcher', 'pytorch',
+        '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={root}',
+        'test_dataloader.dataset.ann_file=ImageSets/val.txt',
+        'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}'
+    ], env=subprocess_env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'davis/J&F-Mean' in log
+    for name in 'abc':
+        assert len(list((out / name).glob('*.png'))) == 4
+    import csv
+    with open(out / 'per-sequence_results-val.csv') as f:
+        rows = list(csv.reader(f))[1:]
+    assert [r[0] for r in rows] == ['a_1', 'b_1', 'c_1']
