@@ -1,4 +1,29 @@
+import csv
 import subprocess
+
+import numpy as np
+from PIL import Image
+
+from ..test_evaluation.davis_fixtures import moving_squares, write_davis
+
+
+def run_fc_davis(python, repo, env, root, tmp_path, launcher=()):
+    """tools/test.py with configs/fc_davis.py on generated DAVIS data."""
+    out = tmp_path / 'results'
+    proc = subprocess.run([
+        python, *launcher,
+        str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), '--work-dir',
+        str(tmp_path / 'w'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={root}',
+        'test_dataloader.dataset.ann_file=ImageSets/val.txt',
+        'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}',
+        *(['--launcher', 'pytorch'] if launcher else [])
+    ], env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'davis/J&F-Mean' in log
+    return out, log
 
 
 def test_test_tool_refuses_a_training_only_config(python, repo, tmp_path,
@@ -29,29 +54,12 @@ def test_test_tool_names_a_missing_checkpoint(python, repo, tmp_path,
 def test_fc_davis_end_to_end_on_generated_videos(python, repo, tmp_path,
                                                  subprocess_env):
     """tools/test.py with the FC DAVIS config, a random-init network."""
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    from ..test_evaluation.davis_fixtures import moving_squares, write_davis
     root = write_davis(tmp_path / 'davis', {
         'a': moving_squares(5, 64, 96, 2, seed=3),
         'b': moving_squares(4, 64, 96, 1, seed=4),
     })
-    out = tmp_path / 'results'
-    proc = subprocess.run([
-        python, str(repo / 'tools' / 'test.py'),
-        str(repo / 'configs' / 'fc_davis.py'), '--work-dir',
-        str(tmp_path / 'w'), '--cfg-options',
-        f'test_dataloader.dataset.data_root={root}',
-        'test_dataloader.dataset.ann_file=ImageSets/val.txt',
-        'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}'
-    ], env=subprocess_env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    out, log = run_fc_davis(python, repo, subprocess_env, root, tmp_path)
     assert 'randomly initialised' in log
-    assert 'davis/J&F-Mean' in log
     assert sorted(p.name for p in (out / 'a').iterdir()) == [
         f'{t:05d}.png' for t in range(5)
     ]
@@ -66,28 +74,16 @@ def test_fc_davis_end_to_end_on_generated_videos(python, repo, tmp_path,
 def test_distributed_evaluation_keeps_videos_whole(python, repo, tmp_path,
                                                    subprocess_env):
     """Two processes (gloo, CPU): videos dealt whole, every frame scored."""
-    from ..test_evaluation.davis_fixtures import moving_squares, write_davis
     root = write_davis(tmp_path / 'davis', {
         name: moving_squares(4, 48, 64, 1, seed=i)
         for i, name in enumerate(['a', 'b', 'c'])
     })
-    out = tmp_path / 'results'
-    proc = subprocess.run([
-        python, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        '--master_port=29541',
-        str(repo / 'tools' / 'test.py'),
-        str(repo / 'configs' / 'fc_davis.py'), '--launcher', 'pytorch',
-        '--work-dir', str(tmp_path / 'w'), '--cfg-options',
-        f'test_dataloader.dataset.data_root={root}',
-        'test_dataloader.dataset.ann_file=ImageSets/val.txt',
-        'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}'
-    ], env=subprocess_env, capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    assert 'davis/J&F-Mean' in log
+    out, _ = run_fc_davis(
+        python, repo, subprocess_env, root, tmp_path,
+        launcher=('-m', 'torch.distributed.run', '--nproc_per_node=2',
+                  '--master_port=29541'))
     for name in 'abc':
         assert len(list((out / name).glob('*.png'))) == 4
-    import csv
     with open(out / 'per-sequence_results-val.csv') as f:
         rows = list(csv.reader(f))[1:]
     assert [r[0] for r in rows] == ['a_1', 'b_1', 'c_1']
