@@ -1,7 +1,19 @@
+from .extension import load_native_ops, native_ops_available, native_ops_status
 from .topk_window_match import (
+                                aggregate_labels,
                                 topk_window_match,
+                                topk_window_match_decomposed,
                                 topk_window_match_dense,
+                                topk_window_match_reference,
+                                topk_window_neighbours,
+                                topk_window_neighbours_reference,
                                 window_mask,
 )
 
-__all__ = ['topk_window_match', 'topk_window_match_dense', 'window_mask']
+__all__ = [
+    'aggregate_labels', 'load_native_ops', 'native_ops_available',
+    'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',
+    'topk_window_match_dense', 'topk_window_match_reference',
+    'topk_window_neighbours', 'topk_window_neighbours_reference',
+    'window_mask'
+]

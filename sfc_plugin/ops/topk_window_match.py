@@ -1,40 +1,68 @@
 """Top-k windowed matching: the label-propagation step of the CRW protocol.
 
-This module holds the contract and the pure-PyTorch implementation; native
-kernels (the custom-op issue) slot in behind :func:`topk_window_match` without
-changing its callers.
+:func:`topk_window_match` is the public entry point. It runs the native
+``sfc::topk_window_match`` op (C++ CPU kernel, CUDA kernel; see
+:mod:`.extension`) where one serves the tensors' device, and the
+pure-PyTorch reference otherwise. The module also holds the forms every
+implementation is checked and timed against: the tiled reference, the
+dense CRW-style baseline, and the standard-op decomposition that ONNX
+exports.
+
+Definition (every implementation): each query position takes the ``topk``
+largest affinities (dot products of the features) over all eligible key
+positions of all T key frames jointly, applies a softmax to them divided by
+``temperature``, and returns the weighted sum of those keys' labels. The
+first ``unrestricted_keys`` key frames are eligible everywhere; in the
+others a key at offset (dy, dx) from the query is eligible iff
+dy² + dx² < radius² (feature pixels). With fewer than ``topk`` eligible keys
+all of them are used; a position with none (``radius=0`` and
+``unrestricted_keys=0``) gets all-zero labels. Among equal affinities the
+native kernels keep the key with the lower flat index t·H·W + y·W + x; the
+PyTorch forms keep whichever ``torch.topk`` returns.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
-#: Affinity rows processed at once are capped so that one chunk of the
-#: (queries × keys) affinity stays near this many bytes.
+from .extension import native_ops_available
+
+#: Affinity rows processed at once by the dense baseline are capped so that
+#: one chunk of the (queries × keys) affinity stays near this many bytes.
 CHUNK_BYTES = 128 * 2**20
 
 
-def _check(query: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
-           topk: int, radius: float, temperature: float,
-           unrestricted_keys: int) -> None:
-    if query.dim() != 3:
-        raise ValueError(f'topk_window_match: query must be (C, H, W), got '
-                         f'shape {tuple(query.shape)}')
-    if keys.dim() != 4:
-        raise ValueError(f'topk_window_match: keys must be (T, C, H, W), got '
-                         f'shape {tuple(keys.shape)}')
-    if key_labels.dim() != 4:
-        raise ValueError('topk_window_match: key_labels must be (T, K, H, W), '
-                         f'got shape {tuple(key_labels.shape)}')
-    if keys.shape[1:] != query.shape:
+def _check(query: torch.Tensor, keys: torch.Tensor,
+           key_labels: Optional[torch.Tensor], topk: int, radius: float,
+           temperature: float, unrestricted_keys: int) -> bool:
+    """Validates the arguments with messages naming them; returns whether
+    they are batched."""
+    batched = query.dim() == 4
+    if query.dim() not in (3, 4):
+        raise ValueError('topk_window_match: query must be (C, H, W) or '
+                         f'(B, C, H, W), got shape {tuple(query.shape)}')
+    lead = 'B, ' if batched else ''
+    if keys.dim() != query.dim() + 1:
+        raise ValueError(f'topk_window_match: keys must be ({lead}T, C, H, '
+                         f'W), got shape {tuple(keys.shape)}')
+    if (keys.shape[-3:] != query.shape[-3:]
+            or keys.shape[:-4] != query.shape[:-3]):
         raise ValueError(f'topk_window_match: keys {tuple(keys.shape)} do not '
-                         f'match query {tuple(query.shape)} in C, H, W')
-    if (key_labels.shape[0] != keys.shape[0]
-            or key_labels.shape[2:] != keys.shape[2:]):
-        raise ValueError(
-            f'topk_window_match: key_labels {tuple(key_labels.shape)} do not '
-            f'match keys {tuple(keys.shape)} in T, H, W')
-    if keys.shape[0] < 1:
+                         f'match query {tuple(query.shape)} in {lead}C, H, W')
+    if key_labels is not None:
+        if key_labels.dim() != keys.dim():
+            raise ValueError('topk_window_match: key_labels must be '
+                             f'({lead}T, K, H, W), got shape '
+                             f'{tuple(key_labels.shape)}')
+        if (key_labels.shape[:-3] != keys.shape[:-3]
+                or key_labels.shape[-2:] != keys.shape[-2:]):
+            raise ValueError(
+                f'topk_window_match: key_labels {tuple(key_labels.shape)} do '
+                f'not match keys {tuple(keys.shape)} in {lead}T, H, W')
+        if not key_labels.is_floating_point():
+            raise ValueError('topk_window_match: key_labels must be floating '
+                             f'point, got {key_labels.dtype}')
+    if keys.shape[-4] < 1:
         raise ValueError('topk_window_match: need at least one key frame')
     if int(topk) < 1:
         raise ValueError(f'topk_window_match: topk must be >= 1, got {topk}')
@@ -44,10 +72,20 @@ def _check(query: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
     if not temperature > 0:
         raise ValueError('topk_window_match: temperature must be > 0, got '
                          f'{temperature}')
-    if not 0 <= unrestricted_keys <= keys.shape[0]:
+    if not 0 <= unrestricted_keys <= keys.shape[-4]:
         raise ValueError(
             'topk_window_match: unrestricted_keys must be in '
-            f'[0, T={keys.shape[0]}], got {unrestricted_keys}')
+            f'[0, T={keys.shape[-4]}], got {unrestricted_keys}')
+    for name, t in (('query', query), ('keys', keys)):
+        if t.device.type == 'cpu' and t.dtype not in (torch.float32,
+                                                      torch.float64):
+            raise ValueError(
+                f'topk_window_match: {name} is {t.dtype}; on CPU features '
+                'must be float32 or float64 (convert with .float())')
+    if keys.dtype != query.dtype:
+        raise ValueError(f'topk_window_match: query is {query.dtype} but '
+                         f'keys are {keys.dtype}')
+    return batched
 
 
 def window_mask(height: int, width: int, radius: float,
@@ -58,159 +96,136 @@ def window_mask(height: int, width: int, radius: float,
     Args:
         height (int): Feature map height H.
         width (int): Feature map width W.
-        radius (float): Euclidean distance in feature pixels; a key is
-            eligible iff its distance is strictly below it.
+        radius (float): A key at offset (dy, dx) is eligible iff
+            dy² + dx² < radius².
         rows (slice, optional): Query positions (row-major indices into the
             H·W grid) to compute; all by default.
 
     Returns:
         Tensor: (Q, H·W) boolean mask.
     """
-    pos = torch.stack(
-        torch.meshgrid(
-            torch.arange(height, device=device, dtype=torch.float64),
-            torch.arange(width, device=device, dtype=torch.float64),
-            indexing='ij'),
-        dim=-1).reshape(-1, 2)
+    pos = _positions(height, width, device)
     q = pos if rows is None else pos[rows]
-    return torch.cdist(q, pos) < radius
+    return _inside(q, pos, radius)
 
 
-def _weighted_topk(aff: torch.Tensor, labels: torch.Tensor,
-                   topk: int) -> torch.Tensor:
-    """Top-k of each row of ``aff`` (-inf where ineligible), softmax, and
-    the weighted sum of the chosen candidates' labels; a row with no
-    eligible candidate gives zeros.
-
-    Args:
-        aff (Tensor): (Q, N) affinities already divided by the temperature.
-        labels (Tensor): (N, K) labels of the N candidates, or (Q, N, K)
-            per row.
-
-    Returns:
-        Tensor: (Q, K).
-    """
-    vals, idx = aff.topk(min(topk, aff.shape[1]), dim=1)
-    has_key = torch.isfinite(vals[:, 0])
-    weights = torch.softmax(vals, dim=1).nan_to_num_(0.0)
-    chosen = labels[idx] if labels.dim() == 2 else labels.gather(
-        1, idx[..., None].expand(-1, -1, labels.shape[-1]))
-    out = torch.einsum('qk,qkl->ql', weights.to(labels.dtype), chosen)
-    return torch.where(has_key[:, None], out, 0)
+def _positions(height, width, device=None) -> torch.Tensor:
+    """(H·W, 2) row-major (y, x) coordinates, as float64 so that squared
+    distances are exact."""
+    ys = torch.arange(height, device=device, dtype=torch.float64)
+    xs = torch.arange(width, device=device, dtype=torch.float64)
+    return torch.stack(
+        [ys[:, None].expand(-1, width),
+         xs[None, :].expand(height, -1)], dim=-1).reshape(-1, 2)
 
 
-def topk_window_match(query: torch.Tensor,
-                      keys: torch.Tensor,
-                      key_labels: torch.Tensor,
-                      *,
-                      topk: int,
-                      radius: float,
-                      temperature: float,
-                      unrestricted_keys: int = 1,
-                      tile_size: int = 8) -> torch.Tensor:
-    """Propagates key labels to a query frame by top-k windowed matching.
+def _inside(q_pos: torch.Tensor, k_pos: torch.Tensor,
+            radius: float) -> torch.Tensor:
+    d = q_pos[:, None, :] - k_pos[None, :, :]
+    return (d * d).sum(-1) < radius * radius
 
-    Each query position takes the ``topk`` largest affinities (dot products
-    of the unit-norm features, divided by ``temperature``) over all eligible
-    key positions of all T key frames jointly, applies a softmax over them and
-    returns the weighted sum of those keys' labels. The first
-    ``unrestricted_keys`` key frames are eligible everywhere; in the others
-    only positions within Euclidean distance ``< radius`` (feature pixels) of
-    the query position are.
 
-    Defined edge cases: with fewer than ``topk`` eligible keys all of them
-    are used; a query position with no eligible key (``radius=0`` and
-    ``unrestricted_keys=0``) gets an all-zero label vector.
-
-    This pure-PyTorch implementation never builds the dense affinity: the
-    query positions go in ``tile_size``² tiles, and a tile is scored against
-    the unrestricted frames and against the union of its positions' windows
-    in the restricted frames only. Keys stored channels-last
-    (``memory_format=torch.channels_last``) are used without a copy.
+def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
+                     key_labels: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the chosen keys' labels.
 
     Args:
-        query (Tensor): (C, H, W) features of the target frame.
-        keys (Tensor): (T, C, H, W) features of the key frames.
-        key_labels (Tensor): (T, K, H, W) label maps of the key frames.
-        topk (int): Neighbours per query position.
-        radius (float): Window radius for the restricted key frames.
-        temperature (float): Softmax temperature τ.
-        unrestricted_keys (int): Leading key frames matched over all
-            positions. Defaults to 1 (the first frame).
-        tile_size (int): Side of the query tiles. Defaults to 8.
+        weights (Tensor): (B, H, W, k) softmax weights.
+        indices (Tensor): (B, H, W, k) flat key indices t·H·W + y·W + x;
+            -1 marks padding.
+        key_labels (Tensor): (B, T, K, H, W) label maps of the key frames.
 
     Returns:
-        Tensor: (K, H, W) propagated labels, in ``key_labels``' dtype.
+        Tensor: (B, K, H, W) in ``key_labels``' dtype.
     """
-    _check(query, keys, key_labels, topk, radius, temperature,
-           unrestricted_keys)
-    num_frames, channels, height, width = keys.shape
-    num_labels = key_labels.shape[1]
-    topk = int(topk)
-    free = unrestricted_keys
-    keys_hwc = keys.permute(0, 2, 3, 1).contiguous()
-    labels_hwk = key_labels.permute(0, 2, 3, 1).contiguous()
-    query_hwc = query.permute(1, 2, 0)
-    free_keys = keys_hwc[:free].reshape(-1, channels)
-    free_labels = labels_hwk[:free].reshape(-1, num_labels)
-    # Offsets d with |d| < radius: a window reaches `reach` cells each way.
-    reach = math.ceil(radius) - 1
-    windowed = num_frames > free and reach >= 0
-    outside_masks = {}
-
-    out = key_labels.new_zeros(height, width, num_labels)
-    for y0 in range(0, height, tile_size):
-        y1 = min(y0 + tile_size, height)
-        for x0 in range(0, width, tile_size):
-            x1 = min(x0 + tile_size, width)
-            q = query_hwc[y0:y1, x0:x1].reshape(-1, channels)
-            # Top-k of each candidate group, then of their union: the
-            # joint top-k without concatenating the affinities.
-            vals, labels = [], []
-            if free:
-                v, i = (q @ free_keys.t()).topk(
-                    min(topk, free_keys.shape[0]), dim=1)
-                vals.append(v)
-                labels.append(free_labels[i])
-            if windowed:
-                ky0, ky1 = max(0, y0 - reach), min(height, y1 + reach)
-                kx0, kx1 = max(0, x0 - reach), min(width, x1 + reach)
-                geometry = (y1 - y0, x1 - x0, y0 - ky0, x0 - kx0, ky1 - ky0,
-                            kx1 - kx0)
-                if geometry not in outside_masks:
-                    outside_masks[geometry] = _outside_window(
-                        *geometry, radius, query.device)
-                rect = keys_hwc[free:, ky0:ky1, kx0:kx1].reshape(-1, channels)
-                aff = (q @ rect.t()).view(q.shape[0], num_frames - free, -1)
-                aff.masked_fill_(outside_masks[geometry][:, None], -math.inf)
-                v, i = aff.view(q.shape[0], -1).topk(
-                    min(topk, rect.shape[0]), dim=1)
-                vals.append(v)
-                labels.append(labels_hwk[free:, ky0:ky1, kx0:kx1].reshape(
-                    -1, num_labels)[i])
-            if not vals:
-                continue
-            tile_out = _weighted_topk(
-                torch.cat(vals, dim=1).div_(temperature),
-                torch.cat(labels, dim=1), topk)
-            out[y0:y1, x0:x1] = tile_out.view(y1 - y0, x1 - x0, num_labels)
-    return out.permute(2, 0, 1).contiguous()
+    b, _, k, h, w = key_labels.shape
+    topk = indices.shape[-1]
+    labels = key_labels.permute(0, 1, 3, 4, 2).reshape(b, -1, k)
+    valid = indices >= 0
+    rows = indices.clamp(min=0).reshape(b, -1, 1).expand(-1, -1, k)
+    chosen = labels.gather(1, rows).view(b, h * w, topk, k)
+    wts = torch.where(valid, weights, 0).to(key_labels.dtype)
+    out = (chosen * wts.view(b, h * w, topk, 1)).sum(2)
+    return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
-def _outside_window(tile_h: int, tile_w: int, off_y: int, off_x: int,
-                    rect_h: int, rect_w: int, radius: float,
-                    device) -> torch.Tensor:
-    """(tile positions, rectangle positions) mask of pairs at distance >=
-    radius; the tile's top-left cell is (off_y, off_x) in the rectangle."""
-    qy, qx = torch.meshgrid(
-        torch.arange(tile_h, device=device) + off_y,
-        torch.arange(tile_w, device=device) + off_x, indexing='ij')
-    ky, kx = torch.meshgrid(
-        torch.arange(rect_h, device=device),
-        torch.arange(rect_w, device=device), indexing='ij')
-    dist2 = (qy.reshape(-1, 1) - ky.reshape(1, -1))**2 + (
-        qx.reshape(-1, 1) - kx.reshape(1, -1))**2
-    return dist2 >= radius * radius
+def _finish_topk(vals: torch.Tensor, idx: torch.Tensor, topk: int,
+                 temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax weights of top-k affinities ((..., k') with -inf where
+    ineligible), padded to ``topk`` with weight 0 and index -1."""
+    valid = torch.isfinite(vals)
+    weights = torch.softmax(vals / temperature, dim=-1)
+    weights = torch.where(valid, weights, 0)
+    idx = torch.where(valid, idx, -1)
+    missing = topk - vals.shape[-1]
+    if missing > 0:
+        weights = torch.cat(
+            [weights, weights.new_zeros(*weights.shape[:-1], missing)], -1)
+        idx = torch.cat([idx, idx.new_full((*idx.shape[:-1], missing), -1)],
+                        -1)
+    return weights, idx
+
+
+def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
+                      keys: torch.Tensor, topk: int, radius: float,
+                      temperature: float, unrestricted_keys: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense top-k of query rows against every key: affinity, window mask,
+    ``topk``. Standard ops only (it is what ONNX exports).
+
+    Args:
+        q (Tensor): (B, Q, C) query features.
+        q_pos (Tensor): (Q, 2) their (y, x) positions.
+        keys (Tensor): (B, T, C, H, W).
+
+    Returns:
+        tuple[Tensor]: weights and flat indices, (B, Q, topk) each.
+    """
+    b, t, c, h, w = keys.shape
+    aff = torch.einsum('bqc,btcp->bqtp', q, keys.reshape(b, t, c, h * w))
+    inside = _inside(q_pos, _positions(h, w, q.device), radius)
+    free = torch.arange(t, device=q.device) < unrestricted_keys
+    eligible = free[None, :, None] | inside[:, None, :]
+    aff = aff.masked_fill(~eligible, -math.inf).flatten(2)
+    # topk columns of -inf: TopK always has k entries to pick, whatever
+    # T·H·W is at run time (k is fixed in an exported graph); picks among
+    # them are ineligible and become padding.
+    aff = torch.cat([aff, aff.new_full((b, q.shape[1], topk), -math.inf)],
+                    dim=-1)
+    vals, idx = aff.topk(topk, dim=-1)
+    return _finish_topk(vals, idx, topk, temperature)
+
+
+def topk_window_match_decomposed(query: torch.Tensor,
+                                 keys: torch.Tensor,
+                                 key_labels: torch.Tensor,
+                                 *,
+                                 topk: int,
+                                 radius: float,
+                                 temperature: float,
+                                 unrestricted_keys: int = 1) -> torch.Tensor:
+    """Batched dense form in standard operators only (MatMul, TopK,
+    Softmax, GatherElements, ...): the ONNX decomposition exports this for
+    runtimes without the ``sfc::TopkWindowMatch`` plugin.
+
+    It builds the whole (H·W, T·H·W) affinity per batch item: about 3.5 GB
+    in float32 at 480p with T = 21, where the native op needs none.
+
+    Args:
+        query (Tensor): (B, C, H, W). keys (Tensor): (B, T, C, H, W).
+        key_labels (Tensor): (B, T, K, H, W). Others as
+            :func:`topk_window_match`.
+
+    Returns:
+        Tensor: (B, K, H, W).
+    """
+    b, c, h, w = query.shape
+    weights, idx = _dense_neighbours(
+        query.reshape(b, c, h * w).transpose(1, 2),
+        _positions(h, w, query.device), keys, int(topk), radius, temperature,
+        unrestricted_keys)
+    return aggregate_labels(weights.view(b, h, w, -1), idx.view(b, h, w, -1),
+                            key_labels)
 
 
 def topk_window_match_dense(query: torch.Tensor,
@@ -221,36 +236,242 @@ def topk_window_match_dense(query: torch.Tensor,
                             radius: float,
                             temperature: float,
                             unrestricted_keys: int = 1) -> torch.Tensor:
-    """Dense form of :func:`topk_window_match`, as the CRW protocol computes
-    it: the affinity of each chunk of query positions against every key
-    position, masked to the windows. It scores all T·H·W keys for every
-    query, and is kept as the baseline that benchmarks compare against.
+    """Dense form as the CRW protocol computes it: each chunk of query
+    positions against every key position (chunked masked matmul + topk).
+    It scores all T·H·W keys for every query and is the baseline the
+    benchmarks compare against.
 
     Arguments, result and edge cases as :func:`topk_window_match`.
     """
-    _check(query, keys, key_labels, topk, radius, temperature,
-           unrestricted_keys)
-    num_frames, channels, height, width = keys.shape
-    num_pos = height * width
-    num_labels = key_labels.shape[1]
-    q = query.reshape(channels, num_pos).t()
-    k = keys.reshape(num_frames, channels, num_pos).transpose(1, 2).reshape(
-        num_frames * num_pos, channels)
-    labels = key_labels.reshape(num_frames, num_labels, num_pos).transpose(
-        1, 2).reshape(num_frames * num_pos, num_labels)
-    restricted = num_frames - unrestricted_keys
+    batched = _check(query, keys, key_labels, topk, radius, temperature,
+                     unrestricted_keys)
+    if not batched:
+        query, keys, key_labels = query[None], keys[None], key_labels[None]
+    b, t, c, h, w = keys.shape
+    q = query.reshape(b, c, h * w).transpose(1, 2)
+    pos = _positions(h, w, query.device)
+    rows = max(1, CHUNK_BYTES // (b * t * h * w * q.element_size()))
+    parts = [
+        _dense_neighbours(q[:, i:i + rows], pos[i:i + rows], keys, int(topk),
+                          radius, temperature, unrestricted_keys)
+        for i in range(0, h * w, rows)
+    ]
+    weights = torch.cat([p[0] for p in parts], 1).view(b, h, w, -1)
+    idx = torch.cat([p[1] for p in parts], 1).view(b, h, w, -1)
+    out = aggregate_labels(weights, idx, key_labels)
+    return out if batched else out[0]
 
-    out = key_labels.new_zeros(num_pos, num_labels)
-    rows_per_chunk = max(
-        1, CHUNK_BYTES // (num_frames * num_pos * q.element_size()))
-    for start in range(0, num_pos, rows_per_chunk):
-        rows = slice(start, min(start + rows_per_chunk, num_pos))
-        aff = (q[rows] @ k.t()).div_(temperature).view(-1, num_frames,
-                                                       num_pos)
-        if restricted:
-            outside = ~window_mask(height, width, radius, rows, q.device)
-            aff[:, unrestricted_keys:].masked_fill_(outside[:, None],
-                                                    -math.inf)
-        out[rows] = _weighted_topk(aff.view(aff.shape[0], -1), labels,
-                                   int(topk))
-    return out.t().reshape(num_labels, height, width)
+
+def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
+                      radius: float, temperature: float, free: int,
+                      tile_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference neighbours of one batch item: query (C, H, W), keys
+    (T, C, H, W) -> weights, indices (H, W, topk).
+
+    Query positions go in ``tile_size``² tiles; a tile is scored against
+    the unrestricted frames and against the union of its positions'
+    windows in the restricted frames only, never the dense affinity.
+    """
+    num_frames, channels, height, width = keys.shape
+    hw = height * width
+    keys_hwc = keys.permute(0, 2, 3, 1)  # a view when stored channels-last
+    query_hwc = query.permute(1, 2, 0)
+    free_keys = keys_hwc[:free].reshape(-1, channels)
+    # Offsets d with |d| < radius: a window reaches `reach` cells each way.
+    reach = math.ceil(radius) - 1
+    windowed = num_frames > free and reach >= 0
+    device = query.device
+    weights = query.new_zeros(height, width, topk)
+    indices = torch.full((height, width, topk), -1, dtype=torch.long,
+                         device=device)
+    for y0 in range(0, height, tile_size):
+        y1 = min(y0 + tile_size, height)
+        for x0 in range(0, width, tile_size):
+            x1 = min(x0 + tile_size, width)
+            q = query_hwc[y0:y1, x0:x1].reshape(-1, channels)
+            # Top-k of each candidate group, then of their union: the
+            # joint top-k without concatenating the affinities.
+            vals, idx = [], []
+            if free:
+                v, i = (q @ free_keys.t()).topk(
+                    min(topk, free_keys.shape[0]), dim=1)
+                vals.append(v)
+                idx.append(i)
+            if windowed:
+                ky0, ky1 = max(0, y0 - reach), min(height, y1 + reach)
+                kx0, kx1 = max(0, x0 - reach), min(width, x1 + reach)
+                ys = torch.arange(ky0, ky1, device=device)
+                xs = torch.arange(kx0, kx1, device=device)
+                ts = torch.arange(free, num_frames, device=device)
+                rect_flat = (ts[:, None, None] * hw + ys[None, :, None] * width
+                             + xs[None, None, :]).reshape(-1)
+                q_pos = torch.stack(torch.meshgrid(
+                    torch.arange(y0, y1, device=device),
+                    torch.arange(x0, x1, device=device),
+                    indexing='ij'), -1).reshape(-1, 2).double()
+                k_pos = torch.stack(torch.meshgrid(ys, xs, indexing='ij'),
+                                    -1).reshape(-1, 2).double()
+                outside = ~_inside(q_pos, k_pos, radius)
+                rect = keys_hwc[free:, ky0:ky1, kx0:kx1].reshape(-1, channels)
+                aff = (q @ rect.t()).view(q.shape[0], num_frames - free, -1)
+                aff.masked_fill_(outside[:, None], -math.inf)
+                v, i = aff.view(q.shape[0], -1).topk(
+                    min(topk, rect.shape[0]), dim=1)
+                vals.append(v)
+                idx.append(rect_flat[i])
+            if not vals:
+                continue
+            v, i = torch.cat(vals, 1).topk(
+                min(topk, sum(x.shape[1] for x in vals)), dim=1)
+            w, i = _finish_topk(v, torch.cat(idx, 1).gather(1, i), topk,
+                                temperature)
+            weights[y0:y1, x0:x1] = w.view(y1 - y0, x1 - x0, topk)
+            indices[y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
+    return weights, indices
+
+
+def topk_window_neighbours_reference(
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        *,
+        topk: int,
+        radius: float,
+        temperature: float,
+        unrestricted_keys: int = 1,
+        tile_size: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch :func:`topk_window_neighbours` (tiled, any device).
+
+    Args and result as :func:`topk_window_neighbours`, plus ``tile_size``
+    (side of the query tiles, default 8).
+    """
+    batched = _check(query, keys, None, topk, radius, temperature,
+                     unrestricted_keys)
+    if not batched:
+        query, keys = query[None], keys[None]
+    for name, t in (('query', query), ('keys', keys)):
+        if not torch.isfinite(t).all():
+            raise ValueError(
+                f'topk_window_match: {name} contain NaN or infinite values')
+    parts = [
+        _tiled_neighbours(q, k, int(topk), radius, temperature,
+                          unrestricted_keys, tile_size)
+        for q, k in zip(query, keys)
+    ]
+    weights = torch.stack([p[0] for p in parts])
+    indices = torch.stack([p[1] for p in parts])
+    return (weights, indices) if batched else (weights[0], indices[0])
+
+
+def topk_window_match_reference(query: torch.Tensor,
+                                keys: torch.Tensor,
+                                key_labels: torch.Tensor,
+                                *,
+                                topk: int,
+                                radius: float,
+                                temperature: float,
+                                unrestricted_keys: int = 1,
+                                tile_size: int = 8) -> torch.Tensor:
+    """Pure-PyTorch :func:`topk_window_match` (tiled, any device): what
+    runs where no native kernel serves the device.
+
+    Args and result as :func:`topk_window_match`, plus ``tile_size``.
+    """
+    batched = _check(query, keys, key_labels, topk, radius, temperature,
+                     unrestricted_keys)
+    if not batched:
+        query, keys, key_labels = query[None], keys[None], key_labels[None]
+    weights, indices = topk_window_neighbours_reference(
+        query, keys, topk=topk, radius=radius, temperature=temperature,
+        unrestricted_keys=unrestricted_keys, tile_size=tile_size)
+    out = aggregate_labels(weights, indices, key_labels)
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            'topk_window_match: key_labels contain NaN or infinite values')
+    return out if batched else out[0]
+
+
+def topk_window_neighbours(
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        *,
+        topk: int,
+        radius: float,
+        temperature: float,
+        unrestricted_keys: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The top-k matches of every query position: which keys, and their
+    softmax weights (for keypoints and visualisation).
+
+    Args:
+        query (Tensor): (C, H, W) or (B, C, H, W) features of the target
+            frame.
+        keys (Tensor): (T, C, H, W) or (B, T, C, H, W) features of the key
+            frames. Any strides; channels-last storage is read without a
+            copy.
+        topk, radius, temperature, unrestricted_keys: as
+            :func:`topk_window_match`.
+
+    Returns:
+        tuple[Tensor]: ``weights`` (query dtype) and ``indices`` (int64),
+        both ([B,] H, W, topk): flat key indices t·H·W + y·W + x in
+        decreasing affinity; slots beyond the eligible keys hold weight 0
+        and index -1.
+    """
+    batched = _check(query, keys, None, topk, radius, temperature,
+                     unrestricted_keys)
+    if not native_ops_available(query.device):
+        return topk_window_neighbours_reference(
+            query, keys, topk=topk, radius=radius, temperature=temperature,
+            unrestricted_keys=unrestricted_keys)
+    if not batched:
+        query, keys = query[None], keys[None]
+    weights, indices = torch.ops.sfc.topk_window_neighbours(
+        query, keys, int(topk), float(radius), float(temperature),
+        int(unrestricted_keys))
+    return (weights, indices) if batched else (weights[0], indices[0])
+
+
+def topk_window_match(query: torch.Tensor,
+                      keys: torch.Tensor,
+                      key_labels: torch.Tensor,
+                      *,
+                      topk: int,
+                      radius: float,
+                      temperature: float,
+                      unrestricted_keys: int = 1) -> torch.Tensor:
+    """Propagates key labels to a query frame by top-k windowed matching.
+
+    See the module docstring for the exact definition and edge cases. Runs
+    the native kernel where one serves the device (CPU: float32/float64;
+    CUDA: also float16/bfloat16), the pure-PyTorch reference otherwise.
+    Non-finite features or labels raise ``ValueError`` on CPU; on CUDA,
+    where a host-side check would stall the stream, they propagate.
+
+    Args:
+        query (Tensor): (C, H, W) or (B, C, H, W) unit-norm features of the
+            target frame.
+        keys (Tensor): (T, C, H, W) or (B, T, C, H, W) unit-norm features
+            of the key frames; any strides (channels-last storage, as
+            :class:`LabelPropagator` keeps them, is read without a copy).
+        key_labels (Tensor): (T, K, H, W) or (B, T, K, H, W) label maps.
+        topk (int): Neighbours per query position.
+        radius (float): Window radius for the restricted key frames.
+        temperature (float): Softmax temperature τ.
+        unrestricted_keys (int): Leading key frames matched over all
+            positions. Defaults to 1 (the first frame).
+
+    Returns:
+        Tensor: (K, H, W) or (B, K, H, W) propagated labels, in
+        ``key_labels``' dtype.
+    """
+    batched = _check(query, keys, key_labels, topk, radius, temperature,
+                     unrestricted_keys)
+    if not native_ops_available(query.device):
+        return topk_window_match_reference(
+            query, keys, key_labels, topk=topk, radius=radius,
+            temperature=temperature, unrestricted_keys=unrestricted_keys)
+    if not batched:
+        query, keys, key_labels = query[None], keys[None], key_labels[None]
+    out = torch.ops.sfc.topk_window_match(query, keys, key_labels, int(topk),
+                                          float(radius), float(temperature),
+                                          int(unrestricted_keys))
+    return out if batched else out[0]

@@ -1,22 +1,34 @@
+"""Every implementation of top-k windowed matching against the definition.
+
+One parametrised class runs each implementation available here (pure-PyTorch
+reference and dense forms, the C++ CPU kernel, the CUDA kernel where a GPU
+exists, both ONNX forms in ONNX Runtime) on fresh random inputs and compares
+it with a float64 brute-force evaluation of the definition.
+"""
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sfc_plugin.ops import (
+    native_ops_available,
     topk_window_match,
+    topk_window_match_decomposed,
     topk_window_match_dense,
+    topk_window_match_reference,
+    topk_window_neighbours,
+    topk_window_neighbours_reference,
     window_mask,
 )
 
-
-def unit(x, dim):
-    return F.normalize(x, dim=dim)
+NATIVE_DISABLED = os.environ.get('SFC_PLUGIN_NATIVE_OPS') == '0'
 
 
 def brute_force(query, keys, labels, topk, radius, temperature, unrestricted):
     """Position by position, in float64, straight from the definition."""
+    query, keys, labels = query.double(), keys.double(), labels.double()
     t_frames, _, h, w = keys.shape
     out = torch.zeros(labels.shape[1], h, w, dtype=torch.float64)
     for y in range(h):
@@ -25,8 +37,8 @@ def brute_force(query, keys, labels, topk, radius, temperature, unrestricted):
             for t in range(t_frames):
                 for ky in range(h):
                     for kx in range(w):
-                        if t >= unrestricted and math.hypot(
-                                ky - y, kx - x) >= radius:
+                        if (t >= unrestricted and
+                                (ky - y)**2 + (kx - x)**2 >= radius**2):
                             continue
                         a = float(query[:, y, x] @ keys[t, :, ky, kx])
                         cands.append((a / temperature, labels[t, :, ky, kx]))
@@ -34,83 +46,226 @@ def brute_force(query, keys, labels, topk, radius, temperature, unrestricted):
                 continue
             cands.sort(key=lambda c: -c[0])
             top = cands[:topk]
-            wts = torch.softmax(torch.tensor([c[0] for c in top]), 0)
+            wts = torch.softmax(
+                torch.tensor([c[0] for c in top], dtype=torch.float64), 0)
             out[:, y, x] = sum(wt * c[1] for wt, c in zip(wts, top))
     return out
 
 
-def random_inputs(seed, t_frames, channels, h, w, num_labels):
+def random_inputs(seed, t_frames, channels, h, w, num_labels, batch=None):
     gen = torch.Generator().manual_seed(seed)
-    query = unit(torch.randn(channels, h, w, generator=gen,
-                             dtype=torch.float64), 0)
-    keys = unit(torch.randn(t_frames, channels, h, w, generator=gen,
-                            dtype=torch.float64), 1)
+    lead = () if batch is None else (batch, )
+    query = F.normalize(torch.randn(*lead, channels, h, w, generator=gen,
+                                    dtype=torch.float64), dim=-3)
+    keys = F.normalize(torch.randn(*lead, t_frames, channels, h, w,
+                                   generator=gen, dtype=torch.float64),
+                       dim=-3)
     labels = torch.softmax(
-        3 * torch.randn(t_frames, num_labels, h, w, generator=gen,
-                        dtype=torch.float64), 1)
+        3 * torch.randn(*lead, t_frames, num_labels, h, w, generator=gen,
+                        dtype=torch.float64), -3)
     return query, keys, labels
 
 
-@pytest.mark.parametrize('t_frames,channels,h,w,num_labels,topk,radius,'
-                         'unrestricted', [
-                             (3, 8, 5, 7, 2, 4, 2.0, 1),
-                             (4, 5, 7, 4, 3, 10, 1.5, 2),
-                             (1, 4, 6, 5, 1, 3, 2.0, 1),
-                             (1, 4, 6, 5, 2, 3, 2.0, 0),
-                             (3, 6, 4, 9, 20, 50, 3.0, 0),
-                             (2, 6, 5, 5, 2, 7, 0.0, 1),
-                             (3, 3, 3, 3, 2, 1000, 1.0, 1),
-                         ])
-@pytest.mark.parametrize('impl', [
-    topk_window_match, topk_window_match_dense,
-    lambda *a, **k: topk_window_match(*a, tile_size=3, **k),
-    lambda *a, **k: topk_window_match(*a, tile_size=1, **k),
-], ids=['tiled', 'dense', 'tile3', 'tile1'])
-def test_matches_definition(impl, t_frames, channels, h, w, num_labels, topk,
-                            radius, unrestricted):
-    query, keys, labels = random_inputs(t_frames * 100 + h, t_frames,
-                                        channels, h, w, num_labels)
-    got = impl(query, keys, labels, topk=topk, radius=radius,
-               temperature=0.07, unrestricted_keys=unrestricted)
-    expected = brute_force(query, keys, labels, topk, radius, 0.07,
-                           unrestricted)
-    assert got.shape == (num_labels, h, w)
-    assert torch.allclose(got, expected, atol=1e-10)
+def needs_native(device='cpu'):
+    if NATIVE_DISABLED:
+        pytest.skip('SFC_PLUGIN_NATIVE_OPS=0')
+    if device == 'cuda' and not torch.cuda.is_available():
+        pytest.skip('no CUDA device')
+    assert native_ops_available(device), 'native kernel not built'
 
 
-def test_channels_last_keys_and_fractional_radius():
-    query, keys, labels = random_inputs(5, 4, 6, 9, 10, 3)
-    expected = brute_force(query, keys, labels, 7, 2.5, 0.1, 1)
-    got = topk_window_match(query, keys.to(memory_format=torch.channels_last),
-                            labels, topk=7, radius=2.5, temperature=0.1)
-    assert torch.allclose(got, expected, atol=1e-10)
+def onnx_impl(form):
+
+    def run(query, keys, labels, **kw):
+        pytest.importorskip('onnxruntime')
+        if form == 'custom':
+            pytest.importorskip('onnxruntime_extensions')
+            needs_native()
+        import tempfile
+
+        from sfc_plugin.deploy import (
+            PropagationStep,
+            export_propagation_step,
+            onnxruntime_session,
+        )
+        step = PropagationStep(**kw, form=form)
+        inputs = [x[None].float() for x in (query, keys, labels)]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_propagation_step(step, os.path.join(tmp, 'm.onnx'),
+                                           inputs=inputs)
+            sess = onnxruntime_session(path)
+        out = sess.run(None, dict(zip(['query', 'keys', 'key_labels'],
+                                      [x.numpy() for x in inputs])))[0]
+        return torch.from_numpy(out)[0]
+
+    return run
 
 
-def test_no_eligible_key_gives_zero_labels():
-    query, keys, labels = random_inputs(0, 2, 4, 3, 3, 2)
-    out = topk_window_match(query, keys, labels, topk=5, radius=0.0,
-                            temperature=0.1, unrestricted_keys=0)
-    assert torch.equal(out, torch.zeros_like(out))
+def native_impl(device, dtype):
+
+    def run(query, keys, labels, **kw):
+        needs_native(device)
+        args = [x[None].to(device, dtype) for x in (query, keys, labels)]
+        out = torch.ops.sfc.topk_window_match(*args, kw['topk'],
+                                              kw['radius'], kw['temperature'],
+                                              kw['unrestricted_keys'])
+        return out[0].cpu()
+
+    return run
 
 
-def test_ties_with_equal_labels_are_order_independent():
-    query, keys, labels = random_inputs(1, 3, 4, 4, 4, 2)
-    keys[1] = keys[0]
-    labels[1] = labels[0]
-    out = topk_window_match(query, keys, labels, topk=6, radius=2.0,
-                            temperature=0.1, unrestricted_keys=2)
-    expected = brute_force(query, keys, labels, 6, 2.0, 0.1, 2)
-    assert torch.allclose(out, expected, atol=1e-10)
+# name -> (callable on unbatched float64 inputs, tolerance)
+IMPLEMENTATIONS = {
+    'reference': (topk_window_match_reference, 1e-10),
+    'reference-tile3':
+    (lambda *a, **k: topk_window_match_reference(*a, tile_size=3, **k),
+     1e-10),
+    'dense': (topk_window_match_dense, 1e-10),
+    'decomposed':
+    (lambda q, k, lab, **kw: topk_window_match_decomposed(
+        q[None], k[None], lab[None], **kw)[0], 1e-10),
+    'cpu-kernel': (native_impl('cpu', torch.float64), 1e-10),
+    'cpu-kernel-fp32': (native_impl('cpu', torch.float32), 2e-5),
+    'cuda-kernel': (native_impl('cuda', torch.float64), 1e-10),
+    'cuda-kernel-fp32': (native_impl('cuda', torch.float32), 2e-5),
+    'onnx-decomposed': (onnx_impl('decomposed'), 2e-5),
+    'onnx-custom': (onnx_impl('custom'), 2e-5),
+}
+
+# (T, C, H, W, K, topk, radius, unrestricted_keys)
+CASES = {
+    'odd-sizes': (3, 8, 5, 7, 2, 4, 2.0, 1),
+    'two-unrestricted': (4, 5, 7, 4, 3, 10, 1.5, 2),
+    'T1-K1': (1, 4, 6, 5, 1, 3, 2.0, 1),
+    'T1-restricted': (1, 4, 6, 5, 2, 3, 2.0, 0),
+    'K20-k-over-window': (3, 6, 4, 9, 20, 50, 3.0, 0),
+    'radius0': (2, 6, 5, 5, 2, 7, 0.0, 1),
+    'k-over-all-keys': (3, 3, 3, 3, 2, 1000, 1.0, 1),
+    'simd-and-tail-channels': (2, 37, 6, 11, 2, 6, 2.5, 1),
+    'no-eligible-key': (2, 6, 4, 4, 2, 5, 0.0, 0),
+    'radius-beyond-frame': (2, 5, 4, 6, 2, 8, 100.0, 0),
+    'one-row': (3, 16, 1, 13, 2, 5, 3.0, 1),
+}
+_expected = {}
+
+
+@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('impl', IMPLEMENTATIONS)
+class TestTopkWindowMatch:
+
+    def test_matches_definition(self, impl, case):
+        fn, tol = IMPLEMENTATIONS[impl]
+        t, c, h, w, k, topk, radius, free = CASES[case]
+        query, keys, labels = random_inputs(
+            sum(map(ord, case)), t, c, h, w, k)
+        kw = dict(topk=topk, radius=radius, temperature=0.07,
+                  unrestricted_keys=free)
+        if case not in _expected:
+            _expected[case] = brute_force(query, keys, labels, topk, radius,
+                                          0.07, free)
+        got = fn(query, keys, labels, **kw)
+        assert got.shape == (k, h, w)
+        torch.testing.assert_close(got.double(), _expected[case], rtol=0,
+                                   atol=tol)
+
+
+
+@pytest.mark.parametrize('impl', IMPLEMENTATIONS)
+def test_ties_with_equal_labels(impl):
+    """Duplicated key frames tie everywhere; equal labels make the result
+    independent of which tied key is kept."""
+    fn, tol = IMPLEMENTATIONS[impl]
+    query, keys, labels = random_inputs(7, 4, 5, 7, 4, 3)
+    keys[1], labels[1] = keys[0], labels[0]
+    keys[3], labels[3] = keys[2], labels[2]
+    kw = dict(topk=10, radius=1.5, temperature=0.1, unrestricted_keys=2)
+    expected = brute_force(query, keys, labels, 10, 1.5, 0.1, 2)
+    torch.testing.assert_close(fn(query, keys, labels, **kw).double(),
+                               expected, rtol=0, atol=tol)
+
+
+def test_native_kernel_is_built():
+    """The README install must give the CPU kernel on this machine."""
+    needs_native('cpu')
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_native_ties_keep_the_lower_key_index(device):
+    needs_native(device)
+    query, keys, labels = random_inputs(3, 3, 8, 5, 6, 2)
+    keys[2] = keys[1] = keys[0]
+    weights, indices = topk_window_neighbours(
+        query.to(device), keys.to(device), topk=3, radius=3.0,
+        temperature=0.1, unrestricted_keys=3)
+    hw = 5 * 6
+    # Frames 0, 1, 2 tie for every position: the best key of frame 0 first,
+    # then its copies in frames 1 and 2.
+    first = indices[..., 0].cpu()
+    assert (first < hw).all()
+    assert torch.equal(indices[..., 1].cpu(), first + hw)
+    assert torch.equal(indices[..., 2].cpu(), first + 2 * hw)
+    torch.testing.assert_close(weights.cpu(),
+                               torch.full_like(weights.cpu(), 1 / 3))
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_neighbours_equal_reference(dtype):
+    needs_native('cpu')
+    query, keys, _ = random_inputs(11, 4, 21, 7, 9, 1)
+    query, keys = query.to(dtype), keys.to(dtype)
+    kw = dict(topk=6, radius=2.2, temperature=0.05, unrestricted_keys=1)
+    weights, indices = topk_window_neighbours(query, keys, **kw)
+    ref_w, ref_i = topk_window_neighbours_reference(query, keys, **kw)
+    assert weights.shape == indices.shape == (7, 9, 6)
+    assert indices.dtype == torch.long and weights.dtype == dtype
+    assert torch.equal(indices, ref_i)
+    torch.testing.assert_close(weights, ref_w)
+
+
+def test_neighbours_padding_beyond_the_eligible_keys():
+    query, keys, _ = random_inputs(12, 2, 4, 3, 3, 1)
+    weights, indices = topk_window_neighbours(query, keys, topk=12,
+                                              radius=1.0, temperature=0.1,
+                                              unrestricted_keys=1)
+    # 9 keys of frame 0 + the query's own position in frame 1.
+    assert (indices[..., :10] >= 0).all()
+    assert (indices[..., 10:] == -1).all() and (weights[..., 10:] == 0).all()
+    torch.testing.assert_close(weights.sum(-1),
+                               torch.ones(3, 3, dtype=torch.float64))
+
+
+def test_batched_equals_per_item():
+    query, keys, labels = random_inputs(13, 3, 8, 5, 6, 2, batch=3)
+    kw = dict(topk=5, radius=2.0, temperature=0.07, unrestricted_keys=1)
+    out = topk_window_match(query, keys, labels, **kw)
+    assert out.shape == (3, 2, 5, 6)
+    for b in range(3):
+        torch.testing.assert_close(
+            out[b], topk_window_match(query[b], keys[b], labels[b], **kw))
+
+
+def test_any_strides_give_the_same_result():
+    """Non-contiguous inputs are documented to work: channels-last keys
+    (the propagator's layout) are read in place, others copied."""
+    query, keys, labels = random_inputs(14, 3, 16, 6, 7, 2)
+    kw = dict(topk=5, radius=2.0, temperature=0.07, unrestricted_keys=1)
+    expected = topk_window_match(query, keys, labels, **kw)
+    q_t = query.transpose(1, 2).contiguous().transpose(1, 2)
+    k_cl = keys.contiguous(memory_format=torch.channels_last)
+    lab_sliced = torch.stack([labels, labels], -1)[..., 0]
+    assert not q_t.is_contiguous() and not lab_sliced.is_contiguous()
+    torch.testing.assert_close(
+        topk_window_match(q_t, k_cl, lab_sliced, **kw), expected)
 
 
 def test_float32_agrees_with_float64():
-    query, keys, labels = random_inputs(2, 5, 16, 9, 11, 3)
+    query, keys, labels = random_inputs(2, 5, 64, 9, 11, 3)
     ref = topk_window_match(query, keys, labels, topk=10, radius=3.0,
                             temperature=0.05)
     got = topk_window_match(query.float(), keys.float(), labels.float(),
                             topk=10, radius=3.0, temperature=0.05)
     assert got.dtype == torch.float32
-    assert torch.allclose(got.double(), ref, atol=1e-4)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-4)
 
 
 def test_window_mask():
@@ -120,22 +275,80 @@ def test_window_mask():
     assert m[5].sum() == 9
     assert not window_mask(3, 4, 0.0).any()
     assert torch.equal(window_mask(3, 4, 1.5, rows=slice(4, 6)), m[4:6])
+    # The boundary is exclusive and evaluated on squared distances.
+    assert window_mask(1, 3, math.sqrt(4.5))[0].tolist() == [True] * 3
+
+
+def test_opcheck_and_export_see_through_the_op():
+    """Schema, fake (meta) kernel and dispatch are consistent, so
+    torch.compile and torch.export trace the op without running it."""
+    needs_native('cpu')
+    args = [x[None].float() for x in random_inputs(15, 3, 8, 5, 6, 2)]
+    torch.library.opcheck(torch.ops.sfc.topk_window_match.default,
+                          (*args, 4, 2.0, 0.07, 1))
+    torch.library.opcheck(torch.ops.sfc.topk_window_neighbours.default,
+                          (*args[:2], 4, 2.0, 0.07, 1))
+    from sfc_plugin.deploy import PropagationStep
+    exported = torch.export.export(PropagationStep(4, 2.0, 0.07), tuple(args))
+    targets = [str(n.target) for n in exported.graph.nodes]
+    assert 'sfc.topk_window_match.default' in targets
+    torch.testing.assert_close(exported.module()(*args),
+                               PropagationStep(4, 2.0, 0.07)(*args))
+
+
+ARGS = dict(query=torch.zeros(4, 3, 3), keys=torch.zeros(2, 4, 3, 3),
+            key_labels=torch.zeros(2, 2, 3, 3), topk=2, radius=1.0,
+            temperature=0.1, unrestricted_keys=1)
 
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(query=torch.zeros(4, 3)), 'query must be'),
-    (dict(keys=torch.zeros(2, 5, 3, 3)), 'do not match query'),
-    (dict(key_labels=torch.zeros(3, 2, 3, 3)), 'do not match keys'),
+    (dict(keys=torch.zeros(2, 5, 3, 3)), 'keys .* do not match query'),
+    (dict(keys=torch.zeros(2, 4, 3, 2)), 'keys .* do not match query'),
+    (dict(keys=torch.zeros(1, 2, 4, 3, 3)), 'keys must be'),
+    (dict(key_labels=torch.zeros(3, 2, 3, 3)), 'key_labels .* do not match'),
+    (dict(key_labels=torch.zeros(2, 2, 3)), 'key_labels must be'),
+    (dict(key_labels=torch.zeros(2, 2, 3, 3, dtype=torch.long)),
+     'key_labels must be floating'),
+    (dict(query=torch.zeros(4, 3, 3, dtype=torch.half),
+          keys=torch.zeros(2, 4, 3, 3, dtype=torch.half)),
+     'query is torch.float16; on CPU'),
+    (dict(keys=torch.zeros(2, 4, 3, 3, dtype=torch.float64)),
+     'query is torch.float32 but keys'),
     (dict(topk=0), 'topk'),
     (dict(radius=-1.0), 'radius'),
+    (dict(radius=float('nan')), 'radius'),
     (dict(temperature=0.0), 'temperature'),
     (dict(unrestricted_keys=3), 'unrestricted_keys'),
 ])
-def test_bad_arguments_are_named(kwargs, match):
-    args = dict(query=torch.zeros(4, 3, 3), keys=torch.zeros(2, 4, 3, 3),
-                key_labels=torch.zeros(2, 2, 3, 3), topk=2, radius=1.0,
-                temperature=0.1, unrestricted_keys=1)
-    args.update(kwargs)
+@pytest.mark.parametrize('fn', [topk_window_match, topk_window_match_reference,
+                                topk_window_match_dense])
+def test_bad_arguments_are_named(fn, kwargs, match):
+    args = dict(ARGS, **kwargs)
     q, k, lab = args.pop('query'), args.pop('keys'), args.pop('key_labels')
     with pytest.raises(ValueError, match=match):
-        topk_window_match(q, k, lab, **args)
+        fn(q, k, lab, **args)
+
+
+@pytest.mark.parametrize('name', ['query', 'keys', 'key_labels'])
+@pytest.mark.parametrize('fn',
+                         [topk_window_match, topk_window_match_reference])
+def test_non_finite_inputs_are_named(fn, name):
+    inputs = dict(zip(['query', 'keys', 'key_labels'],
+                      random_inputs(16, 2, 8, 4, 5, 2)))
+    inputs[name][..., 1, 2] = math.nan
+    with pytest.raises(ValueError, match=f'{name} contain NaN'):
+        fn(**inputs, topk=3, radius=2.0, temperature=0.1)
+
+
+def test_native_op_checks_its_own_arguments():
+    """Direct torch.ops callers get the same named errors."""
+    needs_native('cpu')
+    q, k, lab = (x[None] for x in random_inputs(17, 2, 8, 4, 5, 2))
+    with pytest.raises(ValueError, match='keys must be'):
+        torch.ops.sfc.topk_window_match(q, k[0], lab, 3, 2.0, 0.1, 1)
+    with pytest.raises(ValueError, match='unrestricted_keys'):
+        torch.ops.sfc.topk_window_match(q, k, lab, 3, 2.0, 0.1, 5)
+    with pytest.raises(ValueError, match='float32 or float64'):
+        torch.ops.sfc.topk_window_neighbours(q.half(), k.half(), 3, 2.0, 0.1,
+                                             1)

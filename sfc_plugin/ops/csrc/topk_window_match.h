@@ -1,0 +1,143 @@
+// Top-k windowed matching (sfc::topk_window_neighbours / sfc::topk_window_match):
+// declarations and the geometry shared by the CPU and CUDA kernels.
+//
+// Layout used by the kernels: positions are row-major (y * W + x) and the
+// features of one position are contiguous (channels-last), so a window row
+// of keys is one contiguous block. A key is addressed by its flat index
+// t * H * W + y * W + x over the T key frames.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace sfc_plugin {
+namespace ops {
+
+// Half-width of the window on the key row |dy| rows away from the query:
+// key (y + dy, x + dx) is eligible iff |dx| <= half_widths[|dy|], which is
+// dx² + dy² < radius² evaluated in double precision. -1 marks rows the
+// window does not reach. Integer tables spare the kernels a square root.
+inline std::vector<int64_t> window_half_widths(double radius, int64_t rows) {
+  std::vector<int64_t> half(rows, -1);
+  const double r2 = radius * radius;
+  for (int64_t dy = 0; dy < rows; ++dy) {
+    const double rest = r2 - static_cast<double>(dy * dy);
+    if (rest <= 0) break;
+    auto dx = static_cast<int64_t>(std::floor(std::sqrt(rest)));
+    while (dx > 0 && static_cast<double>(dx * dx) >= rest) --dx;
+    while (static_cast<double>((dx + 1) * (dx + 1)) < rest) ++dx;
+    half[dy] = dx;
+  }
+  return half;
+}
+
+// Checks shared by every kernel; the Python wrapper gives friendlier
+// messages first, these guard direct torch.ops callers.
+inline void check_neighbours_args(const at::Tensor& query,
+                                  const at::Tensor& keys, int64_t topk,
+                                  double radius, double temperature,
+                                  int64_t unrestricted_keys) {
+  TORCH_CHECK_VALUE(query.dim() == 4,
+                    "topk_window_match: query must be (B, C, H, W), got ",
+                    query.sizes());
+  TORCH_CHECK_VALUE(keys.dim() == 5,
+                    "topk_window_match: keys must be (B, T, C, H, W), got ",
+                    keys.sizes());
+  TORCH_CHECK_VALUE(keys.size(0) == query.size(0) &&
+                        keys.size(2) == query.size(1) &&
+                        keys.size(3) == query.size(2) &&
+                        keys.size(4) == query.size(3),
+                    "topk_window_match: keys ", keys.sizes(),
+                    " do not match query ", query.sizes(), " in B, C, H, W");
+  TORCH_CHECK_VALUE(keys.size(1) >= 1,
+                    "topk_window_match: need at least one key frame");
+  TORCH_CHECK_VALUE(topk >= 1, "topk_window_match: topk must be >= 1, got ",
+                    topk);
+  TORCH_CHECK_VALUE(radius >= 0, "topk_window_match: radius must be >= 0, got ",
+                    radius);
+  TORCH_CHECK_VALUE(temperature > 0,
+                    "topk_window_match: temperature must be > 0, got ",
+                    temperature);
+  TORCH_CHECK_VALUE(unrestricted_keys >= 0 && unrestricted_keys <= keys.size(1),
+                    "topk_window_match: unrestricted_keys must be in [0, T=",
+                    keys.size(1), "], got ", unrestricted_keys);
+  TORCH_CHECK_VALUE(query.scalar_type() == keys.scalar_type(),
+                    "topk_window_match: query is ", query.scalar_type(),
+                    " but keys are ", keys.scalar_type());
+  TORCH_CHECK_VALUE(query.device() == keys.device(),
+                    "topk_window_match: query is on ", query.device(),
+                    " but keys are on ", keys.device());
+}
+
+inline void check_labels_arg(const at::Tensor& keys,
+                             const at::Tensor& key_labels) {
+  TORCH_CHECK_VALUE(key_labels.dim() == 5,
+                    "topk_window_match: key_labels must be (B, T, K, H, W), "
+                    "got ",
+                    key_labels.sizes());
+  TORCH_CHECK_VALUE(key_labels.size(0) == keys.size(0) &&
+                        key_labels.size(1) == keys.size(1) &&
+                        key_labels.size(3) == keys.size(3) &&
+                        key_labels.size(4) == keys.size(4),
+                    "topk_window_match: key_labels ", key_labels.sizes(),
+                    " do not match keys ", keys.sizes(), " in B, T, H, W");
+  TORCH_CHECK_VALUE(at::isFloatingType(key_labels.scalar_type()),
+                    "topk_window_match: key_labels must be floating point, "
+                    "got ",
+                    key_labels.scalar_type());
+  TORCH_CHECK_VALUE(key_labels.device() == keys.device(),
+                    "topk_window_match: key_labels are on ",
+                    key_labels.device(), " but keys are on ", keys.device());
+}
+
+// (B, T, C, H, W) -> (B, T, H, W, C) contiguous; free when the caller keeps
+// the keys channels-last, as LabelPropagator does.
+inline at::Tensor keys_channels_last(const at::Tensor& keys) {
+  return keys.permute({0, 1, 3, 4, 2}).contiguous();
+}
+
+// Weighted sum of the chosen keys' labels: out[b, :, q] =
+// sum_j weights[b, q, j] * labels[b, indices[b, q, j], :]; index -1 is
+// padding. Shared by every device: it is a gather and a reduction over k,
+// small next to the matching.
+inline at::Tensor aggregate_labels(const at::Tensor& weights,
+                                   const at::Tensor& indices,
+                                   const at::Tensor& key_labels) {
+  const auto batch = key_labels.size(0);
+  const auto num_labels = key_labels.size(2);
+  const auto height = key_labels.size(3);
+  const auto width = key_labels.size(4);
+  const auto topk = indices.size(3);
+  // (B, T*H*W, K): rows addressed by the flat key index.
+  auto labels = key_labels.permute({0, 1, 3, 4, 2}).reshape(
+      {batch, -1, num_labels});
+  auto valid = indices.ge(0);
+  auto rows = indices.clamp_min(0).reshape({batch, -1, 1}).expand(
+      {batch, height * width * topk, num_labels});
+  auto chosen = labels.gather(1, rows).view(
+      {batch, height * width, topk, num_labels});
+  auto w = weights.masked_fill(valid.logical_not(), 0)
+               .to(key_labels.scalar_type())
+               .view({batch, height * width, topk, 1});
+  auto out = (chosen * w).sum(2);
+  return out.view({batch, height, width, num_labels})
+      .permute({0, 3, 1, 2})
+      .contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
+    const at::Tensor& query, const at::Tensor& keys, int64_t topk,
+    double radius, double temperature, int64_t unrestricted_keys);
+
+#ifdef SFC_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
+    const at::Tensor& query, const at::Tensor& keys, int64_t topk,
+    double radius, double temperature, int64_t unrestricted_keys);
+#endif
+
+}  // namespace ops
+}  // namespace sfc_plugin
