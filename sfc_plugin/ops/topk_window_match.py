@@ -443,8 +443,10 @@ def topk_window_match(query: torch.Tensor,
     See the module docstring for the exact definition and edge cases. Runs
     the native kernel where one serves the device (CPU: float32/float64;
     CUDA: also float16/bfloat16), the pure-PyTorch reference otherwise.
-    Non-finite features or labels raise ``ValueError`` on CPU; on CUDA,
-    where a host-side check would stall the stream, they propagate.
+    Non-finite features or labels raise ``ValueError`` on CPU. The CUDA
+    kernel does not check (a host-side check would stall the stream):
+    non-finite affinities are never selected and non-finite labels
+    propagate to the output.
 
     Args:
         query (Tensor): (C, H, W) or (B, C, H, W) unit-norm features of the
