@@ -2,12 +2,16 @@
 
 Random unit-norm features of a 60×107 grid (854×480 at stride 8), T = 1 + m
 key frames (channels-last, as LabelPropagator keeps them), first frame
-unrestricted. Each implementation runs in a fresh child process, so the peak
-RSS it adds over the inputs is its own; outputs are checked against each
-other. Prints a Markdown table.
+unrestricted. Each implementation runs in a fresh child process, so the
+peak RSS it adds over its inputs is its own; outputs are checked against
+each other. The rate column counts only eligible products (2·C FLOPs per
+eligible query-key pair) and is compared with this machine's fp32 matmul
+rate, measured in the same run. Prints a Markdown table.
 
-    python benchmarks/propagation_step.py --channels 256 1280 \
-        --impl tiled dense
+    python benchmarks/propagation_step.py --channels 256 1280 \\
+        --impl native reference dense
+    python benchmarks/propagation_step.py --device cuda --channels 1280 \\
+        --impl native native-tf32 reference
 """
 import argparse
 import json
@@ -19,16 +23,58 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sfc_plugin.ops import topk_window_match, topk_window_match_dense
+from sfc_plugin.ops import (
+    native_ops_available,
+    topk_window_match,
+    topk_window_match_dense,
+    topk_window_match_reference,
+    window_mask,
+)
 
-IMPLS = dict(tiled=topk_window_match, dense=topk_window_match_dense)
+
+def native_low_precision(query, keys, labels, **kw):
+    """bf16 features, fp32 accumulation (the CUDA kernel's reduced mode)."""
+    return topk_window_match(query.bfloat16(), keys.bfloat16(), labels, **kw)
+
+
+IMPLS = {
+    'native': topk_window_match,
+    'native-bf16': native_low_precision,
+    'reference': topk_window_match_reference,
+    'dense': topk_window_match_dense,
+}
+
+
+def _status_mib(field: str) -> float:
+    with open('/proc/self/status') as f:
+        line = next(x for x in f if x.startswith(field + ':'))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak_rss() -> float:
+    """Resets the peak RSS to the current RSS (Linux) and returns it; the
+    inputs' own temporaries must not hide what an implementation adds."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return _status_mib('VmRSS')
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        return _status_mib('VmHWM')
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def inputs(args, channels):
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def inputs(args, channels, device):
     gen = torch.Generator().manual_seed(0)
     h, w, t = args.height, args.width, args.frames
     query = F.normalize(torch.randn(channels, h, w, generator=gen), dim=0)
@@ -36,29 +82,83 @@ def inputs(args, channels):
     keys = keys.contiguous(memory_format=torch.channels_last)
     labels = torch.softmax(torch.randn(t, args.labels, h, w, generator=gen),
                            1)
-    return query, keys, labels
+    return query.to(device), keys.to(device), labels.to(device)
+
+
+def eligible_pairs(args) -> int:
+    """Query-key pairs the definition scores: every position of the first
+    frame plus each window of the other T - 1 frames."""
+    windows = int(window_mask(args.height, args.width, args.radius).sum())
+    hw = args.height * args.width
+    return hw * hw + (args.frames - 1) * windows
+
+
+def matmul_rate(device, n=4096, repeats=5) -> float:
+    """The machine's fp32 GFLOP/s: an n³ product (BLAS / cuBLAS at their
+    best), best of ``repeats``; TF32 off so that it is the fp32 rate."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    best = float('inf')
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def bandwidth(device, mib=1024) -> float:
+    """GB/s of a device-to-device copy (read + write), best of 5."""
+    x = torch.empty(mib * 2**20 // 4, device=device)
+    y = torch.empty_like(x)
+    best = float('inf')
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        y.copy_(x)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * x.numel() * 4 / best / 1e9
 
 
 def worker(args) -> None:
-    query, keys, labels = inputs(args, args.worker_channels)
-    before = peak_rss_mib()
+    device = torch.device(args.device)
+    query, keys, labels = inputs(args, args.worker_channels, device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.max_memory_allocated(device) / 2**20
+    fn = IMPLS[args.worker_impl]
+    kw = dict(topk=args.topk, radius=args.radius, temperature=0.05)
+    if args.worker_impl.startswith('native'):
+        native_ops_available(device)  # load the kernel outside the count
+    if device.type != 'cuda':
+        before = reset_peak_rss()
+    out = fn(query, keys, labels, **kw)  # warm-up
     times = []
     for _ in range(args.repeats):
+        sync(device)
         start = time.perf_counter()
-        out = IMPLS[args.worker_impl](
-            query, keys, labels, topk=args.topk, radius=args.radius,
-            temperature=0.05)
+        out = fn(query, keys, labels, **kw)
+        sync(device)
         times.append(time.perf_counter() - start)
-    torch.save(out, args.worker_out)
-    print(json.dumps(dict(seconds=min(times),
-                          extra_mib=peak_rss_mib() - before)))
+    if device.type == 'cuda':
+        extra = torch.cuda.max_memory_allocated(device) / 2**20 - before
+    else:
+        extra = peak_rss_mib() - before
+    torch.save(out.float().cpu(), args.worker_out)
+    print(json.dumps(dict(seconds=min(times), extra_mib=extra)))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
-    p.add_argument('--impl', nargs='+', default=['tiled', 'dense'],
+    p.add_argument('--impl', nargs='+', default=['native', 'reference',
+                                                 'dense'],
                    choices=sorted(IMPLS))
+    p.add_argument('--device', default='cpu')
     p.add_argument('--height', type=int, default=60)
     p.add_argument('--width', type=int, default=107)
     p.add_argument('--frames', type=int, default=21, help='T = 1 + m')
@@ -66,6 +166,7 @@ def main():
     p.add_argument('--topk', type=int, default=10)
     p.add_argument('--radius', type=float, default=12)
     p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--out', help='also write the rows as JSON here')
     p.add_argument('--worker-impl', help=argparse.SUPPRESS)
     p.add_argument('--worker-channels', type=int, help=argparse.SUPPRESS)
     p.add_argument('--worker-out', help=argparse.SUPPRESS)
@@ -73,21 +174,36 @@ def main():
     if args.worker_impl:
         return worker(args)
 
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; '
-          f'{args.height}×{args.width}, T={args.frames}, k={args.topk}, '
-          f"r'={args.radius}, best of {args.repeats}")
-    print('| C | implementation | s/frame | extra peak RSS (MiB) | '
-          'speed-up vs dense | max abs diff vs first |')
-    print('|---:|---|---:|---:|---:|---:|')
+    device = torch.device(args.device)
+    if 'native' in args.impl and not native_ops_available(device):
+        sys.exit(f'no native kernel for {device}: build with '
+                 '`python -m sfc_plugin.ops`')
+    pairs = eligible_pairs(args)
+    bw = bandwidth(device)
+    rate = matmul_rate(device)
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
+            f'CPU, {torch.get_num_threads()} threads')
+    print(f'torch {torch.__version__}, {name}; {args.height}×{args.width}, '
+          f'T={args.frames}, k={args.topk}, r\'={args.radius}, best of '
+          f'{args.repeats}; {pairs / 1e6:.1f} M eligible pairs; fp32 '
+          f'matmul {rate:.0f} GFLOP/s; copy bandwidth {bw:.0f} GB/s')
+    mem = 'extra peak GPU MiB' if device.type == 'cuda' else \
+        'extra peak RSS (MiB)'
+    print(f'| C | implementation | s/frame | {mem} | speed-up vs dense | '
+          'eligible GFLOP/s | % of fp32 matmul | max abs diff vs first |')
+    print('|---:|---|---:|---:|---:|---:|---:|---:|')
+    rows = []
     for c in args.channels:
+        flops = 2 * c * pairs
         results, outs = {}, {}
         for impl in args.impl:
             out_path = f'/tmp/propagation_step_{impl}_{c}.pt'
             cmd = [sys.executable, __file__, *sys.argv[1:],
                    '--worker-impl', impl, '--worker-channels', str(c),
                    '--worker-out', out_path]
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  check=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f'{impl} at C={c} failed:\n{proc.stderr}')
             results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
             outs[impl] = torch.load(out_path, weights_only=True)
         first = outs[args.impl[0]]
@@ -95,9 +211,26 @@ def main():
             r = results[impl]
             speedup = (results['dense']['seconds'] / r['seconds']
                        if 'dense' in results else float('nan'))
+            gflops = flops / r['seconds'] / 1e9
             diff = (outs[impl] - first).abs().max().item()
-            print(f'| {c} | {impl} | {r["seconds"]:.2f} | '
-                  f'{r["extra_mib"]:.0f} | {speedup:.1f}× | {diff:.1e} |')
+            # Masks: the arg-max label, compared with the first impl's.
+            agree = (outs[impl].argmax(0) == first.argmax(0)).float().mean()
+            rows.append(dict(channels=c, impl=impl,
+                             eligible_gflop=flops / 1e9,
+                             floor_s=flops / rate / 1e9,
+                             mask_agreement=agree.item(), **r))
+            print(f'| {c} | {impl} | {r["seconds"]:.4f} | '
+                  f'{r["extra_mib"]:.1f} | {speedup:.1f}× | {gflops:.0f} | '
+                  f'{100 * gflops / rate:.0f}% | {diff:.1e} |')
+        # Floors: eligible FLOPs at the matmul rate; the keys read once.
+        key_bytes = args.frames * c * args.height * args.width * 4
+        print(f'| {c} | floor: FLOPs {flops / rate / 1e9:.4f} s, bytes '
+              f'{key_bytes / bw / 1e9:.4f} s |  |  |  |  |  |  |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(device=name, bandwidth_gbs=bw, matmul_gflops=rate,
+                       rows=rows), f,
+                      indent=1)
 
 
 if __name__ == '__main__':

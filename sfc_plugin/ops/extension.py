@@ -96,6 +96,8 @@ def load_native_ops(verbose: bool = False) -> bool:
     cflags = ['-O3']
     if os.name != 'nt':
         cflags += ['-march=native', '-fopenmp']
+    if platform.machine() in ('x86_64', 'AMD64'):
+        cflags.append('-mprefer-vector-width=512')
     if with_cuda:
         cflags.append('-DSFC_WITH_CUDA')
     try:

@@ -256,6 +256,10 @@ def test_any_strides_give_the_same_result():
     assert not q_t.is_contiguous() and not lab_sliced.is_contiguous()
     torch.testing.assert_close(
         topk_window_match(q_t, k_cl, lab_sliced, **kw), expected)
+    q_cl = query[None].contiguous(memory_format=torch.channels_last)[0]
+    assert q_cl.stride(0) == 1
+    torch.testing.assert_close(topk_window_match(q_cl, k_cl, labels, **kw),
+                               expected)
 
 
 def test_float32_agrees_with_float64():

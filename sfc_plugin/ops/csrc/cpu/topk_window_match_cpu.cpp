@@ -187,7 +187,8 @@ struct TopK {
 
 template <typename T>
 struct Problem {
-  const T* query;  // (B, H, W, C)
+  const T* query;  // (B, C, H, W) with the strides below
+  int64_t query_strides[4];
   const T* keys;   // (B, T, H, W, C)
   int64_t frames, channels, height, width, topk, unrestricted;
   double temperature;
@@ -200,9 +201,20 @@ struct Problem {
 // weights and indices. Returns false if a non-finite affinity was seen.
 template <typename T>
 bool match_row(const Problem<T>& p, int64_t b, int64_t y,
-               std::vector<TopK<T>>& tops) {
+               std::vector<TopK<T>>& tops, std::vector<T>& row_buffer) {
   const int64_t C = p.channels, H = p.height, W = p.width, HW = H * W;
-  const T* row_query = p.query + (b * HW + y * W) * C;
+  // The row's queries as (W, C): read in place when the query is stored
+  // channels-last, else gathered into this thread's buffer. Copying one
+  // row at a time keeps the extra memory at W·C per thread.
+  const int64_t* st = p.query_strides;
+  const T* row_start = p.query + b * st[0] + y * st[2];
+  const T* row_query = row_start;
+  if (st[1] != 1 || st[3] != C) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t x = 0; x < W; ++x)
+        row_buffer[x * C + c] = row_start[c * st[1] + x * st[3]];
+    row_query = row_buffer.data();
+  }
   const T* batch_keys = p.keys + b * p.frames * HW * C;
   bool finite = true;
   alignas(64) T scores[kQueries * kKeys];
@@ -216,8 +228,11 @@ bool match_row(const Problem<T>& p, int64_t b, int64_t y,
     x0 = x;
     nq = std::min<int64_t>(kQueries, W - x0);
     // Short groups repeat their last query; its extra scores are dropped.
-    for (int m = 0; m < kQueries; ++m)
+    for (int m = 0; m < kQueries; ++m) {
       q[m] = row_query + (x0 + std::min<int64_t>(m, nq - 1)) * C;
+      thresholds[m] = m < nq ? tops[x0 + m].threshold
+                             : std::numeric_limits<T>::infinity();
+    }
   };
   // Scores the group against keys base[0..nk) (flat index first_index...)
   // and offers them to the top-k of the queries that may see them.
@@ -226,9 +241,9 @@ bool match_row(const Problem<T>& p, int64_t b, int64_t y,
     for (int j = 0; j < kKeys; ++j)
       k[j] = base + std::min<int64_t>(j, nk - 1) * C;
     dot_block(q, k, C, scores);
-    for (int m = 0; m < kQueries; ++m)
-      thresholds[m] = m < nq ? tops[x0 + m].threshold
-                             : std::numeric_limits<T>::infinity();
+    // `thresholds` mirrors the group's top-k thresholds and is refreshed
+    // only when one changes: rebuilding it per block costs a store-to-load
+    // forwarding stall on every block.
     uint32_t mask = candidates(scores, thresholds, finite) &
                     ((1u << (nk * kQueries)) - 1);
     while (mask) {
@@ -240,10 +255,12 @@ bool match_row(const Problem<T>& p, int64_t b, int64_t y,
         if (dx > half_width || -dx > half_width) continue;
       }
       tops[x0 + m].offer(scores[bit], first_index + j);
+      thresholds[m] = tops[x0 + m].threshold;
     }
   };
 
-  // Unrestricted frames: every position.
+  // Unrestricted frames: every position, in blocks of keys that stay in
+  // L2 while the groups of the row sweep over them.
   const int64_t block = std::max<int64_t>(
       kKeys, kKeyBlockBytes / (C * static_cast<int64_t>(sizeof(T))));
   for (int64_t t = 0; t < p.unrestricted; ++t) {
@@ -310,6 +327,8 @@ void neighbours_impl(const at::Tensor& query, const at::Tensor& keys,
   const int64_t batch = keys.size(0), height = keys.size(2),
                 width = keys.size(3);
   Problem<T> p{query.data_ptr<T>(),
+               {query.stride(0), query.stride(1), query.stride(2),
+                query.stride(3)},
                keys.data_ptr<T>(),
                keys.size(1),
                keys.size(4),
@@ -327,11 +346,12 @@ void neighbours_impl(const at::Tensor& query, const at::Tensor& keys,
     std::vector<T> values(width * topk);
     std::vector<int64_t> slots(width * topk);
     std::vector<TopK<T>> tops(width);
+    std::vector<T> row_buffer(width * keys.size(4));
     for (int64_t x = 0; x < width; ++x)
       tops[x] = TopK<T>{values.data() + x * topk, slots.data() + x * topk,
                         topk, 0, 0};
     for (int64_t row = begin; row < end; ++row)
-      if (!match_row(p, row / height, row % height, tops)) finite = false;
+      if (!match_row(p, row / height, row % height, tops, row_buffer)) finite = false;
   });
   if (!finite) {
     const bool in_query = !at::isfinite(query).all().item<bool>();
@@ -353,16 +373,15 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
                     "topk_window_match: the CPU kernel takes float32 or "
                     "float64 features, got ",
                     query.scalar_type(), "; convert with .float()");
-  const auto q = query.permute({0, 2, 3, 1}).contiguous();
   const auto k = keys_channels_last(keys);
   auto weights = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
                            query.options());
   auto indices = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
                            query.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "topk_window_neighbours_cpu",
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "topk_window_neighbours_cpu",
                              [&] {
                                neighbours_impl<scalar_t>(
-                                   q, k, topk, radius, temperature,
+                                   query, k, topk, radius, temperature,
                                    unrestricted_keys, weights, indices);
                              });
   return {weights, indices};
