@@ -113,6 +113,7 @@ inline void dot_block(const T* const* q, const T* const* k, int64_t channels,
   Vec<T> acc[kQueries][kKeys];
   for (int m = 0; m < kQueries; ++m)
     for (int j = 0; j < kKeys; ++j) acc[m][j] = Vec<T>{};
+#pragma GCC unroll 4
   for (; c + kLanes<T> <= channels; c += kLanes<T>) {
     Vec<T> kv[kKeys];
     for (int j = 0; j < kKeys; ++j) kv[j] = load<T>(k[j] + c);
