@@ -1,15 +1,13 @@
 """A label-propagation step as an exportable module, and its ONNX export."""
-import os
-import os.path as osp
-import tempfile
-import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from sfc_plugin.ops import topk_window_match_decomposed
-from sfc_plugin.ops.onnx import MIN_OPSET, register_onnx_symbolic
+from sfc_plugin.ops import topk_window_match, topk_window_match_decomposed
+from sfc_plugin.ops.onnx import register_onnx_symbolic
+
+from .onnx_export import MIN_OPSET, ExportError, atomic_output, export_onnx
 
 FORMS = ('custom', 'decomposed')
 INPUT_NAMES = ('query', 'keys', 'key_labels')
@@ -112,29 +110,72 @@ def export_propagation_step(step: PropagationStep,
     Returns:
         str: ``path``.
     """
-    if opset < MIN_OPSET:
-        raise ValueError(f'export_propagation_step: opset must be >= '
-                         f'{MIN_OPSET}, got {opset}')
     if step.form == 'custom':
         register_onnx_symbolic(opset)
     inputs = tuple(inputs) if inputs is not None else example_inputs()
-    out_dir = osp.dirname(osp.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.onnx.part', dir=out_dir)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of the dynamo
-            # one, which needs onnxscript; both give the same nodes here.
-            warnings.simplefilter('ignore')
-            torch.onnx.export(step, inputs, tmp,
-                              input_names=list(INPUT_NAMES),
-                              output_names=list(OUTPUT_NAMES),
-                              opset_version=opset,
-                              dynamic_axes=DYNAMIC_AXES if dynamic else None,
-                              dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path) as tmp:
+        export_onnx(step, inputs, tmp, INPUT_NAMES, OUTPUT_NAMES,
+                    DYNAMIC_AXES if dynamic else None, opset)
     return path
+
+
+def step_from_config(cfg, form: str) -> PropagationStep:
+    """The step with the settings of a tracker config's propagator."""
+    from sfc_plugin.registry import MODELS
+    prop = MODELS.build(cfg.model.get('propagator',
+                                      dict(type='LabelPropagator')))
+    return PropagationStep(prop.topk, prop.radius, prop.temperature,
+                           0 if prop.restrict_first_frame else 1, form=form)
+
+
+def export_checked_step(cfg,
+                        encoder_onnx: str,
+                        out: str,
+                        form: str,
+                        frames: Sequence[str],
+                        num_frames: int = 2,
+                        size: Optional[Tuple[int, int]] = None,
+                        opset: int = MIN_OPSET,
+                        atol: float = 1e-4) -> Dict:
+    """Exports the config's propagation step and checks it in ONNX Runtime
+    against the torch op, on features of real frames from the exported
+    encoder (key frames: the frames; query: the last one; labels: random
+    soft maps). ``out`` and its JSON report appear only if they agree.
+    """
+    from .encoder_export import load_frames, sha256, write_report
+    from .onnxruntime_ops import onnxruntime_session
+    images, files = load_frames(frames, num_frames, size)
+    encoder = onnxruntime_session(encoder_onnx)
+    feats = torch.from_numpy(encoder.run(
+        None, {encoder.get_inputs()[0].name: images.numpy()})[0]).float()
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.softmax(
+        torch.randn(1, feats.shape[0], 3, *feats.shape[-2:], generator=gen),
+        dim=2)
+    inputs = (feats[-1:], feats[None], labels)
+    step = step_from_config(cfg, form)
+    stem = out[:-len('.onnx')]
+    with atomic_output(out) as tmp:
+        export_propagation_step(step, tmp, inputs=inputs, opset=opset)
+        got = onnxruntime_session(tmp).run(
+            None, dict(zip(INPUT_NAMES, [x.numpy() for x in inputs])))[0]
+        expected = topk_window_match(
+            *inputs, topk=step.topk, radius=step.radius,
+            temperature=step.temperature,
+            unrestricted_keys=step.unrestricted_keys)
+        diff = (torch.from_numpy(got) - expected).abs()
+        report = dict(step=repr(step), form=form, frames=files,
+                      encoder=encoder_onnx, opset=opset, atol=atol,
+                      input_shapes=[list(x.shape) for x in inputs],
+                      max_abs_diff=diff.max().item(),
+                      mean_abs_diff=diff.mean().item(),
+                      passed=diff.max().item() <= atol,
+                      onnx=dict(path=out, sha256=sha256(tmp)))
+        if not report['passed']:
+            write_report(report, stem + '.failed.json')
+            raise ExportError(
+                f'{form} propagation step: ONNX Runtime disagrees with the '
+                f'torch op, max abs diff {report["max_abs_diff"]:.3g} > '
+                f'{atol:g}')
+        write_report(report, stem + '.json')
+    return report

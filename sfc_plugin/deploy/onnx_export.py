@@ -1,0 +1,61 @@
+"""What every ONNX export of sfc_plugin shares: the exporter call and
+all-or-nothing output files."""
+import contextlib
+import os
+import os.path as osp
+import tempfile
+import warnings
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+MIN_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An export that cannot start, or whose check failed."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = '.part') -> Iterator[str]:
+    """Yields a temporary path beside ``path`` and moves it to ``path`` only
+    if the block succeeds, so an interrupted or failed export never leaves
+    a file that looks complete."""
+    out_dir = osp.dirname(osp.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=osp.basename(path) + '.', suffix=suffix, dir=out_dir)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def export_onnx(module: nn.Module,
+                inputs: Tuple[torch.Tensor, ...],
+                path: str,
+                input_names: Sequence[str],
+                output_names: Sequence[str],
+                dynamic_axes: Optional[Dict] = None,
+                opset: int = MIN_OPSET) -> str:
+    """``torch.onnx.export`` with the TorchScript exporter into ``path``.
+
+    Raises:
+        ExportError: ``opset`` below 17.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo
+        # one, which needs onnxscript; both give the same graphs here.
+        warnings.simplefilter('ignore')
+        torch.onnx.export(module, inputs, path,
+                          input_names=list(input_names),
+                          output_names=list(output_names),
+                          opset_version=opset, dynamic_axes=dynamic_axes,
+                          dynamo=False)
+    return path

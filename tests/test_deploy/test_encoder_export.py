@@ -1,0 +1,135 @@
+"""Encoder export: ONNX Runtime reproduces PyTorch on the shared frames."""
+import json
+import subprocess
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from sfc_plugin.deploy import (
+    ExportError,
+    build_encoder,
+    export_encoder,
+    load_frames,
+    onnxruntime_session,
+)
+from sfc_plugin.models.backbones import ResNet
+from sfc_plugin.utils import register_all_modules
+
+pytest.importorskip('onnxruntime')
+SIZE = (120, 216)
+
+
+@pytest.fixture(scope='module')
+def frames(davis2016):
+    return [str(davis2016 / 'JPEGImages' / '480p' / 'blackswan')]
+
+
+def config(repo, name):
+    register_all_modules()
+    return Config.fromfile(str(repo / 'configs' / name))
+
+
+@pytest.mark.parametrize('name,part,channels', [
+    ('fc_davis.py', 'full', 256),
+    ('semantic_davis.py', 'full', 1024),
+    ('sfc_davis.py', 'full', 1280),
+    ('sfc_davis.py', 'fc', 256),
+    ('sfc_davis.py', 'semantic', 1024),
+])
+def test_each_encoder_round_trips(repo, frames, tmp_path, name, part,
+                                  channels):
+    out = str(tmp_path / 'enc.onnx')
+    report = export_encoder(config(repo, name), out, frames, part=part,
+                            size=SIZE)
+    assert report['passed'] and report['max_abs_diff'] <= 1e-4
+    assert report['output_shape'] == [2, channels, 15, 27]
+    on_disk = json.loads((tmp_path / 'enc.json').read_text())
+    assert on_disk['onnx']['sha256'] == report['onnx']['sha256']
+    assert on_disk['versions']['onnxruntime']
+
+
+def test_dynamic_batch_and_resolution(repo, frames, tmp_path):
+    """One graph, other batch sizes and resolutions (odd ones too), equal to
+    PyTorch with the same weights (a saved random FC backbone)."""
+    ckpt = tmp_path / 'fc.pth'
+    torch.save(ResNet(depth=18, num_stages=3, strides=(1, 2, 1),
+                      out_indices=(2, )).state_dict(),
+               ckpt)
+    cfg = config(repo, 'fc_davis.py')
+    out = str(tmp_path / 'fc.onnx')
+    export_encoder(cfg, out, frames, checkpoint=str(ckpt), size=SIZE)
+    encoder = build_encoder(cfg, checkpoint=str(ckpt))
+    session = onnxruntime_session(out)
+    for size, batch in [((120, 216), 1), ((200, 320), 4), ((97, 131), 1)]:
+        images, _ = load_frames(frames, batch, size)
+        got = torch.from_numpy(session.run(None,
+                                           {'images': images.numpy()})[0])
+        with torch.no_grad():
+            expected = encoder(images)
+        assert got.shape == expected.shape == (batch, 256, -(-size[0] // 8),
+                                               -(-size[1] // 8))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+def test_fp16_export(repo, frames, tmp_path):
+    report = export_encoder(config(repo, 'fc_davis.py'),
+                            str(tmp_path / 'fc16.onnx'), frames, fp16=True,
+                            size=SIZE)
+    assert report['precision'] == 'fp16' and report['passed']
+    assert report['max_abs_diff'] <= 1e-2
+
+
+def test_disagreement_writes_nothing_that_looks_complete(repo, frames,
+                                                         tmp_path):
+    with pytest.raises(ExportError, match='disagrees'):
+        export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'a.onnx'),
+                       frames, size=SIZE, atol=0.0 - 1.0)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ['a.failed.json']
+
+
+def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
+    ckpt = tmp_path / 'r50.pth'
+    torch.save(ResNet(depth=50, num_stages=3, strides=(1, 2, 1),
+                      out_indices=(2, )).state_dict(),
+               ckpt)
+    with pytest.raises(ExportError, match='does not fit ResNet'):
+        export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'x.onnx'),
+                       frames, checkpoint=str(ckpt), size=SIZE)
+    assert not list(tmp_path.glob('x*'))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(part='semantic'), 'needs a config with a fused SFC encoder'),
+    (dict(opset=13), 'opset must be >= 17'),
+    (dict(checkpoint='/no/such.pth'), 'checkpoint not found'),
+    (dict(frames=['/no/such/dir']), 'no such file or folder'),
+])
+def test_bad_arguments_fail_before_export(repo, frames, tmp_path, kwargs,
+                                          match):
+    args = dict(frames=frames, size=SIZE)
+    args.update(kwargs)
+    with pytest.raises(ExportError, match=match):
+        export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'x.onnx'),
+                       **args)
+    assert not list(tmp_path.iterdir())
+
+
+def test_to_onnx_cli_with_propagation_step(repo, frames, tmp_path, python,
+                                           subprocess_env):
+    out = tmp_path / 'fc.onnx'
+    cmd = [python, str(repo / 'export' / 'to_onnx.py'),
+           str(repo / 'configs' / 'fc_davis.py'), '--frames', *frames,
+           '--size', *map(str, SIZE), '--out', str(out),
+           '--propagation-step', 'custom']
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    step = json.loads((tmp_path / 'fc-step-custom.json').read_text())
+    assert step['passed'] and step['max_abs_diff'] <= 1e-4
+    assert 'topk=10, radius=12' in step['step']
+    assert json.loads((tmp_path / 'fc.json').read_text())['passed']
+    bad = subprocess.run(cmd[:3] + ['--frames', '/no/such'],
+                         env=subprocess_env, capture_output=True, text=True)
+    assert bad.returncode != 0 and 'no such file or folder' in bad.stderr
