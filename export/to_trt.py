@@ -1,0 +1,248 @@
+"""Build a TensorRT engine from an sfc_plugin ONNX model.
+
+    python export/to_trt.py work_dirs/onnx/sfc_davis.onnx --fp16 \\
+        --shape images=1x3x240x432:1x3x480x864:4x3x480x864
+
+writes trt_engines/<name>.engine and trt_engines/<name>.json (settings,
+versions, hashes, and the check against ONNX Runtime). Shapes, names and
+files are checked before TensorRT is touched; without TensorRT or a CUDA
+GPU it stops with one message saying which is missing. Engines are specific
+to the GPU and TensorRT version that built them, and are never committed.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+import onnx
+
+Shape = Tuple[int, ...]
+DEFAULT_OUT_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                           'trt_engines')
+
+
+def parse_profile(specs: List[str]) -> Dict[str, Tuple[Shape, Shape, Shape]]:
+    """``name=MIN:OPT:MAX`` with shapes like ``1x3x240x432``."""
+    profile = {}
+    for spec in specs:
+        name, sep, shapes = spec.partition('=')
+        parts = shapes.split(':')
+        if not sep or len(parts) != 3:
+            raise ValueError(f'--shape "{spec}": expected '
+                             'NAME=MIN:OPT:MAX, e.g. images=1x3x240x432:'
+                             '1x3x480x864:4x3x480x864')
+        try:
+            dims = [tuple(int(d) for d in p.lower().split('x')) for p in parts]
+        except ValueError:
+            raise ValueError(f'--shape "{spec}": dimensions must be '
+                             'integers joined by x') from None
+        lo, opt, hi = dims
+        if not len(lo) == len(opt) == len(hi):
+            raise ValueError(f'--shape "{spec}": min, opt and max differ in '
+                             'rank')
+        if any(d < 1 for d in lo) or not all(
+                a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise ValueError(f'--shape "{spec}": need 1 <= min <= opt <= max '
+                             f'in every dimension, got {lo}, {opt}, {hi}')
+        profile[name] = (lo, opt, hi)
+    return profile
+
+
+def check_profile(model: onnx.ModelProto, profile, path: str) -> None:
+    """The profile must cover exactly the graph's dynamic inputs, with
+    their ranks and fixed dimensions."""
+    inputs = {i.name: i for i in model.graph.input}
+    unknown = sorted(set(profile) - set(inputs))
+    if unknown:
+        raise ValueError(f'{path} has no input(s) {unknown}; its inputs are '
+                         f'{sorted(inputs)} (an ONNX file of another model?)')
+    for name, value in inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        fixed = [d.dim_value if d.HasField('dim_value') else None
+                 for d in dims]
+        if name not in profile:
+            if None in fixed:
+                raise ValueError(f'{path}: input "{name}" has dynamic '
+                                 f'dimensions {fixed}: give --shape {name}='
+                                 'MIN:OPT:MAX')
+            continue
+        for shape in profile[name]:
+            if len(shape) != len(fixed) or any(
+                    f is not None and f != s for f, s in zip(fixed, shape)):
+                raise ValueError(
+                    f'{path}: --shape for "{name}" {shape} does not fit the '
+                    f'input\'s dimensions {fixed} (None = dynamic)')
+
+
+def require_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        sys.exit('to_trt.py: TensorRT is not installed. Install TensorRT 10 '
+                 '(pip install "sfc_plugin[tensorrt]" with NVIDIA\'s package '
+                 'index, or NVIDIA\'s container); nothing was built.')
+    import torch
+    if not torch.cuda.is_available():
+        sys.exit('to_trt.py: no CUDA GPU is visible; TensorRT engines are '
+                 'built on the GPU that will run them. Nothing was built.')
+    if int(trt.__version__.split('.')[0]) < 10:
+        sys.exit(f'to_trt.py: TensorRT {trt.__version__} found, 10 or newer '
+                 'is required')
+    return trt
+
+
+def build_engine(trt, onnx_path: str, profile, fp16: bool,
+                 workspace_gib: float, timing_cache: str) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    model = onnx.load(onnx_path)
+    from sfc_plugin.deploy.onnxruntime_ops import has_custom_nodes
+    if has_custom_nodes(model):
+        from sfc_plugin.deploy.tensorrt_plugin import register_tensorrt_plugin
+        register_tensorrt_plugin()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch: TRT 10's only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(onnx_path):
+        errors = '\n'.join(
+            str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f'TensorRT cannot parse {onnx_path}:\n{errors}')
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
+                                 int(workspace_gib * 2**30))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    cache_bytes = b''
+    if osp.isfile(timing_cache):
+        with open(timing_cache, 'rb') as f:
+            cache_bytes = f.read()
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise RuntimeError(f'TensorRT could not build an engine from '
+                           f'{onnx_path} (see the log above)')
+    from sfc_plugin.deploy.onnx_export import atomic_output
+    with atomic_output(timing_cache) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(memoryview(config.get_timing_cache().serialize()))
+    return bytes(engine)
+
+
+def run_engine(trt, engine_bytes: bytes,
+               feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    import torch
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    context = engine.create_execution_context()
+    buffers = {}
+    for name, value in feeds.items():
+        buffers[name] = torch.from_numpy(value).cuda()
+        context.set_input_shape(name, tuple(value.shape))
+    outputs = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            dtype = torch.from_numpy(np.zeros(
+                0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
+            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)),
+                                        dtype=dtype, device='cuda')
+            outputs.append(name)
+        context.set_tensor_address(name, buffers[name].data_ptr())
+    stream = torch.cuda.current_stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise RuntimeError('TensorRT execution failed')
+    stream.synchronize()
+    return [buffers[n].cpu().numpy() for n in outputs]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='\n'.join(__doc__.splitlines()[2:]))
+    p.add_argument('onnx', help='ONNX model from export/to_onnx.py')
+    p.add_argument('--name', help='engine name (default: the ONNX stem, '
+                   'plus -fp16)')
+    p.add_argument('--out-dir', default=DEFAULT_OUT_DIR)
+    p.add_argument('--shape', action='append', default=[],
+                   metavar='NAME=MIN:OPT:MAX',
+                   help='optimisation profile of a dynamic input, e.g. '
+                   'images=1x3x240x432:1x3x480x864:4x3x480x864')
+    p.add_argument('--fp16', action='store_true')
+    p.add_argument('--workspace', type=float, default=4, help='GiB')
+    p.add_argument('--timing-cache',
+                   help='default: <out-dir>/timing.cache (shared by builds)')
+    p.add_argument('--atol', type=float,
+                   help='check tolerance (default 1e-3 fp32, 2e-2 fp16)')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.onnx):
+        sys.exit(f'to_trt.py: ONNX file not found: "{args.onnx}"')
+    try:
+        model = onnx.load(args.onnx, load_external_data=False)
+    except Exception as e:  # not an ONNX file at all
+        sys.exit(f'to_trt.py: cannot read "{args.onnx}" as ONNX: {e}')
+    try:
+        profile = parse_profile(args.shape)
+        check_profile(model, profile, args.onnx)
+    except ValueError as e:
+        sys.exit(f'to_trt.py: {e}')
+    trt = require_tensorrt()
+
+    from sfc_plugin.deploy.encoder_export import sha256, write_report
+    from sfc_plugin.deploy.onnx_export import atomic_output
+    name = args.name or (osp.splitext(osp.basename(args.onnx))[0] +
+                         ('-fp16' if args.fp16 else ''))
+    engine_path = osp.join(args.out_dir, name + '.engine')
+    cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
+    start = time.perf_counter()
+    engine = build_engine(trt, args.onnx, profile, args.fp16, args.workspace,
+                          cache)
+    build_s = time.perf_counter() - start
+
+    check = None
+    try:
+        from sfc_plugin.deploy.onnxruntime_ops import onnxruntime_session
+        session = onnxruntime_session(args.onnx)
+    except ImportError:
+        session = None
+    if session is not None:
+        rng = np.random.default_rng(0)
+        feeds = {n: rng.standard_normal(opt).astype(np.float32)
+                 for n, (_, opt, _) in profile.items()}
+        expected = session.run(None, feeds)
+        got = run_engine(trt, engine, feeds)
+        diffs = [float(np.abs(g.astype(np.float64) - e).max())
+                 for g, e in zip(got, expected)]
+        atol = args.atol or (2e-2 if args.fp16 else 1e-3)
+        check = dict(max_abs_diff=diffs, atol=atol, passed=max(diffs) <= atol)
+        if not check['passed']:
+            sys.exit(f'to_trt.py: the engine disagrees with ONNX Runtime at '
+                     f'the opt shapes: max abs diff {max(diffs):.3g} > '
+                     f'{atol:g}; nothing written')
+    with atomic_output(engine_path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(engine)
+        report = dict(engine=engine_path, onnx=args.onnx,
+                      onnx_sha256=sha256(args.onnx), engine_sha256=sha256(tmp),
+                      fp16=args.fp16,
+                      profile={n: [list(s) for s in v]
+                               for n, v in profile.items()},
+                      tensorrt=trt.__version__, build_seconds=build_s,
+                      check_against_onnxruntime=check)
+        write_report(report, engine_path[:-len('.engine')] + '.json')
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == '__main__':
+    main()

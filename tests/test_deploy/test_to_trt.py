@@ -1,0 +1,78 @@
+"""export/to_trt.py: everything that can be checked without TensorRT is
+checked before it is needed; without it, one clear message."""
+import importlib.util
+import subprocess
+
+import pytest
+import torch
+
+from sfc_plugin.deploy import PropagationStep, export_propagation_step
+
+HAS_TRT = importlib.util.find_spec('tensorrt') is not None
+
+
+@pytest.fixture(scope='module')
+def step_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp('trt') / 'step.onnx'
+    return str(export_propagation_step(PropagationStep(4, 2.0, 0.1,
+                                                       form='decomposed'),
+                                       str(path)))
+
+
+def run(repo, python, env, *args):
+    return subprocess.run([python, str(repo / 'export' / 'to_trt.py'), *args],
+                          env=env, capture_output=True, text=True)
+
+
+GOOD = ['--shape', 'query=1x8x4x4:1x8x6x7:2x8x9x9',
+        '--shape', 'keys=1x2x8x4x4:1x3x8x6x7:2x4x8x9x9',
+        '--shape', 'key_labels=1x2x2x4x4:1x3x2x6x7:2x4x3x9x9']
+
+
+@pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(),
+                    reason='TensorRT and a GPU are present')
+def test_without_tensorrt_one_clear_message(repo, python, subprocess_env,
+                                           step_onnx, tmp_path):
+    proc = run(repo, python, subprocess_env, step_onnx, *GOOD, '--out-dir',
+               str(tmp_path))
+    assert proc.returncode != 0
+    expected = ('TensorRT is not installed' if not HAS_TRT else
+                'no CUDA GPU is visible')
+    assert expected in proc.stderr and 'nothing was built' in (
+        proc.stderr.lower())
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('shapes,match', [
+    (['--shape', 'query=1x8x4x4:1x8x9x9:2x8x6x7'] + GOOD[2:],
+     'min <= opt <= max'),
+    (['--shape', 'query=1x8x4x4:1x8x6x7'] + GOOD[2:], 'NAME=MIN:OPT:MAX'),
+    (['--shape', 'query=1x8x4:1x8x6:2x8x9'] + GOOD[2:], 'does not fit'),
+    (['--shape', 'query=1x5x4x4:1x5x6x7:2x5x9x9'] + GOOD[2:], 'does not fit'),
+    (GOOD[:4], 'has dynamic dimensions'),
+    (GOOD + ['--shape', 'images=1x3x8x8:1x3x8x8:1x3x8x8'], 'no input'),
+])
+def test_bad_profiles_fail_before_tensorrt(repo, python, subprocess_env,
+                                           step_onnx, shapes, match):
+    proc = run(repo, python, subprocess_env, step_onnx, *shapes)
+    assert proc.returncode != 0 and match in proc.stderr, proc.stderr
+
+
+def test_not_an_onnx_file(repo, python, subprocess_env, tmp_path):
+    bogus = tmp_path / 'model.onnx'
+    bogus.write_bytes(b'not onnx')
+    proc = run(repo, python, subprocess_env, str(bogus), *GOOD)
+    assert proc.returncode != 0 and 'cannot read' in proc.stderr
+    missing = run(repo, python, subprocess_env, str(tmp_path / 'no.onnx'))
+    assert 'not found' in missing.stderr
+
+
+@pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
+                    reason='needs TensorRT and a CUDA GPU')
+def test_builds_and_checks_an_engine(repo, python, subprocess_env, step_onnx,
+                                     tmp_path):
+    proc = run(repo, python, subprocess_env, step_onnx, *GOOD, '--out-dir',
+               str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / 'step.engine').is_file()
+    assert '"passed": true' in (tmp_path / 'step.json').read_text()
