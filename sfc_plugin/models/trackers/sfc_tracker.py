@@ -35,6 +35,11 @@ class SFCTracker(BaseModel):
         label_codec (dict): Codec config. Defaults to ``MaskCodec``.
         data_preprocessor (dict, optional): Defaults to mmengine's
             ImgDataPreprocessor with ImageNet statistics and BGR→RGB.
+        backend (dict, optional): Where the features are computed: None or
+            ``dict(type='torch')`` for ``encoder`` itself, else a deployed
+            encoder, ``dict(type='onnxruntime', model='x.onnx')`` or
+            ``dict(type='tensorrt', engine='x.engine')``
+            (:mod:`sfc_plugin.deploy.backends`). Defaults to None.
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
@@ -43,6 +48,7 @@ class SFCTracker(BaseModel):
                  propagator: Dict = dict(type='LabelPropagator'),
                  label_codec: Dict = dict(type='MaskCodec'),
                  data_preprocessor: Optional[Dict] = None,
+                 backend: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         if data_preprocessor is None:
             data_preprocessor = dict(
@@ -55,11 +61,17 @@ class SFCTracker(BaseModel):
         self.encoder = MODELS.build(encoder)
         self.propagator = MODELS.build(propagator)
         self.codec = TASK_UTILS.build(label_codec)
+        self.backend = None
+        if backend is not None and backend.get('type') != 'torch':
+            import sfc_plugin.deploy.backends  # noqa: F401 (registers them)
+            self.backend = MODELS.build(backend)
         self._image_size = None
 
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
         """(C, h, w) unit-norm features of one normalised (3, H, W) frame."""
+        if self.backend is not None:
+            return self.backend(frame[None])[0].to(frame.device)
         return self.encoder(frame[None])[0]
 
     @torch.no_grad()
