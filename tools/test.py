@@ -29,7 +29,21 @@ def parse_args(argv=None):
         'model (load_from). Without it the networks keep their random '
         'initialisation (a baseline)')
     add_runner_args(parser)
+    parser.add_argument(
+        '--backend',
+        choices=['torch', 'onnxruntime', 'tensorrt'],
+        help='where the encoder runs (default: the config\'s model.backend, '
+        'else torch); onnxruntime and tensorrt need --backend-model')
+    parser.add_argument(
+        '--backend-model',
+        help='ONNX file (export/to_onnx.py) or TensorRT engine '
+        '(export/to_trt.py) for --backend')
     args = parser.parse_args(argv)
+    if args.backend in ('onnxruntime', 'tensorrt') and not args.backend_model:
+        parser.error(f'--backend {args.backend} needs --backend-model')
+    if args.backend_model and not osp.isfile(args.backend_model):
+        parser.error(f'--backend-model: file not found: '
+                     f'"{args.backend_model}"')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -53,6 +67,11 @@ def main(argv=None):
         cfg.merge_from_dict({cfg.checkpoint_field: args.checkpoint})
     else:
         cfg.load_from = args.checkpoint
+    if args.backend == 'torch':
+        cfg.model.backend = None
+    elif args.backend is not None:
+        key = 'model' if args.backend == 'onnxruntime' else 'engine'
+        cfg.model.backend = {'type': args.backend, key: args.backend_model}
     if args.launcher != 'none':
         prepare_distributed(cfg)
     build_runner(cfg).test()

@@ -86,3 +86,13 @@ def test_tensorrt_backend_without_tensorrt(deployed):
     cfg, ckpt, _ = deployed
     with pytest.raises(ImportError, match='needs TensorRT 10'):
         build_tracker(cfg, ckpt, dict(type='tensorrt', engine='x.engine'))
+
+
+def test_onnx_file_of_another_model_is_refused(tmp_path):
+    from sfc_plugin.deploy import PropagationStep, export_propagation_step
+    from sfc_plugin.deploy.backends import ONNXRuntimeBackend
+    path = export_propagation_step(
+        PropagationStep(4, 2.0, 0.1, form='decomposed'),
+        str(tmp_path / 'step.onnx'))
+    with pytest.raises(ValueError, match='not an sfc_plugin encoder'):
+        ONNXRuntimeBackend(path, device='cpu')

@@ -7,13 +7,14 @@ from PIL import Image
 from ..test_evaluation.davis_fixtures import moving_squares, write_davis
 
 
-def run_fc_davis(python, repo, env, root, tmp_path, launcher=()):
+def run_fc_davis(python, repo, env, root, tmp_path, launcher=(), extra=(),
+                 out_name='results'):
     """tools/test.py with configs/fc_davis.py on generated DAVIS data."""
-    out = tmp_path / 'results'
+    out = tmp_path / out_name
     proc = subprocess.run([
         python, *launcher,
         str(repo / 'tools' / 'test.py'),
-        str(repo / 'configs' / 'fc_davis.py'), '--work-dir',
+        str(repo / 'configs' / 'fc_davis.py'), *extra, '--work-dir',
         str(tmp_path / 'w'), '--cfg-options',
         f'test_dataloader.dataset.data_root={root}',
         'test_dataloader.dataset.ann_file=ImageSets/val.txt',
@@ -87,3 +88,50 @@ def test_distributed_evaluation_keeps_videos_whole(python, repo, tmp_path,
     with open(out / 'per-sequence_results-val.csv') as f:
         rows = list(csv.reader(f))[1:]
     assert [r[0] for r in rows] == ['a_1', 'b_1', 'c_1']
+
+
+def test_onnxruntime_backend_gives_the_torch_scores(python, repo, tmp_path,
+                                                    subprocess_env):
+    """The same checkpoint through PyTorch and through its ONNX export
+    (--backend onnxruntime) scores the same on generated videos."""
+    import torch
+    from mmengine.config import Config
+
+    from sfc_plugin.deploy import export_encoder
+    from sfc_plugin.models.backbones import ResNet
+    from sfc_plugin.utils import register_all_modules
+
+    root = write_davis(tmp_path / 'davis', {
+        'a': moving_squares(5, 64, 96, 2, seed=5),
+    })
+    ckpt = tmp_path / 'fc.pth'
+    torch.save(ResNet(depth=18, num_stages=3, strides=(1, 2, 1),
+                      out_indices=(2, )).state_dict(), ckpt)
+    register_all_modules()
+    onnx_path = tmp_path / 'fc.onnx'
+    export_encoder(Config.fromfile(str(repo / 'configs' / 'fc_davis.py')),
+                   str(onnx_path), [str(root / 'JPEGImages' / '480p' / 'a')],
+                   checkpoint=str(ckpt))
+    scores = {}
+    for name, extra in [('torch', [str(ckpt)]),
+                        ('ort', [str(ckpt), '--backend', 'onnxruntime',
+                                 '--backend-model', str(onnx_path)])]:
+        out, _ = run_fc_davis(python, repo, subprocess_env, root, tmp_path,
+                              extra=extra, out_name=name)
+        with open(out / 'global_results-val.csv') as f:
+            scores[name] = [float(v) for v in list(csv.reader(f))[1]]
+    assert np.allclose(scores['torch'], scores['ort'], atol=1e-3), scores
+
+
+def test_backend_needs_its_model(python, repo, subprocess_env, tmp_path):
+    proc = subprocess.run([
+        python, str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), '--backend', 'onnxruntime'
+    ], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and 'needs --backend-model' in proc.stderr
+    proc = subprocess.run([
+        python, str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), '--backend', 'onnxruntime',
+        '--backend-model', str(tmp_path / 'no.onnx')
+    ], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and 'file not found' in proc.stderr
