@@ -199,8 +199,11 @@ def main(argv=None):
         sys.exit(f'to_trt.py: {e}')
     trt = require_tensorrt()
 
-    from sfc_plugin.deploy.encoder_export import sha256, write_report
-    from sfc_plugin.deploy.onnx_export import atomic_output
+    from sfc_plugin.deploy.onnx_export import (
+        atomic_output,
+        sha256,
+        write_report,
+    )
     name = args.name or (osp.splitext(osp.basename(args.onnx))[0] +
                          ('-fp16' if args.fp16 else ''))
     engine_path = osp.join(args.out_dir, name + '.engine')

@@ -8,8 +8,6 @@ reproduced PyTorch's features on real frames: the ``.onnx`` file and its
 JSON report appear together, after the check, or not at all.
 """
 import copy
-import hashlib
-import json
 import os
 import os.path as osp
 import platform
@@ -26,7 +24,14 @@ from sfc_plugin.models.encoders import CheckpointKeyError
 from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
 from sfc_plugin.registry import MODELS
 
-from .onnx_export import MIN_OPSET, ExportError, atomic_output, export_onnx
+from .onnx_export import (
+    MIN_OPSET,
+    ExportError,
+    atomic_output,
+    export_onnx,
+    settle_report,
+    sha256,
+)
 from .onnxruntime_ops import onnxruntime_session
 
 #: Which encoder of a config to export: the config's own (FC, semantic or
@@ -131,14 +136,6 @@ def load_frames(paths: Sequence[str],
     return torch.from_numpy(rgb.transpose(0, 3, 1, 2).copy()), files
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _versions() -> Dict[str, str]:
     import onnx
 
@@ -239,19 +236,10 @@ def export_encoder(cfg: Config,
             checkpoint=None if checkpoint is None else dict(
                 path=checkpoint, sha256=sha256(checkpoint)),
             onnx=dict(path=out, sha256=sha256(tmp)))
-        if not report['passed']:
-            write_report(report, stem + '.failed.json')
-            raise ExportError(
-                f'ONNX Runtime disagrees with PyTorch on {len(files)} frames: '
-                f'max abs diff {check["max_abs_diff"]:.3g} > atol {atol:g} '
-                f'(mean {check["mean_abs_diff"]:.3g}); nothing written but '
-                f'{stem}.failed.json')
-        # The report first: a model file never appears without it.
-        write_report(report, stem + '.json')
+        settle_report(
+            report, stem,
+            f'ONNX Runtime disagrees with PyTorch on {len(files)} frames: '
+            f'max abs diff {check["max_abs_diff"]:.3g} > atol {atol:g} '
+            f'(mean {check["mean_abs_diff"]:.3g})')
     return report
 
-
-def write_report(report: Dict, path: str) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(report, f, indent=1)

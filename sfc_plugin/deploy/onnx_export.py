@@ -1,6 +1,8 @@
 """What every ONNX export of sfc_plugin shares: the exporter call and
 all-or-nothing output files."""
 import contextlib
+import hashlib
+import json
 import os
 import os.path as osp
 import tempfile
@@ -33,6 +35,32 @@ def atomic_output(path: str, suffix: str = '.part') -> Iterator[str]:
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_report(report: Dict, path: str) -> None:
+    with atomic_output(path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(report, f, indent=1)
+
+
+def settle_report(report: Dict, stem: str, failure: str) -> None:
+    """Writes ``<stem>.json`` if ``report['passed']``; else writes
+    ``<stem>.failed.json`` for inspection and raises :class:`ExportError`
+    with ``failure``. Called before the checked file is moved into place,
+    so a result never appears without its passing report."""
+    if report['passed']:
+        write_report(report, stem + '.json')
+        return
+    write_report(report, stem + '.failed.json')
+    raise ExportError(f'{failure}; nothing written but {stem}.failed.json')
 
 
 def export_onnx(module: nn.Module,
