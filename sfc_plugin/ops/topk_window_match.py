@@ -88,6 +88,12 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
     return batched
 
 
+def _add_batch(batched: bool, *tensors: torch.Tensor):
+    """The tensors with a leading batch dimension of 1 unless ``batched``:
+    every implementation works on batched inputs."""
+    return tensors if batched else tuple(t[None] for t in tensors)
+
+
 def window_mask(height: int, width: int, radius: float,
                 rows: Optional[slice] = None,
                 device: Optional[torch.device] = None) -> torch.Tensor:
@@ -109,11 +115,12 @@ def window_mask(height: int, width: int, radius: float,
     return _inside(q, pos, radius)
 
 
-def _positions(height, width, device=None) -> torch.Tensor:
-    """(H·W, 2) row-major (y, x) coordinates, as float64 so that squared
-    distances are exact."""
-    ys = torch.arange(height, device=device, dtype=torch.float64)
-    xs = torch.arange(width, device=device, dtype=torch.float64)
+def _positions(height, width, device=None, y0=0, x0=0) -> torch.Tensor:
+    """(H·W, 2) row-major (y, x) coordinates of the H × W grid whose
+    top-left cell is (y0, x0), as float64 so that squared distances are
+    exact."""
+    ys = torch.arange(y0, y0 + height, device=device, dtype=torch.float64)
+    xs = torch.arange(x0, x0 + width, device=device, dtype=torch.float64)
     return torch.stack(
         [ys[:, None].expand(-1, width),
          xs[None, :].expand(height, -1)], dim=-1).reshape(-1, 2)
@@ -245,8 +252,7 @@ def topk_window_match_dense(query: torch.Tensor,
     """
     batched = _check(query, keys, key_labels, topk, radius, temperature,
                      unrestricted_keys)
-    if not batched:
-        query, keys, key_labels = query[None], keys[None], key_labels[None]
+    query, keys, key_labels = _add_batch(batched, query, keys, key_labels)
     b, t, c, h, w = keys.shape
     q = query.reshape(b, c, h * w).transpose(1, 2)
     pos = _positions(h, w, query.device)
@@ -305,13 +311,10 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
                 ts = torch.arange(free, num_frames, device=device)
                 rect_flat = (ts[:, None, None] * hw + ys[None, :, None] * width
                              + xs[None, None, :]).reshape(-1)
-                q_pos = torch.stack(torch.meshgrid(
-                    torch.arange(y0, y1, device=device),
-                    torch.arange(x0, x1, device=device),
-                    indexing='ij'), -1).reshape(-1, 2).double()
-                k_pos = torch.stack(torch.meshgrid(ys, xs, indexing='ij'),
-                                    -1).reshape(-1, 2).double()
-                outside = ~_inside(q_pos, k_pos, radius)
+                outside = ~_inside(
+                    _positions(y1 - y0, x1 - x0, device, y0, x0),
+                    _positions(ky1 - ky0, kx1 - kx0, device, ky0, kx0),
+                    radius)
                 rect = keys_hwc[free:, ky0:ky1, kx0:kx1].reshape(-1, channels)
                 aff = (q @ rect.t()).view(q.shape[0], num_frames - free, -1)
                 aff.masked_fill_(outside[:, None], -math.inf)
@@ -330,6 +333,37 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
     return weights, indices
 
 
+def _reference_neighbours(query: torch.Tensor, keys: torch.Tensor,
+                          topk: int, radius: float, temperature: float,
+                          free: int, tile_size: int = 8
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_tiled_neighbours` over a validated batch."""
+    for name, t in (('query', query), ('keys', keys)):
+        if not torch.isfinite(t).all():
+            raise ValueError(
+                f'topk_window_match: {name} contain NaN or infinite values')
+    parts = [
+        _tiled_neighbours(q, k, int(topk), radius, temperature, free,
+                          tile_size) for q, k in zip(query, keys)
+    ]
+    return (torch.stack([p[0] for p in parts]),
+            torch.stack([p[1] for p in parts]))
+
+
+def _reference_match(query: torch.Tensor, keys: torch.Tensor,
+                     key_labels: torch.Tensor, topk: int, radius: float,
+                     temperature: float, free: int,
+                     tile_size: int = 8) -> torch.Tensor:
+    """Reference labels of a validated batch."""
+    out = aggregate_labels(
+        *_reference_neighbours(query, keys, topk, radius, temperature, free,
+                               tile_size), key_labels)
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            'topk_window_match: key_labels contain NaN or infinite values')
+    return out
+
+
 def topk_window_neighbours_reference(
         query: torch.Tensor,
         keys: torch.Tensor,
@@ -346,19 +380,9 @@ def topk_window_neighbours_reference(
     """
     batched = _check(query, keys, None, topk, radius, temperature,
                      unrestricted_keys)
-    if not batched:
-        query, keys = query[None], keys[None]
-    for name, t in (('query', query), ('keys', keys)):
-        if not torch.isfinite(t).all():
-            raise ValueError(
-                f'topk_window_match: {name} contain NaN or infinite values')
-    parts = [
-        _tiled_neighbours(q, k, int(topk), radius, temperature,
-                          unrestricted_keys, tile_size)
-        for q, k in zip(query, keys)
-    ]
-    weights = torch.stack([p[0] for p in parts])
-    indices = torch.stack([p[1] for p in parts])
+    weights, indices = _reference_neighbours(
+        *_add_batch(batched, query, keys), topk, radius, temperature,
+        unrestricted_keys, tile_size)
     return (weights, indices) if batched else (weights[0], indices[0])
 
 
@@ -378,15 +402,9 @@ def topk_window_match_reference(query: torch.Tensor,
     """
     batched = _check(query, keys, key_labels, topk, radius, temperature,
                      unrestricted_keys)
-    if not batched:
-        query, keys, key_labels = query[None], keys[None], key_labels[None]
-    weights, indices = topk_window_neighbours_reference(
-        query, keys, topk=topk, radius=radius, temperature=temperature,
-        unrestricted_keys=unrestricted_keys, tile_size=tile_size)
-    out = aggregate_labels(weights, indices, key_labels)
-    if not torch.isfinite(out).all():
-        raise ValueError(
-            'topk_window_match: key_labels contain NaN or infinite values')
+    out = _reference_match(*_add_batch(batched, query, keys, key_labels),
+                           topk, radius, temperature, unrestricted_keys,
+                           tile_size)
     return out if batched else out[0]
 
 
@@ -418,15 +436,14 @@ def topk_window_neighbours(
     """
     batched = _check(query, keys, None, topk, radius, temperature,
                      unrestricted_keys)
-    if not native_ops_available(query.device):
-        return topk_window_neighbours_reference(
-            query, keys, topk=topk, radius=radius, temperature=temperature,
-            unrestricted_keys=unrestricted_keys)
-    if not batched:
-        query, keys = query[None], keys[None]
-    weights, indices = torch.ops.sfc.topk_window_neighbours(
-        query, keys, int(topk), float(radius), float(temperature),
-        int(unrestricted_keys))
+    query, keys = _add_batch(batched, query, keys)
+    if native_ops_available(query.device):
+        weights, indices = torch.ops.sfc.topk_window_neighbours(
+            query, keys, int(topk), float(radius), float(temperature),
+            int(unrestricted_keys))
+    else:
+        weights, indices = _reference_neighbours(
+            query, keys, topk, radius, temperature, unrestricted_keys)
     return (weights, indices) if batched else (weights[0], indices[0])
 
 
@@ -467,13 +484,13 @@ def topk_window_match(query: torch.Tensor,
     """
     batched = _check(query, keys, key_labels, topk, radius, temperature,
                      unrestricted_keys)
-    if not native_ops_available(query.device):
-        return topk_window_match_reference(
-            query, keys, key_labels, topk=topk, radius=radius,
-            temperature=temperature, unrestricted_keys=unrestricted_keys)
-    if not batched:
-        query, keys, key_labels = query[None], keys[None], key_labels[None]
-    out = torch.ops.sfc.topk_window_match(query, keys, key_labels, int(topk),
-                                          float(radius), float(temperature),
-                                          int(unrestricted_keys))
+    query, keys, key_labels = _add_batch(batched, query, keys, key_labels)
+    if native_ops_available(query.device):
+        out = torch.ops.sfc.topk_window_match(query, keys, key_labels,
+                                              int(topk), float(radius),
+                                              float(temperature),
+                                              int(unrestricted_keys))
+    else:
+        out = _reference_match(query, keys, key_labels, topk, radius,
+                               temperature, unrestricted_keys)
     return out if batched else out[0]
