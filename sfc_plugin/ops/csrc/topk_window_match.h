@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 
 #include <cmath>
 #include <cstdint>
@@ -33,6 +34,37 @@ inline std::vector<int64_t> window_half_widths(double radius, int64_t rows) {
     half[dy] = dx;
   }
   return half;
+}
+
+// Softmax of affinity / temperature over one query's top-k (``count``
+// values sorted in decreasing order, their flat key indices in ``slots``)
+// into weights[0, topk) and indices[0, topk); slots beyond ``count`` are
+// padding (weight 0, index -1). compute_t sets the exponentials' precision.
+// Shared by the CPU kernel (host) and the CUDA kernel (device).
+template <typename compute_t, typename value_t, typename out_t>
+C10_HOST_DEVICE inline void write_topk_softmax(
+    const value_t* values, const int64_t* slots, int64_t count, int64_t topk,
+    double temperature, out_t* weights, int64_t* indices) {
+  using std::exp;
+  const compute_t inv_t = static_cast<compute_t>(1.0 / temperature);
+  compute_t total = 0;
+  for (int64_t j = 0; j < count; ++j)
+    total += exp((static_cast<compute_t>(values[j]) -
+                  static_cast<compute_t>(values[0])) *
+                 inv_t);
+  for (int64_t j = 0; j < topk; ++j) {
+    if (j < count) {
+      weights[j] = static_cast<out_t>(
+          exp((static_cast<compute_t>(values[j]) -
+               static_cast<compute_t>(values[0])) *
+              inv_t) /
+          total);
+      indices[j] = slots[j];
+    } else {
+      weights[j] = static_cast<out_t>(0);
+      indices[j] = -1;
+    }
+  }
 }
 
 // Checks shared by every kernel; the Python wrapper gives friendlier

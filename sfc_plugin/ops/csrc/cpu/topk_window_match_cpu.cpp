@@ -295,27 +295,11 @@ bool match_row(const Problem<T>& p, int64_t b, int64_t y,
     }
   }
 
-  // Softmax of affinity / temperature over each query's top-k.
-  const double inv_t = 1.0 / p.temperature;
   for (int64_t x = 0; x < W; ++x) {
-    const auto& top = tops[x];
     const int64_t out = ((b * H + y) * W + x) * p.topk;
-    double total = 0;
-    for (int64_t j = 0; j < top.count; ++j)
-      total += std::exp((static_cast<double>(top.values[j]) - top.values[0]) *
-                        inv_t);
-    for (int64_t j = 0; j < p.topk; ++j) {
-      if (j < top.count) {
-        p.weights[out + j] = static_cast<T>(
-            std::exp((static_cast<double>(top.values[j]) - top.values[0]) *
-                     inv_t) /
-            total);
-        p.indices[out + j] = top.indices[j];
-      } else {
-        p.weights[out + j] = 0;
-        p.indices[out + j] = -1;
-      }
-    }
+    write_topk_softmax<double>(tops[x].values, tops[x].indices,
+                               tops[x].count, p.topk, p.temperature,
+                               p.weights + out, p.indices + out);
   }
   return finite;
 }

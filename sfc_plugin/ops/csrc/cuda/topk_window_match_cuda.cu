@@ -186,21 +186,12 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // Softmax of affinity / temperature over each query's top-k.
   if (tid < tile) {
-    const acc_t* values = top_values + tid * stored_topk;
-    const int64_t* slots = top_indices + tid * stored_topk;
-    const int count = smem.count[tid];
-    const acc_t inv_t = static_cast<acc_t>(1.0 / temperature);
-    acc_t total = 0;
-    for (int j = 0; j < count; ++j) total += exp((values[j] - values[0]) * inv_t);
     const int64_t out = ((b * height + y) * width + x0 + tid) * topk;
-    for (int64_t j = 0; j < topk; ++j) {
-      const bool used = j < count;
-      weights[out + j] = static_cast<scalar_t>(
-          used ? exp((values[j] - values[0]) * inv_t) / total : acc_t(0));
-      indices[out + j] = used ? slots[j] : -1;
-    }
+    write_topk_softmax<acc_t>(top_values + tid * stored_topk,
+                              top_indices + tid * stored_topk,
+                              smem.count[tid], topk, temperature,
+                              weights + out, indices + out);
   }
 }
 
