@@ -135,33 +135,6 @@ def build_engine(trt, onnx_path: str, profile, fp16: bool,
     return bytes(engine)
 
 
-def run_engine(trt, engine_bytes: bytes,
-               feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-    import torch
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    context = engine.create_execution_context()
-    buffers = {}
-    for name, value in feeds.items():
-        buffers[name] = torch.from_numpy(value).cuda()
-        context.set_input_shape(name, tuple(value.shape))
-    outputs = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.from_numpy(np.zeros(
-                0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)),
-                                        dtype=dtype, device='cuda')
-            outputs.append(name)
-        context.set_tensor_address(name, buffers[name].data_ptr())
-    stream = torch.cuda.current_stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise RuntimeError('TensorRT execution failed')
-    stream.synchronize()
-    return [buffers[n].cpu().numpy() for n in outputs]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -214,6 +187,9 @@ def main(argv=None):
     build_s = time.perf_counter() - start
 
     check = None
+    import torch
+
+    from sfc_plugin.deploy.backends import TensorRTBackend
     try:
         from sfc_plugin.deploy.onnxruntime_ops import onnxruntime_session
         session = onnxruntime_session(args.onnx)
@@ -223,10 +199,12 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         feeds = {n: rng.standard_normal(opt).astype(np.float32)
                  for n, (_, opt, _) in profile.items()}
-        expected = session.run(None, feeds)
-        got = run_engine(trt, engine, feeds)
-        diffs = [float(np.abs(g.astype(np.float64) - e).max())
-                 for g, e in zip(got, expected)]
+        expected = dict(zip([o.name for o in session.get_outputs()],
+                            session.run(None, feeds)))
+        got = TensorRTBackend(engine).run(
+            {n: torch.from_numpy(v) for n, v in feeds.items()})
+        diffs = [float(np.abs(got[n].cpu().double().numpy() - e).max())
+                 for n, e in expected.items()]
         atol = args.atol or (2e-2 if args.fp16 else 1e-3)
         check = dict(max_abs_diff=diffs, atol=atol, passed=max(diffs) <= atol)
         if not check['passed']:

@@ -15,7 +15,7 @@ model='sfc.onnx')``, or on the command line with ``--cfg-options``.
 """
 import math
 import warnings
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,9 +45,8 @@ class ONNXRuntimeBackend(FeatureBackend):
                  model: str,
                  device: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None):
-        import onnxruntime as ort
-
-        from .onnxruntime_ops import onnxruntime_session
+        from .onnxruntime_ops import onnxruntime_session, require_module
+        ort = require_module('onnxruntime', 'ort')
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         if providers is None:
             providers = ['CPUExecutionProvider']
@@ -101,10 +100,11 @@ class TensorRTBackend(FeatureBackend):
     """A TensorRT engine built by ``export/to_trt.py``.
 
     Args:
-        engine (str): ``trt_engines/<name>.engine``.
+        engine (str | bytes): ``trt_engines/<name>.engine``, or the
+            serialised engine itself.
     """
 
-    def __init__(self, engine: str):
+    def __init__(self, engine: Union[str, bytes]):
         try:
             import tensorrt as trt
         except ImportError:
@@ -115,26 +115,48 @@ class TensorRTBackend(FeatureBackend):
             raise RuntimeError('TensorRTBackend needs a CUDA GPU')
         from .tensorrt_plugin import register_tensorrt_plugin
         register_tensorrt_plugin()
-        with open(engine, 'rb') as f:
-            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            self.engine = runtime.deserialize_cuda_engine(f.read())
+        source = 'the given bytes' if isinstance(engine, bytes) else \
+            f'"{engine}"'
+        if not isinstance(engine, bytes):
+            with open(engine, 'rb') as f:
+                engine = f.read()
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(engine)
         if self.engine is None:
-            raise RuntimeError(f'TensorRTBackend: cannot load "{engine}" '
+            raise RuntimeError(f'TensorRTBackend: cannot load {source} '
                                '(built by another TensorRT or GPU?)')
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i)
                  for i in range(self.engine.num_io_tensors)]
-        self.input_name, self.output_name = names[0], names[-1]
-        self.trt = trt
+        self.outputs = [
+            n for n in names
+            if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
+        self.input_name = next(n for n in names if n not in self.outputs)
+        self.output_dtypes = {
+            n: torch.from_numpy(np.zeros(0, trt.nptype(
+                self.engine.get_tensor_dtype(n)))).dtype
+            for n in self.outputs
+        }
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.cuda().float().contiguous()
-        self.context.set_input_shape(self.input_name, tuple(images.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(
-            self.output_name)), device=images.device)
-        self.context.set_tensor_address(self.input_name, images.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
+    def run(self, feeds: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Runs the engine on named inputs; returns its named outputs (on
+        the GPU, after the current stream has run them)."""
+        buffers = {}
+        for name, value in feeds.items():
+            buffers[name] = value.cuda().contiguous()
+            self.context.set_input_shape(name, tuple(value.shape))
+        for name in self.outputs:
+            buffers[name] = torch.empty(
+                tuple(self.context.get_tensor_shape(name)),
+                dtype=self.output_dtypes[name], device='cuda')
+        for name, buffer in buffers.items():
+            self.context.set_tensor_address(name, buffer.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError('TensorRTBackend: execution failed')
-        return out
+        return {name: buffers[name] for name in self.outputs}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.run({self.input_name: images.float()})
+        return outputs[self.outputs[0]].float()

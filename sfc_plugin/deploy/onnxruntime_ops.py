@@ -20,7 +20,7 @@ from sfc_plugin.ops.onnx import ATTRIBUTES, DOMAIN, OP_TYPE
 _python_op_domain = None
 
 
-def _require(module: str, extra: str):
+def require_module(module: str, extra: str):
     try:
         return __import__(module)
     except ImportError as e:
@@ -35,7 +35,7 @@ def _register_python_op() -> str:
     global _python_op_domain
     if _python_op_domain is not None:
         return _python_op_domain
-    _require('onnxruntime_extensions', 'ort')
+    require_module('onnxruntime_extensions', 'ort')
     from onnxruntime_extensions import (
         PyCustomOpDef,
         default_opset_domain,
@@ -83,7 +83,7 @@ def onnxruntime_session(model: Union[str, onnx.ModelProto],
     Returns:
         onnxruntime.InferenceSession
     """
-    ort = _require('onnxruntime', 'ort')
+    ort = require_module('onnxruntime', 'ort')
     proto = onnx.load(model) if isinstance(model, str) else model
     options = sess_options or ort.SessionOptions()
     providers = list(providers or ['CPUExecutionProvider'])
