@@ -1,10 +1,9 @@
 """Generated DAVIS-format data: palette PNG masks, JPEG frames, lists."""
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from sfc_plugin.evaluation.metrics import save_palette_png
+from sfc_plugin.datasets.synthetic_video import write_davis_sequences
 
 
 def moving_squares(num_frames, h, w, num_objects, seed=0):
@@ -28,19 +27,4 @@ def moving_squares(num_frames, h, w, num_objects, seed=0):
 
 def write_davis(root: Path, videos: dict, binary=False, split='val.txt'):
     """videos: name -> (frames, masks). Returns the data root."""
-    for name, (frames, masks) in videos.items():
-        for t, (img, mask) in enumerate(zip(frames, masks)):
-            fdir = root / 'JPEGImages' / '480p' / name
-            adir = root / 'Annotations' / '480p' / name
-            fdir.mkdir(parents=True, exist_ok=True)
-            adir.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(fdir / f'{t:05d}.jpg'), img,
-                        [cv2.IMWRITE_JPEG_QUALITY, 98])
-            if binary:
-                cv2.imwrite(str(adir / f'{t:05d}.png'),
-                            (mask > 0).astype(np.uint8) * 255)
-            else:
-                save_palette_png(mask, str(adir / f'{t:05d}.png'))
-    (root / 'ImageSets').mkdir(exist_ok=True)
-    (root / 'ImageSets' / split).write_text('\n'.join(videos) + '\n')
-    return root
+    return Path(write_davis_sequences(str(root), videos, binary, split))

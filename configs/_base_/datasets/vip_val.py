@@ -1,5 +1,5 @@
 # VIP part propagation: 19 parts + background, class-id PNG annotations;
-# the DAVIS loader and streaming settings with VIP's layout.
+# the DAVIS reader and streaming settings with VIP's layout.
 _base_ = ['davis2017_val.py']
 test_dataloader = dict(
     dataset=dict(
@@ -7,5 +7,9 @@ test_dataloader = dict(
         type='VIPDataset',
         data_root='data/VIP_Fine',
         ann_file='lists/val_videos.txt',
-        pipeline={{_base_.test_pipeline}}))
+        pipeline=[
+            dict(type='mmcv.LoadImageFromFile'),
+            dict(type='LoadPartMap', num_classes=20, first_frame_only=True),
+            dict(type='PackVideoFrameInputs'),
+        ]))
 test_evaluator = dict(_delete_=True, type='PartIoUMetric', num_classes=20)

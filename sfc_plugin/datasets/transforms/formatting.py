@@ -66,7 +66,8 @@ class PackVideoFrameInputs(BaseTransform):
                  meta_keys: Sequence[str] = ('img_path', 'seg_map_path',
                                              'first_seg_map_path',
                                              'mask_format', 'video',
-                                             'frame_id', 'video_length',
+                                             'frame_id', 'frame_name',
+                                             'video_length',
                                              'ori_shape', 'img_shape',
                                              'scale_factor')):
         self.meta_keys = tuple(meta_keys)

@@ -1,0 +1,116 @@
+import cv2
+import numpy as np
+import pytest
+
+from sfc_plugin.datasets import (
+    FrameFolderReader,
+    VideoFileReader,
+    open_video,
+    synthetic_video,
+)
+
+
+def write_frames(folder, names, size=(24, 32)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        img = np.full((*size, 3), 10 * i, np.uint8)
+        cv2.imwrite(str(folder / name), img)
+    return folder
+
+
+def write_video(path, frames, fps=10):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps,
+                             (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_frame_folder_orders_by_frame_number(tmp_path):
+    folder = write_frames(tmp_path / 'seq',
+                          ['frame_10.png', 'frame_9.png', 'frame_8.png'])
+    reader = FrameFolderReader(str(folder))
+    assert reader.frame_names == ['frame_8.png', 'frame_9.png',
+                                  'frame_10.png']
+    assert reader.num_frames == 3 and reader.frame_size == (24, 32)
+    assert reader.name == 'seq'
+    items = list(reader)
+    assert [i['frame_id'] for i in items] == [0, 1, 2]
+    assert [i['frame_name'] for i in items] == ['frame_8', 'frame_9',
+                                                'frame_10']
+    assert items[2]['img_path'].endswith('frame_10.png')
+    assert 'img' not in items[0]
+
+
+def test_frame_folder_without_numbers_orders_by_name(tmp_path):
+    folder = write_frames(tmp_path / 's', ['b.jpg', 'a.jpg', 'c.jpg'])
+    (folder / 'notes.txt').write_text('not a frame')
+    assert FrameFolderReader(str(folder)).frame_names == [
+        'a.jpg', 'b.jpg', 'c.jpg'
+    ]
+
+
+@pytest.mark.parametrize('names, message', [
+    (['00000.jpg', '00001.jpg', '00003.jpg'],
+     '"00001.jpg" is followed by "00003.jpg" (frame 2 missing)'),
+    (['00000.jpg', '00004.jpg'], '(frames 1 to 3 missing)'),
+    (['1.jpg', '01.jpg', '2.jpg'], 'both claim frame number 1'),
+])
+def test_frame_folder_with_gaps_is_refused(tmp_path, names, message):
+    folder = write_frames(tmp_path / 's', names)
+    with pytest.raises(ValueError, match='has a gap|both claim') as err:
+        FrameFolderReader(str(folder))
+    assert message in str(err.value) and str(folder) in str(err.value)
+
+
+def test_frame_folder_with_mixed_sizes_is_refused(tmp_path):
+    folder = write_frames(tmp_path / 's', ['00000.jpg', '00001.jpg'])
+    cv2.imwrite(str(folder / '00002.jpg'), np.zeros((30, 32, 3), np.uint8))
+    with pytest.raises(ValueError) as err:
+        FrameFolderReader(str(folder))
+    assert ('mixes frame sizes: "00000.jpg" is 32×24, "00002.jpg" is 32×30'
+            in str(err.value))
+
+
+def test_frame_folder_errors_name_the_folder_or_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        FrameFolderReader(str(tmp_path / 'nowhere'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='holds no image'):
+        FrameFolderReader(str(tmp_path / 'empty'))
+    folder = write_frames(tmp_path / 's', ['00000.jpg'])
+    (folder / '00001.jpg').write_bytes(b'not a jpeg')
+    with pytest.raises(OSError, match='Cannot read frame .*00001.jpg'):
+        FrameFolderReader(str(folder))
+
+
+def test_video_file_frames_are_decoded_in_order(tmp_path):
+    frames, _ = synthetic_video(6, (48, 64), 2, seed=1)
+    path = write_video(tmp_path / 'clip.mp4', frames)
+    reader = open_video(str(path))
+    assert isinstance(reader, VideoFileReader)
+    assert reader.name == 'clip' and reader.frame_size == (48, 64)
+    assert reader.num_frames == 6 and reader.fps == pytest.approx(10)
+    items = list(reader)
+    assert [i['frame_name'] for i in items] == [f'{t:05d}' for t in range(6)]
+    for item, frame in zip(items, frames):
+        assert item['img'].shape == (48, 64, 3)
+        # Lossy codec: close to the original, not equal.
+        assert np.abs(item['img'].astype(int) - frame).mean() < 12
+    # A second pass reads the video again from the start.
+    assert len(list(reader)) == 6
+
+
+def test_unreadable_video_is_refused(tmp_path):
+    bad = tmp_path / 'clip.mp4'
+    bad.write_bytes(b'\x00' * 1000)
+    with pytest.raises(OSError, match='Cannot read video .*clip.mp4'):
+        open_video(str(bad))
+    with pytest.raises(FileNotFoundError, match='Video source not found'):
+        open_video(str(tmp_path / 'missing.mp4'))
+    assert isinstance(
+        open_video(str(write_frames(tmp_path / 'f', ['0.png']))),
+        FrameFolderReader)
