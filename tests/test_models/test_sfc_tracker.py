@@ -87,3 +87,80 @@ def test_empty_first_mask_gives_background(tracker):
     frame, _ = scene(0)
     tracker.init(frame, torch.zeros(64, 80, dtype=torch.long))
     assert not tracker.track(frame).any()
+
+
+def build_tracker(codec):
+    MODELS.register_module('PixelEncoder', module=PixelEncoder, force=True)
+    return MODELS.build(
+        dict(
+            type='SFCTracker',
+            encoder=dict(type='PixelEncoder'),
+            propagator=dict(type='LabelPropagator', topk=4, radius=3,
+                            context_frames=2, temperature=0.05),
+            label_codec=codec))
+
+
+def test_many_objects_keep_their_ids():
+    """12 objects of distinct colours on a 3 × 4 grid, moving together."""
+    colours = torch.rand(12, 3, generator=torch.Generator().manual_seed(0))
+    tracker = build_tracker(dict(type='MaskCodec'))
+
+    def grid(shift):
+        img = torch.full((3, 120, 160), 0.05)
+        labels = torch.zeros(120, 160, dtype=torch.long)
+        for k in range(12):
+            y, x = 8 + 40 * (k // 4), 8 + 40 * (k % 4) + shift
+            img[:, y:y + 24, x:x + 24] = colours[k][:, None, None] + 0.1
+            labels[y:y + 24, x:x + 24] = k + 1
+        return img, labels
+
+    tracker.init(*grid(0))
+    for shift in (0, 2, 4):
+        frame, labels = grid(shift)
+        pred = tracker.track(frame)
+        # Objects bleed into the background by up to a stride (8 px).
+        assert (pred == labels).float().mean() > 0.85
+        for k in range(1, 13):
+            assert (pred[labels == k] == k).float().mean() > 0.8, k
+
+
+def test_keypoints_follow_their_objects():
+    """Two textured objects move 8 px a frame over a textured background.
+
+    Texture: a random 16-channel vector per 8 × 8 cell (the test encoder
+    takes any number of channels), so every cell has its own feature.
+    """
+    tracker = build_tracker(dict(type='KeypointCodec', sigma=0.5, stride=8))
+    gen = torch.Generator().manual_seed(1)
+    background = torch.randn(16, 8, 14, generator=gen)
+    objects = torch.randn(2, 16, 3, 3, generator=gen)
+
+    def textured(shift):
+        img = F.interpolate(background[None], scale_factor=8.0)[0]
+        for k, x0 in enumerate((8, 56)):
+            patch = F.interpolate(objects[k][None], scale_factor=8.0)[0]
+            img[:, 16:40, x0 + shift:x0 + shift + 24] = patch
+        return img
+
+    # Centres of a cell of each object.
+    joints = torch.tensor([[19.5, 27.5], [67.5, 19.5]])
+    tracker.init(textured(0), joints)
+    for shift in (8, 16):
+        pred = tracker.track(textured(shift))
+        assert pred.shape == (2, 2)
+        expected = joints + torch.tensor([shift, 0.0])
+        assert (pred - expected).abs().max() < 2, (shift, pred)
+
+
+def test_part_maps_keep_classes_absent_from_frame_0():
+    tracker = build_tracker(dict(type='MaskCodec', num_classes=5))
+    frame, labels = scene(0)
+    tracker.init(frame, labels)
+    soft = tracker.track_soft(frame)
+    assert soft.shape[0] == 5 and not soft[3:].any()
+    pred = tracker.track(frame)
+    assert set(pred.unique().tolist()) == {0, 1, 2}
+    tracker.init(frame, labels)
+    with pytest.raises(ValueError, match='out of range for num_classes=2'):
+        build_tracker(dict(type='MaskCodec', num_classes=2)).init(
+            frame, labels)
