@@ -29,6 +29,10 @@ def atomic_output(path: str, suffix: str = '.part') -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(
         prefix=osp.basename(path) + '.', suffix=suffix, dir=out_dir)
     os.close(fd)
+    # mkstemp makes the file private (0o600); outputs get the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -90,7 +90,14 @@ class FusedCorrespondenceEncoder(BaseModule):
     def out_channels(self) -> int:
         return self.semantic.out_channels + self.fine_grained.out_channels
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_parts(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The features of each network and their fusion.
+
+        Returns:
+            dict: ``semantic`` (N, C_s, h, w) and ``fine_grained``
+            (N, C_f, h, w), each of unit norm, and ``fused``, the output of
+            :meth:`forward`.
+        """
         fs = self.semantic(images)
         ff = self.fine_grained(images)
         if fs.shape[-2:] != ff.shape[-2:]:
@@ -99,4 +106,8 @@ class FusedCorrespondenceEncoder(BaseModule):
                 f'{tuple(fs.shape)} and fine-grained features '
                 f'{tuple(ff.shape)} differ in size; both networks need the '
                 'same output stride')
-        return F.normalize(torch.cat([fs, self.fc_weight * ff], dim=1), dim=1)
+        fused = F.normalize(torch.cat([fs, self.fc_weight * ff], dim=1), dim=1)
+        return dict(semantic=fs, fine_grained=ff, fused=fused)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_parts(images)['fused']
