@@ -8,7 +8,6 @@ Evaluation over many videos shards across processes with
 """
 import argparse
 import os
-import os.path as osp
 
 from train import (
     add_runner_args,
@@ -16,6 +15,8 @@ from train import (
     load_config,
     prepare_distributed,
 )
+
+from sfc_plugin.apis import apply_backend, apply_checkpoint
 
 
 def parse_args(argv=None):
@@ -39,11 +40,6 @@ def parse_args(argv=None):
         help='ONNX file (export/to_onnx.py) or TensorRT engine '
         '(export/to_trt.py) for --backend')
     args = parser.parse_args(argv)
-    if args.backend in ('onnxruntime', 'tensorrt') and not args.backend_model:
-        parser.error(f'--backend {args.backend} needs --backend-model')
-    if args.backend_model and not osp.isfile(args.backend_model):
-        parser.error(f'--backend-model: file not found: '
-                     f'"{args.backend_model}"')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -59,19 +55,15 @@ def main(argv=None):
     if missing:
         raise SystemExit(f'{args.config} defines no {", ".join(missing)}: '
                          'it is not an evaluation config')
-    if args.checkpoint is None:
-        print('No checkpoint given: the networks are randomly initialised.')
-    elif not osp.isfile(args.checkpoint):
-        raise SystemExit(f'Checkpoint file not found: "{args.checkpoint}"')
-    elif cfg.get('checkpoint_field'):
-        cfg.merge_from_dict({cfg.checkpoint_field: args.checkpoint})
-    else:
-        cfg.load_from = args.checkpoint
-    if args.backend == 'torch':
-        cfg.model.backend = None
-    elif args.backend is not None:
-        key = 'model' if args.backend == 'onnxruntime' else 'engine'
-        cfg.model.backend = {'type': args.backend, key: args.backend_model}
+    try:
+        if args.checkpoint is None:
+            print('No checkpoint given: the networks are randomly '
+                  'initialised.')
+        else:
+            apply_checkpoint(cfg, args.checkpoint)
+        apply_backend(cfg, args.backend, args.backend_model)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f'test.py: error: {err}')
     if args.launcher != 'none':
         prepare_distributed(cfg)
     build_runner(cfg).test()

@@ -128,10 +128,12 @@ def test_backend_needs_its_model(python, repo, subprocess_env, tmp_path):
         python, str(repo / 'tools' / 'test.py'),
         str(repo / 'configs' / 'fc_davis.py'), '--backend', 'onnxruntime'
     ], env=subprocess_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and 'needs --backend-model' in proc.stderr
+    assert proc.returncode != 0
+    assert 'needs a backend model' in proc.stderr, proc.stderr
     proc = subprocess.run([
         python, str(repo / 'tools' / 'test.py'),
         str(repo / 'configs' / 'fc_davis.py'), '--backend', 'onnxruntime',
         '--backend-model', str(tmp_path / 'no.onnx')
     ], env=subprocess_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and 'file not found' in proc.stderr
+    assert proc.returncode != 0
+    assert 'Backend model not found' in proc.stderr, proc.stderr

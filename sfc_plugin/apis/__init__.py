@@ -1,0 +1,22 @@
+from .inference import (
+    DEFAULT_CONFIG,
+    TrackedFrame,
+    apply_backend,
+    apply_checkpoint,
+    find_config,
+    first_frame_inputs,
+    inference_video,
+    init_tracker,
+    label_kind,
+    track_video,
+    tracker_config,
+    tracking_pipeline,
+)
+from .results_writer import TrackingResultsWriter
+
+__all__ = [
+    'track_video', 'init_tracker', 'inference_video', 'tracker_config',
+    'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
+    'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
+    'TrackingResultsWriter'
+]

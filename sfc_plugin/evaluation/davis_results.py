@@ -1,0 +1,70 @@
+"""J&F of a results folder in the official DAVIS format."""
+import os.path as osp
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from sfc_plugin.datasets import DAVISDataset
+
+from .metrics import DAVISMetric
+
+
+def evaluate_davis_results(results_dir: str,
+                           data_root: str,
+                           ann_file: str = 'ImageSets/2017/val.txt',
+                           sequences: Optional[Sequence[str]] = None,
+                           bound_th: float = 0.008) -> Dict[str, float]:
+    """Scores ``results_dir/<sequence>/<frame>.png`` against DAVIS.
+
+    Masks are read as the official davis2017-evaluation toolkit reads
+    results (``np.array(Image.open(path))``: the palette indices are the
+    object ids) and scored by :class:`DAVISMetric`, the toolkit's protocol;
+    so a folder this function scores is one the toolkit reads, and
+    ``tools/track.py`` run on each sequence gives what ``mim test`` gives.
+
+    Args:
+        results_dir (str): One folder per sequence, one PNG per frame.
+        data_root (str): DAVIS root (``JPEGImages/480p``,
+            ``Annotations/480p``).
+        ann_file (str): Sequence list under ``data_root``.
+            Defaults to 'ImageSets/2017/val.txt'.
+        sequences (Sequence[str], optional): Score only these sequences of
+            the list. Defaults to all.
+        bound_th (float): Boundary tolerance. Defaults to 0.008.
+
+    Returns:
+        dict: ``J&F-Mean``, ``J-Mean``, ``J-Recall``, ``J-Decay``,
+        ``F-Mean``, ``F-Recall``, ``F-Decay``.
+
+    Raises:
+        FileNotFoundError: A frame's result is missing (named).
+        ValueError: A result that is not a single-channel image, or a
+            sequence not in the list.
+    """
+    dataset = DAVISDataset(
+        data_root=data_root, ann_file=ann_file, serialize_data=False)
+    listed = {dataset.get_data_info(i)['video']
+              for i in range(len(dataset))}
+    unknown = sorted(set(sequences or ()) - listed)
+    if unknown:
+        raise ValueError(f'Sequences {unknown} are not in "{ann_file}" of '
+                         f'"{data_root}"')
+    metric = DAVISMetric(bound_th=bound_th)
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        if sequences and info['video'] not in sequences:
+            continue
+        name = osp.splitext(osp.basename(info['img_path']))[0]
+        path = osp.join(results_dir, info['video'], name + '.png')
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'Results of "{info["video"]}" lack frame {name}: "{path}" '
+                'not found')
+        with Image.open(path) as img:
+            pred = np.array(img)
+        if pred.ndim != 2:
+            raise ValueError(f'Result "{path}" is not a palette or 8-bit '
+                             'grey image of object ids')
+        metric.process(None, [dict(info, pred_seg_map=pred)])
+    return metric.compute_metrics(metric.results)

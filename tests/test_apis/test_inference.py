@@ -1,0 +1,276 @@
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sfc_plugin.apis import (
+    TrackingResultsWriter,
+    inference_video,
+    init_tracker,
+    label_kind,
+    track_video,
+    tracker_config,
+)
+from sfc_plugin.datasets import (
+    open_video,
+    synthetic_video,
+    write_davis_sequences,
+)
+from sfc_plugin.evaluation import evaluate_davis_results
+from sfc_plugin.evaluation.metrics import save_palette_png
+
+
+@pytest.fixture(scope='module')
+def video(tmp_path_factory):
+    """A generated 8-frame, 3-object video in the DAVIS layout."""
+    root = tmp_path_factory.mktemp('davis')
+    frames, masks = synthetic_video(8, (64, 112), 3, seed=7)
+    write_davis_sequences(str(root), {'clip': (frames, masks)})
+    return dict(
+        root=root,
+        frames=root / 'JPEGImages' / '480p' / 'clip',
+        first=root / 'Annotations' / '480p' / 'clip' / '00000.png',
+        masks=masks,
+        images=frames)
+
+
+def leftovers(parent):
+    """Staging folders of runs: none may survive a failed run."""
+    return [p for p in os.listdir(parent) if '.partial-' in p]
+
+
+def run(video, out, **kwargs):
+    kwargs.setdefault('progress', False)
+    return track_video(str(video['frames']), str(video['first']), str(out),
+                       **kwargs)
+
+
+def test_tracking_writes_davis_results_and_a_summary(video, tmp_path):
+    out = tmp_path / 'results' / 'clip'
+    summary = run(video, out)
+    names = sorted(os.listdir(out))
+    assert names == [f'{t:05d}.png' for t in range(8)] + [
+        'overlay.mp4', 'summary.json'
+    ]
+    first = Image.open(out / '00000.png')
+    assert first.mode == 'P'
+    assert np.array_equal(np.array(first), video['masks'][0])
+    assert summary == json.load(open(out / 'summary.json'))
+    assert summary['complete'] and summary['frames'] == 8
+    assert summary['label_kind'] == 'mask'
+    assert summary['frame_size'] == [64, 112]
+    assert summary['propagator'] == dict(topk=10, radius=12,
+                                         context_frames=20, temperature=0.05)
+    assert summary['frames_per_second'] > 0 and summary['peak_rss_mib'] > 0
+    overlay = cv2.VideoCapture(str(out / 'overlay.mp4'))
+    assert overlay.get(cv2.CAP_PROP_FRAME_COUNT) == 8
+    assert overlay.get(cv2.CAP_PROP_FRAME_WIDTH) == 112
+    # The results folder is one the DAVIS evaluation reads.
+    scores = evaluate_davis_results(str(tmp_path / 'results'),
+                                    str(video['root']), 'ImageSets/val.txt')
+    assert 0 <= scores['J&F-Mean'] <= 1
+    assert leftovers(tmp_path / 'results') == []
+
+
+def test_random_baseline_is_the_same_every_run(video):
+    cfg = tracker_config('fc_davis.py')
+    preds = []
+    for _ in range(2):
+        model = init_tracker(cfg, 'cpu')
+        preds.append([
+            f.pred for f in inference_video(
+                model, open_video(str(video['frames'])),
+                str(video['first']))
+        ])
+    assert all(np.array_equal(a, b) for a, b in zip(*preds))
+    assert len(preds[0]) == 8 and preds[0][3].shape == (64, 112)
+
+
+def test_inference_video_gives_each_frame_in_order(video):
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+    frames = list(
+        inference_video(model, open_video(str(video['frames'])),
+                        str(video['first'])))
+    assert [f.name for f in frames] == [f'{t:05d}' for t in range(8)]
+    assert frames[0].image.shape == (64, 112, 3)
+    assert frames[0].image.dtype == np.uint8
+    # The image is the decoded frame file.
+    assert np.array_equal(frames[5].image,
+                          cv2.imread(str(video['frames'] / '00005.jpg')))
+    assert frames[5].pred.dtype == np.uint8
+    assert set(np.unique(frames[5].pred)) <= {0, 1, 2, 3}
+
+
+def test_video_file_source(video, tmp_path):
+    path = tmp_path / 'clip.mp4'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 12,
+                             (112, 64))
+    for img in video['images']:
+        writer.write(img)
+    writer.release()
+    summary = track_video(str(path), str(video['first']),
+                          str(tmp_path / 'out'), progress=False,
+                          overlay=False)
+    assert summary['frames'] == 8
+    assert sorted(os.listdir(tmp_path / 'out')) == [
+        f'{t:05d}.png' for t in range(8)
+    ] + ['summary.json']
+
+
+def test_keypoints_are_tracked_into_json_lines(video, tmp_path):
+    joints = [[30.0, 20.0], [80.5, 40.0], [5.0, 60.0]]
+    path = tmp_path / 'joints.json'
+    path.write_text(json.dumps({'keypoints': joints}))
+    summary = track_video(
+        str(video['frames']), str(path), str(tmp_path / 'out'),
+        config='fc_jhmdb.py', progress=False)
+    assert summary['label_kind'] == 'keypoints'
+    lines = (tmp_path / 'out' / 'keypoints.jsonl').read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r['frame'] for r in records] == [f'{t:05d}' for t in range(8)]
+    assert records[0]['keypoints'] == joints
+    for r in records[1:]:
+        xy = np.array(r['keypoints'])
+        assert xy.shape == (3, 2)
+        assert (xy >= -0.5).all() and (xy[:, 0] <= 111.5).all()
+    assert (tmp_path / 'out' / 'overlay.mp4').is_file()
+
+
+def test_part_maps_keep_every_class(video, tmp_path):
+    parts = video['masks'][0].copy()
+    parts[parts == 3] = 7  # ids need not be contiguous
+    path = tmp_path / 'parts.png'
+    save_palette_png(parts, str(path))
+    summary = track_video(
+        str(video['frames']), str(path), str(tmp_path / 'out'),
+        num_classes=10, progress=False, overlay=False)
+    assert summary['label_kind'] == 'parts'
+    pred = np.array(Image.open(tmp_path / 'out' / '00004.png'))
+    assert set(np.unique(pred)) <= {0, 1, 2, 7}
+    with pytest.raises(ValueError, match='holds class id 7; num_classes=5'):
+        track_video(str(video['frames']), str(path), str(tmp_path / 'o2'),
+                    num_classes=5, progress=False)
+
+
+def test_label_kinds():
+    assert label_kind('a/0.png') == 'mask'
+    assert label_kind('a/0.PNG', num_classes=20) == 'parts'
+    assert label_kind('k.json') == 'keypoints'
+    with pytest.raises(ValueError, match='keypoints; a number of classes'):
+        label_kind('k.json', num_classes=3)
+    with pytest.raises(ValueError, match='expected a PNG'):
+        label_kind('labels.txt')
+
+
+def bad_input_is_refused_before_any_output(video, tmp_path, source, first,
+                                           match, error=ValueError):
+    out = tmp_path / 'results' / 'clip'
+    with pytest.raises(error, match=match):
+        track_video(str(source), str(first), str(out), progress=False)
+    assert not out.exists()
+    assert not (tmp_path / 'results').exists() or leftovers(
+        tmp_path / 'results') == []
+
+
+def test_mask_of_another_size_is_refused(video, tmp_path):
+    small = tmp_path / 'small.png'
+    save_palette_png(video['masks'][0][:32], str(small))
+    bad_input_is_refused_before_any_output(
+        video, tmp_path, video['frames'], small,
+        'small.png" is 112×32 but frame .*00000.jpg" is 112×64')
+
+
+def test_empty_first_mask_is_refused(video, tmp_path):
+    empty = tmp_path / 'empty.png'
+    save_palette_png(np.zeros((64, 112), np.uint8), str(empty))
+    bad_input_is_refused_before_any_output(
+        video, tmp_path, video['frames'], empty,
+        'empty.png" hold no object: every pixel is 0')
+
+
+def test_frame_folder_with_a_gap_is_refused(video, tmp_path):
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    for t in (0, 1, 2, 4):
+        os.symlink(video['frames'] / f'{t:05d}.jpg',
+                   folder / f'{t:05d}.jpg')
+    bad_input_is_refused_before_any_output(video, tmp_path, folder,
+                                           video['first'], 'frame 3 missing')
+
+
+def test_frame_folder_with_mixed_sizes_is_refused(video, tmp_path):
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    for t in range(3):
+        os.symlink(video['frames'] / f'{t:05d}.jpg',
+                   folder / f'{t:05d}.jpg')
+    cv2.imwrite(str(folder / '00003.jpg'), np.zeros((64, 100, 3), np.uint8))
+    bad_input_is_refused_before_any_output(video, tmp_path, folder,
+                                           video['first'],
+                                           'mixes frame sizes')
+
+
+def test_unreadable_video_is_refused(video, tmp_path):
+    bad = tmp_path / 'clip.avi'
+    bad.write_text('this is not a video')
+    bad_input_is_refused_before_any_output(video, tmp_path, bad,
+                                           video['first'],
+                                           'Cannot read video', OSError)
+
+
+def test_output_folder_holding_results_is_kept(video, tmp_path):
+    out = tmp_path / 'results' / 'clip'
+    out.mkdir(parents=True)
+    (out / '00000.png').write_bytes(b'earlier result')
+    with pytest.raises(FileExistsError, match='already holds results'):
+        run(video, out)
+    assert (out / '00000.png').read_bytes() == b'earlier result'
+    # --overwrite replaces it, on success only.
+    run(video, out, overwrite=True, overlay=False)
+    assert len(os.listdir(out)) == 9
+    assert leftovers(tmp_path / 'results') == []
+    assert [p for p in os.listdir(tmp_path / 'results')] == ['clip']
+
+
+def test_interrupted_run_leaves_nothing(video, tmp_path, monkeypatch):
+    out = tmp_path / 'results' / 'clip'
+    write = TrackingResultsWriter.write
+    calls = []
+
+    def interrupt_at_frame_4(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        write(self, *args)
+
+    monkeypatch.setattr(TrackingResultsWriter, 'write', interrupt_at_frame_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(video, out)
+    assert not out.exists() and leftovers(tmp_path / 'results') == []
+
+
+def test_writer_failure_is_reported_and_cleaned_up(tmp_path):
+    out = tmp_path / 'out'
+    with pytest.raises(RuntimeError, match='Writing results to .*out" '
+                       'failed'):
+        with TrackingResultsWriter(str(out), 'mask') as writer:
+            image = np.zeros((8, 8, 3), np.uint8)
+            writer.write('00000', image, np.zeros((8, 8), np.uint8))
+            # An overlay of another size than the prediction fails.
+            writer.write('00001', image, np.zeros((4, 4), np.uint8))
+            writer.commit({})
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_writer_results_are_readable_by_others(tmp_path):
+    with TrackingResultsWriter(str(tmp_path / 'out'), 'mask') as writer:
+        writer.write('00000', np.zeros((8, 8, 3), np.uint8),
+                     np.ones((8, 8), np.uint8))
+        writer.commit(dict(frames=1))
+    mode = os.stat(tmp_path / 'out').st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask

@@ -1,0 +1,207 @@
+import csv
+import importlib.util
+import os
+import signal
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfc_plugin.apis import init_tracker, track_video, tracker_config
+from sfc_plugin.datasets import (
+    read_object_mask,
+    synthetic_video,
+    write_davis_sequences,
+)
+from sfc_plugin.evaluation import evaluate_davis_results
+
+from .test_test import run_fc_davis
+
+
+def load_tool(repo, name):
+    spec = importlib.util.spec_from_file_location(
+        name, repo / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def track_cli(python, repo, env, *args, timeout=600):
+    return subprocess.run([python, str(repo / 'tools' / 'track.py'), *args],
+                          env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_tracks_a_generated_video_and_prints_its_j_and_f(
+        python, repo, subprocess_env, tmp_path):
+    out = tmp_path / 'demo'
+    proc = track_cli(python, repo, subprocess_env, '--demo', '--out',
+                     str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'randomly initialised' in proc.stdout
+    # Progress in a log: lines in frames and frames/s.
+    assert '40/40 frames' in proc.stderr and 'frames/s' in proc.stderr
+    table = proc.stdout.strip().splitlines()
+    assert table[-3].startswith('| J&F-Mean | J-Mean')
+    j_and_f = float(table[-1].split('|')[1])
+    # Random weights with seed 0 track the textured shapes well enough.
+    assert 0.5 < j_and_f <= 1
+    results = out / 'results' / 'demo'
+    assert (results / 'summary.json').is_file()
+    assert len(list(results.glob('*.png'))) == 40
+    # The demo's data is a DAVIS layout the evaluation reads.
+    scores = evaluate_davis_results(str(out / 'results'), str(out / 'data'),
+                                    'ImageSets/val.txt')
+    assert scores['J&F-Mean'] == pytest.approx(j_and_f, abs=1e-4)
+    # Run again into the same folder: refused, nothing changed.
+    proc = track_cli(python, repo, subprocess_env, '--out', str(out))
+    assert proc.returncode != 0 and 'already holds files' in proc.stderr
+
+
+def test_cli_usage_errors(python, repo, subprocess_env, tmp_path):
+    proc = track_cli(python, repo, subprocess_env, str(tmp_path))
+    assert proc.returncode == 2
+    assert 'give SOURCE and FIRST_LABELS' in proc.stderr
+    proc = track_cli(python, repo, subprocess_env, str(tmp_path), 'm.png')
+    assert proc.returncode == 2 and '--out DIR is required' in proc.stderr
+    proc = track_cli(python, repo, subprocess_env, str(tmp_path / 'none'),
+                     'm.png', '--out', str(tmp_path / 'o'))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('track.py: error: Video source not found')
+
+
+def test_ctrl_c_leaves_no_result(python, repo, subprocess_env, tmp_path):
+    frames, masks = synthetic_video(400, (64, 112), 2, seed=3)
+    write_davis_sequences(str(tmp_path / 'd'), {'long': (frames, masks)})
+    results = tmp_path / 'results'
+    proc = subprocess.Popen([
+        python, str(repo / 'tools' / 'track.py'),
+        str(tmp_path / 'd' / 'JPEGImages' / '480p' / 'long'),
+        str(tmp_path / 'd' / 'Annotations' / '480p' / 'long' / '00000.png'),
+        '--out', str(results / 'long'), '--quiet'
+    ], env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    staged = []
+    while time.time() < deadline and proc.poll() is None:
+        staged = list(results.glob('.long.partial-*/*.png')) if (
+            results.is_dir()) else []
+        if len(staged) >= 5:
+            break
+        time.sleep(0.2)
+    assert len(staged) >= 5, 'the run did not start writing'
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert 'Interrupted: no result was written' in err
+    assert os.listdir(results) == []
+
+
+def downscaled_val_sequences(davis2016, root, frames_per_video=6,
+                             size=(240, 432)):
+    """The shared val sequences, first frames, at a quarter of the pixels.
+    """
+    sequences = (davis2016 / 'ImageSets' / 'val.txt').read_text().split()
+    videos = {}
+    for seq in sequences:
+        names = sorted(os.listdir(davis2016 / 'JPEGImages' / '480p' /
+                                  seq))[:frames_per_video]
+        frames, masks = [], []
+        for name in names:
+            img = cv2.imread(str(davis2016 / 'JPEGImages' / '480p' / seq /
+                                 name))
+            frames.append(cv2.resize(img, size[::-1],
+                                     interpolation=cv2.INTER_AREA))
+            mask = read_object_mask(
+                str(davis2016 / 'Annotations' / '480p' / seq /
+                    name.replace('.jpg', '.png')))
+            masks.append(cv2.resize(mask, size[::-1],
+                                    interpolation=cv2.INTER_NEAREST))
+        videos[seq] = (frames, masks)
+    write_davis_sequences(str(root), videos, binary=True)
+    return sequences
+
+
+def test_track_gives_the_j_and_f_of_the_test_tool(python, repo, davis2016,
+                                                  subprocess_env, tmp_path):
+    """tools/track.py on each val sequence = tools/test.py (mim test)."""
+    root = tmp_path / 'davis'
+    sequences = downscaled_val_sequences(davis2016, root)
+    assert len(sequences) == 6
+    checkpoint = tmp_path / 'fc.pth'
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu', seed=3)
+    torch.save(model.encoder.backbone.state_dict(), checkpoint)
+
+    test_out, _ = run_fc_davis(python, repo, subprocess_env, root, tmp_path,
+                               extra=[str(checkpoint)])
+    with open(test_out / 'global_results-val.csv') as f:
+        header, values = list(csv.reader(f))
+    expected = dict(zip(header, map(float, values)))
+
+    results = tmp_path / 'track_results'
+    for seq in sequences:
+        track_video(
+            str(root / 'JPEGImages' / '480p' / seq),
+            str(root / 'Annotations' / '480p' / seq / '00000.png'),
+            str(results / seq), checkpoint=str(checkpoint), progress=False,
+            overlay=False)
+        for png in sorted((test_out / seq).glob('*.png')):
+            assert np.array_equal(np.array(Image.open(png)),
+                                  np.array(Image.open(results / seq /
+                                                      png.name))), png
+    scores = evaluate_davis_results(str(results), str(root),
+                                    'ImageSets/val.txt')
+    assert 0.2 < scores['J&F-Mean'] < 1
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_results_missing_a_frame_are_named(tmp_path):
+    frames, masks = synthetic_video(4, (32, 48), 1)
+    write_davis_sequences(str(tmp_path / 'd'), {'v': (frames, masks)})
+    (tmp_path / 'r' / 'v').mkdir(parents=True)
+    with pytest.raises(FileNotFoundError,
+                       match='Results of "v" lack frame 00000'):
+        evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
+                               'ImageSets/val.txt')
+    with pytest.raises(ValueError, match=r"\['w'\] are not in"):
+        evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
+                               'ImageSets/val.txt', sequences=['w'])
+
+
+@pytest.mark.parametrize('config, maps', [
+    ('fc_davis.py', ['features']),
+    ('sfc_davis.py', ['semantic', 'fc', 'sfc']),
+])
+def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
+                                         maps):
+    tool = load_tool(repo, 'visualize_correspondence')
+    frames = tmp_path / 'frames'
+    frames.mkdir()
+    for name in ('00000.jpg', '00010.jpg'):
+        img = cv2.imread(str(davis2016 / 'JPEGImages' / '480p' /
+                             'blackswan' / name))
+        cv2.imwrite(str(frames / name), cv2.resize(img, (216, 120)))
+    out = tmp_path / 'maps'
+    tool.main([
+        str(frames / '00000.jpg'),
+        str(frames / '00010.jpg'), '--point', '100', '60', '--out',
+        str(out), '--config', config, '--device', 'cpu'
+    ])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f'{m}.png' for m in ['source', *maps]] + ['panel.png'])
+    heat = cv2.imread(str(out / f'{maps[-1]}.png'))
+    assert heat.shape == (120, 216, 3)
+    source = cv2.imread(str(out / 'source.png'))
+    assert tuple(source[60, 100]) == (0, 0, 255)  # the pixel, in red
+    with pytest.raises(SystemExit, match='outside the 216×120 source'):
+        tool.main([
+            str(frames / '00000.jpg'),
+            str(frames / '00010.jpg'), '--point', '216', '0', '--out',
+            str(tmp_path / 'x'), '--config', config, '--device', 'cpu'
+        ])
+    assert not (tmp_path / 'x').exists()

@@ -1,0 +1,166 @@
+"""Track objects, keypoints or parts through a video from its first frame.
+
+    python tools/track.py SOURCE FIRST_LABELS --out DIR [options]
+    python tools/track.py [--demo] [--out DIR]
+
+SOURCE is a frame folder (frames named in order, e.g. 00000.jpg ...) or a
+video file; FIRST_LABELS the first frame's labels: a palette or 8-bit PNG of
+object ids (any number of objects; DAVIS-2016 {0, 255} masks are one
+object), a part map with --num-classes, or a JSON list of [x, y] keypoints.
+DIR receives one palette PNG per frame (DAVIS's results format; keypoints go
+to keypoints.jsonl), overlay.mp4 and summary.json, all at once when the run
+completes: an interrupted or failed run leaves DIR untouched.
+
+With no arguments (or --demo) a video with known ground truth is generated
+and tracked, and its J&F printed.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+
+from mmengine.config import DictAction
+
+from sfc_plugin.apis import DEFAULT_CONFIG, track_video
+from sfc_plugin.datasets import synthetic_video, write_davis_sequences
+from sfc_plugin.evaluation import evaluate_davis_results
+
+DEMO_SEQUENCE = 'demo'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Example: python tools/track.py '
+        'data/DAVIS/JPEGImages/480p/blackswan '
+        'data/DAVIS/Annotations/480p/blackswan/00000.png --out '
+        'results/blackswan --config sfc_davis.py --checkpoint fc.pth '
+        '--cfg-options model.encoder.semantic.checkpoint=moco.pth.tar')
+    parser.add_argument('source', nargs='?',
+                        help='frame folder or video file')
+    parser.add_argument('first_labels', nargs='?',
+                        help='first frame\'s mask / part map PNG or keypoint '
+                        'JSON')
+    parser.add_argument('--out', help='output folder (for the demo: '
+                        'work_dirs/track_demo/<time>)')
+    parser.add_argument('--demo', action='store_true',
+                        help='track a generated video with known ground '
+                        'truth and print its J&F')
+    parser.add_argument('--config', default=DEFAULT_CONFIG,
+                        help='tracker config: a file, or the name of a '
+                        f'config of sfc_plugin (default: {DEFAULT_CONFIG})')
+    parser.add_argument('--checkpoint',
+                        help='FC checkpoint (the config\'s checkpoint_field); '
+                        'without one the networks are randomly initialised')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='config overrides, key=value')
+    parser.add_argument('--backend',
+                        choices=['torch', 'onnxruntime', 'tensorrt'],
+                        help='where the encoder runs (default: the config\'s '
+                        'model.backend, else torch)')
+    parser.add_argument('--backend-model',
+                        help='ONNX file or TensorRT engine for --backend')
+    parser.add_argument('--device',
+                        help='cpu, cuda, cuda:1 ... (default: cuda if '
+                        'available)')
+    parser.add_argument('--num-classes', type=int,
+                        help='FIRST_LABELS is a part map of this many classes '
+                        '(background included)')
+    parser.add_argument('--no-overlay', action='store_true',
+                        help='do not write overlay.mp4')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the results an output folder holds')
+    parser.add_argument('--max-frames', type=int,
+                        help='stop after this many frames')
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress bar')
+    args = parser.parse_args(argv)
+    if args.source is None and args.first_labels is None:
+        args.demo = True
+    if args.demo:
+        if args.source is not None:
+            parser.error('--demo tracks its own video: give no SOURCE')
+    elif args.first_labels is None:
+        parser.error('give SOURCE and FIRST_LABELS (or --demo)')
+    elif args.out is None:
+        parser.error('--out DIR is required')
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error('--max-frames must be >= 1')
+    return args
+
+
+def run(args, source: str, first_labels: str, out_dir: str) -> dict:
+    return track_video(
+        source,
+        first_labels,
+        out_dir,
+        config=args.config,
+        checkpoint=args.checkpoint,
+        cfg_options=args.cfg_options,
+        backend=args.backend,
+        backend_model=args.backend_model,
+        device=args.device,
+        num_classes=args.num_classes,
+        overlay=not args.no_overlay,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        max_frames=args.max_frames)
+
+
+def demo(args) -> None:
+    out = args.out or osp.join('work_dirs', 'track_demo',
+                               time.strftime('%Y%m%d_%H%M%S'))
+    if osp.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise FileExistsError(f'Output folder "{out}" already holds files; '
+                              'choose another --out or pass --overwrite')
+    data_root = osp.join(out, 'data')
+    frames, masks = synthetic_video()
+    write_davis_sequences(data_root, {DEMO_SEQUENCE: (frames, masks)})
+    print(f'Generated a {len(frames)}-frame {frames[0].shape[1]}×'
+          f'{frames[0].shape[0]} video with {int(masks[0].max())} objects: '
+          f'{data_root}')
+    if args.checkpoint is None:
+        print('No --checkpoint: the networks are randomly initialised (a '
+              'baseline; give an FC checkpoint for the real thing).')
+    results = osp.join(out, 'results')
+    summary = run(
+        args, osp.join(data_root, 'JPEGImages', '480p', DEMO_SEQUENCE),
+        osp.join(data_root, 'Annotations', '480p', DEMO_SEQUENCE,
+                 '00000.png'), osp.join(results, DEMO_SEQUENCE))
+    scores = evaluate_davis_results(results, data_root, 'ImageSets/val.txt')
+    report(summary, osp.join(results, DEMO_SEQUENCE))
+    print('| J&F-Mean | J-Mean | J-Recall | F-Mean | F-Recall |')
+    print('|---:|---:|---:|---:|---:|')
+    print('| ' + ' | '.join(
+        f'{scores[k]:.4f}'
+        for k in ('J&F-Mean', 'J-Mean', 'J-Recall', 'F-Mean', 'F-Recall'))
+          + ' |')
+
+
+def report(summary: dict, out_dir: str) -> None:
+    what = ('keypoints.jsonl' if summary['label_kind'] == 'keypoints' else
+            'one palette PNG per frame')
+    print(f'Tracked {summary["frames"]} frames at '
+          f'{summary["frames_per_second"]:.2f} frames/s on '
+          f'{summary["device"]} (peak RSS {summary["peak_rss_mib"]:.0f} '
+          f'MiB): {what}, summary.json in {out_dir}')
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.demo:
+            demo(args)
+        else:
+            summary = run(args, args.source, args.first_labels, args.out)
+            report(summary, args.out)
+    except KeyboardInterrupt:
+        print('\nInterrupted: no result was written.', file=sys.stderr)
+        raise SystemExit(130)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f'track.py: error: {err}')
+
+
+if __name__ == '__main__':
+    main()
