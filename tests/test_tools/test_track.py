@@ -127,7 +127,8 @@ def downscaled_val_sequences(davis2016, root, frames_per_video=6,
 
 
 def test_track_gives_the_j_and_f_of_the_test_tool(python, repo, davis2016,
-                                                  subprocess_env, tmp_path):
+                                                  subprocess_env, tmp_path,
+                                                  capsys):
     """tools/track.py on each val sequence = tools/test.py (mim test)."""
     root = tmp_path / 'davis'
     sequences = downscaled_val_sequences(davis2016, root)
@@ -158,9 +159,17 @@ def test_track_gives_the_j_and_f_of_the_test_tool(python, repo, davis2016,
     assert 0.2 < scores['J&F-Mean'] < 1
     for key, value in expected.items():
         assert scores[key] == pytest.approx(value, abs=1e-6), key
+    load_tool(repo, 'eval_davis').main([
+        str(results), '--data-root', str(root), '--ann-file',
+        'ImageSets/val.txt'
+    ])
+    header, _, row = capsys.readouterr().out.strip().splitlines()
+    assert header.startswith('| J&F-Mean | J-Mean')
+    assert float(row.split('|')[1]) == pytest.approx(
+        expected['J&F-Mean'], abs=1e-4)
 
 
-def test_results_missing_a_frame_are_named(tmp_path):
+def test_results_missing_a_frame_are_named(repo, tmp_path):
     frames, masks = synthetic_video(4, (32, 48), 1)
     write_davis_sequences(str(tmp_path / 'd'), {'v': (frames, masks)})
     (tmp_path / 'r' / 'v').mkdir(parents=True)
@@ -168,6 +177,12 @@ def test_results_missing_a_frame_are_named(tmp_path):
                        match='Results of "v" lack frame 00000'):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt')
+    with pytest.raises(SystemExit, match='eval_davis.py: error: Results of '
+                       '"v" lack frame 00000'):
+        load_tool(repo, 'eval_davis').main([
+            str(tmp_path / 'r'), '--data-root', str(tmp_path / 'd'),
+            '--ann-file', 'ImageSets/val.txt'
+        ])
     with pytest.raises(ValueError, match=r"\['w'\] are not in"):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt', sequences=['w'])
