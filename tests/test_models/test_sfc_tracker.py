@@ -19,15 +19,20 @@ class PixelEncoder(torch.nn.Module):
                            dim=1)
 
 
-@pytest.fixture()
-def tracker():
+def build_tracker(codec):
     MODELS.register_module('PixelEncoder', module=PixelEncoder, force=True)
     return MODELS.build(
         dict(
             type='SFCTracker',
             encoder=dict(type='PixelEncoder'),
             propagator=dict(type='LabelPropagator', topk=4, radius=3,
-                            context_frames=2, temperature=0.05)))
+                            context_frames=2, temperature=0.05),
+            label_codec=codec))
+
+
+@pytest.fixture()
+def tracker():
+    return build_tracker(dict(type='MaskCodec'))
 
 
 def scene(shift, h=64, w=80):
@@ -88,16 +93,6 @@ def test_empty_first_mask_gives_background(tracker):
     tracker.init(frame, torch.zeros(64, 80, dtype=torch.long))
     assert not tracker.track(frame).any()
 
-
-def build_tracker(codec):
-    MODELS.register_module('PixelEncoder', module=PixelEncoder, force=True)
-    return MODELS.build(
-        dict(
-            type='SFCTracker',
-            encoder=dict(type='PixelEncoder'),
-            propagator=dict(type='LabelPropagator', topk=4, radius=3,
-                            context_frames=2, temperature=0.05),
-            label_codec=codec))
 
 
 def test_many_objects_keep_their_ids():
