@@ -274,3 +274,36 @@ def test_writer_results_are_readable_by_others(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o777 & ~umask
+
+
+def test_onnxruntime_backend_tracks_like_torch(video, tmp_path):
+    """The same weights through PyTorch and their ONNX export agree."""
+    import torch
+
+    from sfc_plugin.deploy import export_encoder
+
+    checkpoint = tmp_path / 'fc.pth'
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+    torch.save(model.encoder.backbone.state_dict(), checkpoint)
+    onnx_path = tmp_path / 'fc.onnx'
+    export_encoder(tracker_config('fc_davis.py'), str(onnx_path),
+                   [str(video['frames'])], checkpoint=str(checkpoint))
+    preds = {}
+    for backend in ('torch', 'onnxruntime'):
+        summary = run(video, tmp_path / backend, checkpoint=str(checkpoint),
+                      backend=backend, overlay=False,
+                      backend_model=str(onnx_path) if backend ==
+                      'onnxruntime' else None)
+        assert summary['backend']['type'] == backend
+        preds[backend] = np.stack([
+            np.array(Image.open(tmp_path / backend / f'{t:05d}.png'))
+            for t in range(8)
+        ])
+    assert (preds['torch'] > 0).mean() > 0.05
+    assert (preds['torch'] == preds['onnxruntime']).mean() > 0.995
+    with pytest.raises(ValueError, match='needs a backend model'):
+        run(video, tmp_path / 'x', backend='onnxruntime')
+    with pytest.raises(FileNotFoundError, match='Backend model not found'):
+        run(video, tmp_path / 'x', backend='tensorrt',
+            backend_model=str(tmp_path / 'none.engine'))
+    assert not (tmp_path / 'x').exists()
