@@ -5,7 +5,9 @@ import numpy as np
 from sfc_plugin.evaluation.metrics import davis_palette
 
 # BGR colour of each id, DAVIS's palette (the colours of the mask PNGs).
-PALETTE_BGR = np.asarray(davis_palette(), np.uint8).reshape(256, 3)[:, ::-1]
+PALETTE_BGR = np.ascontiguousarray(
+    np.asarray(davis_palette(), np.uint8).reshape(256, 3)[:, ::-1])
+_PALETTE_LUT = PALETTE_BGR.reshape(256, 1, 3)
 
 
 def draw_mask_overlay(image: np.ndarray,
@@ -25,17 +27,19 @@ def draw_mask_overlay(image: np.ndarray,
     if ids.shape != image.shape[:2]:
         raise ValueError(f'draw_mask_overlay: ids {ids.shape} and image '
                          f'{image.shape[:2]} differ in size')
-    ids = ids.astype(np.uint8)
-    colours = PALETTE_BGR[ids]
-    labelled = (ids > 0)[..., None]
-    blend = (image * (1 - alpha) + colours * alpha).astype(np.uint8)
-    out = np.where(labelled, blend, image)
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    # OpenCV's table look-up and blending: a 480p frame in a few ms, which
+    # an overlay written at the tracker's frame rate needs.
+    colours = cv2.LUT(cv2.merge([ids, ids, ids]), _PALETTE_LUT)
+    blend = cv2.addWeighted(image, 1 - alpha, colours, alpha, 0)
+    out = image.copy()
+    np.copyto(out, blend, where=(ids > 0)[..., None])
     # A pixel is on a boundary when a 4-neighbour has another id.
     edge = np.zeros(ids.shape, bool)
     edge[1:] |= ids[1:] != ids[:-1]
     edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
     edge &= ids > 0
-    out[edge] = colours[edge]
+    np.copyto(out, colours, where=edge[..., None])
     return out
 
 
