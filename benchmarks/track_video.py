@@ -23,6 +23,7 @@ import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DAVIS2016 = osp.join(REPO, '..', 'shared', 'data', 'davis2016')
+sys.path.insert(0, REPO)  # this checkout's sfc_plugin, as in the children
 
 
 def looped_folder(data_root: str, sequence: str, length: int,
@@ -40,6 +41,26 @@ def looped_folder(data_root: str, sequence: str, length: int,
     return folder
 
 
+def writer_throughput(data_root: str, sequence: str, frames: int,
+                      overlay: bool, out: str) -> float:
+    """Frames/s TrackingResultsWriter sustains alone: the I/O ceiling of
+    the job, whatever the tracker's speed."""
+    import cv2
+
+    from sfc_plugin.apis import TrackingResultsWriter
+    from sfc_plugin.datasets import read_object_mask
+    image = cv2.imread(osp.join(data_root, 'JPEGImages', '480p', sequence,
+                                '00000.jpg'))
+    mask = read_object_mask(osp.join(data_root, 'Annotations', '480p',
+                                     sequence, '00000.png'))
+    start = time.perf_counter()
+    with TrackingResultsWriter(out, 'mask', overlay=overlay) as writer:
+        for t in range(frames):
+            writer.write(f'{t:05d}', image, mask)
+        writer.commit({})
+    return frames / (time.perf_counter() - start)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--configs', nargs='+', default=['fc_davis.py'],
@@ -49,6 +70,8 @@ def main() -> None:
     p.add_argument('--sequence', default='blackswan')
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-overlay', action='store_true')
+    p.add_argument('--writer-frames', type=int, default=200,
+                   help='frames for the writer-alone table (0: skip it)')
     args = p.parse_args()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO, os.environ.get('PYTHONPATH', '')]))
@@ -81,6 +104,16 @@ def main() -> None:
                       f'{s["frames_per_second"]:.2f} | '
                       f'{1 / s["frames_per_second"]:.3f} | '
                       f'{s["peak_rss_mib"]:.0f} |', flush=True)
+        if args.writer_frames:
+            print('\nResults writer alone (palette PNGs, overlay.mp4), '
+                  f'{args.writer_frames} frames at 854×480:')
+            print('| overlay | frames/s |')
+            print('|---|---:|')
+            for overlay in (True, False):
+                fps = writer_throughput(
+                    args.data_root, args.sequence, args.writer_frames,
+                    overlay, osp.join(tmp, f'writer_{overlay}'))
+                print(f'| {"yes" if overlay else "no"} | {fps:.1f} |')
 
 
 if __name__ == '__main__':

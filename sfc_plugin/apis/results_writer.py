@@ -12,7 +12,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -27,15 +27,55 @@ OVERLAY_FILE = 'overlay.mp4'
 _DONE = object()
 
 
+class _BackgroundSink:
+    """Calls ``write(*item)`` for each queued item in a thread of its own.
+
+    The queue is bounded, so at most ``queue_size`` items wait. The first
+    error is kept (and the rest of the queue drained, so that ``put`` never
+    blocks for good); the owner reports it.
+    """
+
+    def __init__(self, write: Callable, queue_size: int):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.error: Optional[BaseException] = None
+        self.done = 0
+        self._thread = threading.Thread(
+            target=self._work, name=f'results-{write.__name__}', daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple) -> None:
+        self._queue.put(item)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self._write(*item)
+                self.done += 1
+            except BaseException as err:  # reported by the owner's thread
+                self.error = err
+
+    def close(self) -> None:
+        """Waits until everything queued has been written."""
+        self._queue.put(_DONE)
+        self._thread.join()
+
+
 class TrackingResultsWriter:
     """Writes predicted frames in the background, committed as a whole.
 
     Per frame: a palette PNG of ids (masks and part maps; DAVIS's results
     format, ``<out_dir>/<frame>.png``) or a line of ``keypoints.jsonl``
     (``{"frame": name, "keypoints": [[x, y], ...]}``), and a frame of
-    ``overlay.mp4`` (labels drawn over the frame). Encoding runs in a thread
-    fed through a bounded queue, overlapping the tracker's work without
-    holding more than ``queue_size`` frames.
+    ``overlay.mp4`` (labels drawn over the frame). Labels and overlay are
+    encoded by two threads, each fed through a bounded queue, overlapping
+    the tracker's work without holding more than ``queue_size`` frames
+    each.
 
     Use as a context manager; :meth:`commit` writes ``summary.json`` and
     moves the results into place, and leaving the context without it (an
@@ -94,16 +134,21 @@ class TrackingResultsWriter:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.staging, 0o777 & ~umask)
-        self.frames_written = 0
         self._video: Optional[cv2.VideoWriter] = None
         self._keypoints = (open(osp.join(self.staging, KEYPOINTS_FILE), 'w')
                            if kind == 'keypoints' else None)
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._error: Optional[BaseException] = None
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._work, name='TrackingResultsWriter', daemon=True)
-        self._thread.start()
+        # Labels and overlay are encoded by a thread each: both encoders
+        # release the GIL, so the two run in parallel.
+        self._sinks = [_BackgroundSink(self._write_labels, queue_size)]
+        if overlay:
+            self._sinks.append(
+                _BackgroundSink(self._write_overlay, queue_size))
+
+    @property
+    def frames_written(self) -> int:
+        """Frames whose labels have been written."""
+        return self._sinks[0].done
 
     def write(self, name: str, image: np.ndarray, pred: np.ndarray) -> None:
         """Queues one frame's prediction.
@@ -114,58 +159,46 @@ class TrackingResultsWriter:
             pred (np.ndarray): (H, W) ids, or (J, 2) keypoints (x, y).
         """
         self._raise_if_failed()
-        self._queue.put((name, image, pred))
+        for sink in self._sinks:
+            sink.put((name, image, pred))
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(
-                f'Writing results to "{self.out_dir}" failed: '
-                f'{self._error}') from self._error
+        for sink in self._sinks:
+            if sink.error is not None:
+                raise RuntimeError(
+                    f'Writing results to "{self.out_dir}" failed: '
+                    f'{sink.error}') from sink.error
 
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if self._error is not None:
-                continue  # drain, so that write() never blocks forever
-            try:
-                self._write_frame(*item)
-            except BaseException as err:  # reported by the caller's thread
-                self._error = err
-
-    def _write_frame(self, name: str, image: np.ndarray,
-                     pred: np.ndarray) -> None:
+    def _write_labels(self, name: str, image: np.ndarray,
+                      pred: np.ndarray) -> None:
         if self.kind == 'keypoints':
             self._keypoints.write(json.dumps(dict(
                 frame=name,
                 keypoints=np.round(pred, 3).tolist())) + '\n')
-            drawn = draw_keypoints(image, pred) if self.overlay else None
         else:
             save_palette_png(pred, osp.join(self.staging, name + '.png'))
-            drawn = draw_mask_overlay(image, pred) if self.overlay else None
-        if drawn is not None:
-            self._video_writer(drawn.shape).write(drawn)
-        self.frames_written += 1
 
-    def _video_writer(self, shape) -> cv2.VideoWriter:
+    def _write_overlay(self, name: str, image: np.ndarray,
+                       pred: np.ndarray) -> None:
+        drawn = (draw_keypoints(image, pred) if self.kind == 'keypoints'
+                 else draw_mask_overlay(image, pred))
         if self._video is None:
             path = osp.join(self.staging, OVERLAY_FILE)
             self._video = cv2.VideoWriter(
                 path, cv2.VideoWriter_fourcc(*'mp4v'), self.fps,
-                (shape[1], shape[0]))
+                (drawn.shape[1], drawn.shape[0]))
             if not self._video.isOpened():
                 raise RuntimeError(
                     'OpenCV cannot write an mp4v video here; run without '
                     'the overlay (tools/track.py --no-overlay)')
-        return self._video
+        self._video.write(drawn)
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_DONE)
-        self._thread.join()
+        for sink in self._sinks:
+            sink.close()
         if self._video is not None:
             self._video.release()
         if self._keypoints is not None:
