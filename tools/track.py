@@ -9,7 +9,8 @@ object ids (any number of objects; DAVIS-2016 {0, 255} masks are one
 object), a part map with --num-classes, or a JSON list of [x, y] keypoints.
 DIR receives one palette PNG per frame (DAVIS's results format; keypoints go
 to keypoints.jsonl), overlay.mp4 and summary.json, all at once when the run
-completes: an interrupted or failed run leaves DIR untouched.
+completes: an interrupted (Ctrl-C, SIGTERM) or failed run leaves DIR
+untouched.
 
 With no arguments (or --demo) a video with known ground truth is generated
 and tracked, and its J&F printed.
@@ -17,6 +18,7 @@ and tracked, and its J&F printed.
 import argparse
 import os
 import os.path as osp
+import signal
 import sys
 import time
 
@@ -147,8 +149,14 @@ def report(summary: dict, out_dir: str) -> None:
           f'MiB): {what}, summary.json in {out_dir}')
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # A terminated run (kill, a scheduler's time limit) cleans up as Ctrl-C.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         if args.demo:
             demo(args)

@@ -74,8 +74,10 @@ def test_cli_usage_errors(python, repo, subprocess_env, tmp_path):
     assert proc.stderr.startswith('track.py: error: Video source not found')
 
 
-def test_ctrl_c_leaves_no_result(python, repo, subprocess_env, tmp_path):
-    frames, masks = synthetic_video(400, (64, 112), 2, seed=3)
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_result(python, repo, subprocess_env,
+                                          tmp_path, signum):
+    frames, masks = synthetic_video(200, (64, 112), 2, seed=3)
     write_davis_sequences(str(tmp_path / 'd'), {'long': (frames, masks)})
     results = tmp_path / 'results'
     proc = subprocess.Popen([
@@ -94,7 +96,7 @@ def test_ctrl_c_leaves_no_result(python, repo, subprocess_env, tmp_path):
             break
         time.sleep(0.2)
     assert len(staged) >= 5, 'the run did not start writing'
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert 'Interrupted: no result was written' in err
