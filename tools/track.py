@@ -166,7 +166,7 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         print('\nInterrupted: no result was written.', file=sys.stderr)
         raise SystemExit(130)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (ImportError, OSError, ValueError, RuntimeError) as err:
         raise SystemExit(f'track.py: error: {err}')
 
 

@@ -80,7 +80,7 @@ def main(argv=None) -> None:
                                        model.data_preprocessor)
         maps = similarity_maps(model.encoder, source_in, target_in,
                                tuple(args.point))
-    except (OSError, ValueError, RuntimeError) as err:
+    except (ImportError, OSError, ValueError, RuntimeError) as err:
         raise SystemExit(f'visualize_correspondence.py: error: {err}')
     images = dict(source=mark_point(source, args.point))
     images.update(

@@ -74,6 +74,23 @@ def test_cli_usage_errors(python, repo, subprocess_env, tmp_path):
     assert proc.stderr.startswith('track.py: error: Video source not found')
 
 
+def test_missing_backend_is_one_line(python, repo, subprocess_env, tmp_path):
+    frames, masks = synthetic_video(3, (32, 48), 1)
+    write_davis_sequences(str(tmp_path / 'd'), {'v': (frames, masks)})
+    engine = tmp_path / 'fc.engine'
+    engine.write_bytes(b'not an engine')
+    proc = track_cli(
+        python, repo, subprocess_env,
+        str(tmp_path / 'd' / 'JPEGImages' / '480p' / 'v'),
+        str(tmp_path / 'd' / 'Annotations' / '480p' / 'v' / '00000.png'),
+        '--out', str(tmp_path / 'results' / 'v'), '--backend', 'tensorrt',
+        '--backend-model', str(engine))
+    assert proc.returncode == 1
+    # Without TensorRT or a GPU: needs ...; with them: cannot load the file.
+    assert proc.stderr.startswith('track.py: error: TensorRTBackend')
+    assert os.listdir(tmp_path / 'results') == []
+
+
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_result(python, repo, subprocess_env,
                                           tmp_path, signum):
