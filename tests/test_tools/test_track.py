@@ -91,6 +91,12 @@ def test_missing_backend_is_one_line(python, repo, subprocess_env, tmp_path):
     assert os.listdir(tmp_path / 'results') == []
 
 
+def default_signals():
+    # A job started in the background of a shell ignores SIGINT, and so
+    # would the child; Ctrl-C at a terminal finds the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_result(python, repo, subprocess_env,
                                           tmp_path, signum):
@@ -103,7 +109,7 @@ def test_interrupted_run_leaves_no_result(python, repo, subprocess_env,
         str(tmp_path / 'd' / 'Annotations' / '480p' / 'long' / '00000.png'),
         '--out', str(results / 'long'), '--quiet'
     ], env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
     deadline = time.time() + 300
     staged = []
     while time.time() < deadline and proc.poll() is None:
