@@ -210,6 +210,14 @@ def init_tracker(cfg: Config, device: Optional[str] = None, seed: int = 0):
     return model.to(device).eval()
 
 
+def _with_video_info(reader: VideoReader, item: dict) -> dict:
+    """A reader's frame item with its video's name and length."""
+    item = dict(item, video=reader.name)
+    if reader.num_frames:
+        item['video_length'] = reader.num_frames
+    return item
+
+
 def first_frame_inputs(reader: VideoReader, first_item: dict,
                        first_labels: str, kind: str,
                        pipeline: Compose) -> dict:
@@ -219,10 +227,8 @@ def first_frame_inputs(reader: VideoReader, first_item: dict,
         ValueError: Labels of another size than the frames (named), or a
             first mask holding no object.
     """
-    item = dict(first_item, video=reader.name)
+    item = _with_video_info(reader, first_item)
     item[_LABEL_PATH_KEYS[kind]] = first_labels
-    if reader.num_frames:
-        item['video_length'] = reader.num_frames
     packed = pipeline(item)
     if kind != 'keypoints' and not packed['data_samples'].gt_seg_map.any():
         raise ValueError(f'First-frame labels "{first_labels}" hold no '
@@ -303,9 +309,6 @@ def inference_video(model,
         TrackedFrame: name, image, prediction of each frame in order.
     """
     pipeline = tracking_pipeline(kind, num_classes)
-    extra = dict(video=reader.name)
-    if reader.num_frames:
-        extra['video_length'] = reader.num_frames
 
     def packed_frames() -> Iterator[dict]:
         for item in reader:
@@ -313,7 +316,7 @@ def inference_video(model,
                 yield first_frame_inputs(reader, item, first_labels, kind,
                                          pipeline)
             else:
-                yield pipeline(dict(item, **extra))
+                yield pipeline(_with_video_info(reader, item))
 
     pred_key = model.codec.pred_key
     for packed in _prefetched(packed_frames(), prefetch):
