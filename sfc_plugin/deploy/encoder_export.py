@@ -19,6 +19,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from sfc_plugin.apis.inference import apply_checkpoint
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.models.encoders import CheckpointKeyError
 from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
@@ -70,13 +71,13 @@ def build_encoder(cfg: Config,
     """
     cfg = copy.deepcopy(cfg)
     if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise ExportError(f'checkpoint not found: "{checkpoint}"')
-        field = cfg.get('checkpoint_field')
-        if not field:
-            raise ExportError(f'{cfg.filename} has no checkpoint_field: set '
-                              'the encoders\' checkpoints with --cfg-options')
-        cfg.merge_from_dict({field: checkpoint})
+        try:
+            apply_checkpoint(cfg, checkpoint, allow_load_from=False)
+        except FileNotFoundError as e:
+            raise ExportError(f'checkpoint not found: "{checkpoint}"') from e
+        except ValueError as e:
+            raise ExportError(f'{cfg.filename}: {e}; set the encoders\' '
+                              'checkpoints with --cfg-options') from e
     try:
         encoder = MODELS.build(encoder_config(cfg, part))
     except CheckpointKeyError as e:
