@@ -5,12 +5,13 @@ paths and pass in front of one another, so the video has what label
 propagation has to get right (motion, occlusion, several objects) and its
 ground truth is exact.
 """
-import os
 import os.path as osp
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from sfc_plugin.utils.fileio import save_palette_png, write_image, write_text
 
 from .synthetic_frame_dataset import synthetic_frame
 
@@ -104,23 +105,18 @@ def write_davis_sequences(root: str,
     Returns:
         str: ``root``.
     """
-    # Imported here: evaluation imports datasets, not the other way round.
-    from sfc_plugin.evaluation.metrics import save_palette_png
     for name, (frames, masks) in videos.items():
         frame_dir = osp.join(root, 'JPEGImages', '480p', name)
         mask_dir = osp.join(root, 'Annotations', '480p', name)
-        os.makedirs(frame_dir, exist_ok=True)
-        os.makedirs(mask_dir, exist_ok=True)
         for t, (img, mask) in enumerate(zip(frames, masks)):
-            cv2.imwrite(
+            write_image(
                 osp.join(frame_dir, f'{t:05d}.jpg'), img,
                 [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             path = osp.join(mask_dir, f'{t:05d}.png')
             if binary:
-                cv2.imwrite(path, (mask > 0).astype(np.uint8) * 255)
+                write_image(path, (mask > 0).astype(np.uint8) * 255)
             else:
                 save_palette_png(mask, path)
-    os.makedirs(osp.join(root, 'ImageSets'), exist_ok=True)
-    with open(osp.join(root, 'ImageSets', split), 'w') as f:
-        f.write(''.join(f'{name}\n' for name in videos))
+    write_text(osp.join(root, 'ImageSets', split),
+               ''.join(f'{name}\n' for name in videos))
     return root

@@ -7,7 +7,7 @@ from .encoder_export import (
                              export_encoder,
                              load_frames,
 )
-from .onnx_export import ExportError, atomic_output, export_onnx
+from .onnx_export import ExportError, export_onnx
 from .onnxruntime_ops import has_custom_nodes, onnxruntime_session
 from .propagation_step import (
                                PropagationStep,
@@ -18,7 +18,7 @@ from .propagation_step import (
 )
 
 __all__ = [
-    'PARTS', 'ExportError', 'PropagationStep', 'atomic_output',
+    'PARTS', 'ExportError', 'PropagationStep',
     'build_encoder', 'encoder_config', 'example_inputs',
     'export_checked_step', 'export_encoder', 'export_onnx',
     'export_propagation_step', 'has_custom_nodes', 'load_frames',

@@ -19,20 +19,14 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from sfc_plugin.apis.inference import apply_checkpoint
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.models.encoders import CheckpointKeyError
 from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
 from sfc_plugin.registry import MODELS
+from sfc_plugin.utils.config import apply_checkpoint
+from sfc_plugin.utils.fileio import atomic_output, sha256
 
-from .onnx_export import (
-    MIN_OPSET,
-    ExportError,
-    atomic_output,
-    export_onnx,
-    settle_report,
-    sha256,
-)
+from .onnx_export import MIN_OPSET, ExportError, export_onnx, settle_report
 from .onnxruntime_ops import onnxruntime_session
 
 #: Which encoder of a config to export: the config's own (FC, semantic or

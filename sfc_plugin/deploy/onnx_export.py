@@ -1,16 +1,12 @@
 """What every ONNX export of sfc_plugin shares: the exporter call and
 all-or-nothing output files."""
-import contextlib
-import hashlib
-import json
-import os
-import os.path as osp
-import tempfile
 import warnings
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from sfc_plugin.utils.fileio import write_json
 
 MIN_OPSET = 17
 
@@ -19,40 +15,8 @@ class ExportError(RuntimeError):
     """An export that cannot start, or whose check failed."""
 
 
-@contextlib.contextmanager
-def atomic_output(path: str, suffix: str = '.part') -> Iterator[str]:
-    """Yields a temporary path beside ``path`` and moves it to ``path`` only
-    if the block succeeds, so an interrupted or failed export never leaves
-    a file that looks complete."""
-    out_dir = osp.dirname(osp.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=osp.basename(path) + '.', suffix=suffix, dir=out_dir)
-    os.close(fd)
-    # mkstemp makes the file private (0o600); outputs get the usual mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_report(report: Dict, path: str) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(report, f, indent=1)
+    write_json(report, path, indent=1)
 
 
 def settle_report(report: Dict, stem: str, failure: str) -> None:

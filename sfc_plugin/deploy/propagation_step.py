@@ -6,14 +6,9 @@ from torch import nn
 
 from sfc_plugin.ops import topk_window_match, topk_window_match_decomposed
 from sfc_plugin.ops.onnx import register_onnx_symbolic
+from sfc_plugin.utils.fileio import atomic_output, sha256
 
-from .onnx_export import (
-    MIN_OPSET,
-    atomic_output,
-    export_onnx,
-    settle_report,
-    sha256,
-)
+from .onnx_export import MIN_OPSET, export_onnx, settle_report
 
 FORMS = ('custom', 'decomposed')
 INPUT_NAMES = ('query', 'keys', 'key_labels')

@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from sfc_plugin.evaluation.metrics import davis_palette
+from sfc_plugin.utils.fileio import davis_palette
 
 # BGR colour of each id, DAVIS's palette (the colours of the mask PNGs).
 PALETTE_BGR = np.ascontiguousarray(

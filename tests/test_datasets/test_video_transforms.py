@@ -14,7 +14,7 @@ from sfc_plugin.datasets import (
     read_keypoint_json,
     synthetic_video,
 )
-from sfc_plugin.evaluation.metrics import save_palette_png
+from sfc_plugin.utils.fileio import save_palette_png
 
 
 @pytest.fixture()

@@ -1,8 +1,8 @@
-from .davis_metric import DAVISMetric, davis_palette, save_palette_png
+from .davis_metric import DAVISMetric
 from .keypoint_metric import JHMDBPCKMetric, normalized_joint_errors
 from .segmentation_metric import PartIoUMetric, confusion_matrix
 
 __all__ = [
-    'DAVISMetric', 'davis_palette', 'save_palette_png', 'JHMDBPCKMetric',
+    'DAVISMetric', 'JHMDBPCKMetric',
     'normalized_joint_errors', 'PartIoUMetric', 'confusion_matrix'
 ]

@@ -1,4 +1,5 @@
 import csv
+import io
 import os
 import os.path as osp
 from collections import defaultdict
@@ -7,13 +8,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
-from PIL import Image
 
 from sfc_plugin.datasets.davis import (
     first_frame_object_count,
     read_object_mask,
 )
 from sfc_plugin.registry import METRICS
+from sfc_plugin.utils.fileio import save_palette_png, write_text
 
 from ..functional import (
     boundary_f_measure,
@@ -22,38 +23,12 @@ from ..functional import (
 )
 
 
-def davis_palette() -> List[int]:
-    """DAVIS's colour palette (the PASCAL VOC one), as a flat RGB list."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def save_palette_png(mask: np.ndarray, path: str) -> None:
-    """Writes an (H, W) uint8 id map as a palette PNG, atomically."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    img = Image.fromarray(mask.astype(np.uint8), mode='P')
-    img.putpalette(davis_palette())
-    tmp = path + '.tmp'
-    img.save(tmp, format='PNG')
-    os.replace(tmp, path)
-
-
 def _write_csv(path: str, header: Sequence[str], rows: List[list]) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 @METRICS.register_module()

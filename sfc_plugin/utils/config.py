@@ -1,0 +1,90 @@
+"""Loading configs and pointing them at checkpoints, for every tool.
+
+Errors name the config or checkpoint file: a config that does not parse, a
+``--cfg-options`` override that does not fit it, a checkpoint that is not
+there.
+"""
+import os
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config
+
+import sfc_plugin
+
+#: Configs shipped inside the package (what mim finds).
+PACKAGE_CONFIGS = osp.join(osp.dirname(sfc_plugin.__file__), '.mim',
+                           'configs')
+
+
+def find_config(config) -> str:
+    """A config path, or the name of a config shipped with sfc_plugin.
+
+    Raises:
+        FileNotFoundError: Neither exists.
+    """
+    config = os.fspath(config)
+    if osp.isfile(config):
+        return config
+    shipped = osp.join(PACKAGE_CONFIGS, config)
+    if not osp.isabs(config) and osp.isfile(shipped):
+        return shipped
+    raise FileNotFoundError(
+        f'Config not found: "{config}" (neither a file nor a config of '
+        f'sfc_plugin in {PACKAGE_CONFIGS})')
+
+
+def load_config(config, cfg_options: Optional[dict] = None) -> Config:
+    """Reads a config (a file or a shipped name) and applies overrides.
+
+    Raises:
+        FileNotFoundError: No such config.
+        ValueError: The config cannot be parsed or built from its bases, or
+            an override does not fit it; the message names the file.
+    """
+    path = find_config(config)
+    try:
+        cfg = Config.fromfile(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'Config "{path}": {err}') from None
+    except Exception as err:  # SyntaxError, a bad _base_, a bad import
+        raise ValueError(f'Config "{path}" cannot be read: '
+                         f'{type(err).__name__}: {err}') from None
+    if cfg_options:
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f'--cfg-options do not fit config "{path}": '
+                             f'{err}') from None
+    return cfg
+
+
+def apply_checkpoint(cfg: Config, checkpoint, allow_load_from: bool = True
+                     ) -> None:
+    """Points the config at a checkpoint.
+
+    Tracker configs name the part of the model the checkpoint is for in
+    ``checkpoint_field`` (e.g. the FC encoder of a fused SFC tracker), and
+    the checkpoint is loaded there; other configs load it into the whole
+    model through the Runner (``load_from``), where ``allow_load_from``.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The config has no ``checkpoint_field`` and
+            ``allow_load_from`` is off.
+    """
+    checkpoint = os.fspath(checkpoint)
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'Checkpoint file not found: "{checkpoint}"')
+    field = cfg.get('checkpoint_field')
+    if field:
+        cfg.merge_from_dict({field: checkpoint})
+    elif allow_load_from:
+        cfg.load_from = checkpoint
+    else:
+        raise ValueError('The config has no checkpoint_field, so it does '
+                         'not say which network the checkpoint is for')
+
+
+__all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'find_config',
+           'load_config']
