@@ -14,9 +14,6 @@ written, with a JSON report beside it, only if they agree:
 import argparse
 import json
 import os.path as osp
-import sys
-
-from mmengine.config import Config, DictAction
 
 from sfc_plugin.deploy.encoder_export import (
     MIN_OPSET,
@@ -26,6 +23,13 @@ from sfc_plugin.deploy.encoder_export import (
 )
 from sfc_plugin.deploy.propagation_step import FORMS, export_checked_step
 from sfc_plugin.utils import register_all_modules
+from sfc_plugin.utils.cli import (
+    ConfigOptionsAction,
+    add_debug_argument,
+    run_tool,
+)
+from sfc_plugin.utils.config import load_config
+from sfc_plugin.utils.fileio import check_output_location, check_writable_dir
 
 
 def parse_args(argv=None):
@@ -58,8 +62,9 @@ def parse_args(argv=None):
                    default='none', help='also export the propagation step '
                    "with the config's propagator settings, as one "
                    'sfc::TopkWindowMatch node or a standard-op decomposition')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=ConfigOptionsAction,
                    help='override config settings, key=value')
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -67,15 +72,26 @@ def main(argv=None):
     args = parse_args(argv)
     register_all_modules()
     if not osp.isfile(args.config):
-        sys.exit(f'config not found: "{args.config}"')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        raise FileNotFoundError(f'Config not found: "{args.config}"')
+    cfg = load_config(args.config, args.cfg_options)
     out = args.out or osp.join(
         'work_dirs', 'onnx',
         osp.splitext(osp.basename(args.config))[0] +
         ('' if args.part == 'full' else f'-{args.part}') +
         ('-fp16' if args.fp16 else '') + '.onnx')
+    # Checked before the (slow) export: where it will write, and that no
+    # output file is an input.
+    check_writable_dir(osp.dirname(osp.abspath(out)), '--out folder')
+    inputs = {'config': args.config, 'checkpoint': args.checkpoint}
+    inputs.update((f'frame source {i}', f)
+                  for i, f in enumerate(args.frames))
+    stem = out[:-len('.onnx')] if out.endswith('.onnx') else out
+    outputs = [out, stem + '.json', stem + '.failed.json']
+    if args.propagation_step != 'none':
+        step = f'{stem}-step-{args.propagation_step}'
+        outputs += [step + '.onnx', step + '.json', step + '.failed.json']
+    for output in outputs:
+        check_output_location(output, inputs, 'Output')
     try:
         report = export_encoder(
             cfg, out, args.frames, part=args.part, checkpoint=args.checkpoint,
@@ -93,9 +109,9 @@ def main(argv=None):
             print(f'{step_out}: max abs diff {step["max_abs_diff"]:.2e} '
                   f'against the torch op')
     except ExportError as e:
-        sys.exit(f'export failed: {e}')
+        raise ExportError(f'export failed: {e}') from None
     print(json.dumps(dict(onnx=out, passed=True)))
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'to_onnx.py')

@@ -128,7 +128,7 @@ def build_engine(trt, onnx_path: str, profile, fp16: bool,
     if engine is None:
         raise RuntimeError(f'TensorRT could not build an engine from '
                            f'{onnx_path} (see the log above)')
-    from sfc_plugin.deploy.onnx_export import atomic_output
+    from sfc_plugin.utils.fileio import atomic_output
     with atomic_output(timing_cache) as tmp:
         with open(tmp, 'wb') as f:
             f.write(memoryview(config.get_timing_cache().serialize()))
@@ -170,17 +170,23 @@ def main(argv=None):
         check_profile(model, profile, args.onnx)
     except ValueError as e:
         sys.exit(f'to_trt.py: {e}')
-    trt = require_tensorrt()
-
-    from sfc_plugin.deploy.onnx_export import (
+    from sfc_plugin.deploy.onnx_export import write_report
+    from sfc_plugin.utils.fileio import (
         atomic_output,
+        check_output_location,
+        check_writable_dir,
         sha256,
-        write_report,
+        write_bytes,
     )
     name = args.name or (osp.splitext(osp.basename(args.onnx))[0] +
                          ('-fp16' if args.fp16 else ''))
     engine_path = osp.join(args.out_dir, name + '.engine')
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
+    check_writable_dir(args.out_dir, '--out-dir')
+    for output in (engine_path, engine_path[:-len('.engine')] + '.json'):
+        check_output_location(output, {'ONNX file': args.onnx}, 'Output')
+    trt = require_tensorrt()
+
     start = time.perf_counter()
     engine = build_engine(trt, args.onnx, profile, args.fp16, args.workspace,
                           cache)
@@ -212,8 +218,7 @@ def main(argv=None):
                      f'the opt shapes: max abs diff {max(diffs):.3g} > '
                      f'{atol:g}; nothing written')
     with atomic_output(engine_path) as tmp:
-        with open(tmp, 'wb') as f:
-            f.write(engine)
+        write_bytes(tmp, bytes(engine), atomic=False)
         report = dict(engine=engine_path, onnx=args.onnx,
                       onnx_sha256=sha256(args.onnx), engine_sha256=sha256(tmp),
                       fp16=args.fp16,
@@ -226,4 +231,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from sfc_plugin.utils.cli import run_tool
+    run_tool(main, 'to_trt.py')

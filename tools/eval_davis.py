@@ -10,6 +10,7 @@ write); scored with the official protocol (DAVISMetric).
 import argparse
 
 from sfc_plugin.evaluation import evaluate_davis_results
+from sfc_plugin.utils.cli import add_debug_argument, run_tool
 
 KEYS = ('J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall',
         'F-Decay')
@@ -23,16 +24,14 @@ def main(argv=None) -> None:
                         help='sequence list under the data root')
     parser.add_argument('--sequences', nargs='+',
                         help='score only these sequences of the list')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        scores = evaluate_davis_results(args.results, args.data_root,
-                                        args.ann_file, args.sequences)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f'eval_davis.py: error: {err}')
+    scores = evaluate_davis_results(args.results, args.data_root,
+                                    args.ann_file, args.sequences)
     print('| ' + ' | '.join(KEYS) + ' |')
     print('|' + '---:|' * len(KEYS))
     print('| ' + ' | '.join(f'{scores[k]:.4f}' for k in KEYS) + ' |')
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'eval_davis.py')

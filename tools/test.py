@@ -17,6 +17,7 @@ from train import (
 )
 
 from sfc_plugin.apis import apply_backend, apply_checkpoint
+from sfc_plugin.utils.cli import run_tool
 
 
 def parse_args(argv=None):
@@ -53,21 +54,17 @@ def main(argv=None):
         if cfg.get(k) is None
     ]
     if missing:
-        raise SystemExit(f'{args.config} defines no {", ".join(missing)}: '
+        raise ValueError(f'{args.config} defines no {", ".join(missing)}: '
                          'it is not an evaluation config')
-    try:
-        if args.checkpoint is None:
-            print('No checkpoint given: the networks are randomly '
-                  'initialised.')
-        else:
-            apply_checkpoint(cfg, args.checkpoint)
-        apply_backend(cfg, args.backend, args.backend_model)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f'test.py: error: {err}')
+    if args.checkpoint is None:
+        print('No checkpoint given: the networks are randomly initialised.')
+    else:
+        apply_checkpoint(cfg, args.checkpoint)
+    apply_backend(cfg, args.backend, args.backend_model)
     if args.launcher != 'none':
         prepare_distributed(cfg)
     build_runner(cfg).test()
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'test.py')

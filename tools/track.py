@@ -10,7 +10,11 @@ object), a part map with --num-classes, or a JSON list of [x, y] keypoints.
 DIR receives one palette PNG per frame (DAVIS's results format; keypoints go
 to keypoints.jsonl), overlay.mp4 and summary.json, all at once when the run
 completes: an interrupted (Ctrl-C, SIGTERM) or failed run leaves DIR
-untouched.
+untouched. DIR is never an input, inside one or holding one, and
+--overwrite replaces only a previous result of this tool.
+
+Errors are one line naming the file or argument (exit status 1; 130 when
+interrupted); --debug (or SFC_PLUGIN_DEBUG=1) shows the traceback.
 
 With no arguments (or --demo) a video with known ground truth is generated
 and tracked, and its J&F printed.
@@ -18,15 +22,17 @@ and tracked, and its J&F printed.
 import argparse
 import os
 import os.path as osp
-import signal
 import sys
 import time
-
-from mmengine.config import DictAction
 
 from sfc_plugin.apis import DEFAULT_CONFIG, track_video
 from sfc_plugin.datasets import synthetic_video, write_davis_sequences
 from sfc_plugin.evaluation import evaluate_davis_results
+from sfc_plugin.utils.cli import (
+    ConfigOptionsAction,
+    add_debug_argument,
+    run_tool,
+)
 
 DEMO_SEQUENCE = 'demo'
 
@@ -55,7 +61,8 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint',
                         help='FC checkpoint (the config\'s checkpoint_field); '
                         'without one the networks are randomly initialised')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+',
+                        action=ConfigOptionsAction,
                         help='config overrides, key=value')
     parser.add_argument('--backend',
                         choices=['torch', 'onnxruntime', 'tensorrt'],
@@ -72,11 +79,18 @@ def parse_args(argv=None):
     parser.add_argument('--no-overlay', action='store_true',
                         help='do not write overlay.mp4')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace the results an output folder holds')
+                        help='replace a previous result of this tool in the '
+                        'output folder (nothing else is ever replaced)')
     parser.add_argument('--max-frames', type=int,
-                        help='stop after this many frames')
+                        help='stop after this many frames (summary.json '
+                        'then says complete: false)')
+    parser.add_argument('--accept-truncated', action='store_true',
+                        help='track a video file that cannot be decoded to '
+                        'its end up to where it breaks (summary.json says '
+                        'so) instead of failing')
     parser.add_argument('--quiet', action='store_true',
                         help='no progress bar')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.source is None and args.first_labels is None:
         args.demo = True
@@ -107,24 +121,31 @@ def run(args, source: str, first_labels: str, out_dir: str) -> dict:
         overlay=not args.no_overlay,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        max_frames=args.max_frames)
+        max_frames=args.max_frames,
+        allow_truncated=args.accept_truncated)
 
 
 def demo(args) -> None:
     out = args.out or osp.join('work_dirs', 'track_demo',
                                time.strftime('%Y%m%d_%H%M%S'))
-    if osp.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise FileExistsError(f'Output folder "{out}" already holds files; '
-                              'choose another --out or pass --overwrite')
+    if osp.exists(out) and not osp.isdir(out):
+        raise FileExistsError(f'--out "{out}" is a file')
+    held = sorted(os.listdir(out)) if osp.isdir(out) else []
+    if held and not args.overwrite:
+        raise FileExistsError(f'--out "{out}" already holds files; choose '
+                              'another folder, or --overwrite a previous '
+                              'demo')
+    if set(held) - {'data', 'results'}:
+        raise FileExistsError(
+            f'--out "{out}" is not a previous demo (it holds '
+            f'"{sorted(set(held) - {"data", "results"})[0]}"): --overwrite '
+            'replaces only a previous demo; choose another folder')
     data_root = osp.join(out, 'data')
     frames, masks = synthetic_video()
     write_davis_sequences(data_root, {DEMO_SEQUENCE: (frames, masks)})
     print(f'Generated a {len(frames)}-frame {frames[0].shape[1]}×'
           f'{frames[0].shape[0]} video with {int(masks[0].max())} objects: '
           f'{data_root}')
-    if args.checkpoint is None:
-        print('No --checkpoint: the networks are randomly initialised (a '
-              'baseline; give an FC checkpoint for the real thing).')
     results = osp.join(out, 'results')
     summary = run(
         args, osp.join(data_root, 'JPEGImages', '480p', DEMO_SEQUENCE),
@@ -143,32 +164,30 @@ def demo(args) -> None:
 def report(summary: dict, out_dir: str) -> None:
     what = ('keypoints.jsonl' if summary['label_kind'] == 'keypoints' else
             'one palette PNG per frame')
-    print(f'Tracked {summary["frames"]} frames at '
+    random = [k for k, v in summary['weights'].items() if v == 'random init']
+    if random:
+        print(f'No checkpoint for {", ".join(random)}: randomly initialised '
+              '(seeded; a baseline: give --checkpoint for the real thing).')
+    of = (f' of {summary["source_frames"]}'
+          if summary.get('source_frames') else '')
+    print(f'Tracked {summary["frames"]}{of} frames at '
           f'{summary["frames_per_second"]:.2f} frames/s on '
           f'{summary["device"]} (peak RSS {summary["peak_rss_mib"]:.0f} '
           f'MiB): {what}, summary.json in {out_dir}')
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
+    if not summary['complete']:
+        print(f'Incomplete: {summary["incomplete_reason"]}.',
+              file=sys.stderr)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # A terminated run (kill, a scheduler's time limit) cleans up as Ctrl-C.
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        if args.demo:
-            demo(args)
-        else:
-            summary = run(args, args.source, args.first_labels, args.out)
-            report(summary, args.out)
-    except KeyboardInterrupt:
-        print('\nInterrupted: no result was written.', file=sys.stderr)
-        raise SystemExit(130)
-    except (ImportError, OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f'track.py: error: {err}')
+    if args.demo:
+        demo(args)
+    else:
+        summary = run(args, args.source, args.first_labels, args.out)
+        report(summary, args.out)
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'track.py',
+             interrupted='Interrupted: no result was written.')

@@ -13,11 +13,17 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 # A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
 from sfc_plugin.registry import RUNNERS
+from sfc_plugin.utils import config as config_io
+from sfc_plugin.utils.cli import (
+    ConfigOptionsAction,
+    add_debug_argument,
+    run_tool,
+)
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +33,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=ConfigOptionsAction,
         help='override settings of the config, as key=value pairs; '
         'e.g. train_dataloader.batch_size=8 train_cfg.max_iters=40')
     parser.add_argument(
@@ -37,6 +43,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         help='job launcher')
     # torch.distributed.launch passes --local-rank (older: --local_rank).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_debug_argument(parser)
 
 
 def parse_args(argv=None):
@@ -67,10 +74,10 @@ def parse_args(argv=None):
 
 def load_config(args) -> Config:
     """The config with the shared options (launcher, overrides, work dir)."""
-    cfg = Config.fromfile(args.config)
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f'Config not found: "{args.config}"')
+    cfg = config_io.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
@@ -159,4 +166,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'train.py')

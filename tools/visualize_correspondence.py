@@ -15,13 +15,21 @@ last, puts them side by side.
 import argparse
 import os.path as osp
 
-import cv2
 import torch
-from mmengine.config import DictAction
 
 from sfc_plugin.apis import init_tracker, tracker_config
 from sfc_plugin.datasets import LoadVideoFrame
-from sfc_plugin.deploy.onnx_export import atomic_output
+from sfc_plugin.utils.cli import (
+    ConfigOptionsAction,
+    add_debug_argument,
+    run_tool,
+)
+from sfc_plugin.utils.config import find_config
+from sfc_plugin.utils.fileio import (
+    check_output_location,
+    check_writable_dir,
+    write_image,
+)
 from sfc_plugin.visualization import (
     mark_point,
     render_heatmap,
@@ -43,10 +51,12 @@ def parse_args(argv=None):
                         'sfc_davis.py: semantic, FC and fused maps)')
     parser.add_argument('--checkpoint',
                         help='FC checkpoint (the config\'s checkpoint_field)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+',
+                        action=ConfigOptionsAction,
                         help='config overrides, key=value')
     parser.add_argument('--device', help='cpu, cuda ... (default: cuda if '
                         'available)')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -60,28 +70,24 @@ def load_frame(path: str, preprocessor):
     return img, normalised
 
 
-def write_image(path: str, image) -> None:
-    ok, data = cv2.imencode('.png', image)
-    if not ok:
-        raise RuntimeError(f'Cannot encode "{path}"')
-    with atomic_output(path) as tmp:
-        with open(tmp, 'wb') as f:
-            f.write(data.tobytes())
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = tracker_config(args.config, args.checkpoint, args.cfg_options)
-        model = init_tracker(cfg, args.device)
-        source, source_in = load_frame(args.source_frame,
-                                       model.data_preprocessor)
-        target, target_in = load_frame(args.target_frame,
-                                       model.data_preprocessor)
-        maps = similarity_maps(model.encoder, source_in, target_in,
-                               tuple(args.point))
-    except (ImportError, OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f'visualize_correspondence.py: error: {err}')
+    check_writable_dir(args.out, '--out')
+    check_output_location(
+        args.out, {
+            'source frame': args.source_frame,
+            'target frame': args.target_frame,
+            'config': find_config(args.config),
+            'checkpoint': args.checkpoint
+        }, '--out')
+    cfg = tracker_config(args.config, args.checkpoint, args.cfg_options)
+    model = init_tracker(cfg, args.device)
+    source, source_in = load_frame(args.source_frame,
+                                   model.data_preprocessor)
+    target, target_in = load_frame(args.target_frame,
+                                   model.data_preprocessor)
+    maps = similarity_maps(model.encoder, source_in, target_in,
+                           tuple(args.point))
     images = dict(source=mark_point(source, args.point))
     images.update(
         (name, render_heatmap(sim, target)) for name, sim in maps.items())
@@ -93,4 +99,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main, 'visualize_correspondence.py')

@@ -8,6 +8,7 @@ checkpoints (``state_dict`` with ``backbone.`` keys) or from the SFC reference
 the prefix under which the checkpoint holds every weight of the backbone is
 searched for; online encoders win over momentum/target copies.
 """
+import os
 import os.path as osp
 import pickle
 from typing import Dict, List, Optional, Tuple
@@ -69,6 +70,46 @@ def find_prefix(model_keys: List[str], ckpt_keys: List[str]
     return chosen, ranked
 
 
+def read_checkpoint(filename: str):
+    """``torch.load(weights_only=True)`` of a checkpoint, to the CPU, with
+    errors that name the file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        RuntimeError: It holds objects other than tensors and plain data.
+        ValueError: It is not a PyTorch checkpoint at all (a text file, an
+            empty or cut file).
+    """
+    filename = os.fspath(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
+    try:
+        return torch.load(filename, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        from sfc_plugin.engine.runner import explain_unpickling_error
+        raise explain_unpickling_error(filename, err) from err
+    except (KeyError, EOFError, ValueError, RuntimeError, IndexError,
+            TypeError, AttributeError) as err:
+        # torch's own messages for these say nothing useful ("101").
+        raise ValueError(
+            f'Checkpoint "{filename}" is not a PyTorch checkpoint (empty, '
+            f'cut short, or another kind of file): torch.load failed with '
+            f'{type(err).__name__}: {err}') from None
+
+
+def check_finite_weights(state: Dict[str, torch.Tensor],
+                         filename: str) -> None:
+    """Refuses weights holding NaN or infinite values, naming them: such a
+    network outputs NaN everywhere, which would otherwise surface only as
+    a puzzling error frames later."""
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f'Checkpoint "{filename}" holds NaN or infinite '
+                         f'values in {len(bad)} weights (e.g. {bad[:3]}): '
+                         'a diverged or damaged training run?')
+
+
 def load_backbone_checkpoint(module: nn.Module,
                              filename: str,
                              prefix: str = 'auto') -> str:
@@ -92,16 +133,11 @@ def load_backbone_checkpoint(module: nn.Module,
         RuntimeError: The file holds non-tensor objects.
         CheckpointKeyError: No prefix holds all weights; the message lists the
             candidates and the keys each one misses.
-        ValueError: A weight has the wrong shape.
+        ValueError: Not a checkpoint, a weight of the wrong shape, or
+            weights holding NaN or infinite values.
     """
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
-    try:
-        checkpoint = torch.load(filename, map_location='cpu',
-                                weights_only=True)
-    except pickle.UnpicklingError as err:
-        from sfc_plugin.engine.runner import explain_unpickling_error
-        raise explain_unpickling_error(filename, err) from err
+    filename = os.fspath(filename)
+    checkpoint = read_checkpoint(filename)
     weights = _state_dict_of(checkpoint, filename)
     own = module.state_dict()
     # BN's batch counters are absent from older checkpoints and unused here.
@@ -131,5 +167,6 @@ def load_backbone_checkpoint(module: nn.Module,
         raise ValueError(f'Checkpoint "{filename}" does not fit '
                          f'{type(module).__name__} (key, checkpoint shape, '
                          f'model shape): {wrong[:5]}')
+    check_finite_weights(state, filename)
     module.load_state_dict(state, strict=False)
     return prefix

@@ -1,0 +1,98 @@
+"""Which checkpoint a deployed model was exported from.
+
+A deployed encoder (ONNX file, TensorRT engine) holds its own weights, so a
+checkpoint given beside it is not loaded. It must not be recorded as if it
+were: it is accepted only when the export reports prove the model was made
+from it. ``export/to_onnx.py`` writes ``<name>.json`` beside ``<name>.onnx``
+with the SHA-256 of both the ONNX file and the checkpoint;
+``export/to_trt.py`` writes ``<name>.json`` beside ``<name>.engine`` with the
+engine's and the ONNX file's SHA-256 and the ONNX file's path.
+"""
+import json
+import os
+import os.path as osp
+from typing import Optional
+
+from sfc_plugin.utils.fileio import sha256
+
+
+def _report(model: str, kind: str) -> dict:
+    path = osp.splitext(model)[0] + '.json'
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(
+            f'The {kind} "{model}" has no export report ("{path}") that '
+            'says which checkpoint it was made from') from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f'Cannot read the export report "{path}" of '
+                         f'"{model}": {err}') from None
+    if not isinstance(report, dict):
+        raise ValueError(f'Export report "{path}" is not a JSON object')
+    return report
+
+
+def exported_checkpoint(model: str) -> Optional[dict]:
+    """The checkpoint (``{'path', 'sha256'}``) that a deployed model was
+    exported from; None where it was exported without one (random init).
+
+    Args:
+        model (str | PathLike): An ONNX file of ``export/to_onnx.py`` or a
+            TensorRT engine of ``export/to_trt.py``.
+
+    Raises:
+        ValueError: A report is missing, unreadable, or describes another
+            file than ``model`` (a model replaced after its export).
+    """
+    model = os.fspath(model)
+    if model.endswith('.engine'):
+        report = _report(model, 'TensorRT engine')
+        if report.get('engine_sha256') != sha256(model):
+            raise ValueError(f'The export report of "{model}" describes '
+                             'another engine (SHA-256 differs)')
+        onnx = report.get('onnx')
+        if not onnx or not osp.isfile(onnx):
+            raise ValueError(f'The ONNX file "{onnx}" that "{model}" was '
+                             'built from is gone: its checkpoint cannot be '
+                             'traced')
+        if report.get('onnx_sha256') != sha256(onnx):
+            raise ValueError(f'"{onnx}" changed since "{model}" was built '
+                             'from it (SHA-256 differs)')
+        model = onnx
+    report = _report(model, 'ONNX file')
+    if (report.get('onnx') or {}).get('sha256') != sha256(model):
+        raise ValueError(f'The export report of "{model}" describes another '
+                         'ONNX file (SHA-256 differs)')
+    return report.get('checkpoint')
+
+
+def check_exported_from(model: str, checkpoint: str) -> dict:
+    """Checks that a deployed model was exported from ``checkpoint``.
+
+    Returns:
+        dict: ``{'path', 'sha256'}`` of the checkpoint, as the report has it.
+
+    Raises:
+        ValueError: It was not (or it cannot be shown), with what to do.
+    """
+    model, checkpoint = os.fspath(model), os.fspath(checkpoint)
+    digest = sha256(checkpoint)
+    hint = ('; the deployed model holds its own weights: drop --checkpoint, '
+            'or export the model from this checkpoint (export/to_onnx.py '
+            '--checkpoint)')
+    try:
+        source = exported_checkpoint(model)
+    except ValueError as err:
+        raise ValueError(f'Cannot use checkpoint "{checkpoint}" with '
+                         f'"{model}": {err}{hint}') from None
+    if source is None:
+        raise ValueError(f'"{model}" was exported without a checkpoint '
+                         f'(random weights), not from "{checkpoint}"{hint}')
+    if source.get('sha256') != digest:
+        raise ValueError(f'"{model}" was exported from "{source.get("path")}"'
+                         f', not from "{checkpoint}" (SHA-256 differs){hint}')
+    return dict(path=checkpoint, sha256=digest)
+
+
+__all__ = ['check_exported_from', 'exported_checkpoint']
