@@ -10,6 +10,7 @@ other programs::
     for frame in inference_video(model, reader, '00000.png', 'mask'):
         ...  # frame.name, frame.image (BGR), frame.pred (H, W) ids
 """
+import os
 import os.path as osp
 import queue
 import resource
@@ -27,56 +28,20 @@ import sfc_plugin
 from sfc_plugin.datasets import open_video
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.datasets.video_reader import VideoReader
+from sfc_plugin.ops import load_native_ops
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils import register_all_modules
+from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
+from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.progress import FrameProgressBar
 
 from .results_writer import TrackingResultsWriter
 
-PACKAGE_CONFIGS = osp.join(osp.dirname(sfc_plugin.__file__), '.mim',
-                           'configs')
 DEFAULT_CONFIG = 'fc_davis.py'
 LABEL_KINDS = ('mask', 'parts', 'keypoints')
 _LABEL_PATH_KEYS = dict(
     mask='seg_map_path', parts='seg_map_path', keypoints='joints_path')
-
-
-def find_config(config: str) -> str:
-    """A config path, or the name of a config shipped with sfc_plugin."""
-    if osp.isfile(config):
-        return config
-    shipped = osp.join(PACKAGE_CONFIGS, config)
-    if not osp.isabs(config) and osp.isfile(shipped):
-        return shipped
-    raise FileNotFoundError(
-        f'Config not found: "{config}" (neither a file nor a config of '
-        f'sfc_plugin in {PACKAGE_CONFIGS})')
-
-
-def apply_checkpoint(cfg: Config, checkpoint: str,
-                     allow_load_from: bool = True) -> None:
-    """Points the config at a checkpoint.
-
-    Tracker configs name the part of the model the checkpoint is for in
-    ``checkpoint_field`` (e.g. the FC encoder of a fused SFC tracker), and
-    the checkpoint is loaded there; other configs load it into the whole
-    model through the Runner (``load_from``), where ``allow_load_from``.
-
-    Raises:
-        FileNotFoundError: No such file.
-        ValueError: The config has no ``checkpoint_field`` and
-            ``allow_load_from`` is off.
-    """
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'Checkpoint file not found: "{checkpoint}"')
-    field = cfg.get('checkpoint_field')
-    if field:
-        cfg.merge_from_dict({field: checkpoint})
-    elif allow_load_from:
-        cfg.load_from = checkpoint
-    else:
-        raise ValueError('The config has no checkpoint_field, so it does '
-                         'not say which network the checkpoint is for')
+DEPLOYED_BACKENDS = ('onnxruntime', 'tensorrt')
 
 
 def apply_backend(cfg: Config, backend: Optional[str],
@@ -90,6 +55,8 @@ def apply_backend(cfg: Config, backend: Optional[str],
         backend_model (str, optional): The ONNX file or TensorRT engine the
             deployed backends need.
     """
+    backend_model = None if backend_model is None else os.fspath(
+        backend_model)
     if backend is None:
         if backend_model is not None:
             raise ValueError('A backend model was given without its '
@@ -98,7 +65,7 @@ def apply_backend(cfg: Config, backend: Optional[str],
     if backend == 'torch':
         cfg.model.backend = None
         return
-    if backend not in ('onnxruntime', 'tensorrt'):
+    if backend not in DEPLOYED_BACKENDS:
         raise ValueError('backend must be torch, onnxruntime or tensorrt, '
                          f'got {backend!r}')
     if not backend_model:
@@ -116,6 +83,11 @@ def label_kind(first_labels: str, num_classes: Optional[int] = None) -> str:
     A JSON file holds keypoints; an image holds object masks, or part maps
     when the number of part classes is given.
     """
+    first_labels = os.fspath(first_labels)
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, int)):
+        raise ValueError('num_classes must be an integer, got '
+                         f'{num_classes!r}')
     if first_labels.lower().endswith('.json'):
         if num_classes is not None:
             raise ValueError(f'"{first_labels}" holds keypoints; a number '
@@ -156,6 +128,10 @@ def tracker_config(config: str = DEFAULT_CONFIG,
     (``MaskCodec`` for masks, with ``num_classes`` for part maps;
     ``KeypointCodec`` for keypoints, the config's own if it has one).
 
+    A checkpoint given with a deployed backend (which holds its own
+    weights) must be the one the backend model was exported from, as its
+    export report shows; anything else is refused rather than ignored.
+
     Args:
         config (str): Config file, or the name of a shipped config
             (:func:`find_config`). Defaults to 'fc_davis.py'.
@@ -166,15 +142,21 @@ def tracker_config(config: str = DEFAULT_CONFIG,
         kind (str): 'mask', 'parts' or 'keypoints'. Defaults to 'mask'.
         num_classes (int, optional): Part classes, background included.
     """
-    cfg = Config.fromfile(find_config(config))
+    cfg = load_config(config, cfg_options)
     if cfg.get('model', {}).get('type') != 'SFCTracker':
-        raise ValueError(f'Config "{config}" does not define an SFCTracker '
-                         'model: it is not a tracking config')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        raise ValueError(f'Config "{os.fspath(config)}" does not define an '
+                         'SFCTracker model: it is not a tracking config')
     if checkpoint is not None:
         apply_checkpoint(cfg, checkpoint, allow_load_from=False)
     apply_backend(cfg, backend, backend_model)
+    deployed = (cfg.model.get('backend') or {}).get('type')
+    if checkpoint is not None and deployed in DEPLOYED_BACKENDS:
+        # The deployed model holds its own weights: the checkpoint is
+        # accepted only where its export report proves it was the source.
+        from sfc_plugin.deploy.provenance import check_exported_from
+        check_exported_from(
+            cfg.model.backend.get('model') or cfg.model.backend.get('engine'),
+            checkpoint)
     codec = cfg.model.get('label_codec', {})
     if kind == 'keypoints':
         if codec.get('type') != 'KeypointCodec':
@@ -200,9 +182,22 @@ def init_tracker(cfg: Config, device: Optional[str] = None, seed: int = 0):
             the global random state is left as it was. Defaults to 0.
     """
     device = device or default_device()
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'Device "{device}" asked for, but CUDA is not '
-                           'available here (use --device cpu)')
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f'Device "{device}" is not a device (cpu, cuda, '
+                         f'cuda:1, ...): {err}') from None
+    if parsed.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError(f'Device "{device}" asked for, but CUDA is '
+                               'not available here (use --device cpu)')
+        if (parsed.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f'Device "{device}" asked for, but only '
+                             f'{torch.cuda.device_count()} CUDA devices '
+                             'exist here')
+    elif parsed.type != 'cpu':
+        raise ValueError(f'Device "{device}": sfc_plugin runs on cpu or '
+                         'cuda')
     register_all_modules()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -308,6 +303,7 @@ def inference_video(model,
     Yields:
         TrackedFrame: name, image, prediction of each frame in order.
     """
+    first_labels = os.fspath(first_labels)
     pipeline = tracking_pipeline(kind, num_classes)
 
     def packed_frames() -> Iterator[dict]:
@@ -332,6 +328,61 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def weights_record(cfg: Config) -> dict:
+    """Which weights a tracker config runs with, for ``summary.json``.
+
+    Returns:
+        dict: With a deployed backend, ``{'backend_model': {path, sha256}}``
+        (the model holds its weights; ``exported_from`` is added by
+        :func:`track_video` when a checkpoint was verified against it).
+        Otherwise, for each network of the encoder (its config key, e.g.
+        ``model.encoder.fine_grained``), ``{path, sha256}`` of its
+        checkpoint or ``'random init'``.
+    """
+    backend = cfg.model.get('backend') or {}
+    if backend.get('type') in DEPLOYED_BACKENDS:
+        model = backend.get('model') or backend.get('engine')
+        return dict(backend_model=dict(path=osp.abspath(model),
+                                       sha256=sha256(model)))
+    record = {}
+
+    def visit(node, key: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if 'checkpoint' in node and 'backbone' in node:
+            path = node.get('checkpoint')
+            if path is not None and not osp.isfile(path):
+                raise FileNotFoundError(f'Checkpoint file not found: '
+                                        f'"{path}" ({key}.checkpoint)')
+            record[key] = 'random init' if path is None else dict(
+                path=osp.abspath(path), sha256=sha256(path))
+        for name, child in node.items():
+            visit(child, f'{key}.{name}')
+
+    visit(cfg.model.get('encoder'), 'model.encoder')
+    return record
+
+
+def _checked_max_frames(max_frames) -> Optional[int]:
+    if max_frames is None:
+        return None
+    if isinstance(max_frames, bool) or not isinstance(
+            max_frames, (int, np.integer)) or max_frames < 1:
+        raise ValueError('max_frames must be an integer >= 1 (or None for '
+                         f'all frames), got {max_frames!r}')
+    return int(max_frames)
+
+
+def _label_count(kind: str, packed: dict, num_classes: Optional[int]) -> int:
+    """Objects (masks), classes (part maps) or keypoints of frame 0."""
+    sample = packed['data_samples']
+    if kind == 'keypoints':
+        return int(sample.gt_joints.shape[0])
+    if kind == 'parts':
+        return int(num_classes)
+    return int(torch.unique(sample.gt_seg_map).ne(0).sum())
+
+
 def track_video(source: str,
                 first_labels: str,
                 out_dir: str,
@@ -345,51 +396,87 @@ def track_video(source: str,
                 overlay: bool = True,
                 overwrite: bool = False,
                 progress: bool = True,
-                max_frames: Optional[int] = None) -> dict:
+                max_frames: Optional[int] = None,
+                allow_truncated: bool = False) -> dict:
     """Tracks a video from its first frame's labels; writes the results.
 
-    Everything that can be checked before the work starts is: the frame
-    source (readable, no gaps, one frame size), the labels (readable, the
-    frames' size, at least one object), the output folder (new or empty,
-    unless ``overwrite``), the config, checkpoint and backend. Results are
-    written as :class:`TrackingResultsWriter` describes, ending with
-    ``summary.json``; a failed or interrupted run leaves none of them.
+    Everything that can be checked before the work starts is: the output
+    folder (never an input, inside one or holding one; new or empty, or a
+    previous result with ``overwrite``), the frame source (readable, no
+    gaps, one frame size), the labels (readable, lossless, the frames'
+    size, at least one object), the config, checkpoint and backend.
+    Results are written as :class:`TrackingResultsWriter` describes, ending
+    with ``summary.json``; a failed or interrupted run leaves none of them.
+
+    ``summary.json`` says what was done: ``source_frames`` (the source's
+    frame count), ``frames`` (tracked and written), ``objects``,
+    ``weights`` (checkpoints with their SHA-256, or 'random init'), and
+    ``complete``: true only when every frame of the source was tracked
+    (false after ``max_frames`` or an accepted truncated source, with
+    ``incomplete_reason``).
 
     Args:
-        source (str): Frame folder or video file.
-        first_labels (str): Frame 0's mask / part map PNG or keypoint JSON.
-        out_dir (str): Output folder.
-        config (str): Tracker config or shipped config name.
+        source (str | PathLike): Frame folder or video file.
+        first_labels (str | PathLike): Frame 0's mask / part map PNG or
+            keypoint JSON.
+        out_dir (str | PathLike): Output folder.
+        config (str | PathLike): Tracker config or shipped config name.
             Defaults to 'fc_davis.py'.
-        checkpoint (str, optional): FC (or the config's field) weights;
-            random initialisation without one.
+        checkpoint (str | PathLike, optional): FC (or the config's field)
+            weights; random initialisation without one. With a deployed
+            backend it must be the checkpoint the model was exported from.
         cfg_options (dict, optional): Config overrides.
         backend (str, optional): 'torch', 'onnxruntime' or 'tensorrt'.
-        backend_model (str, optional): ONNX file or TensorRT engine.
+        backend_model (str | PathLike, optional): ONNX file or TensorRT
+            engine.
         device (str, optional): Defaults to CUDA when available.
         num_classes (int, optional): Part classes (the labels are a part
             map).
         overlay (bool): Write ``overlay.mp4``. Defaults to True.
-        overwrite (bool): Replace a non-empty ``out_dir``.
-            Defaults to False.
+        overwrite (bool): Replace an ``out_dir`` that holds a previous
+            result. Defaults to False.
         progress (bool): Show a progress bar on stderr. Defaults to True.
-        max_frames (int, optional): Stop after this many frames.
+        max_frames (int, optional): Stop after this many frames (>= 1).
+        allow_truncated (bool): Track a video file that cannot be decoded
+            to its end up to where it breaks, instead of failing.
+            Defaults to False.
 
     Returns:
         dict: The summary, as written to ``summary.json``.
     """
-    reader = open_video(source)
+    source, first_labels, out_dir = (os.fspath(p)
+                                     for p in (source, first_labels, out_dir))
+    checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+    backend_model = None if backend_model is None else os.fspath(
+        backend_model)
+    max_frames = _checked_max_frames(max_frames)
+    inputs = {
+        'source': source,
+        'first-frame labels': first_labels,
+        'checkpoint': checkpoint,
+        'backend model': backend_model,
+    }
+    check_output_location(out_dir, inputs)
+    reader = open_video(source, allow_truncated)
     kind = label_kind(first_labels, num_classes)
-    first_frame_inputs(reader, next(iter(reader)), first_labels, kind,
-                       tracking_pipeline(kind, num_classes))
+    first = first_frame_inputs(reader, next(iter(reader)), first_labels,
+                               kind, tracking_pipeline(kind, num_classes))
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes)
+    weights = weights_record(cfg)
+    inputs['config'] = find_config(config)
+    inputs.update((f'{key} checkpoint', value['path'])
+                  for key, value in weights.items()
+                  if isinstance(value, dict))
     with TrackingResultsWriter(
             out_dir, kind, overlay=overlay,
             fps=getattr(reader, 'fps', None) or 24.0,
-            overwrite=overwrite) as writer:
+            overwrite=overwrite, inputs=inputs) as writer:
         model = init_tracker(cfg, device)
         device = str(next(model.parameters()).device)
+        # The matching kernels are compiled on first use (a visible, one-time
+        # step): before the clock and the progress bar start.
+        load_native_ops()
         total = reader.num_frames
         if max_frames is not None and total:
             total = min(total, max_frames)
@@ -409,15 +496,34 @@ def track_video(source: str,
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
+        source_frames = reader.num_frames
+        reasons = []
+        if reader.truncated_at is not None:
+            reasons.append(
+                f'the source could not be decoded beyond frame '
+                f'{reader.truncated_at - 1} of {source_frames} (accepted '
+                'truncated source)')
+        elif max_frames is not None and count == max_frames and (
+                source_frames is None or source_frames > count):
+            reasons.append(f'stopped after max_frames={max_frames} of '
+                           f'{source_frames or "an unknown number of"} '
+                           'frames')
+        if checkpoint is not None and 'backend_model' in weights:
+            weights['backend_model']['exported_from'] = dict(
+                path=osp.abspath(checkpoint), sha256=sha256(checkpoint))
         summary = dict(
-            complete=True,
+            complete=not reasons,
             source=osp.abspath(source),
             first_labels=osp.abspath(first_labels),
             label_kind=kind,
+            source_frames=source_frames,
             frames=count,
+            objects=_label_count(kind, first, num_classes),
             frame_size=list(reader.frame_size),
-            config=find_config(config),
-            checkpoint=checkpoint,
+            config=osp.abspath(find_config(config)),
+            checkpoint=None if checkpoint is None else osp.abspath(
+                checkpoint),
+            weights=weights,
             backend=cfg.model.get('backend') or dict(type='torch'),
             device=device,
             propagator={
@@ -425,6 +531,7 @@ def track_video(source: str,
                 for k in ('topk', 'radius', 'context_frames', 'temperature')
                 if k in cfg.model.propagator
             },
+            max_frames=max_frames,
             seconds=round(seconds, 3),
             frames_per_second=round(count / seconds, 3) if seconds else None,
             peak_rss_mib=round(peak_rss_mib(), 1),
@@ -432,6 +539,10 @@ def track_video(source: str,
             torch=torch.__version__,
             finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         )
+        if reasons:
+            summary['incomplete_reason'] = '; '.join(reasons)
+        if reader.truncated_at is not None:
+            summary['source_truncated_at'] = reader.truncated_at
         if device.startswith('cuda'):
             summary['peak_cuda_memory_mib'] = round(
                 torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -442,5 +553,6 @@ def track_video(source: str,
 __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
     'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
-    'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG'
+    'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
+    'weights_record'
 ]

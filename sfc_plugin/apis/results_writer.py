@@ -3,26 +3,43 @@
 Everything is written into a hidden staging folder beside the output folder
 (``.<name>.partial-XXXX``) and moved into place by one rename after the
 summary, the last file, is written. An interrupted or failed run removes
-its staging folder; a killed one leaves it, under a name that says so.
+its staging folder; one killed outright (SIGKILL, a power cut) leaves it,
+and the next run into the same output folder removes it, saying so.
+
+Every file is checked as written (:mod:`sfc_plugin.utils.fileio`): label
+PNGs and ``keypoints.jsonl`` by their byte counts, ``overlay.mp4`` by
+reopening it and counting its frames.
 """
 import json
 import os
 import os.path as osp
 import queue
 import shutil
+import socket
+import sys
 import tempfile
 import threading
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
-import cv2
 import numpy as np
 
-from sfc_plugin.evaluation.metrics import save_palette_png
+from sfc_plugin.utils.fileio import (
+    VerifiedVideoWriter,
+    check_output_location,
+    dir_mode,
+    save_palette_png,
+    write_all,
+    write_json,
+)
 from sfc_plugin.visualization import draw_keypoints, draw_mask_overlay
 
 SUMMARY_FILE = 'summary.json'
 KEYPOINTS_FILE = 'keypoints.jsonl'
 OVERLAY_FILE = 'overlay.mp4'
+#: ``summary.json``'s ``producer``: what marks a folder as a result that
+#: ``overwrite`` may replace.
+PRODUCER = 'sfc_plugin.apis.track_video'
+_OWNER_FILE = '.owner'
 
 _DONE = object()
 
@@ -66,6 +83,78 @@ class _BackgroundSink:
         self._thread.join()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_result_file(name: str) -> bool:
+    return name.endswith('.png') or name in (SUMMARY_FILE, KEYPOINTS_FILE,
+                                             OVERLAY_FILE)
+
+
+def previous_result_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` is not a previous result of this writer that
+    ``overwrite`` may replace (None when it is one, or empty)."""
+    entries = sorted(os.listdir(folder))
+    if not entries:
+        return None
+    summary = osp.join(folder, SUMMARY_FILE)
+    try:
+        with open(summary) as f:
+            producer = json.load(f).get('producer')
+    except (OSError, ValueError, AttributeError):
+        producer = None
+    if producer != PRODUCER:
+        return (f'it holds no {SUMMARY_FILE} of a tracking result (e.g. '
+                f'"{entries[0]}")')
+    foreign = [
+        e for e in entries
+        if not _is_result_file(e) or not osp.isfile(osp.join(folder, e))
+    ]
+    if foreign:
+        return (f'besides a tracking result it holds "{foreign[0]}"' +
+                (f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''))
+    return None
+
+
+def clear_abandoned_staging(out_dir: str,
+                            inputs: Mapping[str, Optional[str]]) -> None:
+    """Removes the staging folders of runs into ``out_dir`` that were
+    killed outright (their owner process is gone), saying so on stderr;
+    those of live runs, and any that overlap ``inputs``, are left alone."""
+    parent, name = osp.split(out_dir)
+    if not osp.isdir(parent):
+        return
+    host = socket.gethostname()
+    for entry in sorted(os.listdir(parent)):
+        if not entry.startswith((f'.{name}.partial-', f'.{name}.replaced-')):
+            continue
+        path = osp.join(parent, entry)
+        try:
+            with open(osp.join(path, _OWNER_FILE)) as f:
+                owner_host, pid = f.read().split()
+            alive = owner_host != host or _pid_alive(int(pid))
+        except (OSError, ValueError):
+            alive = False
+        try:
+            check_output_location(path, inputs)
+        except ValueError:
+            alive = True
+        if alive:
+            print(f'sfc_plugin: note: "{path}" belongs to a run still in '
+                  'progress', file=sys.stderr)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f'sfc_plugin: removed "{path}", left by a run into "{out_dir}" '
+              'that was killed before it finished', file=sys.stderr)
+
+
 class TrackingResultsWriter:
     """Writes predicted frames in the background, committed as a whole.
 
@@ -87,18 +176,24 @@ class TrackingResultsWriter:
             writer.commit(summary)
 
     Args:
-        out_dir (str): Output folder; created on commit.
+        out_dir (str | PathLike): Output folder; created on commit.
         kind (str): 'mask', 'parts' or 'keypoints'.
         overlay (bool): Write ``overlay.mp4``. Defaults to True.
         fps (float): Frame rate of the overlay video. Defaults to 24.
-        overwrite (bool): Replace an ``out_dir`` that holds files (on
-            commit only). Defaults to False.
+        overwrite (bool): Replace an ``out_dir`` that holds a previous
+            result of this writer (on commit only; a folder holding anything
+            else is never replaced). Defaults to False.
         queue_size (int): Frames waiting to be written at most.
             Defaults to 8.
+        inputs (Mapping[str, str], optional): The run's input files and
+            folders by what they are ('frame folder', 'checkpoint', ...):
+            an ``out_dir`` that is, holds or lies inside one is refused.
 
     Raises:
         FileExistsError: ``out_dir`` is a file, or a folder holding files
-            and ``overwrite`` is off.
+            and ``overwrite`` is off, or holding other files than a
+            previous result.
+        ValueError: ``out_dir`` overlaps an input.
     """
 
     def __init__(self,
@@ -107,36 +202,49 @@ class TrackingResultsWriter:
                  overlay: bool = True,
                  fps: float = 24.0,
                  overwrite: bool = False,
-                 queue_size: int = 8):
+                 queue_size: int = 8,
+                 inputs: Optional[Mapping[str, Optional[str]]] = None):
         if kind not in ('mask', 'parts', 'keypoints'):
             raise ValueError('TrackingResultsWriter: kind must be mask, parts '
                              f'or keypoints, got {kind!r}')
+        out_dir = os.fspath(out_dir)
         self.out_dir = osp.abspath(out_dir)
-        if osp.exists(self.out_dir):
-            if not osp.isdir(self.out_dir):
+        check_output_location(out_dir, inputs or {})
+        if osp.lexists(self.out_dir):
+            if not osp.isdir(self.out_dir) or osp.islink(self.out_dir):
                 raise FileExistsError(
-                    f'Output folder "{out_dir}" exists and is a file')
-            held = os.listdir(self.out_dir)
+                    f'Output folder "{out_dir}" exists and is not a folder')
+            held = sorted(os.listdir(self.out_dir))
             if held and not overwrite:
                 raise FileExistsError(
-                    f'Output folder "{out_dir}" already holds results '
-                    f'({len(held)} entries, e.g. "{sorted(held)[0]}"); '
-                    'choose another output folder, or overwrite it '
+                    f'Output folder "{out_dir}" already holds files '
+                    f'({len(held)} entries, e.g. "{held[0]}"); choose '
+                    'another output folder, or replace a previous result '
                     '(tools/track.py --overwrite)')
+            problem = previous_result_problem(self.out_dir)
+            if held and problem:
+                raise FileExistsError(
+                    f'Output folder "{out_dir}" is not a previous tracking '
+                    f'result: {problem}. Overwriting replaces only a '
+                    'previous result; choose another output folder')
         self.kind = kind
         self.overlay = overlay
-        self.fps = float(fps) if fps and fps > 0 else 24.0
+        self.fps = float(fps) if fps and 0 < fps < 1000 else 24.0
         parent = osp.dirname(self.out_dir)
         os.makedirs(parent, exist_ok=True)
+        clear_abandoned_staging(self.out_dir, inputs or {})
         self.staging = tempfile.mkdtemp(
             prefix=f'.{osp.basename(self.out_dir)}.partial-', dir=parent)
         # mkdtemp makes it private (0o700); results get the usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.staging, 0o777 & ~umask)
-        self._video: Optional[cv2.VideoWriter] = None
-        self._keypoints = (open(osp.join(self.staging, KEYPOINTS_FILE), 'w')
+        os.chmod(self.staging, dir_mode())
+        with open(osp.join(self.staging, _OWNER_FILE), 'w') as f:
+            f.write(f'{socket.gethostname()} {os.getpid()}\n')
+        self._video = (VerifiedVideoWriter(
+            osp.join(self.staging, OVERLAY_FILE), self.fps,
+            name=osp.join(out_dir, OVERLAY_FILE)) if overlay else None)
+        self._keypoints = (open(osp.join(self.staging, KEYPOINTS_FILE), 'wb')
                            if kind == 'keypoints' else None)
+        self._keypoint_bytes = 0
         self._closed = False
         # Labels and overlay are encoded by a thread each: both encoders
         # release the GIL, so the two run in parallel.
@@ -165,33 +273,32 @@ class TrackingResultsWriter:
     def _raise_if_failed(self) -> None:
         for sink in self._sinks:
             if sink.error is not None:
-                raise RuntimeError(
-                    f'Writing results to "{self.out_dir}" failed: '
-                    f'{sink.error}') from sink.error
+                raise OSError(f'Writing results to "{self.out_dir}" failed: '
+                              f'{sink.error}') from sink.error
 
     def _write_labels(self, name: str, image: np.ndarray,
                       pred: np.ndarray) -> None:
         if self.kind == 'keypoints':
-            self._keypoints.write(json.dumps(dict(
-                frame=name,
-                keypoints=np.round(pred, 3).tolist())) + '\n')
+            line = json.dumps(dict(
+                frame=name, keypoints=np.round(pred, 3).tolist())) + '\n'
+            data = line.encode()
+            write_all(self._keypoints, data,
+                      osp.join(self.out_dir, KEYPOINTS_FILE))
+            self._keypoint_bytes += len(data)
         else:
-            save_palette_png(pred, osp.join(self.staging, name + '.png'))
+            # The staging folder is renamed as a whole: no rename per file.
+            save_palette_png(pred, osp.join(self.staging, name + '.png'),
+                             atomic=False)
 
     def _write_overlay(self, name: str, image: np.ndarray,
                        pred: np.ndarray) -> None:
         drawn = (draw_keypoints(image, pred) if self.kind == 'keypoints'
                  else draw_mask_overlay(image, pred))
-        if self._video is None:
-            path = osp.join(self.staging, OVERLAY_FILE)
-            self._video = cv2.VideoWriter(
-                path, cv2.VideoWriter_fourcc(*'mp4v'), self.fps,
-                (drawn.shape[1], drawn.shape[0]))
-            if not self._video.isOpened():
-                raise RuntimeError(
-                    'OpenCV cannot write an mp4v video here; run without '
-                    'the overlay (tools/track.py --no-overlay)')
-        self._video.write(drawn)
+        try:
+            self._video.write(drawn)
+        except OSError as err:
+            raise OSError(f'{err}; run without the overlay (tools/track.py '
+                          '--no-overlay)') from err
 
     def _close(self) -> None:
         if self._closed:
@@ -199,24 +306,35 @@ class TrackingResultsWriter:
         self._closed = True
         for sink in self._sinks:
             sink.close()
-        if self._video is not None:
-            self._video.release()
         if self._keypoints is not None:
             self._keypoints.close()
 
     def commit(self, summary: dict) -> str:
-        """Finishes writing, adds ``summary.json`` and moves into place.
+        """Finishes writing, checks every file, adds ``summary.json`` (with
+        ``producer`` set in ``summary``) and moves the folder into place.
+
+        Raises:
+            OSError: A file could not be written completely; nothing is
+                moved into place.
 
         Returns:
             str: The output folder.
         """
         self._close()
         self._raise_if_failed()
-        tmp = osp.join(self.staging, SUMMARY_FILE + '.tmp')
-        with open(tmp, 'w') as f:
-            json.dump(summary, f, indent=2)
-            f.write('\n')
-        os.replace(tmp, osp.join(self.staging, SUMMARY_FILE))
+        if self._video is not None:
+            self._video.close()
+        if self._keypoints is not None:
+            size = os.stat(osp.join(self.staging, KEYPOINTS_FILE)).st_size
+            if size != self._keypoint_bytes:
+                raise OSError(f'Writing "{KEYPOINTS_FILE}" in '
+                              f'"{self.out_dir}" failed: {size} of '
+                              f'{self._keypoint_bytes} bytes on disk')
+        os.remove(osp.join(self.staging, _OWNER_FILE))
+        # The caller's dict gets the marker too: it is what was written.
+        summary['producer'] = PRODUCER
+        write_json(summary, osp.join(self.staging, SUMMARY_FILE),
+                   atomic=False)
         replaced = None
         if osp.exists(self.out_dir):
             replaced = tempfile.mkdtemp(
@@ -232,6 +350,8 @@ class TrackingResultsWriter:
     def abort(self) -> None:
         """Stops writing and deletes everything written so far."""
         self._close()
+        if self._video is not None:
+            self._video.close(verify=False)
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None

@@ -1,4 +1,9 @@
-from .davis import DAVISDataset, VIPDataset, read_object_mask
+from .davis import (
+    DAVISDataset,
+    VIPDataset,
+    check_label_noise,
+    read_object_mask,
+)
 from .frame_dataset import FrameDataset
 from .jhmdb import JHMDBDataset, read_joint_positions
 from .keypoints import read_keypoint_json
@@ -9,6 +14,7 @@ from .transforms import *  # noqa: F401,F403
 from .video_frame_dataset import VideoFrameDataset
 from .video_reader import (
     FrameFolderReader,
+    TruncatedVideoError,
     VideoFileReader,
     open_video,
 )
@@ -16,7 +22,9 @@ from .video_reader import (
 __all__ = [
     'FrameDataset', 'SyntheticFrameDataset', 'synthetic_frame',
     'VideoFrameDataset', 'DAVISDataset', 'VIPDataset', 'JHMDBDataset',
-    'read_object_mask', 'read_joint_positions', 'read_keypoint_json',
+    'check_label_noise', 'read_object_mask', 'read_joint_positions',
+    'read_keypoint_json',
     'VideoSampler', 'synthetic_video', 'write_davis_sequences',
-    'FrameFolderReader', 'VideoFileReader', 'open_video'
+    'FrameFolderReader', 'TruncatedVideoError', 'VideoFileReader',
+    'open_video'
 ]

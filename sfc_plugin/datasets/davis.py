@@ -10,6 +10,13 @@ from sfc_plugin.registry import DATASETS
 from .utils import is_image_file, read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
+#: Image formats whose compression changes pixel values: ids read from them
+#: are noise around every boundary.
+LOSSY_FORMATS = ('JPEG', 'MPO', 'JPEG2000', 'WEBP')
+#: Largest object id an annotation may hold (results are 8-bit palette
+#: PNGs, DAVIS's format).
+MAX_OBJECT_ID = 255
+
 
 def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
     """Reads a DAVIS annotation as an (H, W) uint8 map of object ids.
@@ -23,25 +30,80 @@ def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
 
     Returns:
         np.ndarray: (H, W) uint8, 0 for background.
+
+    Raises:
+        OSError: The file cannot be read as an image.
+        ValueError: A colour image, a lossy format (JPEG, WebP: their
+            compression turns ids into noise), or ids above 255.
     """
+    path = os.fspath(path)
     if mask_format not in ('auto', 'palette', 'binary'):
         raise ValueError('mask_format must be auto, palette or binary, got '
                          f'{mask_format!r}')
     try:
         with Image.open(path) as img:
-            mode = img.mode
+            mode, file_format = img.mode, img.format
             arr = np.array(img)
     except (OSError, ValueError) as err:
         raise OSError(f'Cannot read annotation "{path}": {err}') from err
+    if file_format in LOSSY_FORMATS:
+        raise ValueError(
+            f'Annotation "{path}" is a {file_format} file: lossy compression '
+            'turns object ids into noise along every boundary; save the '
+            'labels as PNG')
     if arr.ndim == 3:
         raise ValueError(f'Annotation "{path}" is a colour image ({mode}); '
                          'expected a palette or 8-bit grey PNG')
+    if arr.size and int(arr.max()) > MAX_OBJECT_ID:
+        raise ValueError(
+            f'Annotation "{path}" holds id {int(arr.max())}: ids above '
+            f'{MAX_OBJECT_ID} are not supported (results are 8-bit palette '
+            'PNGs, DAVIS\'s format); renumber the objects 1-255')
     binary = mask_format == 'binary' or (
         mask_format == 'auto' and mode != 'P'
         and np.isin(arr, (0, 255)).all() and arr.max() == 255)
     if binary:
         return (arr > 127).astype(np.uint8)
     return arr.astype(np.uint8)
+
+
+def check_label_noise(ids: np.ndarray, path: str,
+                      min_fragments: int = 4) -> None:
+    """Refuses an id map whose ids look like compression noise.
+
+    A lossy-compressed mask (a JPEG saved again as PNG) holds, besides its
+    real ids, dozens of values that appear only as scattered specks along
+    the boundaries. An id is a fragment when no pixel of it has all eight
+    neighbours of the same id; real objects have solid interiors, noise
+    does not. At least ``min_fragments`` fragments making up half the ids
+    or more are refused.
+
+    Args:
+        ids (np.ndarray): (H, W) id map, 0 for background.
+        path (str): The file, for the message.
+        min_fragments (int): Defaults to 4.
+
+    Raises:
+        ValueError: Naming the file and some of the fragment ids.
+    """
+    present = set(np.unique(ids).tolist()) - {0}
+    if len(present) < min_fragments or min(ids.shape) < 3:
+        return
+    centre = ids[1:-1, 1:-1]
+    solid = np.ones(centre.shape, bool)
+    h, w = ids.shape
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                solid &= ids[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx] == centre
+    fragments = sorted(present - set(np.unique(centre[solid]).tolist()))
+    if len(fragments) >= min_fragments and 2 * len(fragments) >= len(
+            present):
+        raise ValueError(
+            f'Labels "{path}": {len(fragments)} of its {len(present)} ids '
+            f'(e.g. {fragments[:5]}) are scattered specks with no solid '
+            'region: this looks like lossy-compression noise (a JPEG saved '
+            'as PNG?); export the labels losslessly')
 
 
 @DATASETS.register_module()

@@ -15,6 +15,12 @@ from PIL import Image
 
 from .utils import is_image_file
 
+# FFmpeg logs every damaged macroblock of a corrupt video (thousands of
+# lines); the reader reports a video that cannot be decoded to its end
+# itself, naming the frame. Read when OpenCV first opens a video; a user's
+# own setting wins.
+os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
+
 _TRAILING_NUMBER = re.compile(r'(\d+)$')
 
 
@@ -31,7 +37,7 @@ class FrameFolderReader:
     strings. Every frame must have the size of the first.
 
     Args:
-        path (str): The folder.
+        path (str | PathLike): The folder.
 
     Raises:
         FileNotFoundError: ``path`` is not a folder.
@@ -41,7 +47,12 @@ class FrameFolderReader:
         OSError: An image whose header cannot be read.
     """
 
+    #: A folder is read whole or not at all (a frame that cannot be decoded
+    #: is an error naming it).
+    truncated_at: Optional[int] = None
+
     def __init__(self, path: str):
+        path = os.fspath(path)
         if not osp.isdir(path):
             raise FileNotFoundError(f'Frame folder not found: "{path}"')
         self.path = path
@@ -104,21 +115,32 @@ class FrameFolderReader:
 class VideoFileReader:
     """The frames of a video file, decoded by OpenCV as they are read.
 
-    Frames are named ``00000``, ``00001``, ... (DAVIS's naming). The frame
-    count is the container's, which some formats only estimate; it serves
-    progress display only.
+    Frames are named ``00000``, ``00001``, ... (DAVIS's naming). A video
+    that stops decoding before the container's frame count (a corrupt or
+    cut file) is an error naming the frame, unless ``allow_truncated``:
+    then iteration ends there and :attr:`truncated_at` says where. Where
+    the container states no count, the end of decoding is the end.
 
     Args:
-        path (str): The video file.
+        path (str | PathLike): The video file.
+        allow_truncated (bool): Accept a video that cannot be decoded to
+            its end. Defaults to False.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        OSError: OpenCV cannot open it or decode its first frame.
+        OSError: OpenCV cannot open it or decode its first frame;
+            (while reading) a frame that cannot be decoded before the
+            stated end (:class:`TruncatedVideoError`).
         ValueError: (while reading) a frame whose size differs from the
             first's.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_truncated: bool = False):
+        path = os.fspath(path)
+        self.allow_truncated = bool(allow_truncated)
+        #: Index of the first frame that could not be decoded, when an
+        #: accepted truncated video ended early; else None.
+        self.truncated_at: Optional[int] = None
         if not osp.isfile(path):
             raise FileNotFoundError(f'Video file not found: "{path}"')
         self.path = path
@@ -152,6 +174,11 @@ class VideoFileReader:
             while True:
                 ok, frame = capture.read()
                 if not ok or frame is None:
+                    if self.num_frames and i < self.num_frames:
+                        if not self.allow_truncated:
+                            raise TruncatedVideoError(self.path, i,
+                                                      self.num_frames)
+                        self.truncated_at = i
                     return
                 if frame.shape[:2] != self.frame_size:
                     raise ValueError(
@@ -168,15 +195,36 @@ class VideoFileReader:
             capture.release()
 
 
+class TruncatedVideoError(OSError):
+    """A video file that cannot be decoded to the end its container
+    states."""
+
+    def __init__(self, path: str, frame: int, num_frames: int):
+        super().__init__(
+            f'Video "{path}": frame {frame} of {num_frames} cannot be '
+            f'decoded (the file is corrupt or cut short; frames 0-'
+            f'{frame - 1} were read). To track only the frames that can be '
+            'read, accept a truncated source (tools/track.py '
+            '--accept-truncated)')
+        self.path, self.frame, self.num_frames = path, frame, num_frames
+
+
 VideoReader = Union[FrameFolderReader, VideoFileReader]
 
 
-def open_video(source: str) -> VideoReader:
-    """A frame folder or a video file, whichever ``source`` is."""
+def open_video(source: str, allow_truncated: bool = False) -> VideoReader:
+    """A frame folder or a video file, whichever ``source`` is.
+
+    Args:
+        source (str | PathLike): Frame folder or video file.
+        allow_truncated (bool): For video files: see
+            :class:`VideoFileReader`. Defaults to False.
+    """
+    source = os.fspath(source)
     if osp.isdir(source):
         return FrameFolderReader(source)
     if osp.isfile(source):
-        return VideoFileReader(source)
+        return VideoFileReader(source, allow_truncated)
     raise FileNotFoundError(
         f'Video source not found: "{source}" (give a frame folder or a '
         'video file)')

@@ -20,7 +20,7 @@ from sfc_plugin.datasets import (
     write_davis_sequences,
 )
 from sfc_plugin.evaluation import evaluate_davis_results
-from sfc_plugin.evaluation.metrics import save_palette_png
+from sfc_plugin.utils.fileio import save_palette_png
 
 
 @pytest.fixture(scope='module')
@@ -225,12 +225,22 @@ def test_output_folder_holding_results_is_kept(video, tmp_path):
     out = tmp_path / 'results' / 'clip'
     out.mkdir(parents=True)
     (out / '00000.png').write_bytes(b'earlier result')
-    with pytest.raises(FileExistsError, match='already holds results'):
+    with pytest.raises(FileExistsError, match='already holds files'):
         run(video, out)
+    # Files that are not a result of this tool are never replaced.
+    with pytest.raises(FileExistsError,
+                       match='not a previous tracking result'):
+        run(video, out, overwrite=True)
     assert (out / '00000.png').read_bytes() == b'earlier result'
-    # --overwrite replaces it, on success only.
+    (out / '00000.png').unlink()
+    run(video, out, overlay=False)
+    before = (out / 'summary.json').read_bytes()
+    with pytest.raises(FileExistsError, match='already holds files'):
+        run(video, out)
+    # --overwrite replaces a previous result, on success only.
     run(video, out, overwrite=True, overlay=False)
     assert len(os.listdir(out)) == 9
+    assert (out / 'summary.json').read_bytes() != before
     assert leftovers(tmp_path / 'results') == []
     assert [p for p in os.listdir(tmp_path / 'results')] == ['clip']
 
@@ -254,7 +264,7 @@ def test_interrupted_run_leaves_nothing(video, tmp_path, monkeypatch):
 
 def test_writer_failure_is_reported_and_cleaned_up(tmp_path):
     out = tmp_path / 'out'
-    with pytest.raises(RuntimeError, match='Writing results to .*out" '
+    with pytest.raises(OSError, match='Writing results to .*out" '
                        'failed'):
         with TrackingResultsWriter(str(out), 'mask') as writer:
             image = np.zeros((8, 8, 3), np.uint8)

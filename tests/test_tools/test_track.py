@@ -18,6 +18,7 @@ from sfc_plugin.datasets import (
     write_davis_sequences,
 )
 from sfc_plugin.evaluation import evaluate_davis_results
+from sfc_plugin.utils.cli import run_tool
 
 from .test_test import run_fc_davis
 
@@ -194,7 +195,7 @@ def test_track_gives_the_j_and_f_of_the_test_tool(python, repo, davis2016,
         expected['J&F-Mean'], abs=1e-4)
 
 
-def test_results_missing_a_frame_are_named(repo, tmp_path):
+def test_results_missing_a_frame_are_named(repo, tmp_path, capsys):
     frames, masks = synthetic_video(4, (32, 48), 1)
     write_davis_sequences(str(tmp_path / 'd'), {'v': (frames, masks)})
     (tmp_path / 'r' / 'v').mkdir(parents=True)
@@ -202,12 +203,15 @@ def test_results_missing_a_frame_are_named(repo, tmp_path):
                        match='Results of "v" lack frame 00000'):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt')
-    with pytest.raises(SystemExit, match='eval_davis.py: error: Results of '
-                       '"v" lack frame 00000'):
-        load_tool(repo, 'eval_davis').main([
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(load_tool(repo, 'eval_davis').main, 'eval_davis.py', [
             str(tmp_path / 'r'), '--data-root', str(tmp_path / 'd'),
             '--ann-file', 'ImageSets/val.txt'
         ])
+    err = capsys.readouterr().err
+    assert err.startswith('eval_davis.py: error: Results of "v" lack frame '
+                          '00000')
+    assert len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match=r"\['w'\] are not in"):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt', sequences=['w'])
@@ -218,7 +222,7 @@ def test_results_missing_a_frame_are_named(repo, tmp_path):
     ('sfc_davis.py', ['semantic', 'fc', 'sfc']),
 ])
 def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
-                                         maps):
+                                         maps, capsys):
     tool = load_tool(repo, 'visualize_correspondence')
     frames = tmp_path / 'frames'
     frames.mkdir()
@@ -238,10 +242,15 @@ def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
     assert heat.shape == (120, 216, 3)
     source = cv2.imread(str(out / 'source.png'))
     assert tuple(source[60, 100]) == (0, 0, 255)  # the pixel, in red
-    with pytest.raises(SystemExit, match='outside the 216×120 source'):
-        tool.main([
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'visualize_correspondence.py', [
             str(frames / '00000.jpg'),
             str(frames / '00010.jpg'), '--point', '216', '0', '--out',
             str(tmp_path / 'x'), '--config', config, '--device', 'cpu'
         ])
+    err = capsys.readouterr().err
+    assert err.startswith('visualize_correspondence.py: error: Point '
+                          '(x=216, y=0) lies outside the 216×120 source')
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'x').exists()

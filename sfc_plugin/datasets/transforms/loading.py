@@ -5,7 +5,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmengine import fileio
 
-from sfc_plugin.datasets.davis import read_object_mask
+from sfc_plugin.datasets.davis import check_label_noise, read_object_mask
 from sfc_plugin.datasets.keypoints import read_keypoint_json
 from sfc_plugin.registry import TRANSFORMS
 
@@ -66,6 +66,10 @@ def _check_size(label: np.ndarray, path: str, results: dict) -> None:
 class LoadObjectMask(BaseTransform):
     """Loads a frame's object-id annotation (DAVIS palette or binary PNG).
 
+    Labels that cannot be what an annotator meant are refused, naming the
+    file: lossy formats, ids above 255, and id maps that look like
+    compression noise (:func:`check_label_noise`).
+
     Required keys: ``seg_map_path`` (may be None), ``frame_id``, ``img``.
     Optional keys: ``mask_format`` (default 'auto').
     Added keys: ``gt_seg_map`` (H, W) uint8 object ids.
@@ -91,6 +95,7 @@ class LoadObjectMask(BaseTransform):
             return results
         mask = self.read(path, results)
         _check_size(mask, path, results)
+        check_label_noise(mask, path)
         results['gt_seg_map'] = mask
         return results
 
