@@ -8,6 +8,7 @@ onnxruntime-extensions Python op that calls
 live in onnxruntime-extensions' own domain, so the session gets a copy of
 the graph with the nodes moved there; the file is left as exported.
 """
+import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -68,7 +69,7 @@ def has_custom_nodes(model: onnx.ModelProto) -> bool:
                for n in model.graph.node)
 
 
-def onnxruntime_session(model: Union[str, onnx.ModelProto],
+def onnxruntime_session(model: Union[str, os.PathLike, onnx.ModelProto],
                         providers: Optional[Sequence[str]] = None,
                         sess_options=None):
     """An ``onnxruntime.InferenceSession`` for ``model``, able to run
@@ -82,9 +83,24 @@ def onnxruntime_session(model: Union[str, onnx.ModelProto],
 
     Returns:
         onnxruntime.InferenceSession
+
+    Raises:
+        ValueError: ``model`` is not an ONNX file (naming it).
     """
     ort = require_module('onnxruntime', 'ort')
-    proto = onnx.load(model) if isinstance(model, str) else model
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        model = os.fspath(model)
+        try:
+            proto = onnx.load(model)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f'ONNX file not found: "{model}"') from None
+        except Exception as err:  # protobuf's DecodeError and kin
+            raise ValueError(f'"{model}" is not an ONNX model (cannot be '
+                             f'parsed: {type(err).__name__}: {err})'
+                             ) from None
     options = sess_options or ort.SessionOptions()
     providers = list(providers or ['CPUExecutionProvider'])
     if not has_custom_nodes(proto):

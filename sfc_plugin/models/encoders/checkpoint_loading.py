@@ -11,6 +11,7 @@ searched for; online encoders win over momentum/target copies.
 import os
 import os.path as osp
 import pickle
+import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -83,6 +84,14 @@ def read_checkpoint(filename: str):
     filename = os.fspath(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
+    with open(filename, 'rb') as f:
+        head = f.read(1)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle, whose
+    # first byte is the protocol marker 0x80).
+    if not zipfile.is_zipfile(filename) and head != b'\x80':
+        raise ValueError(f'Checkpoint "{filename}" is not a PyTorch '
+                         'checkpoint (neither a torch.save archive nor a '
+                         'pickle)')
     try:
         return torch.load(filename, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
