@@ -501,6 +501,25 @@ def test_to_onnx_unwritable_output_is_refused_before_export(
     assert os.listdir(locked) == []
 
 
+@pytest.mark.parametrize('option', [
+    'test_evaluator.output_dir={root}/Annotations/480p',
+    'test_evaluator.output_dir={root}',
+])
+def test_evaluation_results_never_land_in_the_dataset(
+        clip, tmp_path, python, repo, subprocess_env, option):
+    root = clip['root'] / 'davis'
+    before = tree_digest(root)
+    proc = run_tool(python, repo, subprocess_env, 'tools/test.py',
+                    repo / 'configs' / 'fc_davis.py', '--work-dir',
+                    tmp_path / 'work', '--cfg-options',
+                    f'test_dataloader.dataset.data_root={root}',
+                    'test_dataloader.dataset.ann_file=ImageSets/val.txt',
+                    option.format(root=root))
+    assert_one_line_error(proc, 'test.py', 'test_evaluator.output_dir',
+                          'data root')
+    assert tree_digest(root) == before
+
+
 def test_nan_weights_are_named_at_load(clip, bad_files, tmp_path):
     with pytest.raises(ValueError, match='nan.pth.*NaN or infinite'):
         track_video(clip['frames'], clip['first'], tmp_path / 'o',

@@ -12,6 +12,7 @@ import os
 from train import (
     add_runner_args,
     build_runner,
+    check_outputs,
     load_config,
     prepare_distributed,
 )
@@ -61,6 +62,8 @@ def main(argv=None):
     else:
         apply_checkpoint(cfg, args.checkpoint)
     apply_backend(cfg, args.backend, args.backend_model)
+    check_outputs(cfg, 'test', checkpoint=args.checkpoint,
+                  backend_model=args.backend_model)
     if args.launcher != 'none':
         prepare_distributed(cfg)
     build_runner(cfg).test()

@@ -24,6 +24,7 @@ from sfc_plugin.utils.cli import (
     add_debug_argument,
     run_tool,
 )
+from sfc_plugin.utils.fileio import check_output_location
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +85,30 @@ def load_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def check_outputs(cfg: Config, split: str, **inputs) -> None:
+    """Refuses, before the Runner starts, a work dir or results folder that
+    is, holds or lies inside the data it reads (the Runner would write its
+    logs, checkpoints or result PNGs among the dataset's files).
+
+    Args:
+        cfg (Config): The full config.
+        split (str): 'train' or 'test': whose dataloader's data root.
+        **inputs: Other inputs by what they are (``checkpoint=path``).
+    """
+    loader = cfg.get(f'{split}_dataloader') or {}
+    dataset = loader.get('dataset') or {}
+    inputs.update({'data root': dataset.get('data_root') or None,
+                   'load_from checkpoint': cfg.get('load_from') or None})
+    check_output_location(cfg.work_dir, inputs, 'work_dir')
+    evaluator = cfg.get('test_evaluator') if split == 'test' else None
+    for metric in (evaluator if isinstance(evaluator, list) else
+                   [evaluator] if evaluator else []):
+        output_dir = metric.get('output_dir')
+        if output_dir:
+            check_output_location(output_dir, inputs,
+                                  'test_evaluator.output_dir')
 
 
 def merge_args(cfg: Config, args) -> Config:
@@ -161,6 +186,7 @@ def build_runner(cfg: Config) -> Runner:
 def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(load_config(args), args)
+    check_outputs(cfg, 'train')
     runner = build_runner(cfg)
     runner.train()
 
