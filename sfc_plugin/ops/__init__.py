@@ -1,6 +1,8 @@
 from .extension import load_native_ops, native_ops_available, native_ops_status
 from .topk_window_match import (
                                 aggregate_labels,
+                                check_integer,
+                                check_match_settings,
                                 topk_window_match,
                                 topk_window_match_decomposed,
                                 topk_window_match_dense,
@@ -11,7 +13,8 @@ from .topk_window_match import (
 )
 
 __all__ = [
-    'aggregate_labels', 'load_native_ops', 'native_ops_available',
+    'aggregate_labels', 'check_integer', 'check_match_settings',
+    'load_native_ops', 'native_ops_available',
     'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',
     'topk_window_match_dense', 'topk_window_match_reference',
     'topk_window_neighbours', 'topk_window_neighbours_reference',

@@ -19,9 +19,21 @@ all of them are used; a position with none (``radius=0`` and
 ``unrestricted_keys=0``) gets all-zero labels. Among equal affinities the
 native kernels keep the key with the lower flat index t·H·W + y·W + x; the
 PyTorch forms keep whichever ``torch.topk`` returns.
+
+Edge cases, the same in every checked implementation: ``radius=inf`` (or
+any radius >= H + W, which every offset in the frame is within) means no
+window. A ``topk`` above the T·H·W keys gives the result of ``topk`` =
+T·H·W in the match functions (the rest would be padding of weight 0) and
+is refused by the neighbours functions, whose output has ``topk`` slots.
+An empty batch (B = 0) gives an empty result; C, H, W or K of 0 is refused,
+and so are a ``topk`` or ``unrestricted_keys`` that is not an integer and
+a non-finite temperature. Finite features whose dot products overflow the
+dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
 """
 import math
-from typing import Optional, Tuple
+import numbers
+import operator
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -32,11 +44,114 @@ from .extension import native_ops_available
 CHUNK_BYTES = 128 * 2**20
 
 
+def check_integer(owner: str, name: str, value) -> int:
+    """``value`` as an ``int``, or a ``ValueError`` naming ``name``.
+
+    Python and numpy integers and 0-dim integer tensors pass; bool, float
+    (even 2.0), str, None and the rest do not: a silent ``int()`` would
+    turn 2.7 into 2 and ``True`` into 1.
+
+    Args:
+        owner (str): Who checks, the start of the message.
+        name (str): The argument's name.
+        value: The argument.
+
+    Returns:
+        int: ``value``.
+    """
+    # bool is an int to Python, and 0-dim bool tensors have an __index__.
+    is_bool = isinstance(value, bool) or str(getattr(
+        value, 'dtype', '')) in ('bool', 'torch.bool')
+    if not is_bool:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(
+        f'{owner}: {name} must be an integer, got {value!r} '
+        f'({type(value).__name__})')
+
+
+def check_real(owner: str, name: str, value) -> float:
+    """``value`` as a ``float``, or a ``ValueError`` naming ``name``.
+
+    Python and numpy reals and 0-dim real tensors pass (their range is
+    the caller's to check); bool, str, None and the rest do not.
+
+    Args:
+        owner (str): Who checks, the start of the message.
+        name (str): The argument's name.
+        value: The argument.
+
+    Returns:
+        float: ``value``.
+    """
+    number = value
+    if (isinstance(value, torch.Tensor) and value.dim() == 0
+            and not value.dtype.is_complex and value.dtype != torch.bool):
+        number = value.item()
+    if isinstance(number, numbers.Real) and not isinstance(number, bool):
+        return float(number)
+    raise ValueError(
+        f'{owner}: {name} must be a real number, got {value!r} '
+        f'({type(value).__name__})')
+
+
+def check_match_settings(owner: str, topk, radius,
+                         temperature) -> Tuple[int, float, float]:
+    """Validates the scalar settings of a match, for the op and for the
+    objects that hold them (:class:`LabelPropagator`), so that a bad config
+    fails where it is given, with the same rules.
+
+    Args:
+        owner (str): Who checks, the start of the messages.
+        topk: An integer >= 1.
+        radius: A real number >= 0; ``inf`` means no window.
+        temperature: A finite real number > 0.
+
+    Returns:
+        tuple: ``topk`` (int), ``radius`` and ``temperature`` (float).
+    """
+    topk = check_integer(owner, 'topk', topk)
+    if topk < 1:
+        raise ValueError(f'{owner}: topk must be >= 1, got {topk}')
+    radius = check_real(owner, 'radius', radius)
+    if not radius >= 0:
+        raise ValueError(
+            f'{owner}: radius must be >= 0 (inf: no window), got {radius}')
+    temperature = check_real(owner, 'temperature', temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f'{owner}: temperature must be a finite number > 0, '
+                         f'got {temperature}')
+    return topk, radius, temperature
+
+
+class _Args(NamedTuple):
+    """Validated arguments: every implementation runs on these."""
+    batched: bool
+    topk: int
+    radius: float
+    temperature: float
+    unrestricted_keys: int
+
+
 def _check(query: torch.Tensor, keys: torch.Tensor,
-           key_labels: Optional[torch.Tensor], topk: int, radius: float,
-           temperature: float, unrestricted_keys: int) -> bool:
-    """Validates the arguments with messages naming them; returns whether
-    they are batched."""
+           key_labels: Optional[torch.Tensor], topk, radius, temperature,
+           unrestricted_keys) -> _Args:
+    """Validates the arguments with messages naming them.
+
+    ``key_labels`` is None for the neighbours functions: their output has
+    ``topk`` slots per position, so a ``topk`` above the T·H·W keys is
+    refused. The match functions clamp it to T·H·W instead (the extra
+    slots would be padding of weight 0: same result, no huge allocation).
+    A radius above H + W is capped there: every offset in the frame
+    already lies within it, and ``inf`` must not reach integer arithmetic.
+    """
+    for name, t in (('query', query), ('keys', keys),
+                    ('key_labels', key_labels)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ValueError(f'topk_window_match: {name} must be a tensor, '
+                             f'got {type(t).__name__}')
     batched = query.dim() == 4
     if query.dim() not in (3, 4):
         raise ValueError('topk_window_match: query must be (C, H, W) or '
@@ -59,23 +174,33 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
             raise ValueError(
                 f'topk_window_match: key_labels {tuple(key_labels.shape)} do '
                 f'not match keys {tuple(keys.shape)} in {lead}T, H, W')
+        if key_labels.shape[-3] < 1:
+            raise ValueError('topk_window_match: key_labels have no label '
+                             'channels (K = 0)')
         if not key_labels.is_floating_point():
             raise ValueError('topk_window_match: key_labels must be floating '
                              f'point, got {key_labels.dtype}')
-    if keys.shape[-4] < 1:
+    frames, channels, height, width = keys.shape[-4:]
+    if frames < 1:
         raise ValueError('topk_window_match: need at least one key frame')
-    if int(topk) < 1:
-        raise ValueError(f'topk_window_match: topk must be >= 1, got {topk}')
-    if not radius >= 0:
+    for size, what in ((channels, 'channels (C = 0)'),
+                       (height, 'rows (H = 0)'), (width, 'columns (W = 0)')):
+        if size < 1:
+            raise ValueError(f'topk_window_match: query has no {what}')
+    topk, radius, temperature = check_match_settings(
+        'topk_window_match', topk, radius, temperature)
+    num_keys = frames * height * width
+    if key_labels is None and topk > num_keys:
         raise ValueError(
-            f'topk_window_match: radius must be >= 0, got {radius}')
-    if not temperature > 0:
-        raise ValueError('topk_window_match: temperature must be > 0, got '
-                         f'{temperature}')
-    if not 0 <= unrestricted_keys <= keys.shape[-4]:
+            f'topk_window_match: topk={topk} exceeds the T*H*W = {num_keys} '
+            'keys; topk_window_neighbours returns topk slots per position, '
+            'so topk must be <= T*H*W (topk_window_match clamps it)')
+    unrestricted_keys = check_integer('topk_window_match',
+                                      'unrestricted_keys', unrestricted_keys)
+    if not 0 <= unrestricted_keys <= frames:
         raise ValueError(
             'topk_window_match: unrestricted_keys must be in '
-            f'[0, T={keys.shape[-4]}], got {unrestricted_keys}')
+            f'[0, T={frames}], got {unrestricted_keys}')
     for name, t in (('query', query), ('keys', keys)):
         if t.device.type == 'cpu' and t.dtype not in (torch.float32,
                                                       torch.float64):
@@ -85,7 +210,11 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
     if keys.dtype != query.dtype:
         raise ValueError(f'topk_window_match: query is {query.dtype} but '
                          f'keys are {keys.dtype}')
-    return batched
+    return _Args(batched=batched,
+                 topk=min(topk, num_keys),
+                 radius=min(radius, float(height + width)),
+                 temperature=temperature,
+                 unrestricted_keys=unrestricted_keys)
 
 
 def _add_batch(batched: bool, *tensors: torch.Tensor):
@@ -145,11 +274,12 @@ def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
     Returns:
         Tensor: (B, K, H, W) in ``key_labels``' dtype.
     """
-    b, _, k, h, w = key_labels.shape
+    b, t, k, h, w = key_labels.shape
     topk = indices.shape[-1]
-    labels = key_labels.permute(0, 1, 3, 4, 2).reshape(b, -1, k)
+    # Sizes spelt out: a -1 cannot be inferred from an empty batch.
+    labels = key_labels.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, k)
     valid = indices >= 0
-    rows = indices.clamp(min=0).reshape(b, -1, 1).expand(-1, -1, k)
+    rows = indices.clamp(min=0).reshape(b, h * w * topk, 1).expand(-1, -1, k)
     chosen = labels.gather(1, rows).view(b, h * w, topk, k)
     wts = torch.where(valid, weights, 0).to(key_labels.dtype)
     out = (chosen * wts.view(b, h * w, topk, 1)).sum(2)
@@ -250,34 +380,45 @@ def topk_window_match_dense(query: torch.Tensor,
 
     Arguments, result and edge cases as :func:`topk_window_match`.
     """
-    batched = _check(query, keys, key_labels, topk, radius, temperature,
-                     unrestricted_keys)
-    query, keys, key_labels = _add_batch(batched, query, keys, key_labels)
+    args = _check(query, keys, key_labels, topk, radius, temperature,
+                  unrestricted_keys)
+    query, keys, key_labels = _add_batch(args.batched, query, keys,
+                                         key_labels)
     b, t, c, h, w = keys.shape
     q = query.reshape(b, c, h * w).transpose(1, 2)
     pos = _positions(h, w, query.device)
-    rows = max(1, CHUNK_BYTES // (b * t * h * w * q.element_size()))
+    rows = max(1, CHUNK_BYTES // (max(b, 1) * t * h * w * q.element_size()))
     parts = [
-        _dense_neighbours(q[:, i:i + rows], pos[i:i + rows], keys, int(topk),
-                          radius, temperature, unrestricted_keys)
+        _dense_neighbours(q[:, i:i + rows], pos[i:i + rows], keys, args.topk,
+                          args.radius, args.temperature,
+                          args.unrestricted_keys)
         for i in range(0, h * w, rows)
     ]
-    weights = torch.cat([p[0] for p in parts], 1).view(b, h, w, -1)
-    idx = torch.cat([p[1] for p in parts], 1).view(b, h, w, -1)
+    weights = torch.cat([p[0] for p in parts], 1).view(b, h, w, args.topk)
+    idx = torch.cat([p[1] for p in parts], 1).view(b, h, w, args.topk)
     out = aggregate_labels(weights, idx, key_labels)
-    return out if batched else out[0]
+    return out if args.batched else out[0]
 
 
 def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
                       radius: float, temperature: float, free: int,
-                      tile_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                      tile_size: int, check_overflow: bool = False
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reference neighbours of one batch item: query (C, H, W), keys
     (T, C, H, W) -> weights, indices (H, W, topk).
 
     Query positions go in ``tile_size``² tiles; a tile is scored against
     the unrestricted frames and against the union of its positions'
     windows in the restricted frames only, never the dense affinity.
+    ``check_overflow``: raise if an affinity is not finite (finite features
+    too large for the dtype).
     """
+
+    def checked(aff: torch.Tensor) -> torch.Tensor:
+        if check_overflow and not torch.isfinite(aff).all():
+            raise ValueError(_overflow_message(query, keys))
+        return aff
+
     num_frames, channels, height, width = keys.shape
     hw = height * width
     keys_hwc = keys.permute(0, 2, 3, 1)  # a view when stored channels-last
@@ -299,7 +440,7 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
             # joint top-k without concatenating the affinities.
             vals, idx = [], []
             if free:
-                v, i = (q @ free_keys.t()).topk(
+                v, i = checked(q @ free_keys.t()).topk(
                     min(topk, free_keys.shape[0]), dim=1)
                 vals.append(v)
                 idx.append(i)
@@ -316,7 +457,8 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
                     _positions(ky1 - ky0, kx1 - kx0, device, ky0, kx0),
                     radius)
                 rect = keys_hwc[free:, ky0:ky1, kx0:kx1].reshape(-1, channels)
-                aff = (q @ rect.t()).view(q.shape[0], num_frames - free, -1)
+                aff = checked(q @ rect.t()).view(q.shape[0],
+                                                 num_frames - free, -1)
                 aff.masked_fill_(outside[:, None], -math.inf)
                 v, i = aff.view(q.shape[0], -1).topk(
                     min(topk, rect.shape[0]), dim=1)
@@ -333,31 +475,62 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
     return weights, indices
 
 
+def _max_norm(features: torch.Tensor) -> float:
+    """Largest L2 norm over the channels (dim -3) of finite features, scaled
+    by the largest |x| first: squares of large features overflow even in
+    float64."""
+    x = features.double()
+    scale = x.abs().max().item()
+    if scale == 0:
+        return 0.0
+    return scale * torch.linalg.vector_norm(x / scale, dim=-3).max().item()
+
+
+def _overflow_message(query: torch.Tensor, keys: torch.Tensor) -> str:
+    """What to say when finite features give non-finite affinities."""
+    norm = max(_max_norm(t) for t in (query, keys))
+    dtype = str(query.dtype).replace('torch.', '')
+    return (f'topk_window_match: the affinities overflow {dtype} (features '
+            f'of norm up to {norm:.1e}; the op expects unit-norm features)')
+
+
 def _reference_neighbours(query: torch.Tensor, keys: torch.Tensor,
-                          topk: int, radius: float, temperature: float,
-                          free: int, tile_size: int = 8
+                          args: _Args, tile_size: int = 8
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`_tiled_neighbours` over a validated batch."""
+    b, _, _, h, w = keys.shape
+    if b == 0:
+        return (query.new_empty(0, h, w, args.topk),
+                torch.empty(0, h, w, args.topk, dtype=torch.long,
+                            device=query.device))
+    largest = []
     for name, t in (('query', query), ('keys', keys)):
-        if not torch.isfinite(t).all():
+        # One pass gives both the finiteness check and |x|'s bound below.
+        lo, hi = (v.item() for v in torch.aminmax(t))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(
                 f'topk_window_match: {name} contain NaN or infinite values')
+        largest.append(max(-lo, hi))
+    # |<q, k>| <= C·max|q|·max|k|: below half the dtype's range no affinity
+    # can overflow, and the per-tile checks (a pass over every affinity)
+    # are skipped, as they always are for unit-norm features.
+    bound = keys.shape[2] * largest[0] * largest[1]
+    check_overflow = bound > torch.finfo(query.dtype).max / 2
     parts = [
-        _tiled_neighbours(q, k, int(topk), radius, temperature, free,
-                          tile_size) for q, k in zip(query, keys)
+        _tiled_neighbours(q, k, args.topk, args.radius, args.temperature,
+                          args.unrestricted_keys, tile_size, check_overflow)
+        for q, k in zip(query, keys)
     ]
     return (torch.stack([p[0] for p in parts]),
             torch.stack([p[1] for p in parts]))
 
 
 def _reference_match(query: torch.Tensor, keys: torch.Tensor,
-                     key_labels: torch.Tensor, topk: int, radius: float,
-                     temperature: float, free: int,
+                     key_labels: torch.Tensor, args: _Args,
                      tile_size: int = 8) -> torch.Tensor:
     """Reference labels of a validated batch."""
     out = aggregate_labels(
-        *_reference_neighbours(query, keys, topk, radius, temperature, free,
-                               tile_size), key_labels)
+        *_reference_neighbours(query, keys, args, tile_size), key_labels)
     if not torch.isfinite(out).all():
         raise ValueError(
             'topk_window_match: key_labels contain NaN or infinite values')
@@ -378,12 +551,12 @@ def topk_window_neighbours_reference(
     Args and result as :func:`topk_window_neighbours`, plus ``tile_size``
     (side of the query tiles, default 8).
     """
-    batched = _check(query, keys, None, topk, radius, temperature,
-                     unrestricted_keys)
+    args = _check(query, keys, None, topk, radius, temperature,
+                  unrestricted_keys)
     weights, indices = _reference_neighbours(
-        *_add_batch(batched, query, keys), topk, radius, temperature,
-        unrestricted_keys, tile_size)
-    return (weights, indices) if batched else (weights[0], indices[0])
+        *_add_batch(args.batched, query, keys), args, tile_size)
+    return ((weights, indices) if args.batched else
+            (weights[0], indices[0]))
 
 
 def topk_window_match_reference(query: torch.Tensor,
@@ -400,12 +573,11 @@ def topk_window_match_reference(query: torch.Tensor,
 
     Args and result as :func:`topk_window_match`, plus ``tile_size``.
     """
-    batched = _check(query, keys, key_labels, topk, radius, temperature,
-                     unrestricted_keys)
-    out = _reference_match(*_add_batch(batched, query, keys, key_labels),
-                           topk, radius, temperature, unrestricted_keys,
-                           tile_size)
-    return out if batched else out[0]
+    args = _check(query, keys, key_labels, topk, radius, temperature,
+                  unrestricted_keys)
+    out = _reference_match(
+        *_add_batch(args.batched, query, keys, key_labels), args, tile_size)
+    return out if args.batched else out[0]
 
 
 def topk_window_neighbours(
@@ -425,7 +597,9 @@ def topk_window_neighbours(
         keys (Tensor): (T, C, H, W) or (B, T, C, H, W) features of the key
             frames. Any strides; channels-last storage is read without a
             copy.
-        topk, radius, temperature, unrestricted_keys: as
+        topk (int): Neighbours per query position, in [1, T·H·W] (the
+            result has ``topk`` slots per position).
+        radius, temperature, unrestricted_keys: as
             :func:`topk_window_match`.
 
     Returns:
@@ -434,17 +608,17 @@ def topk_window_neighbours(
         decreasing affinity; slots beyond the eligible keys hold weight 0
         and index -1.
     """
-    batched = _check(query, keys, None, topk, radius, temperature,
-                     unrestricted_keys)
-    query, keys = _add_batch(batched, query, keys)
+    args = _check(query, keys, None, topk, radius, temperature,
+                  unrestricted_keys)
+    query, keys = _add_batch(args.batched, query, keys)
     if native_ops_available(query.device):
         weights, indices = torch.ops.sfc.topk_window_neighbours(
-            query, keys, int(topk), float(radius), float(temperature),
-            int(unrestricted_keys))
+            query, keys, args.topk, args.radius, args.temperature,
+            args.unrestricted_keys)
     else:
-        weights, indices = _reference_neighbours(
-            query, keys, topk, radius, temperature, unrestricted_keys)
-    return (weights, indices) if batched else (weights[0], indices[0])
+        weights, indices = _reference_neighbours(query, keys, args)
+    return ((weights, indices) if args.batched else
+            (weights[0], indices[0]))
 
 
 def topk_window_match(query: torch.Tensor,
@@ -472,9 +646,11 @@ def topk_window_match(query: torch.Tensor,
             of the key frames; any strides (channels-last storage, as
             :class:`LabelPropagator` keeps them, is read without a copy).
         key_labels (Tensor): (T, K, H, W) or (B, T, K, H, W) label maps.
-        topk (int): Neighbours per query position.
-        radius (float): Window radius for the restricted key frames.
-        temperature (float): Softmax temperature τ.
+        topk (int): Neighbours per query position, >= 1; values above
+            T·H·W act as T·H·W.
+        radius (float): Window radius for the restricted key frames, >= 0;
+            ``inf`` means no window.
+        temperature (float): Softmax temperature τ, finite and > 0.
         unrestricted_keys (int): Leading key frames matched over all
             positions. Defaults to 1 (the first frame).
 
@@ -482,15 +658,15 @@ def topk_window_match(query: torch.Tensor,
         Tensor: (K, H, W) or (B, K, H, W) propagated labels, in
         ``key_labels``' dtype.
     """
-    batched = _check(query, keys, key_labels, topk, radius, temperature,
-                     unrestricted_keys)
-    query, keys, key_labels = _add_batch(batched, query, keys, key_labels)
+    args = _check(query, keys, key_labels, topk, radius, temperature,
+                  unrestricted_keys)
+    query, keys, key_labels = _add_batch(args.batched, query, keys,
+                                         key_labels)
     if native_ops_available(query.device):
         out = torch.ops.sfc.topk_window_match(query, keys, key_labels,
-                                              int(topk), float(radius),
-                                              float(temperature),
-                                              int(unrestricted_keys))
+                                              args.topk, args.radius,
+                                              args.temperature,
+                                              args.unrestricted_keys)
     else:
-        out = _reference_match(query, keys, key_labels, topk, radius,
-                               temperature, unrestricted_keys)
-    return out if batched else out[0]
+        out = _reference_match(query, keys, key_labels, args)
+    return out if args.batched else out[0]

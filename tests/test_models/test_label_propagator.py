@@ -1,3 +1,6 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,3 +82,77 @@ def test_misuse_is_reported():
         prop.step(torch.zeros(4, 3, 2))
     with pytest.raises(ValueError, match='temperature'):
         LabelPropagator(temperature=0)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(topk=0), 'topk must be >= 1'),
+    (dict(topk=2.5), 'topk must be an integer'),
+    (dict(topk=10.0), 'topk must be an integer'),
+    (dict(topk='10'), 'topk must be an integer'),
+    (dict(topk=True), 'topk must be an integer'),
+    (dict(radius=-1), 'radius must be >= 0'),
+    (dict(radius=math.nan), 'radius must be >= 0'),
+    (dict(radius='12'), 'radius must be a real number'),
+    (dict(radius=None), 'radius must be a real number'),
+    (dict(context_frames=-1), 'context_frames must be in'),
+    (dict(context_frames=10_001), r'context_frames must be in \[0, 10000\]'),
+    (dict(context_frames=2**40), 'context_frames must be in'),
+    (dict(context_frames=1.5), 'context_frames must be an integer'),
+    (dict(context_frames=None), 'context_frames must be an integer'),
+    (dict(temperature=0), 'temperature must be a finite number > 0'),
+    (dict(temperature=math.inf), 'temperature must be a finite number > 0'),
+    (dict(temperature=math.nan), 'temperature must be a finite number > 0'),
+    (dict(temperature='0.05'), 'temperature must be a real number'),
+    (dict(restrict_first_frame='no'), 'restrict_first_frame must be a bool'),
+    (dict(restrict_first_frame=1), 'restrict_first_frame must be a bool'),
+])
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=f'^LabelPropagator: {match}'):
+        LabelPropagator(**kwargs)
+
+
+def test_settings_are_normalised():
+    prop = LabelPropagator(topk=np.int64(15), radius=np.float32(15),
+                           context_frames=torch.tensor(8), temperature=0.1)
+    assert (prop.topk, prop.radius, prop.context_frames) == (15, 15.0, 8)
+    assert all(type(v) in (int, float) for v in (prop.topk, prop.radius,
+                                                  prop.context_frames,
+                                                  prop.temperature))
+
+
+def test_infinite_radius_means_no_window():
+    gen = torch.Generator().manual_seed(5)
+    n, c, h, w = 5, 6, 4, 5
+    feats = F.normalize(torch.randn(n, c, h, w, generator=gen,
+                                    dtype=torch.float64), dim=1)
+    labels0 = F.one_hot(torch.randint(0, 3, (h, w), generator=gen),
+                        3).permute(2, 0, 1).double()
+
+    def run(radius):
+        prop = LabelPropagator(topk=5, radius=radius, context_frames=2,
+                               temperature=0.1, restrict_first_frame=True)
+        prop.init(feats[0], labels0)
+        return [prop.step(f) for f in feats[1:]]
+
+    got = run(math.inf)
+    for a, b in zip(got, run(h + w)):
+        assert torch.equal(a, b)
+    expected = dense_reference(feats, labels0, 5, math.inf, 2, 0.1, True)
+    for t, (a, b) in enumerate(zip(got, expected[1:]), start=1):
+        assert torch.allclose(a, b, atol=1e-10), f'frame {t}'
+
+
+@pytest.mark.parametrize('bad', [math.nan, math.inf])
+def test_non_finite_features_of_frame_0_are_named(bad):
+    """An encoder with NaN weights gives NaN features: say so at init, not
+    as the op's 'keys contain NaN' one frame later."""
+    feat = F.normalize(torch.randn(8, 3, 4), dim=0)
+    feat[2, 1, 1] = bad
+    prop = LabelPropagator()
+    with pytest.raises(ValueError, match='encoder produced NaN or infinite '
+                       'features for frame 0'):
+        prop.init(feat, torch.zeros(2, 3, 4))
+    labels = torch.zeros(2, 3, 4)
+    labels[0, 0, 0] = bad
+    with pytest.raises(ValueError, match='labels of frame 0 contain NaN'):
+        prop.init(feat.nan_to_num(0.0, 0.0, 0.0), labels)

@@ -2,7 +2,11 @@ from typing import Optional
 
 import torch
 
-from sfc_plugin.ops import topk_window_match
+from sfc_plugin.ops import (
+    check_integer,
+    check_match_settings,
+    topk_window_match,
+)
 from sfc_plugin.registry import MODELS
 
 
@@ -22,12 +26,18 @@ class LabelPropagator:
     ring: the order of key frames does not change a joint top-k.
 
     Args:
-        topk (int): Neighbours per position. Defaults to 10.
-        radius (float): Window radius r' in feature pixels. Defaults to 12.
-        context_frames (int): m, the short-term memory. Defaults to 20.
-        temperature (float): Softmax temperature τ. Defaults to 0.05.
+        topk (int): Neighbours per position, >= 1. Defaults to 10.
+        radius (float): Window radius r' in feature pixels, >= 0; ``inf``
+            means no window. Defaults to 12.
+        context_frames (int): m, the short-term memory, in [0, 10000].
+            Defaults to 20.
+        temperature (float): Softmax temperature τ, finite and > 0.
+            Defaults to 0.05.
         restrict_first_frame (bool): Apply the window to frame 0 too.
             Defaults to False (the reference's protocol).
+
+    Raises:
+        ValueError: A setting of the wrong type or out of range, named.
 
     Example:
         >>> prop = LabelPropagator(topk=10, radius=12, context_frames=20)
@@ -36,27 +46,32 @@ class LabelPropagator:
         ...     labels = prop.step(feat)    # (K, h, w) soft labels
     """
 
+    #: Upper bound on ``context_frames``: 1 + m frame buffers are
+    #: preallocated, and the protocols use m <= 20.
+    MAX_CONTEXT_FRAMES = 10_000
+
     def __init__(self,
                  topk: int = 10,
                  radius: float = 12,
                  context_frames: int = 20,
                  temperature: float = 0.05,
                  restrict_first_frame: bool = False):
-        if int(topk) < 1:
-            raise ValueError(f'LabelPropagator: topk must be >= 1, got {topk}')
-        if radius < 0:
+        owner = 'LabelPropagator'
+        # The op's own rules, so that a bad config fails here, when the
+        # model is built, not at the first frame of a video.
+        self.topk, self.radius, self.temperature = check_match_settings(
+            owner, topk, radius, temperature)
+        context_frames = check_integer(owner, 'context_frames',
+                                       context_frames)
+        if not 0 <= context_frames <= self.MAX_CONTEXT_FRAMES:
             raise ValueError(
-                f'LabelPropagator: radius must be >= 0, got {radius}')
-        if int(context_frames) < 0:
-            raise ValueError('LabelPropagator: context_frames must be >= 0, '
-                             f'got {context_frames}')
-        if not temperature > 0:
-            raise ValueError('LabelPropagator: temperature must be > 0, got '
-                             f'{temperature}')
-        self.topk = int(topk)
-        self.radius = radius
-        self.context_frames = int(context_frames)
-        self.temperature = temperature
+                f'{owner}: context_frames must be in [0, '
+                f'{self.MAX_CONTEXT_FRAMES}] (1 + context_frames frames of '
+                f'features and labels are preallocated), got {context_frames}')
+        if not isinstance(restrict_first_frame, bool):
+            raise ValueError(f'{owner}: restrict_first_frame must be a bool, '
+                             f'got {restrict_first_frame!r}')
+        self.context_frames = context_frames
         self.restrict_first_frame = restrict_first_frame
         self._feats: Optional[torch.Tensor] = None
         self._labels: Optional[torch.Tensor] = None
@@ -83,6 +98,16 @@ class LabelPropagator:
             raise ValueError(
                 f'LabelPropagator.init: feat {tuple(feat.shape)} and labels '
                 f'{tuple(labels.shape)} differ in size')
+        # Checked once here (one frame, cheap): otherwise frame 0's bad
+        # features surface at frame 1 as the op's 'keys contain NaN'.
+        if not torch.isfinite(feat).all():
+            raise ValueError(
+                'LabelPropagator.init: the encoder produced NaN or infinite '
+                'features for frame 0 (are its weights finite? is the frame '
+                'broken?)')
+        if not torch.isfinite(labels).all():
+            raise ValueError('LabelPropagator.init: the labels of frame 0 '
+                             'contain NaN or infinite values')
         slots = 1 + self.context_frames
         # Channels-last: topk_window_match reads windows of positions as
         # C-contiguous rows, so this layout spares it a copy of all keys.

@@ -6,6 +6,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "topk_window_match.h"
 
 namespace sfc_plugin {
@@ -17,9 +19,13 @@ at::Tensor topk_window_match(const at::Tensor& query, const at::Tensor& keys,
                              const at::Tensor& key_labels, int64_t topk,
                              double radius, double temperature,
                              int64_t unrestricted_keys) {
-  check_neighbours_args(query, keys, topk, radius, temperature,
-                        unrestricted_keys);
+  check_common_args(query, keys, topk, radius, temperature,
+                    unrestricted_keys);
   check_labels_arg(keys, key_labels);
+  // Slots beyond the T*H*W keys would be padding of weight 0: clamping
+  // gives the identical result without allocating them (topk = 2**40
+  // would otherwise ask for terabytes).
+  topk = std::min(topk, num_keys(keys));
   static auto neighbours =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("sfc::topk_window_neighbours", "")

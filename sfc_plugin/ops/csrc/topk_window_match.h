@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -18,14 +19,25 @@
 namespace sfc_plugin {
 namespace ops {
 
+// Radius beyond which the window covers the whole frame: every offset has
+// dy² + dx² <= (H-1)² + (W-1)² < (H+W)², so capping there keeps the
+// eligibility and keeps inf (or 1e300) out of the integer tables below.
+inline double effective_radius(double radius, int64_t height, int64_t width) {
+  return std::min(radius, static_cast<double>(height + width));
+}
+
 // Half-width of the window on the key row |dy| rows away from the query:
 // key (y + dy, x + dx) is eligible iff |dx| <= half_widths[|dy|], which is
 // dx² + dy² < radius² evaluated in double precision. -1 marks rows the
 // window does not reach. Integer tables spare the kernels a square root.
-inline std::vector<int64_t> window_half_widths(double radius, int64_t rows) {
-  std::vector<int64_t> half(rows, -1);
+inline std::vector<int64_t> window_half_widths(double radius, int64_t height,
+                                               int64_t width) {
+  std::vector<int64_t> half(height, -1);
+  // NaN would reach the integer casts below; the checks refuse it first.
+  if (!(radius > 0)) return half;
+  radius = effective_radius(radius, height, width);
   const double r2 = radius * radius;
-  for (int64_t dy = 0; dy < rows; ++dy) {
+  for (int64_t dy = 0; dy < height; ++dy) {
     const double rest = r2 - static_cast<double>(dy * dy);
     if (rest <= 0) break;
     auto dx = static_cast<int64_t>(std::floor(std::sqrt(rest)));
@@ -67,12 +79,16 @@ C10_HOST_DEVICE inline void write_topk_softmax(
   }
 }
 
-// Checks shared by every kernel; the Python wrapper gives friendlier
-// messages first, these guard direct torch.ops callers.
-inline void check_neighbours_args(const at::Tensor& query,
-                                  const at::Tensor& keys, int64_t topk,
-                                  double radius, double temperature,
-                                  int64_t unrestricted_keys) {
+// Number of keys, T·H·W: the most neighbours a query position can have.
+inline int64_t num_keys(const at::Tensor& keys) {
+  return keys.size(1) * keys.size(3) * keys.size(4);
+}
+
+// Checks shared by both ops; the Python wrapper gives friendlier messages
+// first, these guard direct torch.ops callers.
+inline void check_common_args(const at::Tensor& query, const at::Tensor& keys,
+                              int64_t topk, double radius, double temperature,
+                              int64_t unrestricted_keys) {
   TORCH_CHECK_VALUE(query.dim() == 4,
                     "topk_window_match: query must be (B, C, H, W), got ",
                     query.sizes());
@@ -87,12 +103,23 @@ inline void check_neighbours_args(const at::Tensor& query,
                     " do not match query ", query.sizes(), " in B, C, H, W");
   TORCH_CHECK_VALUE(keys.size(1) >= 1,
                     "topk_window_match: need at least one key frame");
+  // C = 0 would divide by zero in the CPU kernel's blocking; empty maps
+  // have no position to match.
+  TORCH_CHECK_VALUE(query.size(1) >= 1,
+                    "topk_window_match: query has no channels (C = 0)");
+  TORCH_CHECK_VALUE(query.size(2) >= 1,
+                    "topk_window_match: query has no rows (H = 0)");
+  TORCH_CHECK_VALUE(query.size(3) >= 1,
+                    "topk_window_match: query has no columns (W = 0)");
   TORCH_CHECK_VALUE(topk >= 1, "topk_window_match: topk must be >= 1, got ",
                     topk);
-  TORCH_CHECK_VALUE(radius >= 0, "topk_window_match: radius must be >= 0, got ",
+  TORCH_CHECK_VALUE(radius >= 0,
+                    "topk_window_match: radius must be >= 0 (inf: no "
+                    "window), got ",
                     radius);
-  TORCH_CHECK_VALUE(temperature > 0,
-                    "topk_window_match: temperature must be > 0, got ",
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
+                    "topk_window_match: temperature must be a finite number "
+                    "> 0, got ",
                     temperature);
   TORCH_CHECK_VALUE(unrestricted_keys >= 0 && unrestricted_keys <= keys.size(1),
                     "topk_window_match: unrestricted_keys must be in [0, T=",
@@ -103,6 +130,21 @@ inline void check_neighbours_args(const at::Tensor& query,
   TORCH_CHECK_VALUE(query.device() == keys.device(),
                     "topk_window_match: query is on ", query.device(),
                     " but keys are on ", keys.device());
+}
+
+// The neighbours kernels' checks: the common ones, and topk <= T·H·W, as
+// their output holds topk slots per position (topk_window_match clamps
+// instead, since its result does not depend on the padding slots).
+inline void check_neighbours_args(const at::Tensor& query,
+                                  const at::Tensor& keys, int64_t topk,
+                                  double radius, double temperature,
+                                  int64_t unrestricted_keys) {
+  check_common_args(query, keys, topk, radius, temperature, unrestricted_keys);
+  TORCH_CHECK_VALUE(topk <= num_keys(keys), "topk_window_match: topk=", topk,
+                    " exceeds the T*H*W = ", num_keys(keys),
+                    " keys; topk_window_neighbours returns topk slots per "
+                    "position, so topk must be <= T*H*W (topk_window_match "
+                    "clamps it)");
 }
 
 inline void check_labels_arg(const at::Tensor& keys,
@@ -117,6 +159,9 @@ inline void check_labels_arg(const at::Tensor& keys,
                         key_labels.size(4) == keys.size(4),
                     "topk_window_match: key_labels ", key_labels.sizes(),
                     " do not match keys ", keys.sizes(), " in B, T, H, W");
+  TORCH_CHECK_VALUE(key_labels.size(2) >= 1,
+                    "topk_window_match: key_labels have no label channels "
+                    "(K = 0)");
   TORCH_CHECK_VALUE(at::isFloatingType(key_labels.scalar_type()),
                     "topk_window_match: key_labels must be floating point, "
                     "got ",
@@ -140,15 +185,19 @@ inline at::Tensor aggregate_labels(const at::Tensor& weights,
                                    const at::Tensor& indices,
                                    const at::Tensor& key_labels) {
   const auto batch = key_labels.size(0);
+  const auto frames = key_labels.size(1);
   const auto num_labels = key_labels.size(2);
   const auto height = key_labels.size(3);
   const auto width = key_labels.size(4);
   const auto topk = indices.size(3);
-  // (B, T*H*W, K): rows addressed by the flat key index.
+  // (B, T*H*W, K): rows addressed by the flat key index. Sizes are spelt
+  // out: a -1 cannot be inferred from an empty batch.
   auto labels = key_labels.permute({0, 1, 3, 4, 2}).reshape(
-      {batch, -1, num_labels});
+      {batch, frames * height * width, num_labels});
   auto valid = indices.ge(0);
-  auto rows = indices.clamp_min(0).reshape({batch, -1, 1}).expand(
+  auto rows = indices.clamp_min(0)
+                  .reshape({batch, height * width * topk, 1})
+                  .expand(
       {batch, height * width * topk, num_labels});
   auto chosen = labels.gather(1, rows).view(
       {batch, height * width, topk, num_labels});

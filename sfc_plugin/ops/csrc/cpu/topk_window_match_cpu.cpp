@@ -21,7 +21,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <iomanip>
 #include <limits>
+#include <sstream>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -304,6 +306,34 @@ bool match_row(const Problem<T>& p, int64_t b, int64_t y,
   return finite;
 }
 
+// Largest L2 norm over the channels (dimension `dim`) of finite features.
+// Scaled by the largest |x| first: the squares of large features overflow
+// even in double.
+double max_norm(const at::Tensor& features, int64_t dim) {
+  const auto x = features.to(at::kDouble);
+  const double scale = x.abs().max().item<double>();
+  if (scale == 0) return 0;
+  return scale * x.div(scale).norm(2, {dim}).max().item<double>();
+}
+
+// Names the cause of a non-finite affinity: non-finite features, or finite
+// ones too large for their dot products to fit the dtype. Only runs on
+// that error path, so it may read the inputs again.
+[[noreturn]] void report_non_finite(const at::Tensor& query,
+                                    const at::Tensor& keys_hwc) {
+  TORCH_CHECK_VALUE(at::isfinite(query).all().item<bool>(),
+                    "topk_window_match: query contain NaN or infinite values");
+  TORCH_CHECK_VALUE(at::isfinite(keys_hwc).all().item<bool>(),
+                    "topk_window_match: keys contain NaN or infinite values");
+  const double norm = std::max(max_norm(query, 1), max_norm(keys_hwc, 4));
+  std::ostringstream shown;
+  shown << std::scientific << std::setprecision(1) << norm;
+  TORCH_CHECK_VALUE(false, "topk_window_match: the affinities overflow ",
+                    query.scalar_type() == at::kFloat ? "float32" : "float64",
+                    " (features of norm up to ", shown.str(),
+                    "; the op expects unit-norm features)");
+}
+
 template <typename T>
 void neighbours_impl(const at::Tensor& query, const at::Tensor& keys,
                      int64_t topk, double radius, double temperature,
@@ -322,7 +352,7 @@ void neighbours_impl(const at::Tensor& query, const at::Tensor& keys,
                topk,
                unrestricted,
                temperature,
-               window_half_widths(radius, height),
+               window_half_widths(radius, height, width),
                weights.data_ptr<T>(),
                indices.data_ptr<int64_t>()};
   std::atomic<bool> finite{true};
@@ -338,12 +368,7 @@ void neighbours_impl(const at::Tensor& query, const at::Tensor& keys,
     for (int64_t row = begin; row < end; ++row)
       if (!match_row(p, row / height, row % height, tops, row_buffer)) finite = false;
   });
-  if (!finite) {
-    const bool in_query = !at::isfinite(query).all().item<bool>();
-    TORCH_CHECK_VALUE(false, "topk_window_match: ",
-                      in_query ? "query" : "keys",
-                      " contain NaN or infinite values");
-  }
+  if (!finite) report_non_finite(query, keys);
 }
 
 }  // namespace

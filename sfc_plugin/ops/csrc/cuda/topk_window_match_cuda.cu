@@ -206,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
   const int64_t batch = keys.size(0), frames = keys.size(1),
                 channels = keys.size(2), height = keys.size(3),
                 width = keys.size(4);
-  const auto half = window_half_widths(radius, height);
+  const auto half = window_half_widths(radius, height, width);
   // The most keys one query can see: beyond that, slots are padding.
   int64_t window = 0;
   for (int64_t dy = 0; dy < height; ++dy)
@@ -220,11 +220,13 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
                     kMaxTopk, " neighbours per position, got topk=", topk,
                     "; run this call on CPU");
 
-  const auto q = query.permute({0, 2, 3, 1}).contiguous();
-  const auto k = keys_channels_last(keys);
   auto weights = at::empty({batch, height, width, topk}, query.options());
   auto indices = at::empty({batch, height, width, topk},
                            query.options().dtype(at::kLong));
+  // An empty grid is an invalid launch configuration.
+  if (batch == 0) return {weights, indices};
+  const auto q = query.permute({0, 2, 3, 1}).contiguous();
+  const auto k = keys_channels_last(keys);
   const auto half_widths =
       at::tensor(half, at::TensorOptions().dtype(at::kLong))
           .to(query.device());
