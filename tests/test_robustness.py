@@ -520,6 +520,18 @@ def test_evaluation_results_never_land_in_the_dataset(
     assert tree_digest(root) == before
 
 
+def test_work_dir_inside_the_data_is_refused(clip, python, repo,
+                                             subprocess_env):
+    root = clip['root'] / 'davis'
+    before = tree_digest(root)
+    proc = run_tool(python, repo, subprocess_env, 'tools/test.py',
+                    repo / 'configs' / 'fc_davis.py', '--work-dir',
+                    root / 'logs', '--cfg-options',
+                    f'test_dataloader.dataset.data_root={root}')
+    assert_one_line_error(proc, 'test.py', 'work_dir', 'inside the data root')
+    assert tree_digest(root) == before and not (root / 'logs').exists()
+
+
 def test_nan_weights_are_named_at_load(clip, bad_files, tmp_path):
     with pytest.raises(ValueError, match='nan.pth.*NaN or infinite'):
         track_video(clip['frames'], clip['first'], tmp_path / 'o',

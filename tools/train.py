@@ -24,7 +24,7 @@ from sfc_plugin.utils.cli import (
     add_debug_argument,
     run_tool,
 )
-from sfc_plugin.utils.fileio import check_output_location
+from sfc_plugin.utils.fileio import check_output_location, is_within
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -88,27 +88,35 @@ def load_config(args) -> Config:
 
 
 def check_outputs(cfg: Config, split: str, **inputs) -> None:
-    """Refuses, before the Runner starts, a work dir or results folder that
-    is, holds or lies inside the data it reads (the Runner would write its
-    logs, checkpoints or result PNGs among the dataset's files).
+    """Refuses, before the Runner starts, outputs that would write into the
+    data or over the checkpoint a run reads: a work dir inside the data
+    root, or a results folder (``test_evaluator.output_dir``, written with
+    one file per frame) that is, holds or lies inside the data root or an
+    input file. A work dir only ever gains new files, so holding its own
+    checkpoints (``--resume``) is fine.
 
     Args:
         cfg (Config): The full config.
         split (str): 'train' or 'test': whose dataloader's data root.
-        **inputs: Other inputs by what they are (``checkpoint=path``).
+        **inputs: Input files by what they are (``checkpoint=path``).
     """
     loader = cfg.get(f'{split}_dataloader') or {}
-    dataset = loader.get('dataset') or {}
-    inputs.update({'data root': dataset.get('data_root') or None,
-                   'load_from checkpoint': cfg.get('load_from') or None})
-    check_output_location(cfg.work_dir, inputs, 'work_dir')
+    data_root = (loader.get('dataset') or {}).get('data_root') or None
+    if data_root and is_within(cfg.work_dir, data_root):
+        raise ValueError(f'work_dir "{cfg.work_dir}" lies inside the data '
+                         f'root "{data_root}": logs and checkpoints would be '
+                         'written among the data; choose another --work-dir')
     evaluator = cfg.get('test_evaluator') if split == 'test' else None
+    inputs = dict(inputs, data_root=data_root,
+                  load_from_checkpoint=cfg.get('load_from') or None)
     for metric in (evaluator if isinstance(evaluator, list) else
                    [evaluator] if evaluator else []):
         output_dir = metric.get('output_dir')
         if output_dir:
-            check_output_location(output_dir, inputs,
-                                  'test_evaluator.output_dir')
+            check_output_location(
+                output_dir,
+                {k.replace('_', ' '): v for k, v in inputs.items()},
+                'test_evaluator.output_dir')
 
 
 def merge_args(cfg: Config, args) -> Config:
