@@ -63,6 +63,26 @@ def _register_python_op() -> str:
     return _python_op_domain
 
 
+#: ONNX Runtime's element type names and the torch dtypes they carry.
+ORT_DTYPES = {'tensor(float)': torch.float32, 'tensor(float16)': torch.float16,
+              'tensor(double)': torch.float64,
+              'tensor(bfloat16)': torch.bfloat16}
+
+
+def session_input_dtype(session, index: int = 0) -> torch.dtype:
+    """The torch dtype a session's input takes (its precision is the
+    exported model's).
+
+    Raises:
+        ValueError: An element type that is not a floating point one.
+    """
+    arg = session.get_inputs()[index]
+    if arg.type not in ORT_DTYPES:
+        raise ValueError(f'ONNX input "{arg.name}" takes {arg.type}; '
+                         'sfc_plugin models take floating point images')
+    return ORT_DTYPES[arg.type]
+
+
 def has_custom_nodes(model: onnx.ModelProto) -> bool:
     """Whether the graph contains ``sfc::TopkWindowMatch``."""
     return any(n.domain == DOMAIN and n.op_type == OP_TYPE

@@ -26,6 +26,14 @@ class PropagationStep(nn.Module):
     settings: (query (B, C, H, W), keys (B, T, C, H, W), key_labels
     (B, T, K, H, W)) -> labels (B, K, H, W).
 
+    Precision is a property of the exported graph: its inputs and output
+    are in the dtype of the example inputs it is exported with (float16
+    for an fp16 encoder's features, halving the 1 + m key frames held),
+    while the matching itself always runs in float32: the custom node is
+    float32 (as its ONNX Runtime and CPU kernels are), and the top-k and
+    softmax of the decomposition are exact in float32 only. Cast nodes
+    convert at the step's boundary.
+
     Args:
         topk (int): Neighbours per query position.
         radius (float): Window radius of the restricted key frames.
@@ -55,15 +63,20 @@ class PropagationStep(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor,
                 key_labels: torch.Tensor) -> torch.Tensor:
+        io_dtype = key_labels.dtype
+        query, keys, key_labels = (x.float()
+                                   for x in (query, keys, key_labels))
         if self.form == 'decomposed':
-            return topk_window_match_decomposed(
+            out = topk_window_match_decomposed(
                 query, keys, key_labels, topk=self.topk, radius=self.radius,
                 temperature=self.temperature,
                 unrestricted_keys=self.unrestricted_keys)
-        return torch.ops.sfc.topk_window_match(query, keys, key_labels,
-                                               self.topk, self.radius,
-                                               self.temperature,
-                                               self.unrestricted_keys)
+        else:
+            out = torch.ops.sfc.topk_window_match(query, keys, key_labels,
+                                                  self.topk, self.radius,
+                                                  self.temperature,
+                                                  self.unrestricted_keys)
+        return out.to(io_dtype)
 
     def extra_repr(self) -> str:
         return (f'topk={self.topk}, radius={self.radius}, '
@@ -129,6 +142,28 @@ def step_from_config(cfg, form: str) -> PropagationStep:
                            0 if prop.restrict_first_frame else 1, form=form)
 
 
+def near_tie_positions(step: PropagationStep, inputs: Sequence[torch.Tensor],
+                       tie_gap: float) -> torch.Tensor:
+    """(B, H, W) mask of the query positions whose k-th and (k+1)-th
+    largest eligible affinities differ by less than ``tie_gap``, computed
+    in float64."""
+    from sfc_plugin.ops import topk_window_neighbours
+    query, keys = (x.double() for x in inputs[:2])
+    num_keys = keys.shape[1] * keys.shape[-2] * keys.shape[-1]
+    k = step.topk
+    if k >= num_keys:
+        return torch.zeros(query.shape[0], *query.shape[-2:], dtype=torch.bool)
+    weights, _ = topk_window_neighbours(
+        query, keys, topk=k + 1, radius=step.radius,
+        temperature=step.temperature,
+        unrestricted_keys=step.unrestricted_keys)
+    # Softmax weights' ratio gives the affinities' gap: w_i / w_j =
+    # exp((a_i - a_j) / temperature).
+    kth, next_ = weights[..., k - 1], weights[..., k]
+    gap = step.temperature * torch.log(kth / next_.clamp_min(1e-300))
+    return (next_ > 0) & (gap < tie_gap)
+
+
 def export_checked_step(cfg,
                         encoder_onnx: str,
                         out: str,
@@ -137,22 +172,38 @@ def export_checked_step(cfg,
                         num_frames: int = 2,
                         size: Optional[Tuple[int, int]] = None,
                         opset: int = MIN_OPSET,
-                        atol: float = 1e-4) -> Dict:
+                        atol: float = 1e-4,
+                        tie_gap: float = 1e-5) -> Dict:
     """Exports the config's propagation step and checks it in ONNX Runtime
     against the torch op, on features of real frames from the exported
     encoder (key frames: the frames; query: the last one; labels: random
     soft maps). ``out`` and its JSON report appear only if they agree.
+
+    The step takes the encoder's precision: an fp16 encoder's features give
+    an fp16 step (see :class:`PropagationStep`), checked against the torch
+    op on the same fp16 features with ``atol`` at least 1e-2.
+
+    Positions whose k-th and (k+1)-th affinities lie within ``tie_gap``
+    of each other (in float64) are left out of the comparison and counted
+    in the report: there two implementations whose dot products round
+    differently (a matrix product against the kernel's blocked sums) may
+    pick different keys, which moves the soft labels by that key's
+    weight. That is the definition's own discontinuity at ties, not an
+    export error; every other position must agree within ``atol``.
     """
     from .encoder_export import load_frames
-    from .onnxruntime_ops import onnxruntime_session
+    from .onnxruntime_ops import onnxruntime_session, session_input_dtype
     images, files = load_frames(frames, num_frames, size)
     encoder = onnxruntime_session(encoder_onnx)
+    dtype = session_input_dtype(encoder)
     feats = torch.from_numpy(encoder.run(
-        None, {encoder.get_inputs()[0].name: images.numpy()})[0]).float()
+        None, {encoder.get_inputs()[0].name: images.to(dtype).numpy()})[0])
+    if dtype != torch.float32:
+        atol = max(atol, 1e-2)
     gen = torch.Generator().manual_seed(0)
     labels = torch.softmax(
         torch.randn(1, feats.shape[0], 3, *feats.shape[-2:], generator=gen),
-        dim=2)
+        dim=2).to(feats.dtype)
     inputs = (feats[-1:], feats[None], labels)
     step = step_from_config(cfg, form)
     stem = out[:-len('.onnx')]
@@ -161,19 +212,27 @@ def export_checked_step(cfg,
         got = onnxruntime_session(tmp).run(
             None, dict(zip(INPUT_NAMES, [x.numpy() for x in inputs])))[0]
         expected = topk_window_match(
-            *inputs, topk=step.topk, radius=step.radius,
+            *(x.float() for x in inputs), topk=step.topk, radius=step.radius,
             temperature=step.temperature,
             unrestricted_keys=step.unrestricted_keys)
-        diff = (torch.from_numpy(got) - expected).abs()
+        diff = (torch.from_numpy(got).float() - expected).abs()
+        ambiguous = near_tie_positions(step, inputs, tie_gap)
+        decided = diff.masked_fill(ambiguous[:, None], 0)
         report = dict(step=repr(step), form=form, frames=files,
+                      precision='fp16' if dtype == torch.float16 else 'fp32',
                       encoder=encoder_onnx, opset=opset, atol=atol,
                       input_shapes=[list(x.shape) for x in inputs],
                       max_abs_diff=diff.max().item(),
                       mean_abs_diff=diff.mean().item(),
-                      passed=diff.max().item() <= atol,
+                      tie_gap=tie_gap,
+                      near_tie_positions=int(ambiguous.sum()),
+                      positions=ambiguous.numel(),
+                      max_abs_diff_outside_ties=decided.max().item(),
+                      passed=decided.max().item() <= atol,
                       onnx=dict(path=out, sha256=sha256(tmp)))
         settle_report(
             report, stem,
             f'{form} propagation step: ONNX Runtime disagrees with the torch '
-            f'op, max abs diff {report["max_abs_diff"]:.3g} > {atol:g}')
+            f'op, max abs diff {decided.max().item():.3g} > {atol:g} away '
+            'from near-ties')
     return report

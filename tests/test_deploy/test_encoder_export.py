@@ -127,9 +127,29 @@ def test_to_onnx_cli_with_propagation_step(repo, frames, tmp_path, python,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     step = json.loads((tmp_path / 'fc-step-custom.json').read_text())
-    assert step['passed'] and step['max_abs_diff'] <= 1e-4
+    assert step['passed'] and step['max_abs_diff_outside_ties'] <= 1e-4
     assert 'topk=10, radius=12' in step['step']
     assert json.loads((tmp_path / 'fc.json').read_text())['passed']
     bad = subprocess.run(cmd[:3] + ['--frames', '/no/such'],
                          env=subprocess_env, capture_output=True, text=True)
     assert bad.returncode != 0 and 'no such file or folder' in bad.stderr
+
+
+@pytest.mark.parametrize('form', ['custom', 'decomposed'])
+def test_fp16_encoder_and_step_export_end_to_end(repo, frames, tmp_path,
+                                                 form):
+    """Precision is the exported model's: an fp16 encoder's features give
+    an fp16 step in either form, checked against the torch op."""
+    from sfc_plugin.deploy import export_checked_step
+    from sfc_plugin.deploy.onnxruntime_ops import session_input_dtype
+    cfg = config(repo, 'fc_davis.py')
+    encoder = str(tmp_path / 'fc16.onnx')
+    export_encoder(cfg, encoder, frames, fp16=True, size=SIZE)
+    out = str(tmp_path / f'step-{form}.onnx')
+    report = export_checked_step(cfg, encoder, out, form, frames, size=SIZE)
+    assert report['passed'] and report['precision'] == 'fp16'
+    assert report['max_abs_diff_outside_ties'] <= 1e-2
+    session = onnxruntime_session(out)
+    assert [session_input_dtype(session, i) for i in range(3)] == [
+        torch.float16] * 3
+    assert session.get_outputs()[0].type == 'tensor(float16)'
