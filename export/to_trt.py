@@ -1,6 +1,6 @@
 """Build a TensorRT engine from an sfc_plugin ONNX model.
 
-    python export/to_trt.py work_dirs/onnx/sfc_davis.onnx --fp16 \\
+    python export/to_trt.py work_dirs/onnx/sfc_davis-fp16.onnx \\
         --shape images=1x3x240x432:1x3x480x864:4x3x480x864
 
 writes trt_engines/<name>.engine and trt_engines/<name>.json (settings,
@@ -8,6 +8,11 @@ versions, hashes, and the check against ONNX Runtime). Shapes, names and
 files are checked before TensorRT is touched; without TensorRT or a CUDA
 GPU it stops with one message saying which is missing. Engines are specific
 to the GPU and TensorRT version that built them, and are never committed.
+
+Precision is the ONNX model's: the network is strongly typed (TensorRT 11
+has no other kind; TensorRT 10.7+ offers it as a flag), so an fp16 export
+(``export/to_onnx.py --fp16``) gives an fp16 engine. TensorRT 10.7 to 11.x
+are supported by the same code.
 """
 import argparse
 import json
@@ -78,61 +83,100 @@ def check_profile(model: onnx.ModelProto, profile, path: str) -> None:
 
 
 def require_tensorrt():
+    """TensorRT, of a supported version, and a CUDA GPU; else one message."""
+    from sfc_plugin.deploy.backends import require_tensorrt as load
     try:
-        import tensorrt as trt
-    except ImportError:
-        sys.exit('to_trt.py: TensorRT is not installed. Install TensorRT 10 '
-                 '(pip install "sfc_plugin[tensorrt]" with NVIDIA\'s package '
-                 'index, or NVIDIA\'s container); nothing was built.')
+        trt = load()
+    except ImportError as err:
+        raise ImportError(f'{err}; nothing was built') from None
     import torch
     if not torch.cuda.is_available():
-        sys.exit('to_trt.py: no CUDA GPU is visible; TensorRT engines are '
-                 'built on the GPU that will run them. Nothing was built.')
-    if int(trt.__version__.split('.')[0]) < 10:
-        sys.exit(f'to_trt.py: TensorRT {trt.__version__} found, 10 or newer '
-                 'is required')
+        raise RuntimeError('no CUDA GPU is visible; TensorRT engines are '
+                           'built on the GPU that will run them. Nothing was '
+                           'built.')
     return trt
 
 
-def build_engine(trt, onnx_path: str, profile, fp16: bool,
-                 workspace_gib: float, timing_cache: str) -> bytes:
+def network_flags(trt) -> int:
+    """Creation flags of a strongly typed network (precision from the
+    ONNX): a flag in TensorRT 10, the only kind (flag kept for
+    compatibility, or gone) in 11. Explicit batch is implied since 10."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _checked(ok, what: str):
+    """TensorRT's Python API reports many failures as False / None / -1."""
+    if ok is False or ok is None or (isinstance(ok, int)
+                                     and not isinstance(ok, bool) and ok < 0):
+        raise RuntimeError(f'TensorRT refused to {what} (see its log above)')
+    return ok
+
+
+def build_engine(trt, onnx_path: str, profile, workspace_gib: float,
+                 timing_cache: str) -> bytes:
+    """Parses the ONNX into a strongly typed network and builds it with one
+    optimisation profile, reusing and updating the timing cache; every
+    call's result is checked.
+
+    Raises:
+        RuntimeError: TensorRT refused a step (the parser's errors named).
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     model = onnx.load(onnx_path)
     from sfc_plugin.deploy.onnxruntime_ops import has_custom_nodes
     if has_custom_nodes(model):
         from sfc_plugin.deploy.tensorrt_plugin import register_tensorrt_plugin
         register_tensorrt_plugin()
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch: TRT 10's only mode
-    parser = trt.OnnxParser(network, logger)
+    builder = _checked(trt.Builder(logger), 'create a builder')
+    network = _checked(builder.create_network(network_flags(trt)),
+                       'create a network')
+    parser = _checked(trt.OnnxParser(network, logger), 'create a parser')
     if not parser.parse_from_file(onnx_path):
-        errors = '\n'.join(
+        errors = '; '.join(
             str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f'TensorRT cannot parse {onnx_path}:\n{errors}')
-    config = builder.create_builder_config()
+        raise RuntimeError(f'TensorRT cannot parse {onnx_path}: {errors}')
+    config = _checked(builder.create_builder_config(),
+                      'create a builder config')
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                  int(workspace_gib * 2**30))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    opt_profile = builder.create_optimization_profile()
+    opt_profile = _checked(builder.create_optimization_profile(),
+                           'create an optimisation profile')
     for name, (lo, opt, hi) in profile.items():
-        opt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(opt_profile)
+        _checked(opt_profile.set_shape(name, lo, opt, hi) is not False,
+                 f'set the profile of "{name}" to {lo}:{opt}:{hi}')
+    _checked(config.add_optimization_profile(opt_profile),
+             'add the optimisation profile')
     cache_bytes = b''
     if osp.isfile(timing_cache):
         with open(timing_cache, 'rb') as f:
             cache_bytes = f.read()
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = _checked(config.create_timing_cache(cache_bytes),
+                     f'read the timing cache "{timing_cache}"')
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache of another GPU or TensorRT: start a fresh one.
+        print(f'to_trt.py: the timing cache "{timing_cache}" belongs to '
+              'another GPU or TensorRT version; starting a new one',
+              file=sys.stderr)
+        cache = _checked(config.create_timing_cache(b''),
+                         'create a timing cache')
+        _checked(config.set_timing_cache(cache, ignore_mismatch=False),
+                 'use a new timing cache')
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise RuntimeError(f'TensorRT could not build an engine from '
                            f'{onnx_path} (see the log above)')
-    from sfc_plugin.utils.fileio import atomic_output
+    from sfc_plugin.utils.fileio import atomic_output, write_bytes
     with atomic_output(timing_cache) as tmp:
-        with open(tmp, 'wb') as f:
-            f.write(memoryview(config.get_timing_cache().serialize()))
+        write_bytes(tmp, bytes(memoryview(
+            config.get_timing_cache().serialize())), atomic=False)
     return bytes(engine)
+
+
+def onnx_precision(model: onnx.ModelProto) -> str:
+    """'fp16' when the model's first input is float16, else 'fp32'."""
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    return 'fp16' if elem == onnx.TensorProto.FLOAT16 else 'fp32'
 
 
 def parse_args(argv=None):
@@ -141,35 +185,40 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='\n'.join(__doc__.splitlines()[2:]))
     p.add_argument('onnx', help='ONNX model from export/to_onnx.py')
-    p.add_argument('--name', help='engine name (default: the ONNX stem, '
-                   'plus -fp16)')
+    p.add_argument('--name', help='engine name (default: the ONNX stem)')
     p.add_argument('--out-dir', default=DEFAULT_OUT_DIR)
     p.add_argument('--shape', action='append', default=[],
                    metavar='NAME=MIN:OPT:MAX',
                    help='optimisation profile of a dynamic input, e.g. '
                    'images=1x3x240x432:1x3x480x864:4x3x480x864')
-    p.add_argument('--fp16', action='store_true')
+    # Precision comes from the ONNX graph (strongly typed networks).
+    p.add_argument('--fp16', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--workspace', type=float, default=4, help='GiB')
     p.add_argument('--timing-cache',
                    help='default: <out-dir>/timing.cache (shared by builds)')
     p.add_argument('--atol', type=float,
                    help='check tolerance (default 1e-3 fp32, 2e-2 fp16)')
-    return p.parse_args(argv)
+    from sfc_plugin.utils.cli import add_debug_argument
+    add_debug_argument(p)
+    args = p.parse_args(argv)
+    if args.fp16:
+        p.error('--fp16: the engine takes the ONNX model\'s precision '
+                '(TensorRT builds strongly typed networks); build from an '
+                'fp16 export (export/to_onnx.py --fp16)')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.onnx):
-        sys.exit(f'to_trt.py: ONNX file not found: "{args.onnx}"')
+        raise FileNotFoundError(f'ONNX file not found: "{args.onnx}"')
     try:
         model = onnx.load(args.onnx, load_external_data=False)
     except Exception as e:  # not an ONNX file at all
-        sys.exit(f'to_trt.py: cannot read "{args.onnx}" as ONNX: {e}')
-    try:
-        profile = parse_profile(args.shape)
-        check_profile(model, profile, args.onnx)
-    except ValueError as e:
-        sys.exit(f'to_trt.py: {e}')
+        raise ValueError(f'cannot read "{args.onnx}" as ONNX: '
+                         f'{type(e).__name__}') from None
+    profile = parse_profile(args.shape)
+    check_profile(model, profile, args.onnx)
     from sfc_plugin.deploy.onnx_export import write_report
     from sfc_plugin.utils.fileio import (
         atomic_output,
@@ -178,8 +227,8 @@ def main(argv=None):
         sha256,
         write_bytes,
     )
-    name = args.name or (osp.splitext(osp.basename(args.onnx))[0] +
-                         ('-fp16' if args.fp16 else ''))
+    name = args.name or osp.splitext(osp.basename(args.onnx))[0]
+    precision = onnx_precision(model)
     engine_path = osp.join(args.out_dir, name + '.engine')
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
     check_writable_dir(args.out_dir, '--out-dir')
@@ -188,8 +237,7 @@ def main(argv=None):
     trt = require_tensorrt()
 
     start = time.perf_counter()
-    engine = build_engine(trt, args.onnx, profile, args.fp16, args.workspace,
-                          cache)
+    engine = build_engine(trt, args.onnx, profile, args.workspace, cache)
     build_s = time.perf_counter() - start
 
     check = None
@@ -203,7 +251,11 @@ def main(argv=None):
         session = None
     if session is not None:
         rng = np.random.default_rng(0)
-        feeds = {n: rng.standard_normal(opt).astype(np.float32)
+        from sfc_plugin.deploy.onnxruntime_ops import session_input_dtype
+        dtypes = {arg.name: session_input_dtype(session, i)
+                  for i, arg in enumerate(session.get_inputs())}
+        feeds = {n: rng.standard_normal(opt).astype(
+            torch.empty(0, dtype=dtypes[n]).numpy().dtype)
                  for n, (_, opt, _) in profile.items()}
         expected = dict(zip([o.name for o in session.get_outputs()],
                             session.run(None, feeds)))
@@ -211,17 +263,17 @@ def main(argv=None):
             {n: torch.from_numpy(v) for n, v in feeds.items()})
         diffs = [float(np.abs(got[n].cpu().double().numpy() - e).max())
                  for n, e in expected.items()]
-        atol = args.atol or (2e-2 if args.fp16 else 1e-3)
+        atol = args.atol or (2e-2 if precision == 'fp16' else 1e-3)
         check = dict(max_abs_diff=diffs, atol=atol, passed=max(diffs) <= atol)
         if not check['passed']:
-            sys.exit(f'to_trt.py: the engine disagrees with ONNX Runtime at '
-                     f'the opt shapes: max abs diff {max(diffs):.3g} > '
-                     f'{atol:g}; nothing written')
+            raise RuntimeError(
+                'the engine disagrees with ONNX Runtime at the opt shapes: '
+                f'max abs diff {max(diffs):.3g} > {atol:g}; nothing written')
     with atomic_output(engine_path) as tmp:
         write_bytes(tmp, bytes(engine), atomic=False)
         report = dict(engine=engine_path, onnx=args.onnx,
                       onnx_sha256=sha256(args.onnx), engine_sha256=sha256(tmp),
-                      fp16=args.fp16,
+                      precision=precision,
                       profile={n: [list(s) for s in v]
                                for n, v in profile.items()},
                       tensorrt=trt.__version__, build_seconds=build_s,

@@ -67,6 +67,16 @@ class SFCTracker(BaseModel):
             self.backend = MODELS.build(backend)
         self._image_size = None
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .cpu() and the Runner's moves all end here: a
+        # deployed backend follows the tracker to its device.
+        module = super()._apply(fn, *args, **kwargs)
+        if self.backend is not None:
+            param = next(self.parameters(), None)
+            if param is not None:
+                self.backend.to(param.device)
+        return module
+
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
         """(C, h, w) unit-norm features of one normalised (3, H, W) frame."""
