@@ -226,6 +226,7 @@ def export_encoder(cfg: Config,
             config=cfg.filename, part=part,
             encoder=encoder_config(cfg, part).get('type'),
             precision=precision, opset=opset, dynamic=dynamic, frames=files,
+            exporter='dynamo',
             atol=atol, passed=check['max_abs_diff'] <= atol, **check,
             versions=_versions(),
             checkpoint=None if checkpoint is None else dict(

@@ -1,7 +1,8 @@
 """What every ONNX export of sfc_plugin shares: the exporter call and
 all-or-nothing output files."""
-import warnings
-from typing import Dict, Optional, Sequence, Tuple
+import contextlib
+import logging
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,27 +32,87 @@ def settle_report(report: Dict, stem: str, failure: str) -> None:
     raise ExportError(f'{failure}; nothing written but {stem}.failed.json')
 
 
+#: Exporters: torch.export-based (the default, needs onnxscript) and the
+#: deprecated TorchScript one, kept where a graph still needs it (the
+#: propagation step's custom node is emitted by a TorchScript symbolic).
+EXPORTERS = ('dynamo', 'torchscript')
+
+
+@contextlib.contextmanager
+def _quiet_missing_torchvision() -> Iterator[None]:
+    """The dynamo exporter logs one warning per torchvision op it cannot
+    register when torchvision is absent; sfc_plugin never uses torchvision,
+    so those lines (and only those) are dropped."""
+    logger = logging.getLogger('torch.onnx._internal.exporter._registration')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dynamic_shapes(inputs: Tuple[torch.Tensor, ...],
+                    input_names: Sequence[str],
+                    dynamic_axes: Optional[Dict]) -> Optional[tuple]:
+    """``dynamic_axes`` (name -> {axis: name}) as torch.export's positional
+    ``dynamic_shapes``."""
+    if not dynamic_axes:
+        return None
+    return tuple(
+        {axis: torch.export.Dim.DYNAMIC
+         for axis in dynamic_axes.get(name, {})} or None
+        for name, _ in zip(input_names, inputs))
+
+
 def export_onnx(module: nn.Module,
                 inputs: Tuple[torch.Tensor, ...],
                 path: str,
                 input_names: Sequence[str],
                 output_names: Sequence[str],
                 dynamic_axes: Optional[Dict] = None,
-                opset: int = MIN_OPSET) -> str:
-    """``torch.onnx.export`` with the TorchScript exporter into ``path``.
+                opset: int = MIN_OPSET,
+                exporter: str = 'dynamo') -> str:
+    """``torch.onnx.export`` of ``module`` into ``path``.
+
+    Args:
+        module (nn.Module): In eval mode.
+        inputs (tuple[Tensor]): Example inputs (their dtype is the graph's
+            precision).
+        path (str): Output file.
+        input_names, output_names (Sequence[str]): Graph I/O names.
+        dynamic_axes (dict, optional): name -> {axis: axis name}.
+        opset (int): At least 17 (the dynamo exporter writes 18 or newer
+            and converts down where asked). Defaults to 17.
+        exporter (str): 'dynamo' (default) or 'torchscript'.
 
     Raises:
-        ExportError: ``opset`` below 17.
+        ExportError: ``opset`` below 17, an unknown exporter, or onnxscript
+            missing for the dynamo exporter.
     """
     if opset < MIN_OPSET:
         raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo
-        # one, which needs onnxscript; both give the same graphs here.
-        warnings.simplefilter('ignore')
+    if exporter not in EXPORTERS:
+        raise ExportError(f'exporter must be one of {EXPORTERS}, got '
+                          f'{exporter!r}')
+    if exporter == 'torchscript':
         torch.onnx.export(module, inputs, path,
                           input_names=list(input_names),
                           output_names=list(output_names),
                           opset_version=opset, dynamic_axes=dynamic_axes,
                           dynamo=False)
+        return path
+    try:
+        import onnxscript  # noqa: F401 (the dynamo exporter's backend)
+    except ImportError:
+        raise ExportError('the ONNX exporter needs onnxscript (installed '
+                          'with sfc_plugin; pip install onnxscript)') from None
+    with _quiet_missing_torchvision():
+        torch.onnx.export(module, inputs, path,
+                          input_names=list(input_names),
+                          output_names=list(output_names),
+                          opset_version=max(opset, 18),
+                          dynamic_shapes=_dynamic_shapes(
+                              inputs, input_names, dynamic_axes),
+                          dynamo=True, external_data=False, verbose=False)
     return path

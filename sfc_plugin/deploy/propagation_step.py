@@ -128,8 +128,11 @@ def export_propagation_step(step: PropagationStep,
         register_onnx_symbolic(opset)
     inputs = tuple(inputs) if inputs is not None else example_inputs()
     with atomic_output(path) as tmp:
+        # The custom node comes from a TorchScript symbolic; the
+        # decomposition's data-dependent top-k padding is TorchScript's too.
         export_onnx(step, inputs, tmp, INPUT_NAMES, OUTPUT_NAMES,
-                    DYNAMIC_AXES if dynamic else None, opset)
+                    DYNAMIC_AXES if dynamic else None, opset,
+                    exporter='torchscript')
     return path
 
 
