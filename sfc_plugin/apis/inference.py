@@ -28,7 +28,7 @@ import sfc_plugin
 from sfc_plugin.datasets import open_video
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.datasets.video_reader import VideoReader
-from sfc_plugin.ops import load_native_ops
+from sfc_plugin.ops import check_integer, load_native_ops
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
@@ -366,11 +366,11 @@ def weights_record(cfg: Config) -> dict:
 def _checked_max_frames(max_frames) -> Optional[int]:
     if max_frames is None:
         return None
-    if isinstance(max_frames, bool) or not isinstance(
-            max_frames, (int, np.integer)) or max_frames < 1:
-        raise ValueError('max_frames must be an integer >= 1 (or None for '
-                         f'all frames), got {max_frames!r}')
-    return int(max_frames)
+    count = check_integer('track_video', 'max_frames', max_frames)
+    if count < 1:
+        raise ValueError('track_video: max_frames must be an integer >= 1 '
+                         f'(or None for all frames), got {count}')
+    return count
 
 
 def _label_count(kind: str, packed: dict, num_classes: Optional[int]) -> int:
