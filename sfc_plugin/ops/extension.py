@@ -37,16 +37,32 @@ Environment:
     build of the same folder (default 900).
 
 ``python -m sfc_plugin.ops`` builds ahead of time and reports the result.
+
+Compile-only check of the CUDA sources (no GPU, no CUDA torch needed):
+:func:`compile_cuda_sources`, or ``python -m sfc_plugin.ops --compile-only
+cuda``, compiles the op's schema file and the CUDA kernel to object files
+with the flags a CUDA build of :func:`load_native_ops` uses, for the GPU
+architectures asked for (sm_80 and sm_90 by default), against the installed
+torch's headers. A CPU torch wheel ships the ATen/c10 CUDA headers except
+the generated ``c10/cuda/impl/cuda_cmake_macros.h``, which is then supplied
+from a temporary folder. Nothing is linked or loaded.
 """
 import contextlib
+import dataclasses
 import hashlib
+import inspect
 import os
 import os.path as osp
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import warnings
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,10 +71,15 @@ try:
 except ImportError:  # not POSIX
     fcntl = None
 
-__all__ = ['load_native_ops', 'native_ops_available', 'native_ops_status']
+__all__ = [
+    'CompileResult', 'NvccNotFoundError', 'compile_cuda_sources',
+    'load_native_ops', 'native_ops_available', 'native_ops_status'
+]
 
 CSRC = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc')
-CPU_SOURCES = ('topk_window_match.cpp', 'cpu/topk_window_match_cpu.cpp')
+#: The op schemas (and, with SFC_WITH_CUDA, the CUDA kernel's declaration).
+SCHEMA_SOURCE = 'topk_window_match.cpp'
+CPU_SOURCES = (SCHEMA_SOURCE, 'cpu/topk_window_match_cpu.cpp')
 CUDA_SOURCES = ('cuda/topk_window_match_cuda.cu', )
 LIBRARY_NAME = 'sfc_plugin_ops'
 #: Our lock in the build folder, and torch's (``cpp_extension``'s baton).
@@ -240,6 +261,20 @@ def _build_needed(build_dir: str, signature: str, with_cuda: bool) -> bool:
         os.stat(p).st_mtime > built for p in _source_files(with_cuda))
 
 
+def _build_flags(with_cuda: bool) -> Tuple[List[str], List[str], List[str]]:
+    """Our flags on top of torch's own: host compiler, nvcc, linker."""
+    cflags = ['-O3']
+    if os.name != 'nt':
+        cflags += ['-march=native', '-fopenmp']
+    if platform.machine() in ('x86_64', 'AMD64'):
+        cflags.append('-mprefer-vector-width=512')
+    if with_cuda:
+        cflags.append('-DSFC_WITH_CUDA')
+    cuda_cflags = ['-O3', '-DSFC_WITH_CUDA']
+    ldflags = ['-fopenmp'] if os.name != 'nt' else []
+    return cflags, cuda_cflags, ldflags
+
+
 def _fail(error: Exception) -> bool:
     _state['error'] = f'{type(error).__name__}: {error}'
     warnings.warn(
@@ -276,15 +311,7 @@ def load_native_ops(verbose: bool = False) -> bool:
     sources = [osp.join(CSRC, s) for s in CPU_SOURCES]
     if with_cuda:
         sources += [osp.join(CSRC, s) for s in CUDA_SOURCES]
-    cflags = ['-O3']
-    if os.name != 'nt':
-        cflags += ['-march=native', '-fopenmp']
-    if platform.machine() in ('x86_64', 'AMD64'):
-        cflags.append('-mprefer-vector-width=512')
-    if with_cuda:
-        cflags.append('-DSFC_WITH_CUDA')
-    cuda_cflags = ['-O3', '-DSFC_WITH_CUDA']
-    ldflags = ['-fopenmp'] if os.name != 'nt' else []
+    cflags, cuda_cflags, ldflags = _build_flags(with_cuda)
     signature = repr((sources, cflags, cuda_cflags, ldflags))
     try:
         timeout = _build_timeout()
@@ -357,3 +384,275 @@ def _register_fake_kernels() -> None:
           unrestricted_keys=1):
         b, _, k, h, w = key_labels.shape
         return key_labels.new_empty((b, k, h, w))
+
+
+# Compile-only check of the CUDA sources ------------------------------------
+
+#: What ``--compile-only cuda`` compiles, in this order: the schema file
+#: takes seconds, so a broken tree fails before the kernel's far longer
+#: compile starts.
+COMPILE_ONLY_SOURCES = (SCHEMA_SOURCE, ) + CUDA_SOURCES
+DEFAULT_CUDA_ARCHS = (80, 90)
+#: The one generated header a CPU torch wheel leaves out, and its content
+#: in a CUDA torch built with shared libraries (every wheel).
+CUDA_CMAKE_MACROS = osp.join('c10', 'cuda', 'impl', 'cuda_cmake_macros.h')
+CUDA_CMAKE_MACROS_STUB = '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n'
+_ERROR = re.compile(r'\b(error|fatal)\b', re.IGNORECASE)
+_WARNING = re.compile(r'\bwarning\b', re.IGNORECASE)
+#: Where a new diagnostic starts: gcc's ``file:line:col:``, nvcc's
+#: ``file(line):``.
+_DIAGNOSTIC = re.compile(r'^\S.*?(:\d+:\d+:|\(\d+\):)')
+
+
+class NvccNotFoundError(RuntimeError):
+    """No nvcc to compile the CUDA sources with."""
+
+
+@dataclasses.dataclass
+class CompileResult:
+    """One translation unit compiled by :func:`compile_cuda_sources`.
+
+    Attributes:
+        source (str): Path of the unit under the sources folder.
+        compiler (str): Who compiled it, e.g. ``nvcc 13.0`` or ``c++``.
+        status (str): ``ok``, ``failed``, or ``skipped`` (not compiled
+            because an earlier unit failed).
+        seconds (float): Wall time of the compile.
+        command (list[str]): The command line.
+        output (str): Everything the compiler printed.
+        first_error (str): The first error line and a few lines of context
+            after it ('' when the compile passed).
+        own_warnings (list[str]): Warning lines about the sources compiled
+            (those about torch's or CUDA's headers are left out).
+    """
+    source: str
+    compiler: str
+    status: str
+    seconds: float = 0.0
+    command: List[str] = dataclasses.field(default_factory=list)
+    output: str = ''
+    first_error: str = ''
+    own_warnings: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 'ok'
+
+
+def _first_error(output: str, context: int = 3) -> str:
+    """The first error line and up to ``context`` lines after it (the
+    source line and caret both compilers print), up to the next
+    diagnostic; the log's last lines when no line says error (a killed
+    compiler, say)."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if _ERROR.search(line):
+            block = [line]
+            for extra in lines[i + 1:i + 1 + context]:
+                if not extra.strip() or _DIAGNOSTIC.match(extra):
+                    break
+                block.append(extra)
+            return '\n'.join(block)
+    return '\n'.join(lines[-context:]) or '(the compiler printed nothing)'
+
+
+def _own_warnings(output: str, csrc: str) -> List[str]:
+    """Warning lines that name a file of ``csrc``; torch's headers warn
+    under some standards and are not ours to fix."""
+    # The diagnostic may name the file relative to the working folder.
+    names = (osp.realpath(csrc), osp.abspath(csrc), csrc)
+    return [
+        line for line in output.splitlines()
+        if _WARNING.search(line) and any(n in line for n in names)
+    ]
+
+
+def _find_nvcc() -> str:
+    """nvcc on PATH, else under ``$CUDA_HOME`` / ``$CUDA_PATH``."""
+    found = shutil.which('nvcc')
+    if found:
+        return found
+    for var in ('CUDA_HOME', 'CUDA_PATH'):
+        candidate = osp.join(os.environ.get(var) or '', 'bin', 'nvcc')
+        if os.environ.get(var) and os.access(candidate, os.X_OK):
+            return candidate
+    raise NvccNotFoundError(
+        'nvcc not found (not on PATH, nor under $CUDA_HOME/bin): install '
+        'the CUDA toolkit to compile the CUDA sources')
+
+
+def _cuda_home(nvcc: str) -> Optional[str]:
+    """The toolkit nvcc belongs to. ``$CUDA_HOME`` / ``$CUDA_PATH`` first,
+    as torch does; else nvcc's own answer, which holds where nvcc on PATH
+    is a wrapper script outside the toolkit."""
+    for var in ('CUDA_HOME', 'CUDA_PATH'):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        dry = subprocess.run(
+            [nvcc, '--dryrun', '-x', 'cu', '-c', os.devnull, '-o',
+             os.devnull], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'^#\$ TOP=(.+)$', dry.stdout + dry.stderr, re.M)
+    return osp.normpath(match.group(1).strip()) if match else None
+
+
+def _nvcc_version(nvcc: str) -> str:
+    try:
+        out = subprocess.run([nvcc, '--version'], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 'nvcc'
+    match = re.search(r'release (\S+),', out)
+    return f'nvcc {match.group(1)}' if match else 'nvcc'
+
+
+def _torch_cxx_standard() -> str:
+    """The C++ standard ``torch.utils.cpp_extension`` compiles extensions
+    with: C++20 from torch 2.13 on (whose headers use C++20 features and
+    only warn under C++17), C++17 before. torch exposes no constant for
+    it, so its builder's source is read."""
+    from torch.utils import cpp_extension
+    try:
+        source = inspect.getsource(cpp_extension)
+    except (OSError, TypeError):  # no sources shipped: assume a new torch
+        return 'c++20'
+    return 'c++20' if "'-std=c++20'" in source else 'c++17'
+
+
+def _include_flags(cuda_include: Optional[str], stub: str) -> List[str]:
+    """torch's include folders, CUDA's and Python's, as a build of
+    ``load_native_ops`` passes them, plus ``stub`` where torch's tree
+    lacks the generated CUDA header."""
+    from torch.utils import cpp_extension
+    torch_includes = cpp_extension.include_paths()
+    flags = []
+    if not any(
+            osp.isfile(osp.join(d, CUDA_CMAKE_MACROS))
+            for d in torch_includes):
+        path = osp.join(stub, CUDA_CMAKE_MACROS)
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.write(CUDA_CMAKE_MACROS_STUB)
+        flags.append(f'-I{stub}')
+    system = torch_includes + ([cuda_include] if cuda_include else [])
+    python_include = sysconfig.get_path(
+        'include', scheme='nt' if os.name == 'nt' else 'posix_prefix')
+    if python_include:
+        system.append(python_include)
+    for include in system:
+        flags += ['-isystem', include]
+    return flags
+
+
+def _compile_unit(command: List[str], source: str, compiler: str,
+                  csrc: str, verbose: bool) -> CompileResult:
+    if verbose:
+        print(' '.join(command), flush=True)
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+        output, failed = proc.stdout + proc.stderr, proc.returncode != 0
+    except OSError as e:  # the host compiler missing, say
+        output, failed = f'error: cannot run {command[0]}: {e}', True
+    seconds = time.monotonic() - start
+    if verbose and output:
+        print(output, end='' if output.endswith('\n') else '\n', flush=True)
+    return CompileResult(
+        source=source,
+        compiler=compiler,
+        status='failed' if failed else 'ok',
+        seconds=seconds,
+        command=command,
+        output=output,
+        first_error=_first_error(output) if failed else '',
+        own_warnings=_own_warnings(output, csrc))
+
+
+def compile_cuda_sources(archs: Sequence[int] = DEFAULT_CUDA_ARCHS,
+                         verbose: bool = False,
+                         csrc: Optional[str] = None,
+                         keep_going: bool = False) -> List[CompileResult]:
+    """Compiles the CUDA build's sources to object files, without a GPU.
+
+    The schema file is compiled by the host compiler and the kernel by
+    nvcc, each with the flags a CUDA build of :func:`load_native_ops`
+    gives it (torch's defines, include folders, C++ standard and nvcc
+    flags, and ours, ``-DSFC_WITH_CUDA`` included), into a temporary
+    folder that is removed afterwards. The kernel is compiled once for
+    every architecture in ``archs`` (``-gencode arch=compute_XY,
+    code=sm_XY``).
+
+    Args:
+        archs (Sequence[int]): Compute capabilities, e.g. ``(80, 90)``.
+        verbose (bool): Print each command and the compilers' output.
+            Defaults to False.
+        csrc (str, optional): Sources folder, laid out as ``ops/csrc``.
+            Defaults to the installed one.
+        keep_going (bool): Compile every unit even after one failed. By
+            default the units after a failure are skipped.
+
+    Returns:
+        list[CompileResult]: One per unit of ``COMPILE_ONLY_SOURCES``, in
+        that order.
+
+    Raises:
+        NvccNotFoundError: If there is no nvcc.
+        ValueError: If ``archs`` is empty or holds a non-positive number.
+    """
+    from torch.utils import cpp_extension
+    archs = [int(a) for a in archs]
+    if not archs or any(a <= 0 for a in archs):
+        raise ValueError('archs must be compute capabilities such as 80 '
+                         f'or 90, got {archs}')
+    csrc = csrc or CSRC
+    nvcc = _find_nvcc()
+    cuda_home = _cuda_home(nvcc)
+    cuda_include = osp.join(cuda_home, 'include') if cuda_home else None
+    if cuda_include and not osp.isdir(cuda_include):
+        cuda_include = None
+    cflags, cuda_cflags, _ = _build_flags(with_cuda=True)
+    std = f'-std={_torch_cxx_standard()}'
+    # What cpp_extension adds to both compilers for a library it loads,
+    # and the C++ ABI torch was built with (older torch passed it too).
+    common = [
+        f'-DTORCH_EXTENSION_NAME={LIBRARY_NAME}',
+        '-DTORCH_API_INCLUDE_EXTENSION_H',
+        '-D_GLIBCXX_USE_CXX11_ABI='
+        f'{int(torch._C._GLIBCXX_USE_CXX11_ABI)}',
+    ]
+    gencode = []
+    for arch in archs:
+        gencode += ['-gencode', f'arch=compute_{arch},code=sm_{arch}']
+    # nvcc compiles the architectures one after the other unless told;
+    # in parallel the kernel's compile takes ~0.8x as long on 2 cores.
+    threads = min(len(archs), os.cpu_count() or 1)
+    if threads > 1:
+        gencode += ['--threads', str(threads)]
+    cxx = cpp_extension.get_cxx_compiler()
+    nvcc_name = _nvcc_version(nvcc)
+    results = []
+    with tempfile.TemporaryDirectory(prefix='sfc_compile_only_') as tmp:
+        includes = _include_flags(cuda_include, osp.join(tmp, 'stub'))
+        for source in COMPILE_ONLY_SOURCES:
+            is_cuda = source.endswith('.cu')
+            compiler = (f'{nvcc_name}, ' +
+                        ' '.join(f'sm_{a}' for a in archs)
+                        if is_cuda else f'{cxx}, -DSFC_WITH_CUDA')
+            if results and not results[-1].ok and not keep_going:
+                results.append(CompileResult(source, compiler, 'skipped'))
+                continue
+            path = osp.join(csrc, source)
+            obj = osp.join(tmp, osp.basename(source) + '.o')
+            if is_cuda:
+                command = ([nvcc] + common + includes +
+                           list(cpp_extension.COMMON_NVCC_FLAGS) + gencode +
+                           ['-Xcompiler', '-fPIC'] + cuda_cflags + [std])
+            else:
+                command = ([cxx] + common + includes + ['-fPIC', std] +
+                           cflags)
+            command += ['-c', path, '-o', obj]
+            results.append(
+                _compile_unit(command, source, compiler, csrc, verbose))
+    return results

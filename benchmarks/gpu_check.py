@@ -1,0 +1,791 @@
+"""One command for a GPU machine: build the kernels, check them, time it all.
+
+    python benchmarks/gpu_wheelhouse.py               # here, with PyPI
+    python benchmarks/gpu_check.py --out DIR          # on the GPU machine
+    python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gc
+
+Made for a machine that has torch with CUDA, numpy, opencv and nvcc but no
+package registry: the project is imported from this checkout (no install),
+and the pure-Python packages it needs (mmengine, mmcv-lite, addict, yapf,
+pytest...) are installed, where missing, from the ``wheelhouse/`` folder
+that ``gpu_wheelhouse.py`` fills, into a folder of their own
+(``wheelhouse/site-pyXY``), never into the system's site-packages.
+
+Sections, in this order:
+
+- ``env``: the project importable (installing what is missing), the
+  machine: GPU, torch, CUDA, cuDNN, Triton, nvcc;
+- ``build``: ``python -m sfc_plugin.ops``, the native kernels built (CUDA
+  too on a GPU) and loaded;
+- ``correctness``: the op's parametrised tests on the device (pytest on
+  ``tests/test_ops``, ``-k cuda``), and the native op in fp32, fp16 and
+  bf16 on the same cases (borders, ties, k beyond the window, T = 1, odd
+  sizes) against the float64 brute-force definition of those tests,
+  evaluated on the inputs rounded to each type;
+- ``op_speed``: ``benchmarks/propagation_step.py`` at 480p (60×107, T = 21)
+  for C = 256 and 1280 in the SFC (k 15, r' 15) and FC (k 10, r' 12) DAVIS
+  settings: native kernel vs the dense form, and against the floor (the
+  eligible FLOPs at cuBLAS's fp32 rate; TF32 and bf16 rates shown too);
+- ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
+  96 with AMP (bf16), in iterations/s;
+- ``track``: ``tools/track.py`` end to end at 480p (the shared DAVIS-2016
+  blackswan looped, or a generated video) for ``fc_davis.py`` and
+  ``sfc_davis.py``, with and without the overlay video, in frames/s.
+
+Each section runs in a child process of its own: the CUDA kernel has
+never run before, and a crash or a broken CUDA context must not take the
+other sections with it. A failure is recorded with its error and the other
+sections still run; the exit status is 1 if any section failed. Results go
+to ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (rewritten after each
+section, so a run cut short keeps what it measured), the sections' logs to
+``DIR/logs``; the table is printed at the end. ``--quick`` shrinks every
+size for a smoke run; on CPU (``--device cpu``) what needs CUDA (fp16/bf16
+kernels, TF32/bf16 rates, AMP) says ``skipped: no CUDA``.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, Dict, List, Optional
+
+HERE = osp.dirname(osp.abspath(__file__))
+REPO = osp.dirname(HERE)
+sys.path.insert(0, HERE)  # the other benchmarks, reused below
+
+from gpu_wheelhouse import DEFAULT_DEST as DEFAULT_WHEELHOUSE  # noqa: E402
+from gpu_wheelhouse import REQUIREMENTS  # noqa: E402
+
+SECTIONS = ('env', 'build', 'correctness', 'op_speed', 'train', 'track')
+NO_CUDA = 'skipped: no CUDA'
+
+#: The issue's goals on an H100 (figure key -> (text, test)).
+GOALS = {
+    'match_vs_floor': ('≤ 2× the fp32 floor', lambda v: v <= 2),
+    'train_its': ('≥ 5 it/s', lambda v: v >= 5),
+    'sfc_fps_no_overlay': ('≥ 100 frames/s', lambda v: v >= 100),
+}
+
+
+# --------------------------------------------------------------------------
+# Results
+
+
+def row(figure: str, value=None, unit: str = '', note: str = '',
+        goal: Optional[str] = None) -> dict:
+    """One line of the table. ``value`` None means not measured (``note``
+    says why); ``goal`` names an entry of :data:`GOALS`."""
+    return dict(figure=figure, value=value, unit=unit, note=note, goal=goal)
+
+
+def judge(r: dict, quick: bool, device: str) -> str:
+    """The verdict on a row with a goal: the goals are full-size GPU
+    figures, so a quick or CPU run is not judged."""
+    if not r.get('goal') or r['value'] is None:
+        return ''
+    if quick or device == 'cpu':
+        return 'not judged (quick / CPU run)'
+    text, test = GOALS[r['goal']]
+    return 'met' if test(r['value']) else 'NOT met'
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e5:
+            return f'{value:.3g}' if abs(value) < 100 else f'{value:.0f}'
+        return f'{value:.2e}'
+    return str(value)
+
+
+def cell(text: str) -> str:
+    """Text safe in a table cell: error messages may hold pipes."""
+    return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def markdown(report: dict) -> str:
+    env = report['machine']
+    lines = [
+        f'# GPU check, {report["date"]}', '',
+        f'`{report["command"]}`', '',
+        f'- device: {env.get("device_name", report["device"])}',
+        f'- torch {env.get("torch", "?")}, CUDA {env.get("cuda", "-")}, '
+        f'cuDNN {env.get("cudnn", "-")}, Triton {env.get("triton", "-")}, '
+        f'nvcc {env.get("nvcc", "-")}, Python {env.get("python", "?")}',
+        f'- host: {env.get("host", "?")}; '
+        f'{"quick (smoke) sizes" if report["quick"] else "full sizes"}', '',
+        '| section | figure | value | unit | goal | verdict / note |',
+        '|---|---|---:|---|---|---|'
+    ]
+    for name, sec in report['sections'].items():
+        head = f'**{sec["status"]}** ({sec.get("seconds", 0):.0f} s)'
+        if sec.get('error'):
+            head += ': ' + cell(sec['error'].splitlines()[0][:300])
+        lines.append(f'| {name} | *section* | | | | {head} |')
+        for r in sec.get('rows', []):
+            goal = GOALS[r['goal']][0] if r.get('goal') else ''
+            value = '' if r['value'] is None else fmt(r['value'])
+            verdict = judge(r, report['quick'], report['device'])
+            note = '; '.join(x for x in (verdict, r.get('note', '')) if x)
+            lines.append(f'| {name} | {r["figure"]} | {cell(value)} | '
+                         f'{r.get("unit", "")} | {goal} | {cell(note)} |')
+    failed = [n for n, s in report['sections'].items()
+              if s['status'] == 'failed']
+    lines += ['', 'Failed sections: ' + (', '.join(failed) or 'none') + '.']
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(report: dict, out: str) -> str:
+    with open(osp.join(out, 'gpu_check.json'), 'w') as f:
+        json.dump(report, f, indent=1)
+    text = markdown(report)
+    with open(osp.join(out, 'gpu_check.md'), 'w') as f:
+        f.write(text)
+    return text
+
+
+# --------------------------------------------------------------------------
+# Environment: what the children import, from where
+
+
+def site_folder(wheelhouse: str) -> str:
+    """Where the wheelhouse's packages are installed, per Python version:
+    never the system's site-packages."""
+    return osp.join(wheelhouse, f'site-py{sys.version_info[0]}'
+                    f'{sys.version_info[1]}')
+
+
+def child_env(site: str) -> Dict[str, str]:
+    """The environment of every child: this checkout and the wheelhouse's
+    packages importable, their programs (ninja) on PATH."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (REPO, site, env.get('PYTHONPATH')) if p)
+    env['PATH'] = os.pathsep.join(
+        p for p in (osp.join(site, 'bin'), env.get('PATH')) if p)
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def missing_requirements(env: Dict[str, str]) -> List[str]:
+    """Pins of :data:`REQUIREMENTS` whose module or program ``env`` lacks."""
+    saved = sys.path[:]
+    sys.path[:0] = env['PYTHONPATH'].split(os.pathsep)
+    try:
+        importlib.invalidate_caches()
+        missing = []
+        for pin, probe in REQUIREMENTS:
+            if probe.startswith('program:'):
+                found = shutil.which(probe.split(':', 1)[1],
+                                     path=env['PATH'])
+            else:
+                found = importlib.util.find_spec(probe)
+            if not found:
+                missing.append(pin)
+        return missing
+    finally:
+        sys.path[:] = saved
+
+
+def install_missing(missing: List[str], wheelhouse: str, site: str,
+                    env: Dict[str, str], log) -> None:
+    """Installs the ``missing`` pins from ``wheelhouse`` into ``site``."""
+    if not missing:
+        return
+    wheels = (os.listdir(wheelhouse) if osp.isdir(wheelhouse) else [])
+    if not any(n.endswith('.whl') for n in wheels):
+        names = ', '.join(pin.split('==')[0] for pin in missing)
+        raise RuntimeError(
+            f'no wheels in {wheelhouse} to install the {len(missing)} '
+            'missing packages from: run `python '
+            'benchmarks/gpu_wheelhouse.py` where PyPI is reachable and '
+            f'carry wheelhouse/ along (missing: {names})')
+    cmd = [
+        sys.executable, '-m', 'pip', 'install', '--no-index',
+        '--find-links', wheelhouse, '--no-deps', '--upgrade',
+        '--disable-pip-version-check', '--target', site
+    ] + missing
+    log.write('$ ' + ' '.join(cmd) + '\n')
+    log.flush()
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise RuntimeError(f'pip install from {wheelhouse} failed (exit '
+                           f'status {proc.returncode}); see {log.name}')
+    still = missing_requirements(env)
+    if still:
+        raise RuntimeError(f'still missing after the install: '
+                           f'{", ".join(still)}')
+
+
+# --------------------------------------------------------------------------
+# Sections. Each runs in its own child (``--section NAME``) and returns
+# ``dict(rows=[...], details={...})``; raising fails it (a SectionFailure
+# keeps what it measured before failing). Those of NEEDS_DEVICE are skipped
+# where the device asked for is missing.
+
+
+def device_ok(args) -> Optional[str]:
+    """Why the requested device cannot be used, or None."""
+    import torch
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        return (f'no CUDA: torch {torch.__version__} sees no GPU '
+                '(torch.cuda.is_available() is False)')
+    return None
+
+
+def section_env(args) -> dict:
+    """The machine, and the project importable with its registries."""
+    import torch
+    info = dict(python=platform.python_version(), torch=torch.__version__,
+                cuda=torch.version.cuda or '-',
+                host=f'{platform.node()}, {os.cpu_count()} CPUs')
+    if torch.backends.cudnn.is_available():
+        info['cudnn'] = str(torch.backends.cudnn.version())
+    try:
+        import triton
+        info['triton'] = triton.__version__
+    except ImportError:
+        info['triton'] = 'absent'
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        out = subprocess.run([nvcc, '--version'], capture_output=True,
+                             text=True).stdout
+        match = re.search(r'release (\S+),', out)
+        info['nvcc'] = match.group(1) if match else 'present'
+    if torch.cuda.is_available():
+        dev = torch.device(args.device)
+        cap = torch.cuda.get_device_capability(dev)
+        info['device_name'] = (f'{torch.cuda.get_device_name(dev)} '
+                               f'(sm_{cap[0]}{cap[1]})')
+    else:
+        info['device_name'] = f'CPU ({platform.machine()})'
+    import mmcv
+    import mmengine
+
+    import sfc_plugin.apis  # noqa: F401  (what tools/track.py imports)
+    from sfc_plugin.utils import register_all_modules
+    register_all_modules()
+    rows = [
+        row('project importable', 'yes',
+            note=f'mmengine {mmengine.__version__}, mmcv '
+            f'{mmcv.__version__}'),
+        row('device', info['device_name']),
+    ]
+    why = device_ok(args)
+    if why:
+        raise SectionFailure(f'--device {args.device} asked for, but {why}',
+                             rows, info)
+    return dict(rows=rows, details=info)
+
+
+def section_build(args) -> dict:
+    """``python -m sfc_plugin.ops``: builds (or loads the cached build)."""
+    import torch
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, '-m', 'sfc_plugin.ops'],
+                          capture_output=True, text=True, cwd=REPO)
+    seconds = time.monotonic() - start
+    print(proc.stdout + proc.stderr)
+    # The status line; a crash before it leaves its error on stderr.
+    status = ((proc.stdout.strip() or proc.stderr.strip()).splitlines()
+              or ['(no output)'])[-1]
+    if proc.returncode:
+        raise RuntimeError(f'build failed: {status}; its whole output '
+                           'is in logs/build.log')
+    device = torch.device(args.device).type
+    if device not in status:
+        raise RuntimeError(f'no {device} kernel: {status}')
+    return dict(rows=[
+        row('native kernels', status.replace('native kernels ', '')),
+        row('build (or cached load) time', seconds, 's'),
+    ], details=dict(status=status))
+
+
+#: Tolerances of the native op against the definition, per feature type:
+#: fp32 as in the tests; fp16/bf16 weights and labels are stored in the
+#: type, so a few units of its last place.
+DTYPE_TOLERANCES = {'float32': 2e-5, 'float16': 2e-3, 'bfloat16': 1.6e-2}
+
+
+def pytest_counts(output: str) -> Dict[str, int]:
+    """Counts of pytest's closing line ('3 passed, 1 skipped in 2.0s')."""
+    lines = [ln for ln in output.splitlines() if re.search(r' in [\d.]+s', ln)]
+    counts = {}
+    for n, what in re.findall(r'(\d+) (\w+)', lines[-1] if lines else ''):
+        counts[what if what != 'error' else 'errors'] = int(n)
+    return counts
+
+
+def compare_dtype(impl: Callable, dtype, cases: dict, brute_force,
+                  random_inputs) -> dict:
+    """The native op on every case (and the ties case of the tests) with
+    inputs rounded to ``dtype``, against the definition on the same
+    rounded inputs; counts and the largest error."""
+    checks = {
+        name: (sum(map(ord, name)), spec, 0.07)
+        for name, spec in cases.items()
+    }
+    # test_ties_with_equal_labels: duplicated key frames and labels.
+    checks['ties'] = (7, (4, 5, 7, 4, 3, 10, 1.5, 2), 0.1)
+    tol = DTYPE_TOLERANCES[str(dtype).split('.')[-1]]
+    passed, failures, worst = 0, [], 0.0
+    for name, (seed, spec, temperature) in checks.items():
+        t, c, h, w, k, topk, radius, free = spec
+        query, keys, labels = random_inputs(seed, t, c, h, w, k)
+        if name == 'ties':
+            keys[1], labels[1] = keys[0], labels[0]
+            keys[3], labels[3] = keys[2], labels[2]
+        query, keys, labels = (x.to(dtype).double()
+                               for x in (query, keys, labels))
+        try:
+            expected = brute_force(query, keys, labels, topk, radius,
+                                   temperature, free)
+            got = impl(query, keys, labels, topk=topk, radius=radius,
+                       temperature=temperature, unrestricted_keys=free)
+            err = (got.double() - expected).abs().max().item()
+        except Exception as e:  # a kernel error is a failed case
+            failures.append(f'{name}: {type(e).__name__}: {e}'[:300])
+            continue
+        worst = max(worst, err)
+        if err <= tol and got.shape == expected.shape:
+            passed += 1
+        else:
+            failures.append(f'{name}: max abs error {err:.2e} > {tol:.0e}')
+    return dict(passed=passed, total=len(checks), max_error=worst,
+                tolerance=tol, failures=failures)
+
+
+def section_correctness(args) -> dict:
+    """The op's own tests on the device, then fp32/fp16/bf16 against the
+    definition, reusing the tests' cases, inputs and brute force."""
+    import torch
+    sys.path.insert(0, REPO)
+    from tests.test_ops.test_topk_window_match import (
+        CASES,
+        brute_force,
+        native_impl,
+        random_inputs,
+    )
+    cuda = torch.device(args.device).type == 'cuda'
+    # The CUDA parametrisations of the op's tests (the compile-only test
+    # matches 'cuda' too, and is CI's business); on CPU the C++ kernel's.
+    select = 'cuda and not compile' if cuda else 'cpu-kernel'
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+           osp.join(REPO, 'tests', 'test_ops'), '-k', select]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    print(proc.stdout[-20000:] + proc.stderr[-5000:])
+    counts = pytest_counts(proc.stdout)
+    rows = [
+        row(f'pytest tests/test_ops -k "{select}"',
+            ', '.join(f'{n} {w}' for w, n in counts.items()) or 'no result',
+            note='' if proc.returncode == 0 else
+            f'exit status {proc.returncode}')
+    ]
+    details = dict(pytest=dict(command=' '.join(cmd), counts=counts,
+                               exit_status=proc.returncode))
+    # On a GPU a skipped CUDA test means the kernel was not reached.
+    failed = (proc.returncode != 0 or not counts.get('passed')
+              or (cuda and counts.get('skipped', 0) > 0))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        name = str(dtype).split('.')[-1]
+        if not cuda and dtype != torch.float32:
+            rows.append(row(f'native op {name} vs definition',
+                            note=NO_CUDA))
+            continue
+        result = compare_dtype(native_impl(args.device, dtype), dtype, CASES,
+                               brute_force, random_inputs)
+        details[name] = result
+        failed |= result['passed'] != result['total']
+        rows.append(row(
+            f'native op {name} vs definition: cases passed',
+            f'{result["passed"]}/{result["total"]}',
+            note=f'max abs error {result["max_error"]:.1e} (tolerance '
+            f'{result["tolerance"]:.0e})' +
+            ''.join(f'; {f}' for f in result['failures'][:3])))
+    if failed:
+        raise SectionFailure('the op disagrees with its definition or its '
+                             'tests failed', rows, details)
+    return dict(rows=rows, details=details)
+
+
+def matmul_rates(device, quick: bool) -> Dict[str, Optional[float]]:
+    """GFLOP/s of a square matmul in fp32 (TF32 off), TF32 and bf16, best
+    of 5, timed by CUDA events (wall clock on CPU). The fp32 rate is the
+    floor's: the kernel accumulates in fp32 on CUDA cores."""
+    import torch
+    n = 1024 if quick else 8192
+    cuda = device.type == 'cuda'
+    modes = {'fp32': (torch.float32, False), 'tf32': (torch.float32, True),
+             'bf16': (torch.bfloat16, False)}
+    rates = {}
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, (dtype, tf32) in modes.items():
+            if not cuda and name != 'fp32':
+                rates[name] = None
+                continue
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            a @ b
+            best = math.inf
+            for _ in range(5):
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    a @ b
+                    end.record()
+                    end.synchronize()
+                    best = min(best, start.elapsed_time(end) / 1e3)
+                else:
+                    t0 = time.perf_counter()
+                    a @ b
+                    best = min(best, time.perf_counter() - t0)
+            rates[name] = 2 * n**3 / best / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return rates
+
+
+#: (label, top-k, r'): the DAVIS settings of the fused SFC and single FC
+#: models (ENGINEERING.md, settings table).
+MATCH_SETTINGS = (('SFC k15 r15', 15, 15.0), ('FC k10 r12', 10, 12.0))
+
+
+def section_op_speed(args) -> dict:
+    """``propagation_step.py`` per setting (each implementation in a
+    process of its own), set against this run's matmul rates."""
+    import torch
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    rates = matmul_rates(device, args.quick)
+    rows = [
+        row(f'matmul {name} rate', rate and rate / 1e3, 'TFLOP/s',
+            note='' if rate else NO_CUDA)
+        for name, rate in rates.items()
+    ]
+    size = (['--height', '12', '--width', '20', '--frames', '3',
+             '--channels', '16', '32', '--repeats', '1'] if args.quick else
+            ['--height', '60', '--width', '107', '--frames', '21',
+             '--channels', '256', '1280', '--repeats', '10'])
+    impls = ['native', 'dense'] + (['native-bf16'] if cuda else [])
+    details = dict(matmul_gflops=rates, runs={})
+    errors = []
+    for label, topk, radius in MATCH_SETTINGS:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = osp.join(tmp, 'rows.json')
+            cmd = [sys.executable, osp.join(HERE, 'propagation_step.py'),
+                   '--device', args.device, '--impl', *impls, '--topk',
+                   str(topk), '--radius', str(radius), '--out', out, *size]
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  cwd=REPO)
+            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+            if proc.returncode:
+                errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
+                                              or ['?'])[-1])
+                rows.append(row(f'{label}', note='failed: see the log'))
+                continue
+            with open(out) as f:
+                run = json.load(f)
+        details['runs'][label] = run
+        by = {(r['channels'], r['impl']): r for r in run['rows']}
+        for c in sorted({r['channels'] for r in run['rows']}):
+            native, dense = by[(c, 'native')], by[(c, 'dense')]
+            floor = native['eligible_gflop'] / rates['fp32']
+            at = f'{label}, C={c}'
+            rows += [
+                row(f'{at}: native', 1e3 * native['seconds'], 'ms/frame'),
+                row(f'{at}: dense', 1e3 * dense['seconds'], 'ms/frame',
+                    note='dense / native = '
+                    f'{dense["seconds"] / native["seconds"]:.1f}×'),
+            ]
+            if (c, 'native-bf16') in by:
+                bf16 = by[(c, 'native-bf16')]
+                rows.append(row(
+                    f'{at}: native bf16', 1e3 * bf16['seconds'], 'ms/frame',
+                    note=f'mask agreement with fp32 '
+                    f'{100 * bf16["mask_agreement"]:.2f}%'))
+            else:
+                rows.append(row(f'{at}: native bf16', note=NO_CUDA))
+            # The goal's figure; in a quick run C is smaller, so the
+            # largest C stands in for it (shown, not judged).
+            goal = ('match_vs_floor' if topk == MATCH_SETTINGS[0][1] and
+                    c == max(r['channels'] for r in run['rows']) else None)
+            floors = ', '.join(
+                f'{name} {native["eligible_gflop"] / rate * 1e3:.2f} ms'
+                for name, rate in rates.items() if rate)
+            rows.append(row(f'{at}: native / fp32 floor',
+                            native['seconds'] / floor, '×', goal=goal,
+                            note=f'floors: {floors}'))
+    if errors:
+        raise SectionFailure('; '.join(errors), rows, details)
+    return dict(rows=rows, details=details)
+
+
+def section_train(args) -> dict:
+    """``train_speed.bench`` on the training config's FC model."""
+    import torch
+    from mmengine.config import Config
+    from train_speed import bench
+
+    from sfc_plugin.utils import register_all_modules
+    cuda = torch.device(args.device).type == 'cuda'
+    register_all_modules()
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'fc_ytvos.py'))
+    batch = 2 if args.quick else 96
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    # mmengine's AmpOptimWrapper refuses to run without a GPU.
+    opts = argparse.Namespace(device=args.device, amp=cuda,
+                              channels_last=cuda,
+                              crop=64 if args.quick else 256,
+                              warmup=1 if args.quick else 5,
+                              iters=2 if args.quick else 30)
+    its, loss, peak = bench(cfg, batch, opts)
+    if not math.isfinite(loss):
+        raise RuntimeError(f'the training loss is {loss}')
+    what = (f'batch {batch}, crop {opts.crop}, '
+            f'{"AMP bf16, channels_last" if cuda else "fp32"}')
+    rows = [
+        row(f'FC train step ({what})', its, 'it/s',
+            goal='train_its',
+            note='' if cuda else 'AMP: ' + NO_CUDA),
+        row('images/s', its * batch, 'images/s'),
+    ]
+    if cuda:
+        rows.append(row('peak GPU memory', peak, 'GiB'))
+    return dict(rows=rows, details=dict(loss=loss, batch=batch,
+                                        **vars(opts)))
+
+
+def track_source(args, tmp: str):
+    """(frame folder, first mask, description): the shared blackswan
+    looped to the length asked for, or a generated video."""
+    from track_video import DAVIS2016, looped_folder
+    frames = 4 if args.quick else args.track_frames
+    data_root, sequence = DAVIS2016, 'blackswan'
+    what = f'DAVIS-2016 blackswan looped to {frames} frames, 854×480'
+    if args.quick or not osp.isdir(
+            osp.join(data_root, 'JPEGImages', '480p', sequence)):
+        from sfc_plugin.datasets import synthetic_video, write_davis_sequences
+        size = (96, 160) if args.quick else (480, 854)
+        data_root, sequence = osp.join(tmp, 'data'), 'generated'
+        write_davis_sequences(
+            data_root,
+            {sequence: synthetic_video(min(frames, 40), size=size)})
+        what = (f'generated video looped to {frames} frames, '
+                f'{size[1]}×{size[0]}')
+    folder = looped_folder(data_root, sequence, frames, tmp)
+    first = osp.join(data_root, 'Annotations', '480p', sequence,
+                     '00000.png')
+    return folder, first, what
+
+
+def section_track(args) -> dict:
+    """``tools/track.py`` per config, with and without the overlay; the
+    figures are the runs' own ``summary.json``."""
+    rows, details, errors = [], {}, []
+    with tempfile.TemporaryDirectory(prefix='gpu_check_track_') as tmp:
+        frames, first, what = track_source(args, tmp)
+        details['video'] = what
+        for config in ('fc_davis.py', 'sfc_davis.py'):
+            for overlay in (True, False):
+                label = (f'{config} {"with" if overlay else "without"} '
+                         'overlay')
+                out = osp.join(tmp, f'{config}_{overlay}')
+                cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
+                       frames, first, '--out', out, '--config', config,
+                       '--device', args.device, '--quiet'] + (
+                           [] if overlay else ['--no-overlay'])
+                proc = subprocess.run(cmd, capture_output=True, text=True,
+                                      cwd=REPO)
+                print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+                if proc.returncode:
+                    errors.append(f'{label}: ' + (
+                        proc.stderr.strip().splitlines() or ['?'])[-1])
+                    rows.append(row(label, note='failed: see the log'))
+                    continue
+                with open(osp.join(out, 'summary.json')) as f:
+                    summary = json.load(f)
+                details[label] = summary
+                goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
+                        and not overlay else None)
+                rows.append(row(
+                    f'track.py {label}', summary['frames_per_second'],
+                    'frames/s', goal=goal,
+                    note=f'{summary["frames"]} frames, peak RSS '
+                    f'{summary["peak_rss_mib"]:.0f} MiB'))
+    rows.insert(0, row('video', what))
+    if errors:
+        raise SectionFailure('; '.join(errors), rows, details)
+    return dict(rows=rows, details=details)
+
+
+class SectionFailure(Exception):
+    """A failed section that still has figures to report."""
+
+    def __init__(self, message: str, rows: list, details: dict):
+        super().__init__(message)
+        self.rows, self.details = rows, details
+
+
+RUNNERS = {
+    'env': section_env,
+    'build': section_build,
+    'correctness': section_correctness,
+    'op_speed': section_op_speed,
+    'train': section_train,
+    'track': section_track,
+}
+#: Sections that need the device the run asked for.
+NEEDS_DEVICE = ('build', 'correctness', 'op_speed', 'train', 'track')
+
+
+def run_in_child(args) -> None:
+    """``--section NAME``: runs it here and writes its result as JSON."""
+    result = dict(status='ok')
+    try:
+        why = device_ok(args) if args.section in NEEDS_DEVICE else None
+        if why:
+            result.update(status='skipped', error=why)
+        else:
+            result.update(RUNNERS[args.section](args))
+    except SectionFailure as e:
+        result.update(status='failed', error=str(e), rows=e.rows,
+                      details=e.details)
+    except BaseException as e:  # recorded, not raised: the parent decides
+        traceback.print_exc()
+        result.update(status='failed', error=f'{type(e).__name__}: {e}')
+    with open(args.result, 'w') as f:
+        json.dump(result, f, indent=1, default=str)
+
+
+def run_section(name: str, args, env: Dict[str, str], logs: str) -> dict:
+    """Runs a section in a child; a child that dies or hangs is a failed
+    section with the end of its log."""
+    result_path = osp.join(logs, f'{name}.json')
+    if osp.exists(result_path):
+        os.remove(result_path)
+    cmd = [sys.executable, osp.abspath(__file__), '--section', name,
+           '--result', result_path, '--device', args.device,
+           '--track-frames', str(args.track_frames)] + (
+               ['--quick'] if args.quick else [])
+    log_path = osp.join(logs, f'{name}.log')
+    start = time.monotonic()
+    with open(log_path, 'w') as log:
+        # A session of its own, so that a timeout also ends the section's
+        # own children (pytest, track.py ...), which hold the GPU.
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 env=env, cwd=REPO, start_new_session=True)
+        try:
+            code = child.wait(timeout=args.section_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            code = f'killed after {args.section_timeout:.0f} s'
+    seconds = time.monotonic() - start
+    try:
+        with open(result_path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        with open(log_path, errors='replace') as f:
+            tail = ''.join(f.readlines()[-5:]).strip() or '(empty log)'
+        result = dict(status='failed',
+                      error=f'the child died ({code}): {tail}')
+    result['seconds'] = seconds
+    result['log'] = osp.relpath(log_path, osp.dirname(logs))
+    return result
+
+
+def parse_args():
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='\n'.join(__doc__.splitlines()[1:5]))
+    p.add_argument('--out', help='results folder (created)')
+    p.add_argument('--device', default='cuda',
+                   help='cuda, cuda:1 ... or cpu (default: %(default)s)')
+    p.add_argument('--quick', action='store_true',
+                   help='tiny sizes: a smoke run of every section')
+    p.add_argument('--sections', nargs='+', choices=SECTIONS,
+                   default=list(SECTIONS),
+                   help='run only these (env always runs first)')
+    p.add_argument('--wheelhouse', default=DEFAULT_WHEELHOUSE,
+                   help='wheels to install what is missing from (default: '
+                   '%(default)s)')
+    p.add_argument('--track-frames', type=int, default=300,
+                   help='frames per tools/track.py run (default: '
+                   '%(default)s)')
+    p.add_argument('--section-timeout', type=float, default=480,
+                   help='seconds before a section is killed (default: '
+                   '%(default)s)')
+    p.add_argument('--section', choices=SECTIONS, help=argparse.SUPPRESS)
+    p.add_argument('--result', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if not args.section and not args.out:
+        p.error('--out DIR is required')
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.section:
+        return run_in_child(args)
+    os.makedirs(args.out, exist_ok=True)
+    logs = osp.join(args.out, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    report = dict(
+        date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+        command=' '.join(['python', 'benchmarks/gpu_check.py'] +
+                         sys.argv[1:]),
+        device=args.device, quick=args.quick, machine={}, sections={})
+    site = site_folder(args.wheelhouse)
+    env = child_env(site)
+    missing = missing_requirements(env)
+    with open(osp.join(logs, 'install.log'), 'w') as log:
+        try:
+            install_missing(missing, args.wheelhouse, site, env, log)
+            install_error = None
+        except Exception as e:
+            install_error = str(e)
+    sections = ['env'] + [s for s in args.sections if s != 'env']
+    for name in sections:
+        print(f'gpu_check: {name} ...', flush=True)
+        result = run_section(name, args, env, logs)
+        if name == 'env':
+            report['machine'] = result.get('details', {})
+            note = ('installed from the wheelhouse: ' +
+                    ', '.join(missing) if missing else 'nothing to install')
+            if install_error:
+                note = 'install failed'
+                result['status'] = 'failed'
+                result['error'] = install_error
+            result.setdefault('rows', []).insert(
+                0, row('missing packages', len(missing), note=note))
+        report['sections'][name] = result
+        print(f'gpu_check: {name} {result["status"]} in '
+              f'{result["seconds"]:.0f} s' + (
+                  f': {result["error"].splitlines()[0][:300]}'
+                  if result.get('error') else ''), flush=True)
+        write_report(report, args.out)
+    report['ok'] = not any(s['status'] == 'failed'
+                           for s in report['sections'].values())
+    print('\n' + write_report(report, args.out))
+    print(f'gpu_check: results in {args.out}/gpu_check.json and '
+          'gpu_check.md')
+    sys.exit(0 if report['ok'] else 1)
+
+
+if __name__ == '__main__':
+    main()
