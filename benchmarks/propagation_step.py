@@ -11,7 +11,7 @@ rate, measured in the same run. Prints a Markdown table.
     python benchmarks/propagation_step.py --channels 256 1280 \\
         --impl native reference dense
     python benchmarks/propagation_step.py --device cuda --channels 1280 \\
-        --impl native native-tf32 reference
+        --impl native native-bf16 reference
 """
 import argparse
 import json
