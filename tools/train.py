@@ -123,12 +123,12 @@ def merge_args(cfg: Config, args) -> Config:
     """Applies the training switches to the config."""
     if args.amp:
         if not torch.cuda.is_available():
-            raise SystemExit('--amp needs a CUDA GPU; none is available')
+            raise RuntimeError('--amp needs a CUDA GPU; none is available')
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper == 'AmpOptimWrapper':
             print('AMP is already enabled in the config.')
         elif wrapper != 'OptimWrapper':
-            raise SystemExit(f'--amp needs optim_wrapper.type OptimWrapper, '
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, '
                              f'the config has {wrapper}')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -136,7 +136,7 @@ def merge_args(cfg: Config, args) -> Config:
 
     if args.sync_bn:
         if not torch.cuda.is_available():
-            raise SystemExit('--sync-bn needs CUDA GPUs (SyncBatchNorm has '
+            raise RuntimeError('--sync-bn needs CUDA GPUs (SyncBatchNorm has '
                              'no CPU implementation)')
         cfg.sync_bn = 'torch'
 
