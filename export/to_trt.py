@@ -86,7 +86,7 @@ def require_tensorrt():
     """TensorRT, of a supported version, and a CUDA GPU; else one message."""
     from sfc_plugin.deploy.backends import require_tensorrt as load
     try:
-        trt = load()
+        trt = load('Building an engine')
     except ImportError as err:
         raise ImportError(f'{err}; nothing was built') from None
     import torch

@@ -210,8 +210,11 @@ def torch_dtype(trt, trt_dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, trt.nptype(trt_dtype))).dtype
 
 
-def require_tensorrt():
+def require_tensorrt(who: str = 'TensorRTBackend'):
     """The ``tensorrt`` module, of a version this code supports.
+
+    Args:
+        who (str): What needs it, the start of the message.
 
     Raises:
         ImportError: Not installed, or outside [10.7, 12).
@@ -219,13 +222,13 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise ImportError('TensorRT is not installed; sfc_plugin needs '
-                          'TensorRT 10.7 to 11.x (the `tensorrt` extra, from '
+        raise ImportError(f'{who} needs TensorRT 10.7 to 11.x, and TensorRT '
+                          'is not installed (the `tensorrt` extra, from '
                           'NVIDIA\'s index)') from None
     major, minor = (int(x) for x in trt.__version__.split('.')[:2])
     if (major, minor) < (10, 7) or major >= 12:
-        raise ImportError(f'TensorRT {trt.__version__} found; sfc_plugin '
-                          'supports TensorRT 10.7 to 11.x')
+        raise ImportError(f'{who} needs TensorRT 10.7 to 11.x; TensorRT '
+                          f'{trt.__version__} is installed')
     return trt
 
 
