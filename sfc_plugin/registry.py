@@ -5,7 +5,18 @@ config with ``default_scope = 'sfc_plugin'`` resolves our types first and falls
 back to mmengine's. ``locations`` names the modules that register into each
 registry: building from a config imports them on demand, so no config needs a
 ``custom_imports`` entry.
+
+Our registries build in their own scope, whatever the caller's default scope
+(:class:`ScopedRegistry`): an sfc_plugin model named from another codebase's
+config (``dict(type='sfc_plugin.SFCTracker', ...)`` under
+``default_scope='mmdet'``) builds its parts as sfc_plugin types, so a bare
+``type='ResNet'`` inside it is sfc_plugin's ResNet, never another scope's
+class of the same name; ``type='mmdet.X'`` still reaches other scopes.
 """
+import contextlib
+import uuid
+from typing import Any, Iterator
+
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
@@ -33,9 +44,53 @@ from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import (
     WEIGHT_INITIALIZERS as MMENGINE_WEIGHT_INITIALIZERS,
 )
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope
+from mmengine.registry import Registry as _MMEngineRegistry
 
 SCOPE = 'sfc_plugin'
+
+
+class ScopedRegistry(_MMEngineRegistry):
+    """An mmengine registry whose :meth:`build` resolves types in its own
+    scope.
+
+    mmengine builds a config in the *current default scope*: an sfc_plugin
+    model built from an mmdet config would look its parts up in mmdet's
+    registries (``CorrespondenceEncoder`` is not there; ``ResNet`` is
+    mmdet's). Our models build their parts through our registries, which
+    switch the default scope to ``sfc_plugin`` for the build, so the parts
+    are ours wherever the model was named from. Types with an explicit
+    scope (``mmdet.X``) are unaffected.
+    """
+
+    def build(self, cfg: dict, *args, **kwargs) -> Any:
+        with _default_scope(self.scope):
+            return super().build(cfg, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _default_scope(scope: str) -> Iterator[None]:
+    """Makes ``scope`` the default scope inside the block.
+
+    Unlike ``DefaultScope.overwrite_default_scope``, which restores a copy
+    of every instance on exit, this removes only its own: what is built
+    inside may create a default scope of its own that must outlive the
+    block (a Runner, built through our RUNNERS, does).
+    """
+    current = DefaultScope.get_current_instance()
+    if current is not None and current.scope_name == scope:
+        yield
+        return
+    name = f'{scope}-build-{uuid.uuid4().hex}'
+    DefaultScope.get_instance(name, scope_name=scope)
+    try:
+        yield
+    finally:
+        DefaultScope._instance_dict.pop(name, None)
+
+
+#: Every registry of this module is scoped (see :class:`ScopedRegistry`).
+Registry = ScopedRegistry
 
 RUNNERS = Registry(
     'runner', parent=MMENGINE_RUNNERS, locations=['sfc_plugin.engine'])
