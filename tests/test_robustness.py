@@ -256,6 +256,35 @@ def test_absurd_topk_is_bounded():
         topk_window_match(query, keys, labels, topk=2**40, **kw), all_keys)
 
 
+def test_export_forms_validate_and_stay_bounded():
+    from sfc_plugin.deploy import PropagationStep
+    from sfc_plugin.ops import (
+        topk_window_match,
+        topk_window_match_decomposed,
+    )
+    gen = torch.Generator().manual_seed(1)
+    query = torch.nn.functional.normalize(
+        torch.randn(1, 8, 5, 6, generator=gen), dim=1)
+    keys = torch.nn.functional.normalize(
+        torch.randn(1, 3, 8, 5, 6, generator=gen), dim=2)
+    labels = torch.rand(1, 3, 2, 5, 6, generator=gen)
+    # An absurd k and an infinite radius: the result of k = T·H·W and no
+    # window, no huge padding.
+    torch.testing.assert_close(
+        topk_window_match_decomposed(query, keys, labels, topk=2**40,
+                                     radius=math.inf, temperature=0.1),
+        topk_window_match(query, keys, labels, topk=90, radius=1000.0,
+                          temperature=0.1))
+    for bad, name in [(dict(topk=2.5), 'topk'),
+                      (dict(radius=math.nan), 'radius'),
+                      (dict(temperature=0.0), 'temperature'),
+                      (dict(unrestricted_keys=-1), 'unrestricted_keys')]:
+        kwargs = dict(topk=3, radius=2.0, temperature=0.1)
+        kwargs.update(bad)
+        with pytest.raises(ValueError, match=f'PropagationStep: {name}'):
+            PropagationStep(**kwargs)
+
+
 def test_unnormalised_features_are_blamed_on_overflow():
     from sfc_plugin.ops import topk_window_match
     query = torch.full((4, 3, 3), 1e30)

@@ -4,7 +4,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from sfc_plugin.ops import topk_window_match, topk_window_match_decomposed
+from sfc_plugin.ops import (
+    check_integer,
+    check_match_settings,
+    topk_window_match,
+    topk_window_match_decomposed,
+)
 from sfc_plugin.ops.onnx import register_onnx_symbolic
 from sfc_plugin.utils.fileio import atomic_output, sha256
 
@@ -55,10 +60,14 @@ class PropagationStep(nn.Module):
         if form not in FORMS:
             raise ValueError(f'PropagationStep: form must be one of {FORMS}, '
                              f'got {form!r}')
-        self.topk = int(topk)
-        self.radius = float(radius)
-        self.temperature = float(temperature)
-        self.unrestricted_keys = int(unrestricted_keys)
+        self.topk, self.radius, self.temperature = check_match_settings(
+            'PropagationStep', topk, radius, temperature)
+        self.unrestricted_keys = check_integer('PropagationStep',
+                                               'unrestricted_keys',
+                                               unrestricted_keys)
+        if self.unrestricted_keys < 0:
+            raise ValueError('PropagationStep: unrestricted_keys must be >= '
+                             f'0, got {self.unrestricted_keys}')
         self.form = form
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor,

@@ -353,13 +353,22 @@ def topk_window_match_decomposed(query: torch.Tensor,
         key_labels (Tensor): (B, T, K, H, W). Others as
             :func:`topk_window_match`.
 
+    Settings are validated as the op's are (an infinite radius means no
+    window). ``topk`` beyond the T·H·W keys only adds padding: run eagerly
+    it is clamped, so that an absurd k allocates nothing, while an export
+    keeps it, since the graph pads at run time for whatever T·H·W it gets.
+
     Returns:
         Tensor: (B, K, H, W).
     """
+    topk, radius, temperature = check_match_settings(
+        'topk_window_match_decomposed', topk, radius, temperature)
     b, c, h, w = query.shape
+    if not torch.onnx.is_in_onnx_export():
+        topk = min(topk, keys.shape[1] * h * w)
     weights, idx = _dense_neighbours(
         query.reshape(b, c, h * w).transpose(1, 2),
-        _positions(h, w, query.device), keys, int(topk), radius, temperature,
+        _positions(h, w, query.device), keys, topk, radius, temperature,
         unrestricted_keys)
     return aggregate_labels(weights.view(b, h, w, -1), idx.view(b, h, w, -1),
                             key_labels)
