@@ -36,6 +36,8 @@ constexpr int kKeysPerThread = kTileQueries * kChunkKeys / kThreads;  // 8
 // Top-k state per query lives in shared memory; larger k is clamped to the
 // number of keys a query can see, and beyond this the CPU kernel serves.
 constexpr int64_t kMaxTopk = 256;
+// Rows and batch items go in the launch grid's y and z: at most this many.
+constexpr int64_t kMaxGridYZ = 65535;
 
 template <typename acc_t>
 struct SharedLayout {
@@ -225,6 +227,11 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
                            query.options().dtype(at::kLong));
   // An empty grid is an invalid launch configuration.
   if (batch == 0) return {weights, indices};
+  TORCH_CHECK_VALUE(height <= kMaxGridYZ && batch <= kMaxGridYZ,
+                    "topk_window_match: the CUDA kernel takes at most ",
+                    kMaxGridYZ, " feature rows and ", kMaxGridYZ,
+                    " batch items per call, got H=", height, ", B=", batch,
+                    "; split the call");
   const auto q = query.permute({0, 2, 3, 1}).contiguous();
   const auto k = keys_channels_last(keys);
   const auto half_widths =
@@ -240,6 +247,18 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
         const size_t shared =
             sizeof(SharedLayout<acc_t>) +
             kTileQueries * stored_topk * (sizeof(acc_t) + sizeof(int64_t));
+        // Checked here rather than left to the launch, whose error names
+        // neither the cause nor the way out.
+        int optin = 0;
+        C10_CUDA_CHECK(cudaDeviceGetAttribute(
+            &optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+            query.device().index()));
+        const size_t available = static_cast<size_t>(optin);
+        TORCH_CHECK_VALUE(
+            shared <= available, "topk_window_match: topk=", topk, " in ",
+            q.scalar_type(), " needs ", shared / 1024,
+            " KiB of shared memory per block; this GPU offers ",
+            available / 1024, " KiB. Use a smaller topk or float32 features");
         auto kernel = topk_window_kernel<scalar_t, acc_t>;
         C10_CUDA_CHECK(cudaFuncSetAttribute(
             kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
