@@ -136,8 +136,8 @@ def merge_args(cfg: Config, args) -> Config:
 
     if args.sync_bn:
         if not torch.cuda.is_available():
-            raise RuntimeError('--sync-bn needs CUDA GPUs (SyncBatchNorm has '
-                             'no CPU implementation)')
+            raise RuntimeError('--sync-bn needs CUDA GPUs (SyncBatchNorm '
+                               'has no CPU implementation)')
         cfg.sync_bn = 'torch'
 
     if args.resume == 'auto':

@@ -84,10 +84,8 @@ def label_kind(first_labels: str, num_classes: Optional[int] = None) -> str:
     when the number of part classes is given.
     """
     first_labels = os.fspath(first_labels)
-    if num_classes is not None and (isinstance(num_classes, bool)
-                                    or not isinstance(num_classes, int)):
-        raise ValueError('num_classes must be an integer, got '
-                         f'{num_classes!r}')
+    if num_classes is not None:
+        check_integer('label_kind', 'num_classes', num_classes)
     if first_labels.lower().endswith('.json'):
         if num_classes is not None:
             raise ValueError(f'"{first_labels}" holds keypoints; a number '
@@ -450,9 +448,11 @@ def track_video(source: str,
     backend_model = None if backend_model is None else os.fspath(
         backend_model)
     max_frames = _checked_max_frames(max_frames)
+    config = find_config(config)
     inputs = {
         'source': source,
         'first-frame labels': first_labels,
+        'config': config,
         'checkpoint': checkpoint,
         'backend model': backend_model,
     }
@@ -464,7 +464,6 @@ def track_video(source: str,
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes)
     weights = weights_record(cfg)
-    inputs['config'] = find_config(config)
     inputs.update((f'{key} checkpoint', value['path'])
                   for key, value in weights.items()
                   if isinstance(value, dict))
@@ -520,7 +519,7 @@ def track_video(source: str,
             frames=count,
             objects=_label_count(kind, first, num_classes),
             frame_size=list(reader.frame_size),
-            config=osp.abspath(find_config(config)),
+            config=osp.abspath(config),
             checkpoint=None if checkpoint is None else osp.abspath(
                 checkpoint),
             weights=weights,

@@ -99,16 +99,10 @@ class ONNXRuntimeBackend(FeatureBackend):
                  providers: Optional[Sequence] = None):
         import onnx
 
-        from .onnxruntime_ops import ORT_DTYPES, require_module
+        from .onnxruntime_ops import ORT_DTYPES, load_onnx, require_module
         self.ort = require_module('onnxruntime', 'ort')
         self.model = os.fspath(model)
-        if not os.path.isfile(self.model):
-            raise FileNotFoundError(f'ONNX file not found: "{self.model}"')
-        try:
-            proto = onnx.load(self.model, load_external_data=False)
-        except Exception as err:  # protobuf's DecodeError and kin
-            raise ValueError(f'"{self.model}" is not an ONNX model (cannot '
-                             f'be parsed: {type(err).__name__})') from None
+        proto = load_onnx(self.model)
         try:
             # Exporters do not always write the output's shape; the channel
             # count follows from the graph.
@@ -127,11 +121,10 @@ class ONNXRuntimeBackend(FeatureBackend):
             raise ValueError(f'ONNXRuntimeBackend: {self.model} does not fix '
                              'its feature channels (output dim 1); not an '
                              'sfc_plugin encoder?')
-        names = {v: k for k, v in ORT_DTYPES.items()}
         elem = onnx.helper.tensor_dtype_to_np_dtype(
             inputs[0].type.tensor_type.elem_type)
         self.dtype = torch.from_numpy(np.zeros(0, elem)).dtype
-        if self.dtype not in names:
+        if self.dtype not in ORT_DTYPES.values():
             raise ValueError(f'ONNXRuntimeBackend: {self.model} takes '
                              f'{self.dtype} images; not an sfc_plugin '
                              'encoder?')

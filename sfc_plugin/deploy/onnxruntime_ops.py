@@ -89,6 +89,23 @@ def has_custom_nodes(model: onnx.ModelProto) -> bool:
                for n in model.graph.node)
 
 
+def load_onnx(path: Union[str, os.PathLike]) -> onnx.ModelProto:
+    """An ONNX file's model, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is not an ONNX model.
+    """
+    path = os.fspath(path)
+    try:
+        return onnx.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'ONNX file not found: "{path}"') from None
+    except Exception as err:  # protobuf's DecodeError and kin
+        raise ValueError(f'"{path}" is not an ONNX model (cannot be parsed: '
+                         f'{type(err).__name__}: {err})') from None
+
+
 def onnxruntime_session(model: Union[str, os.PathLike, onnx.ModelProto],
                         providers: Optional[Sequence[str]] = None,
                         sess_options=None):
@@ -108,19 +125,7 @@ def onnxruntime_session(model: Union[str, os.PathLike, onnx.ModelProto],
         ValueError: ``model`` is not an ONNX file (naming it).
     """
     ort = require_module('onnxruntime', 'ort')
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        model = os.fspath(model)
-        try:
-            proto = onnx.load(model)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f'ONNX file not found: "{model}"') from None
-        except Exception as err:  # protobuf's DecodeError and kin
-            raise ValueError(f'"{model}" is not an ONNX model (cannot be '
-                             f'parsed: {type(err).__name__}: {err})'
-                             ) from None
+    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     options = sess_options or ort.SessionOptions()
     providers = list(providers or ['CPUExecutionProvider'])
     if not has_custom_nodes(proto):
