@@ -12,6 +12,8 @@ from mmengine.config import Config
 
 import sfc_plugin
 
+from .optional import require_mmdet
+
 #: Configs shipped inside the package (what mim finds).
 PACKAGE_CONFIGS = osp.join(osp.dirname(sfc_plugin.__file__), '.mim',
                            'configs')
@@ -39,6 +41,8 @@ def load_config(config, cfg_options: Optional[dict] = None) -> Config:
 
     Raises:
         FileNotFoundError: No such config.
+        ImportError: An mmdet config (``default_scope='mmdet'``) where
+            mmdet cannot be used.
         ValueError: The config cannot be parsed or built from its bases, or
             an override does not fit it; the message names the file.
     """
@@ -50,6 +54,9 @@ def load_config(config, cfg_options: Optional[dict] = None) -> Config:
     except Exception as err:  # SyntaxError, a bad _base_, a bad import
         raise ValueError(f'Config "{path}" cannot be read: '
                          f'{type(err).__name__}: {err}') from None
+    scope = cfg.get('default_scope')
+    if scope == 'mmdet':
+        require_mmdet(f'Config "{path}" (default_scope mmdet)')
     if cfg_options:
         try:
             cfg.merge_from_dict(cfg_options)
