@@ -64,12 +64,12 @@ class ScopedRegistry(_MMEngineRegistry):
     """
 
     def build(self, cfg: dict, *args, **kwargs) -> Any:
-        with _default_scope(self.scope):
+        with building_in_scope(self.scope):
             return super().build(cfg, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def _default_scope(scope: str) -> Iterator[None]:
+def building_in_scope(scope: str) -> Iterator[None]:
     """Makes ``scope`` the default scope inside the block.
 
     Unlike ``DefaultScope.overwrite_default_scope``, which restores a copy

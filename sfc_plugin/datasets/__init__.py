@@ -2,11 +2,13 @@ from .davis import (
     DAVISDataset,
     VIPDataset,
     check_label_noise,
+    list_davis_sequences,
     read_object_mask,
 )
 from .frame_dataset import FrameDataset
 from .jhmdb import JHMDBDataset, read_joint_positions
 from .keypoints import read_keypoint_json
+from .mmdet_datasets import DAVISVideoDataset
 from .samplers import VideoSampler
 from .synthetic_frame_dataset import SyntheticFrameDataset, synthetic_frame
 from .synthetic_video import synthetic_video, write_davis_sequences
@@ -22,7 +24,8 @@ from .video_reader import (
 __all__ = [
     'FrameDataset', 'SyntheticFrameDataset', 'synthetic_frame',
     'VideoFrameDataset', 'DAVISDataset', 'VIPDataset', 'JHMDBDataset',
-    'check_label_noise', 'read_object_mask', 'read_joint_positions',
+    'DAVISVideoDataset', 'check_label_noise', 'list_davis_sequences',
+    'read_object_mask', 'read_joint_positions',
     'read_keypoint_json',
     'VideoSampler', 'synthetic_video', 'write_davis_sequences',
     'FrameFolderReader', 'TruncatedVideoError', 'VideoFileReader',

@@ -1,6 +1,6 @@
 import os
 import os.path as osp
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -154,33 +154,14 @@ class DAVISDataset(VideoFrameDataset):
             **kwargs)
 
     def load_data_list(self) -> List[dict]:
-        img_root = self.data_prefix['img_path']
-        ann_root = self.data_prefix['seg_map_path']
         data_list = []
-        for video in read_list_file(self.ann_file, type(self).__name__,
-                                    'sequence list'):
-            frame_dir = osp.join(img_root, video)
-            if not osp.isdir(frame_dir):
-                raise FileNotFoundError(
-                    f'DAVISDataset: sequence "{video}" has no frames folder '
-                    f'"{frame_dir}"')
-            frames = sorted(
-                f for f in os.listdir(frame_dir) if is_image_file(f))
-            if not frames:
-                raise ValueError(
-                    f'DAVISDataset: no frames in "{frame_dir}"')
-            ann_paths = [
-                osp.join(ann_root, video, osp.splitext(f)[0] + '.png')
-                for f in frames
-            ]
-            if not osp.isfile(ann_paths[0]):
-                raise FileNotFoundError(
-                    f'DAVISDataset: sequence "{video}" has no annotation for '
-                    f'its first frame: "{ann_paths[0]}"')
+        for video, frames, ann_paths in list_davis_sequences(
+                self.ann_file, self.data_prefix['img_path'],
+                self.data_prefix['seg_map_path'], type(self).__name__):
             for i, (frame, ann) in enumerate(zip(frames, ann_paths)):
                 data_list.append(
                     dict(
-                        img_path=osp.join(frame_dir, frame),
+                        img_path=frame,
                         seg_map_path=ann if osp.isfile(ann) else None,
                         first_seg_map_path=ann_paths[0],
                         mask_format=self.mask_format,
@@ -188,6 +169,50 @@ class DAVISDataset(VideoFrameDataset):
                         frame_id=i,
                         video_length=len(frames)))
         return data_list
+
+
+def list_davis_sequences(ann_file: str, img_root: str, ann_root: str,
+                         owner: str) -> List[Tuple[str, List[str],
+                                                   List[str]]]:
+    """The sequences of a DAVIS split: frames and annotation paths.
+
+    Args:
+        ann_file (str): Sequence list, one name per line.
+        img_root (str): Folder of the sequences' frame folders.
+        ann_root (str): Folder of the sequences' annotation folders.
+        owner (str): Who asks, for messages.
+
+    Returns:
+        list[tuple]: Per sequence, its name, its frame paths in order and
+        the annotation path of each frame (which may not exist, except the
+        first frame's).
+
+    Raises:
+        FileNotFoundError: A listed sequence has no frames folder, or its
+            first frame has no annotation.
+        ValueError: A frames folder without frames.
+    """
+    sequences = []
+    for video in read_list_file(ann_file, owner, 'sequence list'):
+        frame_dir = osp.join(img_root, video)
+        if not osp.isdir(frame_dir):
+            raise FileNotFoundError(
+                f'{owner}: sequence "{video}" has no frames folder '
+                f'"{frame_dir}"')
+        frames = sorted(f for f in os.listdir(frame_dir) if is_image_file(f))
+        if not frames:
+            raise ValueError(f'{owner}: no frames in "{frame_dir}"')
+        ann_paths = [
+            osp.join(ann_root, video, osp.splitext(f)[0] + '.png')
+            for f in frames
+        ]
+        if not osp.isfile(ann_paths[0]):
+            raise FileNotFoundError(
+                f'{owner}: sequence "{video}" has no annotation for its '
+                f'first frame: "{ann_paths[0]}"')
+        sequences.append(
+            (video, [osp.join(frame_dir, f) for f in frames], ann_paths))
+    return sequences
 
 
 def first_frame_object_count(path: str, mask_format: str = 'auto') -> int:
