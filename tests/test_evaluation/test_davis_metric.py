@@ -158,3 +158,101 @@ def test_no_object_and_sparse_ids(tmp_path):
     # Objects 1..5 of "sparse": 2, 3, 4 are empty in both (J = F = 1).
     assert res['J&F-Mean'] == 1.0
     assert len([r for r in metric.results if r['video'] == 'sparse']) == 4
+
+
+def mmdet_form(dataset, preds, instance_ids=None):
+    """The same predictions as mmdet's trackers give them: one result per
+    frame (frame-level loading), a TrackDataSample-like dict whose frame
+    holds ``pred_track_instances`` and the meta data PackTrackInputs packs."""
+    from mmengine.structures import BaseDataElement, InstanceData
+    out = []
+    for sample in samples_for(dataset, preds):
+        ids = np.arange(1, int(sample['pred_seg_map'].max()) + 1)
+        frame = BaseDataElement(metainfo=dict(
+            video=sample['video'], video_id=hash(sample['video']),
+            img_path=sample['img_path'],
+            seg_map_path=sample['seg_map_path'],
+            first_seg_map_path=sample['first_seg_map_path'],
+            mask_format='auto', frame_id=sample['frame_id'],
+            # What frame-level loading (TrackImgSampler) packs.
+            video_length=1, ori_video_length=sample['video_length'],
+            ori_shape=sample['pred_seg_map'].shape))
+        frame.pred_track_instances = InstanceData(
+            masks=sample['pred_seg_map'][None] == ids[:, None, None],
+            instances_id=ids, labels=np.zeros_like(ids),
+            scores=np.ones(len(ids)))
+        out.append(dict(video_data_samples=[frame]))
+    return out
+
+
+def test_mmdet_tracking_results_score_as_sfc_plugin_results(two_videos,
+                                                            tmp_path):
+    """mmdet's form (pred_track_instances, one TrackDataSample per frame,
+    the dataset's length counting videos) gives the same figures, masks
+    and CSVs as sfc_plugin's."""
+    root, videos = two_videos
+    dataset = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    rng = np.random.default_rng(0)
+    preds = {
+        name: [np.where(rng.random(m.shape) < 0.05, 0, m).astype(np.uint8)
+               for m in masks]
+        for name, (_, masks) in videos.items()
+    }
+    results = {}
+    for form, samples, size in [
+            ('sfc', samples_for(dataset, preds), len(dataset)),
+            ('mmdet', mmdet_form(dataset, preds), 2)]:
+        metric = DAVISMetric(output_dir=str(tmp_path / form))
+        metric.process({}, samples)
+        results[form] = metric.evaluate(size)
+    assert results['mmdet'] == results['sfc']
+    for name in ('global_results-val.csv', 'per-sequence_results-val.csv',
+                 'a/00003.png', 'b/00004.png'):
+        assert (tmp_path / 'sfc' / name).read_bytes() == (
+            tmp_path / 'mmdet' / name).read_bytes(), name
+
+
+def test_mmdet_results_need_the_metric_meta_keys(two_videos):
+    root, videos = two_videos
+    dataset = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    preds = {name: masks for name, (_, masks) in videos.items()}
+    samples = mmdet_form(dataset, preds)
+    del samples[0]['video_data_samples'][0].first_seg_map_path
+    with pytest.raises(KeyError, match='first_seg_map_path'):
+        DAVISMetric().process({}, samples)
+    samples = mmdet_form(dataset, preds)
+    samples[0]['video_data_samples'][0].pred_track_instances.instances_id = (
+        np.array([300, 301]))
+    with pytest.raises(ValueError, match='1-255'):
+        DAVISMetric().process({}, samples)
+
+
+def test_first_frame_matching_renumbers_detected_objects(two_videos,
+                                                         tmp_path):
+    """Detected objects carry their own ids: matched on frame 0 to the
+    annotated objects, they score as the annotation's, an extra detection
+    is dropped and a missed object scores 0."""
+    from sfc_plugin.evaluation.metrics.davis_metric import match_objects
+    root, videos = two_videos
+    dataset = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    truth = {name: masks for name, (_, masks) in videos.items()}
+    swapped = {'a': [np.choose(m, [0, 2, 1]).astype(np.uint8)
+                     for m in truth['a']],
+               'b': [np.where(m == 1, 3, 0).astype(np.uint8)
+                     for m in truth['b']]}
+    extra = np.zeros_like(swapped['a'][0])
+    extra[-4:, -4:] = 5
+    swapped['a'] = [np.maximum(m, extra) for m in swapped['a']]
+    metric = DAVISMetric(output_dir=str(tmp_path / 'out'),
+                         match_first_frame=True)
+    metric.process({}, samples_for(dataset, swapped))
+    assert metric.evaluate(len(dataset))['davis/J&F-Mean'] == 1.0
+    written = np.array(Image.open(tmp_path / 'out' / 'a' / '00002.png'))
+    assert np.array_equal(written, truth['a'][2])
+    # No overlap, no match.
+    table = match_objects(np.full((4, 4), 1, np.uint8),
+                          np.pad(np.ones((1, 1), np.uint8), ((0, 3), (0, 3))))
+    assert table[1] == 1
+    table = match_objects(np.pad(np.ones((1, 1), np.uint8), ((3, 0), (3, 0))),
+                          np.pad(np.ones((1, 1), np.uint8), ((0, 3), (0, 3))))
+    assert table[1] == 0

@@ -3,13 +3,17 @@ import io
 import os
 import os.path as osp
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
+from mmengine.dist import all_reduce
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
+from scipy.optimize import linear_sum_assignment
 
 from sfc_plugin.datasets.davis import (
+    MAX_OBJECT_ID,
     first_frame_object_count,
     read_object_mask,
 )
@@ -31,6 +35,90 @@ def _write_csv(path: str, header: Sequence[str], rows: List[list]) -> None:
     write_text(path, text.getvalue())
 
 
+def davis_frames(data_samples: Sequence[dict]) -> Iterator[dict]:
+    """The frames of a batch of results in sfc_plugin's form.
+
+    sfc_plugin's results (one dict per frame with ``pred_seg_map``) pass
+    through. mmdet's (one dict per video chunk with ``video_data_samples``,
+    frames with ``pred_track_instances`` and their meta data packed by
+    ``PackTrackInputs(meta_keys=('video', 'seg_map_path',
+    'first_seg_map_path', 'mask_format'))``) become one dict per frame whose
+    ``pred_seg_map`` paints each instance's mask with its instance id; the
+    video length is ``ori_video_length`` (frame-level loading sets
+    ``video_length`` to 1).
+
+    Raises:
+        KeyError: A frame without the meta data the metric needs.
+        ValueError: Instance ids outside 1..255.
+    """
+    for sample in data_samples:
+        if 'video_data_samples' not in sample:
+            yield sample
+            continue
+        for frame in sample['video_data_samples']:
+            frame = frame.to_dict() if hasattr(frame, 'to_dict') else frame
+            missing = [k for k in ('video', 'img_path', 'first_seg_map_path',
+                                   'frame_id', 'pred_track_instances')
+                       if k not in frame]
+            if missing:
+                raise KeyError(
+                    f'DAVISMetric: a frame of mmdet\'s tracking results lacks '
+                    f'{missing}: use sfc_plugin.DAVISVideoDataset and '
+                    "PackTrackInputs(meta_keys=('video', 'seg_map_path', "
+                    "'first_seg_map_path', 'mask_format'))")
+            instances = frame['pred_track_instances']
+            masks = np.asarray(instances['masks']).astype(bool)
+            ids = np.asarray(instances['instances_id']).astype(np.int64)
+            if ids.size and (ids.min() < 1 or ids.max() > MAX_OBJECT_ID):
+                raise ValueError(
+                    f'DAVISMetric: instance ids must be DAVIS object ids '
+                    f'1-{MAX_OBJECT_ID}, got {ids.tolist()}')
+            shape = masks.shape[1:] if masks.ndim == 3 else tuple(
+                frame.get('ori_shape', ()))[:2]
+            pred = np.zeros(shape, np.uint8)
+            for mask, obj in zip(masks, ids):
+                pred[mask] = obj
+            yield dict(
+                frame,
+                pred_seg_map=pred,
+                video_length=frame.get('ori_video_length',
+                                       frame.get('video_length')))
+
+
+def match_objects(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """A lookup table renumbering ``pred``'s objects after ``gt``'s.
+
+    One-to-one matching of maximal total IoU (Hungarian); predicted objects
+    matched to nothing, or to an object they do not overlap, map to 0.
+
+    Args:
+        pred (np.ndarray): (H, W) uint8 predicted ids.
+        gt (np.ndarray): (H, W) uint8 annotated ids.
+
+    Returns:
+        np.ndarray: (256,) uint8 table, ``table[pred]`` the renumbered map.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f'DAVISMetric: prediction {pred.shape} and first '
+                         f'annotation {gt.shape} differ in size')
+    pred_ids = np.unique(pred[pred > 0])
+    gt_ids = np.unique(gt[gt > 0])
+    table = np.zeros(MAX_OBJECT_ID + 1, np.uint8)
+    if not (len(pred_ids) and len(gt_ids)):
+        return table
+    p, g = pred[None] == pred_ids[:, None, None], gt[None] == gt_ids[:,
+                                                                    None,
+                                                                    None]
+    inter = np.einsum('phw,ghw->pg', p.astype(np.int64), g.astype(np.int64))
+    union = p.sum((1, 2))[:, None] + g.sum((1, 2))[None] - inter
+    iou = inter / np.maximum(union, 1)
+    rows, cols = linear_sum_assignment(-iou)
+    for r, c in zip(rows, cols):
+        if iou[r, c] > 0:
+            table[pred_ids[r]] = gt_ids[c]
+    return table
+
+
 @METRICS.register_module()
 class DAVISMetric(BaseMetric):
     """J&F of semi-supervised video object segmentation (DAVIS protocol).
@@ -45,8 +133,13 @@ class DAVISMetric(BaseMetric):
     1..max of its first-frame annotation.
 
     Results are processed frame by frame, so memory does not grow with the
-    video length. With ``output_dir`` the predicted masks are written in the
-    official results format (``<output_dir>/<video>/<frame>.png``, palette),
+    video length. Predictions come as sfc_plugin's trackers give them
+    (``pred_seg_map``, an (H, W) id map, with the frame's meta data) or as
+    mmdet 3.x's trackers do (``TrackDataSample`` objects whose frames hold
+    ``pred_track_instances`` with ``masks`` and ``instances_id``, the
+    instance ids being the DAVIS object ids; see :func:`davis_frames`).
+    With ``output_dir`` the predicted masks are written in the official
+    results format (``<output_dir>/<video>/<frame>.png``, palette),
     together with ``per-sequence_results-<split>.csv`` and
     ``global_results-<split>.csv`` like the toolkit's; the global CSV is
     written last, so its presence marks a complete result.
@@ -55,6 +148,14 @@ class DAVISMetric(BaseMetric):
         output_dir (str, optional): Where to write masks and CSVs.
         split (str): Name used in the CSV file names. Defaults to 'val'.
         bound_th (float): Boundary tolerance. Defaults to 0.008.
+        match_first_frame (bool): For objects that do not come from the
+            annotation ("detect, then propagate"): the predicted objects of
+            each video's frame 0 are matched one to one to its annotated
+            objects (Hungarian matching on IoU; pairs that do not overlap
+            stay unmatched) and renumbered after them in every frame, before
+            scoring and writing; unmatched predictions are dropped
+            (background). Defaults to False (the semi-supervised protocol:
+            predictions carry the annotation's ids).
         collect_device (str): 'cpu' or 'gpu'. Defaults to 'cpu'.
         prefix (str, optional): Metric name prefix. Defaults to 'davis'.
     """
@@ -65,13 +166,29 @@ class DAVISMetric(BaseMetric):
                  output_dir: Optional[str] = None,
                  split: str = 'val',
                  bound_th: float = 0.008,
+                 match_first_frame: bool = False,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.output_dir = output_dir
         self.split = split
         self.bound_th = bound_th
+        self.match_first_frame = match_first_frame
         self._num_objects: Dict[str, int] = {}
+        # Per video, predicted id -> annotated id (match_first_frame).
+        self._renumbering: Dict[str, np.ndarray] = {}
+
+    def _renumber(self, sample: dict, pred: np.ndarray) -> np.ndarray:
+        video = sample['video']
+        if sample['frame_id'] == 0:
+            gt = read_object_mask(sample['first_seg_map_path'],
+                                  sample.get('mask_format', 'auto'))
+            self._renumbering[video] = match_objects(pred, gt)
+        elif video not in self._renumbering:
+            raise RuntimeError(
+                f'DAVISMetric: match_first_frame needs frame 0 of "{video}" '
+                'before its other frames')
+        return self._renumbering[video][pred]
 
     def _objects(self, meta: dict) -> int:
         video = meta['video']
@@ -81,8 +198,10 @@ class DAVISMetric(BaseMetric):
         return self._num_objects[video]
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        for sample in data_samples:
+        for sample in davis_frames(data_samples):
             pred = np.asarray(sample['pred_seg_map'])
+            if self.match_first_frame:
+                pred = self._renumber(sample, pred)
             video, frame_id = sample['video'], sample['frame_id']
             if self.output_dir is not None:
                 name = osp.splitext(osp.basename(sample['img_path']))[0]
@@ -111,6 +230,15 @@ class DAVISMetric(BaseMetric):
                     for g, p in zip(gt_objs, pred_objs)
                 ])
             self.results.append(record)
+
+    def evaluate(self, size: int) -> dict:
+        # The test loop passes the dataset's length, which for a video
+        # dataset (mmdet's BaseVideoDataset) counts videos, not the frames
+        # recorded here; mmengine would keep only that many records. Every
+        # record is a distinct frame (samplers pad nothing), so all are kept.
+        count = torch.tensor(len(self.results))
+        all_reduce(count)
+        return super().evaluate(int(count))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         logger = MMLogger.get_current_instance()
@@ -162,4 +290,5 @@ class DAVISMetric(BaseMetric):
                          f'global_results-{self.split}.csv'), list(metrics),
                 [[f'{v:.6f}' for v in metrics.values()]])
         self._num_objects.clear()
+        self._renumbering.clear()
         return metrics
