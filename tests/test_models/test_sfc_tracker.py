@@ -159,3 +159,51 @@ def test_part_maps_keep_classes_absent_from_frame_0():
     with pytest.raises(ValueError, match='out of range for num_classes=2'):
         build_tracker(dict(type='MaskCodec', num_classes=2)).init(
             frame, labels)
+
+
+def _fc_training_model():
+    from mmengine.config import Config
+    cfg = Config.fromfile('configs/fc_ytvos.py')
+    torch.manual_seed(1)
+    return MODELS.build(cfg.model)
+
+
+def _tracker_from(config):
+    from mmengine.config import Config
+    torch.manual_seed(2)
+    return MODELS.build(Config.fromfile(config).model)
+
+
+@pytest.mark.parametrize('config', ['configs/fc_davis.py',
+                                    'configs/sfc_davis.py'])
+def test_runner_checkpoint_of_the_fc_network_goes_into_it(config, tmp_path):
+    """A training checkpoint loaded into the whole tracker (mmengine's
+    load_from, mmdet's --checkpoint) fills its FC network; a fused
+    tracker's semantic network keeps its weights."""
+    from mmengine.runner import load_checkpoint
+
+    fc = _fc_training_model()
+    ckpt = tmp_path / 'iter_1.pth'
+    torch.save({'meta': {'iter': 1}, 'state_dict': fc.state_dict()}, ckpt)
+    tracker = _tracker_from(config)
+    before = {k: v.clone() for k, v in tracker.state_dict().items()}
+    load_checkpoint(tracker, str(ckpt), map_location='cpu', strict=True)
+    encoder = getattr(tracker.encoder, 'fine_grained', tracker.encoder)
+    for key, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, fc.backbone.state_dict()[key]), key
+    fc_prefix = 'encoder.fine_grained.' if 'sfc' in config else 'encoder.'
+    changed = {k for k, v in tracker.state_dict().items()
+               if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(fc_prefix) for k in changed)
+    # The tracker's own state dict loads as it is.
+    other = _tracker_from(config)
+    other.load_state_dict(tracker.state_dict())
+    assert all(torch.equal(v, tracker.state_dict()[k])
+               for k, v in other.state_dict().items())
+
+
+def test_runner_checkpoint_of_another_network_is_refused():
+    from sfc_plugin.models.encoders import CheckpointKeyError
+    tracker = _tracker_from('configs/fc_davis.py')
+    with pytest.raises(CheckpointKeyError, match='no prefix holding all'):
+        tracker.load_state_dict({'conv.weight': torch.zeros(3, 3, 1, 1)})

@@ -2,6 +2,9 @@ from .checkpoint_loading import (
                                  CheckpointKeyError,
                                  find_prefix,
                                  load_backbone_checkpoint,
+                                 read_checkpoint,
+                                 select_backbone_weights,
+                                 state_dict_of,
 )
 from .correspondence_encoder import (
                                  CorrespondenceEncoder,
@@ -10,5 +13,6 @@ from .correspondence_encoder import (
 
 __all__ = [
     'CorrespondenceEncoder', 'FusedCorrespondenceEncoder',
-    'load_backbone_checkpoint', 'find_prefix', 'CheckpointKeyError'
+    'load_backbone_checkpoint', 'find_prefix', 'CheckpointKeyError',
+    'read_checkpoint', 'select_backbone_weights', 'state_dict_of'
 ]

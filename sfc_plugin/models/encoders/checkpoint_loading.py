@@ -31,7 +31,7 @@ TARGET_HINTS = ('target', 'encoder_k', 'momentum', 'teacher', 'ema',
                 'key_encoder')
 
 
-def _state_dict_of(checkpoint, filename: str) -> Dict[str, torch.Tensor]:
+def state_dict_of(checkpoint, filename: str) -> Dict[str, torch.Tensor]:
     """The tensor dict inside a checkpoint (``state_dict``, ``model``,
     ``module`` or the checkpoint itself)."""
     for key in ('state_dict', 'model', 'module', 'network'):
@@ -119,6 +119,63 @@ def check_finite_weights(state: Dict[str, torch.Tensor],
                          'a diverged or damaged training run?')
 
 
+def select_backbone_weights(module: nn.Module,
+                            weights: Dict[str, torch.Tensor],
+                            source: str,
+                            prefix: str = 'auto'
+                            ) -> Tuple[Dict[str, torch.Tensor], str]:
+    """``module``'s weights out of a state dict of any known layout.
+
+    Args:
+        module (nn.Module): The network the weights are for.
+        weights (dict): Name → tensor, e.g. a whole training model's
+            state dict.
+        source (str): Where the weights come from, for messages.
+        prefix (str): Key prefix of the module's weights, or 'auto' to find
+            it (see :func:`find_prefix`). Defaults to 'auto'.
+
+    Returns:
+        tuple: the module's state dict (its own key names) and the prefix
+        used.
+
+    Raises:
+        CheckpointKeyError: No prefix holds all weights; the message lists the
+            candidates and the keys each one misses.
+        ValueError: A weight of the wrong shape, or weights holding NaN or
+            infinite values.
+    """
+    own = module.state_dict()
+    # BN's batch counters are absent from older checkpoints and unused here.
+    model_keys = [k for k in own if not k.endswith('num_batches_tracked')]
+    if prefix == 'auto':
+        chosen, ranked = find_prefix(model_keys, list(weights))
+        if chosen is None:
+            lines = [
+                f'  prefix "{p}": misses {len(m)} keys, e.g. {m[:5]}'
+                for p, m in ranked[:3]
+            ] or ['  no key ends like the model\'s first weight '
+                  f'"{model_keys[0]}"']
+            raise CheckpointKeyError(
+                f'Checkpoint "{source}" has no prefix holding all '
+                f'{len(model_keys)} weights of {type(module).__name__}; '
+                'unknown layout or wrong architecture:\n' + '\n'.join(lines))
+        prefix = chosen
+    missing = [k for k in model_keys if prefix + k not in weights]
+    if missing:
+        raise CheckpointKeyError(
+            f'Checkpoint "{source}" misses {len(missing)} keys under '
+            f'prefix "{prefix}": {missing[:10]}')
+    state = {k: weights[prefix + k] for k in own if prefix + k in weights}
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape))
+             for k, v in state.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f'Checkpoint "{source}" does not fit '
+                         f'{type(module).__name__} (key, checkpoint shape, '
+                         f'model shape): {wrong[:5]}')
+    check_finite_weights(state, source)
+    return state, prefix
+
+
 def load_backbone_checkpoint(module: nn.Module,
                              filename: str,
                              prefix: str = 'auto') -> str:
@@ -140,42 +197,13 @@ def load_backbone_checkpoint(module: nn.Module,
     Raises:
         FileNotFoundError: No such file.
         RuntimeError: The file holds non-tensor objects.
-        CheckpointKeyError: No prefix holds all weights; the message lists the
-            candidates and the keys each one misses.
+        CheckpointKeyError: No prefix holds all weights (see
+            :func:`select_backbone_weights`).
         ValueError: Not a checkpoint, a weight of the wrong shape, or
             weights holding NaN or infinite values.
     """
     filename = os.fspath(filename)
-    checkpoint = read_checkpoint(filename)
-    weights = _state_dict_of(checkpoint, filename)
-    own = module.state_dict()
-    # BN's batch counters are absent from older checkpoints and unused here.
-    model_keys = [k for k in own if not k.endswith('num_batches_tracked')]
-    if prefix == 'auto':
-        chosen, ranked = find_prefix(model_keys, list(weights))
-        if chosen is None:
-            lines = [
-                f'  prefix "{p}": misses {len(m)} keys, e.g. {m[:5]}'
-                for p, m in ranked[:3]
-            ] or ['  no key ends like the model\'s first weight '
-                  f'"{model_keys[0]}"']
-            raise CheckpointKeyError(
-                f'Checkpoint "{filename}" has no prefix holding all '
-                f'{len(model_keys)} weights of {type(module).__name__}; '
-                'unknown layout or wrong architecture:\n' + '\n'.join(lines))
-        prefix = chosen
-    missing = [k for k in model_keys if prefix + k not in weights]
-    if missing:
-        raise CheckpointKeyError(
-            f'Checkpoint "{filename}" misses {len(missing)} keys under '
-            f'prefix "{prefix}": {missing[:10]}')
-    state = {k: weights[prefix + k] for k in own if prefix + k in weights}
-    wrong = [(k, tuple(v.shape), tuple(own[k].shape))
-             for k, v in state.items() if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f'Checkpoint "{filename}" does not fit '
-                         f'{type(module).__name__} (key, checkpoint shape, '
-                         f'model shape): {wrong[:5]}')
-    check_finite_weights(state, filename)
+    weights = state_dict_of(read_checkpoint(filename), filename)
+    state, prefix = select_backbone_weights(module, weights, filename, prefix)
     module.load_state_dict(state, strict=False)
     return prefix

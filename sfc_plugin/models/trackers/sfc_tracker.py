@@ -1,10 +1,16 @@
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModel
-from mmengine.structures import BaseDataElement
+from mmengine.structures import BaseDataElement, InstanceData
 
 from sfc_plugin.registry import MODELS, TASK_UTILS
+
+from ..encoders.checkpoint_loading import (
+    select_backbone_weights,
+    state_dict_of,
+)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -28,6 +34,19 @@ class SFCTracker(BaseModel):
         for frame in frames:
             pred = tracker.track(frame)   # (H, W) ids, or (J, 2) keypoints
 
+    Under mmengine's test loop it takes either sfc_plugin's data (one
+    ``BaseDataElement`` per frame, :class:`PackVideoFrameInputs`) or mmdet
+    3.x's tracking data (``TrackDataSample`` from ``PackTrackInputs`` and
+    ``TrackDataPreprocessor``: frame 0's objects from its ``gt_instances``,
+    each frame's result as ``pred_track_instances``), see :meth:`predict`.
+
+    Weights: each encoder config names its own checkpoint. A whole-model
+    checkpoint given to a Runner (``load_from``, mmdet's ``--checkpoint``)
+    may be the tracker's own state dict, or a training checkpoint of the FC
+    network (sfc_plugin's or the SFC reference's): that one goes into the
+    FC network, found in it as :func:`load_backbone_checkpoint` finds it,
+    and the other networks keep their weights.
+
     Args:
         encoder (dict): Feature encoder config, e.g. CorrespondenceEncoder
             or FusedCorrespondenceEncoder.
@@ -40,6 +59,10 @@ class SFCTracker(BaseModel):
             encoder, ``dict(type='onnxruntime', model='x.onnx')`` or
             ``dict(type='tensorrt', engine='x.engine')``
             (:mod:`sfc_plugin.deploy.backends`). Defaults to None.
+        detector (dict, optional): Where frame 0's objects come from when
+            not from annotations: a :class:`FirstFrameDetector` config
+            (an mmdet instance-segmentation model). With it, frame 0's
+            annotation is not used. Masks only. Defaults to None.
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
@@ -49,6 +72,7 @@ class SFCTracker(BaseModel):
                  label_codec: Dict = dict(type='MaskCodec'),
                  data_preprocessor: Optional[Dict] = None,
                  backend: Optional[Dict] = None,
+                 detector: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         if data_preprocessor is None:
             data_preprocessor = dict(
@@ -65,7 +89,18 @@ class SFCTracker(BaseModel):
         if backend is not None and backend.get('type') != 'torch':
             import sfc_plugin.deploy.backends  # noqa: F401 (registers them)
             self.backend = MODELS.build(backend)
+        self.detector = None
+        if detector is not None:
+            if self.codec.target_key != 'gt_seg_map':
+                raise ValueError('SFCTracker: a detector gives masks; it '
+                                 'needs the MaskCodec')
+            self.detector = MODELS.build(detector)
         self._image_size = None
+        # Objects of the video being tracked in mmdet's form: instance ids
+        # and classes, in the order of their label channels 1..N.
+        self._instances = None
+        self.register_load_state_dict_pre_hook(
+            _load_network_checkpoint_hook)
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .cpu() and the Runner's moves all end here: a
@@ -123,17 +158,28 @@ class SFCTracker(BaseModel):
                 ) -> List[BaseDataElement]:
         """Frames in video order; frame 0 of a video starts it.
 
-        Each data sample needs ``frame_id`` and ``video``; frame 0's needs the
-        codec's target (``gt_seg_map`` or ``gt_joints``). Adds the codec's
+        sfc_plugin's form: ``inputs`` (N, 3, H, W), one data sample per
+        frame with ``frame_id`` and ``video``; frame 0's needs the codec's
+        target (``gt_seg_map`` or ``gt_joints``). Adds the codec's
         prediction (``pred_seg_map`` (H, W) uint8 ids, or ``pred_joints``
         (J, 2)). Keypoints are given and returned in original image
         coordinates: a ``scale_factor`` (w, h) meta key (from a Resize
         transform) maps them to and from the network input.
+
+        mmdet's form: ``inputs`` (N, T, 3, H, W) and ``TrackDataSample``
+        objects (frames in ``video_data_samples``, see
+        :meth:`predict_tracks`).
         """
+        if data_samples and 'video_data_samples' in data_samples[0]:
+            return self.predict_tracks(inputs, data_samples)
         target_key, pred_key = self.codec.target_key, self.codec.pred_key
         for frame, sample in zip(inputs, data_samples):
             scale = sample.metainfo.get('scale_factor')
-            if sample.frame_id == 0:
+            if sample.frame_id == 0 and self.detector is not None:
+                ids, _, _ = self.detector(frame)
+                self.init(frame, ids)
+                pred = ids.to(torch.uint8)
+            elif sample.frame_id == 0:
                 if target_key not in sample:
                     raise KeyError(
                         f'SFCTracker: frame 0 of video "{sample.video}" comes '
@@ -151,6 +197,118 @@ class SFCTracker(BaseModel):
             sample.set_field(pred.cpu(), pred_key)
         return data_samples
 
+    @torch.no_grad()
+    def predict_tracks(self, inputs: torch.Tensor,
+                       data_samples: list) -> list:
+        """mmdet 3.x's tracking contract (``PackTrackInputs`` +
+        ``TrackDataPreprocessor``).
+
+        Frame 0's objects are its ``gt_instances``: ``masks`` (bitmap masks
+        or an (N, H, W) tensor), ``instances_ids`` and, optionally,
+        ``labels``; or the ``detector``'s. Object i (in increasing instance
+        id) is propagated as label channel i, so DAVIS ids 1..N give the
+        same masks as sfc_plugin's own pipeline. Masks at another size than
+        the network input (annotations loaded after a Resize) are resized
+        (nearest) to it.
+
+        Each frame gets ``pred_track_instances`` (``InstanceData``):
+        ``masks`` (N, H₀, W₀) bool at the original image size
+        (``ori_shape``), ``instances_id`` (N,), ``labels`` (N,) and
+        ``scores`` (N,): the mean propagated probability of the object over
+        the feature cells it wins (1 on frame 0, 0 where it wins none).
+
+        Args:
+            inputs (Tensor): (N, T, 3, H, W) normalised frames (padding,
+                if any, is cropped to each frame's ``img_shape``).
+            data_samples (list[TrackDataSample]): N videos' frames, in order.
+
+        Returns:
+            list[TrackDataSample]: ``data_samples``, with the predictions.
+        """
+        if self.codec.target_key != 'gt_seg_map':
+            raise ValueError('SFCTracker: mmdet\'s tracking data carries '
+                             'instance masks; it needs the MaskCodec')
+        if inputs.dim() != 5:
+            raise ValueError('SFCTracker: mmdet\'s tracking data comes as '
+                             '(N, T, 3, H, W) frames (TrackDataPreprocessor), '
+                             f'got {tuple(inputs.shape)}')
+        for frames, track_sample in zip(inputs, data_samples):
+            for frame, sample in zip(frames,
+                                     track_sample.video_data_samples):
+                h, w = sample.metainfo.get('img_shape', frame.shape[-2:])
+                frame = frame[:, :h, :w]
+                sample.pred_track_instances = self._track_instances(
+                    frame, sample)
+        return data_samples
+
+    def _track_instances(self, frame: torch.Tensor,
+                         sample) -> InstanceData:
+        ori_shape = tuple(sample.metainfo.get('ori_shape',
+                                              frame.shape[-2:]))[:2]
+        if sample.frame_id == 0:
+            channels, ids, labels = self._first_frame_objects(frame, sample)
+            self.init(frame, channels)
+            self._instances = (ids, labels)
+            if tuple(channels.shape) != ori_shape:
+                channels = F.interpolate(
+                    channels[None, None].float(), size=ori_shape,
+                    mode='nearest')[0, 0].long()
+            scores = torch.ones(len(ids))
+        else:
+            if self._instances is None:
+                raise RuntimeError(
+                    'SFCTracker: a video must start at frame_id 0 (use '
+                    'TrackImgSampler, or whole videos, in order)')
+            ids, labels = self._instances
+            soft = self.track_soft(frame)
+            channels = self.codec.decode(soft, ori_shape).long()
+            scores = _channel_scores(soft, len(ids))
+        objects = torch.arange(1, len(ids) + 1, device=channels.device)
+        return InstanceData(
+            masks=(channels[None] == objects[:, None, None]).cpu(),
+            instances_id=ids.clone(),
+            labels=labels.clone(),
+            scores=scores.float().cpu())
+
+    def _first_frame_objects(
+            self, frame: torch.Tensor, sample
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(H, W) map of label channels 1..N, instance ids and classes."""
+        size = tuple(frame.shape[-2:])
+        if self.detector is not None:
+            channels, labels, _ = self.detector(frame)
+            ids = torch.arange(1, int(labels.numel()) + 1)
+            return channels, ids, labels.cpu()
+        gt = sample.get('gt_instances')
+        if gt is None or 'masks' not in gt or 'instances_ids' not in gt:
+            raise KeyError(
+                'SFCTracker: frame 0 of video '
+                f'{sample.metainfo.get("video_id", "?")} comes without its '
+                'objects (gt_instances with masks and instances_ids: '
+                'LoadTrackAnnotations(with_mask=True))')
+        masks = gt.masks
+        masks = torch.as_tensor(
+            masks.to_ndarray() if hasattr(masks, 'to_ndarray') else masks)
+        ids = torch.as_tensor(gt.instances_ids).long().cpu()
+        if len(ids) != len(masks):
+            raise ValueError(f'SFCTracker: frame 0 has {len(masks)} masks '
+                             f'but {len(ids)} instance ids')
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError('SFCTracker: frame 0 repeats instance ids '
+                             f'{ids.tolist()}')
+        labels = torch.as_tensor(gt.labels).long().cpu() if (
+            'labels' in gt) else torch.zeros(len(ids), dtype=torch.long)
+        order = ids.argsort()
+        ids, labels, masks = ids[order], labels[order], masks[order]
+        channels = torch.zeros(masks.shape[-2:], dtype=torch.long)
+        for channel, mask in enumerate(masks.bool(), start=1):
+            channels[mask] = channel
+        if tuple(channels.shape) != size:
+            channels = F.interpolate(
+                channels[None, None].float(), size=size,
+                mode='nearest')[0, 0].long()
+        return channels.to(frame.device), ids, labels
+
     def forward(self,
                 inputs: torch.Tensor,
                 data_samples: Optional[List[BaseDataElement]] = None,
@@ -161,3 +319,50 @@ class SFCTracker(BaseModel):
             return self.encoder(inputs)
         raise RuntimeError(f'SFCTracker: invalid mode "{mode}"; it is not '
                            'trained, only "predict" and "tensor" exist')
+
+
+def _channel_scores(soft: torch.Tensor, num_objects: int) -> torch.Tensor:
+    """Per object (channels 1..N of ``soft`` (1 + N, h, w)), the mean of its
+    probability over the cells where it is the largest; 0 where none."""
+    winner = soft.argmax(0)
+    scores = torch.zeros(num_objects, dtype=torch.float32)
+    for obj in range(1, num_objects + 1):
+        won = winner == obj
+        if won.any():
+            scores[obj - 1] = soft[obj][won].float().mean()
+    return scores
+
+
+def _fc_network(tracker: SFCTracker) -> Tuple[str, torch.nn.Module]:
+    """The FC network's backbone and its name in the tracker's state dict:
+    a fused encoder's ``fine_grained`` part, else the encoder's."""
+    name, encoder = 'encoder.', tracker.encoder
+    if hasattr(encoder, 'fine_grained'):
+        name, encoder = name + 'fine_grained.', encoder.fine_grained
+    if not hasattr(encoder, 'backbone'):
+        raise TypeError(f'SFCTracker: {type(encoder).__name__} has no '
+                        'backbone to load a network checkpoint into')
+    return name + 'backbone.', encoder.backbone
+
+
+def _load_network_checkpoint_hook(module, state_dict, prefix, *args) -> None:
+    """Turns a network checkpoint given for the whole tracker into the
+    tracker's state dict (see :class:`SFCTracker`).
+
+    A state dict holding any of the tracker's own keys is left alone;
+    otherwise it is read as a checkpoint of the FC network and replaced, in
+    place, by the tracker's state with those weights in the FC backbone.
+    """
+    own = module.state_dict(prefix=prefix)
+    if any(key in own for key in state_dict):
+        return
+    name, backbone = _fc_network(module)
+    source = 'given to the tracker (load_from)'
+    weights = state_dict_of(
+        {k[len(prefix):]: v for k, v in state_dict.items()
+         if k.startswith(prefix)}, source)
+    weights, _ = select_backbone_weights(backbone, weights, source)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+    state_dict.update(own)
+    state_dict.update({prefix + name + k: v for k, v in weights.items()})
