@@ -1,6 +1,7 @@
 """Track objects, keypoints or parts through a video from its first frame.
 
-    python tools/track.py SOURCE FIRST_LABELS --out DIR [options]
+    python tools/track.py SOURCE FIRST_LABELS --out DIR [--anchors ADIR]
+        [options]
     python tools/track.py [--demo] [--out DIR]
 
 SOURCE is a frame folder (frames named in order, e.g. 00000.jpg ...) or a
@@ -12,6 +13,13 @@ to keypoints.jsonl), overlay.mp4 and summary.json, all at once when the run
 completes: an interrupted (Ctrl-C, SIGTERM) or failed run leaves DIR
 untouched. DIR is never an input, inside one or holding one, and
 --overwrite replaces only a previous result of this tool.
+
+ADIR holds labels for later frames (corrections, objects entering the
+scene), one file per frame named after it (00040.png for the frame
+00040.jpg, or for frame 40 of a video file; .json for keypoints): each
+replaces the prediction at its frame and is kept as long-term memory; ids
+not seen before are new objects. With --complete-anchors an object absent
+from an anchor ends there.
 
 Errors are one line naming the file or argument (exit status 1; 130 when
 interrupted); --debug (or SFC_PLUGIN_DEBUG=1) shows the traceback.
@@ -88,6 +96,13 @@ def parse_args(argv=None):
                         help='track a video file that cannot be decoded to '
                         'its end up to where it breaks (summary.json says '
                         'so) instead of failing')
+    parser.add_argument('--anchors', metavar='ADIR',
+                        help='folder of labels for later frames, one file '
+                        'per frame named after it (see above)')
+    parser.add_argument('--complete-anchors', action='store_true',
+                        help='each anchor holds every object still in the '
+                        'video: objects absent from it end there (object '
+                        'masks)')
     parser.add_argument('--quiet', action='store_true',
                         help='no progress bar')
     add_debug_argument(parser)
@@ -103,6 +118,8 @@ def parse_args(argv=None):
         parser.error('--out DIR is required')
     if args.max_frames is not None and args.max_frames < 1:
         parser.error('--max-frames must be >= 1')
+    if args.complete_anchors and args.anchors is None:
+        parser.error('--complete-anchors needs --anchors')
     return args
 
 
@@ -122,7 +139,9 @@ def run(args, source: str, first_labels: str, out_dir: str) -> dict:
         overwrite=args.overwrite,
         progress=not args.quiet,
         max_frames=args.max_frames,
-        allow_truncated=args.accept_truncated)
+        allow_truncated=args.accept_truncated,
+        anchors=args.anchors,
+        complete_anchors=args.complete_anchors)
 
 
 def demo(args) -> None:
@@ -174,6 +193,11 @@ def report(summary: dict, out_dir: str) -> None:
           f'{summary["frames_per_second"]:.2f} frames/s on '
           f'{summary["device"]} (peak RSS {summary["peak_rss_mib"]:.0f} '
           f'MiB): {what}, summary.json in {out_dir}')
+    anchors = summary.get('anchors') or {}
+    if anchors.get('given'):
+        print(f'Anchors: {len(anchors["used"])} of {anchors["given"]} used '
+              f'({", ".join(anchors["used"][:5])}'
+              f'{", ..." if len(anchors["used"]) > 5 else ""}).')
     if not summary['complete']:
         print(f'Incomplete: {summary["incomplete_reason"]}.',
               file=sys.stderr)

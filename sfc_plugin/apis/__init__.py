@@ -1,3 +1,4 @@
+from .anchors import Anchor, resolve_anchors
 from .inference import (
     DEFAULT_CONFIG,
     TrackedFrame,
@@ -8,6 +9,7 @@ from .inference import (
     inference_video,
     init_tracker,
     label_kind,
+    label_loader,
     track_video,
     tracker_config,
     tracking_pipeline,
@@ -18,5 +20,5 @@ __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
     'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
     'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
-    'TrackingResultsWriter'
+    'TrackingResultsWriter', 'Anchor', 'resolve_anchors', 'label_loader'
 ]

@@ -16,11 +16,11 @@ import queue
 import resource
 import threading
 import time
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 import torch
-from mmcv.transforms import Compose
+from mmcv.transforms import BaseTransform, Compose
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
@@ -29,12 +29,13 @@ from sfc_plugin.datasets import open_video
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.datasets.video_reader import VideoReader
 from sfc_plugin.ops import check_integer, load_native_ops
-from sfc_plugin.registry import MODELS
+from sfc_plugin.registry import MODELS, TRANSFORMS
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
 from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.progress import FrameProgressBar
 
+from .anchors import AnchorsArg, resolve_anchors
 from .results_writer import TrackingResultsWriter
 
 DEFAULT_CONFIG = 'fc_davis.py'
@@ -97,16 +98,23 @@ def label_kind(first_labels: str, num_classes: Optional[int] = None) -> str:
                      'mask or part map, or a keypoint JSON file')
 
 
-def tracking_pipeline(kind: str, num_classes: Optional[int] = None
-                      ) -> Compose:
-    """Frame loading, first-frame label loading and packing for ``kind``."""
+def label_loader(kind: str, num_classes: Optional[int] = None
+                 ) -> BaseTransform:
+    """The transform that loads (and checks) ``kind`` labels for a tracker:
+    frame 0's and anchor frames'."""
     if kind not in LABEL_KINDS:
         raise ValueError(f'kind must be one of {LABEL_KINDS}, got {kind!r}')
-    loader = dict(
+    register_all_modules()
+    return TRANSFORMS.build(dict(
         mask=dict(type='LoadObjectMask'),
         parts=dict(type='LoadPartMap', num_classes=num_classes),
-        keypoints=dict(type='LoadKeypoints'))[kind]
-    register_all_modules()
+        keypoints=dict(type='LoadKeypoints'))[kind])
+
+
+def tracking_pipeline(kind: str, num_classes: Optional[int] = None
+                      ) -> Compose:
+    """Frame loading, label loading and packing for ``kind``."""
+    loader = label_loader(kind, num_classes)
     return Compose([
         dict(type='LoadVideoFrame'), loader,
         dict(type='PackVideoFrameInputs')
@@ -274,6 +282,7 @@ class TrackedFrame(NamedTuple):
     name: str  #: Frame name (file stem, or %05d for video files).
     image: np.ndarray  #: (H, W, 3) uint8 BGR frame as the tracker saw it.
     pred: np.ndarray  #: (H, W) uint8 ids, or (J, 2) float32 (x, y).
+    anchor: bool = False  #: Its labels were given (an anchor frame).
 
 
 def inference_video(model,
@@ -281,12 +290,16 @@ def inference_video(model,
                     first_labels: str,
                     kind: str = 'mask',
                     num_classes: Optional[int] = None,
-                    prefetch: int = 4) -> Iterator[TrackedFrame]:
+                    prefetch: int = 4,
+                    anchors: Optional[AnchorsArg] = None,
+                    complete_anchors: bool = False
+                    ) -> Iterator[TrackedFrame]:
     """Streams a video through a tracker, frame 0's labels propagated.
 
     Frames are decoded and packed ``prefetch`` frames ahead in a background
     thread; each goes through ``model.test_step``, as in mmengine's test
-    loop. Frame 0's prediction is its given labels.
+    loop. Frame 0's prediction is its given labels, and so is an anchor
+    frame's (:meth:`SFCTracker.anchor`).
 
     Args:
         model (SFCTracker): From :func:`init_tracker`, with the codec that
@@ -297,20 +310,37 @@ def inference_video(model,
         kind (str): 'mask', 'parts' or 'keypoints'. Defaults to 'mask'.
         num_classes (int, optional): Part classes, for 'parts'.
         prefetch (int): Frames decoded ahead. Defaults to 4.
+        anchors (str | PathLike | Mapping, optional): Labels given for
+            later frames: a folder of label files named after frames, or a
+            mapping from frame index or name to label files (see
+            :func:`resolve_anchors`); all checked before the first frame.
+        complete_anchors (bool): Anchors hold every object still in the
+            video: objects absent from one end there (object masks).
+            Defaults to False.
 
     Yields:
         TrackedFrame: name, image, prediction of each frame in order.
     """
     first_labels = os.fspath(first_labels)
     pipeline = tracking_pipeline(kind, num_classes)
+    source = getattr(reader, 'path', reader.name)
+    anchors = resolve_anchors(anchors, reader, source, kind,
+                              label_loader(kind, num_classes),
+                              complete_anchors)
 
     def packed_frames() -> Iterator[dict]:
         for item in reader:
-            if item['frame_id'] == 0:
+            index = item['frame_id']
+            if index == 0:
                 yield first_frame_inputs(reader, item, first_labels, kind,
                                          pipeline)
-            else:
-                yield pipeline(_with_video_info(reader, item))
+                continue
+            item = _with_video_info(reader, item)
+            if index in anchors:
+                item.update({_LABEL_PATH_KEYS[kind]: anchors[index].labels,
+                             'anchor': True,
+                             'anchor_complete': anchors[index].complete})
+            yield pipeline(item)
 
     pred_key = model.codec.pred_key
     for packed in _prefetched(packed_frames(), prefetch):
@@ -318,7 +348,8 @@ def inference_video(model,
         yield TrackedFrame(
             name=sample.frame_name,
             image=packed['inputs'].permute(1, 2, 0).numpy(),
-            pred=sample.get(pred_key).numpy())
+            pred=sample.get(pred_key).numpy(),
+            anchor=bool(sample.metainfo.get('anchor', False)))
 
 
 def peak_rss_mib() -> float:
@@ -395,14 +426,18 @@ def track_video(source: str,
                 overwrite: bool = False,
                 progress: bool = True,
                 max_frames: Optional[int] = None,
-                allow_truncated: bool = False) -> dict:
+                allow_truncated: bool = False,
+                anchors: Optional[AnchorsArg] = None,
+                complete_anchors: bool = False) -> dict:
     """Tracks a video from its first frame's labels; writes the results.
 
     Everything that can be checked before the work starts is: the output
     folder (never an input, inside one or holding one; new or empty, or a
     previous result with ``overwrite``), the frame source (readable, no
     gaps, one frame size), the labels (readable, lossless, the frames'
-    size, at least one object), the config, checkpoint and backend.
+    size, at least one object), the anchors (each naming a later frame of
+    the source, labels as checked as frame 0's), the config, checkpoint
+    and backend.
     Results are written as :class:`TrackingResultsWriter` describes, ending
     with ``summary.json``; a failed or interrupted run leaves none of them.
 
@@ -438,6 +473,13 @@ def track_video(source: str,
         allow_truncated (bool): Track a video file that cannot be decoded
             to its end up to where it breaks, instead of failing.
             Defaults to False.
+        anchors (str | PathLike | Mapping, optional): Labels given for
+            later frames (a folder of files named after the frames, or a
+            mapping from frame index or name to label files): each replaces
+            the prediction at its frame and is kept as long-term memory;
+            new ids are new objects (see :func:`inference_video`).
+        complete_anchors (bool): Objects absent from an anchor end there.
+            Defaults to False.
 
     Returns:
         dict: The summary, as written to ``summary.json``.
@@ -456,11 +498,21 @@ def track_video(source: str,
         'checkpoint': checkpoint,
         'backend model': backend_model,
     }
+    anchor_folder = None if anchors is None or isinstance(
+        anchors, Mapping) else os.fspath(anchors)
+    inputs['anchors'] = anchor_folder
     check_output_location(out_dir, inputs)
     reader = open_video(source, allow_truncated)
     kind = label_kind(first_labels, num_classes)
     first = first_frame_inputs(reader, next(iter(reader)), first_labels,
                                kind, tracking_pipeline(kind, num_classes))
+    anchors = resolve_anchors(anchors, reader, source, kind,
+                              label_loader(kind, num_classes),
+                              complete_anchors)
+    if anchor_folder is None:
+        inputs.update((f'anchor {index}', anchor.labels)
+                      for index, anchor in anchors.items())
+        check_output_location(out_dir, inputs)
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes)
     weights = weights_record(cfg)
@@ -482,10 +534,12 @@ def track_video(source: str,
         bar = FrameProgressBar(total) if progress else None
         start = time.perf_counter()
         frames = inference_video(model, reader, first_labels, kind,
-                                 num_classes)
-        count = 0
+                                 num_classes, anchors=anchors)
+        count, anchored = 0, []
         for frame in frames:
-            writer.write(frame.name, frame.image, frame.pred)
+            writer.write(frame.name, frame.image, frame.pred, frame.anchor)
+            if frame.anchor:
+                anchored.append(frame.name)
             count += 1
             if bar is not None:
                 bar.update()
@@ -531,6 +585,10 @@ def track_video(source: str,
                 if k in cfg.model.propagator
             },
             max_frames=max_frames,
+            anchors=dict(
+                given=len(anchors), used=anchored,
+                complete=sorted(i for i, a in anchors.items()
+                                if a.complete)),
             seconds=round(seconds, 3),
             frames_per_second=round(count / seconds, 3) if seconds else None,
             peak_rss_mib=round(peak_rss_mib(), 1),
@@ -551,7 +609,7 @@ def track_video(source: str,
 
 __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
-    'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
-    'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
-    'weights_record'
+    'tracking_pipeline', 'label_kind', 'label_loader', 'apply_checkpoint',
+    'apply_backend', 'find_config', 'first_frame_inputs', 'TrackedFrame',
+    'DEFAULT_CONFIG', 'weights_record'
 ]

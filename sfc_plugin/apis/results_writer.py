@@ -31,7 +31,11 @@ from sfc_plugin.utils.fileio import (
     write_all,
     write_json,
 )
-from sfc_plugin.visualization import draw_keypoints, draw_mask_overlay
+from sfc_plugin.visualization import (
+    draw_keypoints,
+    draw_mask_overlay,
+    mark_anchor_frame,
+)
 
 SUMMARY_FILE = 'summary.json'
 KEYPOINTS_FILE = 'keypoints.jsonl'
@@ -258,17 +262,20 @@ class TrackingResultsWriter:
         """Frames whose labels have been written."""
         return self._sinks[0].done
 
-    def write(self, name: str, image: np.ndarray, pred: np.ndarray) -> None:
+    def write(self, name: str, image: np.ndarray, pred: np.ndarray,
+              anchor: bool = False) -> None:
         """Queues one frame's prediction.
 
         Args:
             name (str): Frame name (the PNG's name without extension).
             image (np.ndarray): (H, W, 3) uint8 BGR frame, for the overlay.
             pred (np.ndarray): (H, W) ids, or (J, 2) keypoints (x, y).
+            anchor (bool): The labels were given, not predicted (marked in
+                the overlay). Defaults to False.
         """
         self._raise_if_failed()
         for sink in self._sinks:
-            sink.put((name, image, pred))
+            sink.put((name, image, pred, anchor))
 
     def _raise_if_failed(self) -> None:
         for sink in self._sinks:
@@ -276,8 +283,8 @@ class TrackingResultsWriter:
                 raise OSError(f'Writing results to "{self.out_dir}" failed: '
                               f'{sink.error}') from sink.error
 
-    def _write_labels(self, name: str, image: np.ndarray,
-                      pred: np.ndarray) -> None:
+    def _write_labels(self, name: str, image: np.ndarray, pred: np.ndarray,
+                      anchor: bool) -> None:
         if self.kind == 'keypoints':
             line = json.dumps(dict(
                 frame=name, keypoints=np.round(pred, 3).tolist())) + '\n'
@@ -290,10 +297,12 @@ class TrackingResultsWriter:
             save_palette_png(pred, osp.join(self.staging, name + '.png'),
                              atomic=False)
 
-    def _write_overlay(self, name: str, image: np.ndarray,
-                       pred: np.ndarray) -> None:
+    def _write_overlay(self, name: str, image: np.ndarray, pred: np.ndarray,
+                       anchor: bool) -> None:
         drawn = (draw_keypoints(image, pred) if self.kind == 'keypoints'
                  else draw_mask_overlay(image, pred))
+        if anchor:
+            drawn = mark_anchor_frame(drawn)
         try:
             self._video.write(drawn)
         except OSError as err:

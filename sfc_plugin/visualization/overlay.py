@@ -67,3 +67,26 @@ def draw_keypoints(image: np.ndarray, joints: np.ndarray,
         cv2.circle(out, centre, radius, colour, -1, cv2.LINE_AA)
         cv2.circle(out, centre, radius, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def mark_anchor_frame(image: np.ndarray) -> np.ndarray:
+    """Marks a frame whose labels were given (an anchor): a yellow border
+    and the word "anchor" in the top-left corner.
+
+    Args:
+        image (np.ndarray): (H, W, 3) uint8 BGR frame (an overlay).
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8 BGR.
+    """
+    out = image.copy()
+    h, w = out.shape[:2]
+    thickness = max(2, int(round(min(h, w) / 100)))
+    yellow = (0, 255, 255)
+    cv2.rectangle(out, (0, 0), (w - 1, h - 1), yellow, thickness)
+    scale = max(0.4, min(h, w) / 600)
+    cv2.putText(out, 'anchor', (2 * thickness, 2 * thickness + int(20 *
+                                                                   scale)),
+                cv2.FONT_HERSHEY_SIMPLEX, scale, yellow,
+                max(1, thickness // 2), cv2.LINE_AA)
+    return out

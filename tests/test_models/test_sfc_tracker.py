@@ -207,3 +207,123 @@ def test_runner_checkpoint_of_another_network_is_refused():
     tracker = _tracker_from('configs/fc_davis.py')
     with pytest.raises(CheckpointKeyError, match='no prefix holding all'):
         tracker.load_state_dict({'conv.weight': torch.zeros(3, 3, 1, 1)})
+
+
+def entering_scene(t, h=64, w=80):
+    """The two-object scene of :func:`scene`, plus a green object that
+    enters from frame 3 on (ids 1, 2 and 3)."""
+    img, labels = scene(t)
+    if t >= 3:
+        img[:, 48:64, 32:48] = torch.tensor([0., 1, 0])[:, None, None]
+        labels[48:64, 32:48] = 3
+    return img, labels
+
+
+def test_anchor_replaces_the_prediction_at_its_frame(tracker):
+    frame0, labels0 = scene(0)
+    tracker.init(frame0, labels0)
+    tracker.track(scene(1)[0])
+    given = torch.zeros_like(labels0)
+    given[10:20, 10:20] = 2  # nothing like what the tracker would say
+    out = tracker.anchor(scene(2)[0], given)
+    assert out.dtype == torch.uint8 and torch.equal(out.long(), given)
+    assert tracker.propagator.num_anchors == 1
+
+
+def test_object_entering_at_an_anchor_is_tracked_after_it(tracker):
+    frame0, labels0 = entering_scene(0)
+    tracker.init(frame0, labels0)
+    before = [tracker.track(entering_scene(t)[0]) for t in (1, 2, 3)]
+    assert all(3 not in p.unique().tolist() for p in before)
+    frame4, labels4 = entering_scene(4)
+    tracker.anchor(frame4, labels4)
+    for t in (5, 6):
+        frame, labels = entering_scene(t)
+        pred = tracker.track(frame)
+        new, predicted = labels == 3, pred == 3
+        iou = (new & predicted).sum() / (new | predicted).sum()
+        assert iou > 0.8
+        assert (pred == labels).float().mean() > 0.9
+
+
+def test_complete_anchor_ends_the_objects_it_lacks(tracker):
+    frame0, labels0 = scene(0)
+    tracker.init(frame0, labels0)
+    frame1, labels1 = scene(1)
+    only_red = torch.where(labels1 == 1, 1, 0)
+    tracker.anchor(frame1, only_red, complete=True)
+    for t in (2, 3):
+        pred = tracker.track(scene(t)[0])
+        assert 2 not in pred.unique().tolist()
+    # Without `complete`, the object absent from the anchor stays tracked.
+    tracker.init(frame0, labels0)
+    tracker.anchor(frame1, only_red)
+    pred = tracker.track(scene(2)[0])
+    assert (pred == scene(2)[1]).float().mean() > 0.9
+
+
+def test_anchors_beyond_the_bound_evict_the_oldest_and_memory_stays_flat():
+    """Frame 0 is kept, the other anchors are a first-in first-out queue of
+    max_anchors frames; memory is 1 + max_anchors + m frames whatever the
+    number of anchors (50 here)."""
+    from sfc_plugin.models import LabelPropagator
+    prop = LabelPropagator(topk=4, radius=2, context_frames=3,
+                           temperature=0.1, max_anchors=2)
+    c, h, w = 8, 5, 6
+    torch.manual_seed(0)
+
+    def frame():
+        return F.normalize(torch.randn(c, h, w), dim=0)
+
+    def labels(k):
+        return torch.full((1, h, w), float(k))
+
+    f0 = frame()
+    prop.init(f0, labels(0))
+    sizes, anchors = set(), []
+    for i in range(1, 51):
+        f = frame()
+        prop.anchor(f, labels(i))
+        anchors.append((f, i))
+        prop.step(frame())
+        if i >= 2:
+            sizes.add((prop._feats.numel(), prop._labels.numel()))
+    assert prop.num_anchors == 2
+    assert sizes == {((1 + 2 + 3) * c * h * w, (1 + 2 + 3) * h * w)}
+    assert torch.equal(prop._feats[0], f0)
+    assert prop._labels[0].unique().tolist() == [0.0]
+    # Slots 1, 2: the two latest anchors, oldest first.
+    for slot, (f, i) in zip((1, 2), anchors[-2:]):
+        assert torch.equal(prop._feats[slot], f)
+        assert prop._labels[slot].unique().tolist() == [float(i)]
+
+
+def test_anchors_join_frame_zero_as_unrestricted_keys():
+    """After an anchor, a step matches against frame 0 and the anchor
+    without the window, the short-term frames within it: as the op with
+    1 + anchors unrestricted keys."""
+    from sfc_plugin.models import LabelPropagator
+    from sfc_plugin.ops import topk_window_match_reference
+    torch.manual_seed(1)
+    c, h, w, k = 6, 7, 9, 3
+
+    def frame():
+        return F.normalize(torch.randn(c, h, w, dtype=torch.float64), dim=0)
+
+    def soft():
+        return torch.softmax(torch.randn(k, h, w, dtype=torch.float64), 0)
+
+    prop = LabelPropagator(topk=5, radius=1, context_frames=2,
+                           temperature=0.1, max_anchors=3)
+    f0, l0, f1, f2, l2, f3 = frame(), soft(), frame(), frame(), soft(), \
+        frame()
+    prop.init(f0, l0)
+    p1 = prop.step(f1)
+    prop.anchor(f2, l2)
+    got = prop.step(f3)
+    keys = torch.stack([f0, f2, f1, f2])  # frame 0, anchor, ring (1, 2)
+    key_labels = torch.stack([l0, l2, p1, l2])
+    want = topk_window_match_reference(f3, keys, key_labels, topk=5,
+                                       radius=1, temperature=0.1,
+                                       unrestricted_keys=2)
+    assert torch.allclose(got, want, atol=1e-12)

@@ -69,7 +69,9 @@ class PackVideoFrameInputs(BaseTransform):
                                              'frame_id', 'frame_name',
                                              'video_length',
                                              'ori_shape', 'img_shape',
-                                             'scale_factor')):
+                                             'scale_factor', 'anchor',
+                                             'anchor_complete',
+                                             'anchor_interval')):
         self.meta_keys = tuple(meta_keys)
 
     def transform(self, results: dict) -> dict:

@@ -75,9 +75,9 @@ class LoadObjectMask(BaseTransform):
     Added keys: ``gt_seg_map`` (H, W) uint8 object ids.
 
     Args:
-        first_frame_only (bool): Load only frame 0's annotation, the one a
-            tracker consumes (the metric reads the others from disk).
-            Defaults to True.
+        first_frame_only (bool): Load only the annotations a tracker
+            consumes: frame 0's and anchor frames' (``anchor`` key); the
+            metric reads the others from disk. Defaults to True.
     """
 
     def __init__(self, first_frame_only: bool = True):
@@ -88,7 +88,7 @@ class LoadObjectMask(BaseTransform):
         return read_object_mask(path, results.get('mask_format', 'auto'))
 
     def transform(self, results: dict) -> dict:
-        if self.first_frame_only and results.get('frame_id', 0) != 0:
+        if self.first_frame_only and not _labels_consumed(results):
             return results
         path = results.get('seg_map_path')
         if path is None:
@@ -153,15 +153,15 @@ class LoadKeypoints(BaseTransform):
     Added keys: ``gt_joints`` (J, 2) float32 (x, y) pixel coordinates.
 
     Args:
-        first_frame_only (bool): Load only frame 0's keypoints.
-            Defaults to True.
+        first_frame_only (bool): Load only frame 0's and anchor frames'
+            keypoints. Defaults to True.
     """
 
     def __init__(self, first_frame_only: bool = True):
         self.first_frame_only = first_frame_only
 
     def transform(self, results: dict) -> dict:
-        if self.first_frame_only and results.get('frame_id', 0) != 0:
+        if self.first_frame_only and not _labels_consumed(results):
             return results
         path: Optional[str] = results.get('joints_path')
         if path is None:
@@ -173,6 +173,12 @@ class LoadKeypoints(BaseTransform):
     def __repr__(self) -> str:
         return (f'{type(self).__name__}('
                 f'first_frame_only={self.first_frame_only})')
+
+
+def _labels_consumed(results: dict) -> bool:
+    """Whether a tracker takes this frame's labels: frame 0's start the
+    video, an anchor frame's replace its prediction."""
+    return results.get('frame_id', 0) == 0 or bool(results.get('anchor'))
 
 
 __all__ = ['LoadVideoFrame', 'LoadObjectMask', 'LoadPartMap', 'LoadKeypoints']

@@ -1,4 +1,4 @@
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -25,6 +25,15 @@ class LabelPropagator:
     memory does not grow with the video length. The short-term slots form a
     ring: the order of key frames does not change a joint top-k.
 
+    Anchors (:meth:`anchor`) are later frames whose labels someone gave (a
+    corrected frame, objects entering the scene): such a frame's labels
+    replace the prediction, and it joins frame 0 as long-term memory, an
+    unrestricted key frame kept for the rest of the video. At most
+    ``max_anchors`` are kept besides frame 0, the oldest dropped first
+    (frame 0 never is), so memory stays bounded: 1 + max_anchors + m
+    frames. Without anchors the keys, and so the results, are the paper
+    protocol's.
+
     Args:
         topk (int): Neighbours per position, >= 1. Defaults to 10.
         radius (float): Window radius r' in feature pixels, >= 0; ``inf``
@@ -33,8 +42,10 @@ class LabelPropagator:
             Defaults to 20.
         temperature (float): Softmax temperature τ, finite and > 0.
             Defaults to 0.05.
-        restrict_first_frame (bool): Apply the window to frame 0 too.
-            Defaults to False (the reference's protocol).
+        restrict_first_frame (bool): Apply the window to frame 0 (and the
+            anchors) too. Defaults to False (the reference's protocol).
+        max_anchors (int): Anchor frames kept besides frame 0, in
+            [0, 1000]. Defaults to 4.
 
     Raises:
         ValueError: A setting of the wrong type or out of range, named.
@@ -44,18 +55,22 @@ class LabelPropagator:
         >>> prop.init(feat0, labels0)       # (C, h, w), (K, h, w)
         >>> for feat in later_feats:
         ...     labels = prop.step(feat)    # (K, h, w) soft labels
+        >>> prop.anchor(feat, corrected)    # (K', h, w), K' >= K: new objects
     """
 
     #: Upper bound on ``context_frames``: 1 + m frame buffers are
     #: preallocated, and the protocols use m <= 20.
     MAX_CONTEXT_FRAMES = 10_000
+    #: Upper bound on ``max_anchors`` (each is a full-frame key).
+    MAX_ANCHORS = 1000
 
     def __init__(self,
                  topk: int = 10,
                  radius: float = 12,
                  context_frames: int = 20,
                  temperature: float = 0.05,
-                 restrict_first_frame: bool = False):
+                 restrict_first_frame: bool = False,
+                 max_anchors: int = 4):
         owner = 'LabelPropagator'
         # The op's own rules, so that a bad config fails here, when the
         # model is built, not at the first frame of a video.
@@ -71,16 +86,36 @@ class LabelPropagator:
         if not isinstance(restrict_first_frame, bool):
             raise ValueError(f'{owner}: restrict_first_frame must be a bool, '
                              f'got {restrict_first_frame!r}')
+        max_anchors = check_integer(owner, 'max_anchors', max_anchors)
+        if not 0 <= max_anchors <= self.MAX_ANCHORS:
+            raise ValueError(f'{owner}: max_anchors must be in [0, '
+                             f'{self.MAX_ANCHORS}], got {max_anchors}')
         self.context_frames = context_frames
         self.restrict_first_frame = restrict_first_frame
+        self.max_anchors = max_anchors
+        # Key frames: frame 0, then the anchors (oldest first), then the
+        # short-term ring; the first 1 + anchors are long-term memory.
         self._feats: Optional[torch.Tensor] = None
         self._labels: Optional[torch.Tensor] = None
+        self._anchors = 0
         self._t = 0
 
     @property
     def frame_index(self) -> int:
         """Index of the last frame seen (0 after :meth:`init`)."""
         return self._t
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchor frames held besides frame 0."""
+        return self._anchors
+
+    @property
+    def num_channels(self) -> int:
+        """Label channels propagated (background included)."""
+        if self._labels is None:
+            raise RuntimeError('LabelPropagator: no video started')
+        return self._labels.shape[1]
 
     def init(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
         """Starts a video from frame 0's features and labels.
@@ -90,24 +125,7 @@ class LabelPropagator:
             labels (Tensor): (K, h, w) labels of frame 0 at feature
                 resolution (one channel per class, background included).
         """
-        if feat.dim() != 3 or labels.dim() != 3:
-            raise ValueError('LabelPropagator.init: need feat (C, h, w) and '
-                             f'labels (K, h, w), got {tuple(feat.shape)} and '
-                             f'{tuple(labels.shape)}')
-        if feat.shape[1:] != labels.shape[1:]:
-            raise ValueError(
-                f'LabelPropagator.init: feat {tuple(feat.shape)} and labels '
-                f'{tuple(labels.shape)} differ in size')
-        # Checked once here (one frame, cheap): otherwise frame 0's bad
-        # features surface at frame 1 as the op's 'keys contain NaN'.
-        if not torch.isfinite(feat).all():
-            raise ValueError(
-                'LabelPropagator.init: the encoder produced NaN or infinite '
-                'features for frame 0 (are its weights finite? is the frame '
-                'broken?)')
-        if not torch.isfinite(labels).all():
-            raise ValueError('LabelPropagator.init: the labels of frame 0 '
-                             'contain NaN or infinite values')
+        _check_labelled_frame('init', 'frame 0', feat, labels)
         slots = 1 + self.context_frames
         # Channels-last: topk_window_match reads windows of positions as
         # C-contiguous rows, so this layout spares it a copy of all keys.
@@ -117,6 +135,7 @@ class LabelPropagator:
         self._labels = labels.new_empty((slots, *labels.shape))
         self._feats.copy_(feat.expand_as(self._feats))
         self._labels.copy_(labels.expand_as(self._labels))
+        self._anchors = 0
         self._t = 0
 
     def step(self, feat: torch.Tensor) -> torch.Tensor:
@@ -141,15 +160,131 @@ class LabelPropagator:
             topk=self.topk,
             radius=self.radius,
             temperature=self.temperature,
-            unrestricted_keys=0 if self.restrict_first_frame else 1)
+            unrestricted_keys=0 if self.restrict_first_frame else
+            1 + self._anchors)
+        self._remember(feat, labels)
+        return labels
+
+    def anchor(self, feat: torch.Tensor, labels: torch.Tensor,
+               ended: Sequence[int] = ()) -> torch.Tensor:
+        """Takes the next frame's labels as given, and keeps it.
+
+        The frame's labels are ``labels`` (no matching is run); the frame
+        becomes an anchor (long-term, unrestricted key frame) and, like any
+        frame, short-term memory; short-term slots not reached yet (the
+        first m frames of a video), which hold frame 0 as a stand-in, hold
+        the anchor instead. More channels than propagated so far are
+        new objects: their channel is 0 in all earlier memory. Fewer are
+        padded with 0 (those objects are absent from this frame, and keep
+        being tracked from the other frames). Channels in ``ended`` are set
+        to 0 in all memory: those objects are never predicted again.
+
+        Args:
+            feat (Tensor): (C, h, w) unit-norm features of the frame.
+            labels (Tensor): (K', h, w) labels of the frame at feature
+                resolution.
+            ended (Sequence[int]): Channels (objects) that end here.
+                Defaults to ().
+
+        Returns:
+            Tensor: (max(K, K'), h, w) the frame's labels as propagated.
+        """
+        if self._feats is None:
+            raise RuntimeError('LabelPropagator.anchor called before init')
+        if feat.shape != self._feats.shape[1:]:
+            raise ValueError(
+                f'LabelPropagator.anchor: frame features '
+                f'{tuple(feat.shape)} differ from frame 0\'s '
+                f'{tuple(self._feats.shape[1:])}')
+        _check_labelled_frame('anchor', 'the anchor frame', feat, labels)
+        channels = max(self.num_channels, labels.shape[0])
+        bad = [c for c in ended if not 0 < int(c) < channels]
+        if bad:
+            raise ValueError(f'LabelPropagator.anchor: ended channels {bad} '
+                             f'are not objects of 1..{channels - 1}')
+        if channels > self.num_channels:
+            grown = self._labels.new_zeros(
+                (self._labels.shape[0], channels, *self._labels.shape[2:]))
+            grown[:, :self.num_channels] = self._labels
+            self._labels = grown
+        labels = torch.cat([
+            labels.to(self._labels.dtype),
+            labels.new_zeros((channels - labels.shape[0], *labels.shape[1:]))
+        ])
+        for c in ended:
+            self._labels[:, int(c)] = 0
+            labels[int(c)] = 0
+        self._keep_anchor(feat, labels)
+        self._remember(feat, labels)
+        # Early in a video the short-term slots not yet reached hold frame
+        # 0 as a stand-in; the latest labelled frame takes that role now,
+        # or m stale copies would outvote the anchor.
+        ring = 1 + self._anchors
+        filled = min(self._t, self.context_frames)
+        self._feats[ring + filled:] = feat
+        self._labels[ring + filled:] = labels
+        return labels
+
+    def _keep_anchor(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
+        """Puts an anchor after the others, dropping the oldest when
+        ``max_anchors`` are held."""
+        if self.max_anchors == 0:
+            return
+        if self._anchors == self.max_anchors:
+            last = self._anchors
+            self._feats[1:last] = self._feats[2:last + 1].clone()
+            self._labels[1:last] = self._labels[2:last + 1].clone()
+            self._feats[last].copy_(feat)
+            self._labels[last].copy_(labels)
+            return
+        # One more slot before the short-term ring (anchors are rare: the
+        # buffers are rebuilt, not preallocated for max_anchors).
+        slot = 1 + self._anchors
+        feats = torch.empty((self._feats.shape[0] + 1, *feat.shape),
+                            dtype=self._feats.dtype, device=feat.device,
+                            memory_format=torch.channels_last)
+        labels_buf = self._labels.new_empty(
+            (self._labels.shape[0] + 1, *self._labels.shape[1:]))
+        for new, old in ((feats, self._feats), (labels_buf, self._labels)):
+            new[:slot] = old[:slot]
+            new[slot + 1:] = old[slot:]
+        feats[slot].copy_(feat)
+        labels_buf[slot].copy_(labels)
+        self._feats, self._labels = feats, labels_buf
+        self._anchors += 1
+
+    def _remember(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
+        """The frame just labelled becomes short-term memory."""
         self._t += 1
         if self.context_frames:
-            slot = 1 + (self._t - 1) % self.context_frames
+            slot = 1 + self._anchors + (self._t - 1) % self.context_frames
             self._feats[slot].copy_(feat)
             self._labels[slot].copy_(labels)
-        return labels
 
     def reset(self) -> None:
         """Releases the context buffers."""
         self._feats = self._labels = None
+        self._anchors = 0
         self._t = 0
+
+
+def _check_labelled_frame(method: str, what: str, feat: torch.Tensor,
+                          labels: torch.Tensor) -> None:
+    """Shapes and finiteness of a frame given with its labels, checked once
+    (one frame, cheap): bad features would otherwise surface a frame later
+    as the op's 'keys contain NaN'."""
+    owner = f'LabelPropagator.{method}'
+    if feat.dim() != 3 or labels.dim() != 3:
+        raise ValueError(f'{owner}: need feat (C, h, w) and labels (K, h, w), '
+                         f'got {tuple(feat.shape)} and '
+                         f'{tuple(labels.shape)}')
+    if feat.shape[1:] != labels.shape[1:]:
+        raise ValueError(f'{owner}: feat {tuple(feat.shape)} and labels '
+                         f'{tuple(labels.shape)} differ in size')
+    if not torch.isfinite(feat).all():
+        raise ValueError(
+            f'{owner}: the encoder produced NaN or infinite features for '
+            f'{what} (are its weights finite? is the frame broken?)')
+    if not torch.isfinite(labels).all():
+        raise ValueError(f'{owner}: the labels of {what} contain NaN or '
+                         'infinite values')

@@ -33,6 +33,7 @@ class SFCTracker(BaseModel):
         tracker.init(frame0, labels0)     # (3, H, W) normalised, labels
         for frame in frames:
             pred = tracker.track(frame)   # (H, W) ids, or (J, 2) keypoints
+        tracker.anchor(frame, labels)     # a corrected frame, new objects
 
     Under mmengine's test loop it takes either sfc_plugin's data (one
     ``BaseDataElement`` per frame, :class:`PackVideoFrameInputs`) or mmdet
@@ -138,13 +139,60 @@ class SFCTracker(BaseModel):
     @torch.no_grad()
     def track_soft(self, frame: torch.Tensor) -> torch.Tensor:
         """(K, h, w) soft labels of the next frame, at feature resolution."""
+        self._check_next_frame('track', frame)
+        return self.propagator.step(self.extract_feat(frame))
+
+    @torch.no_grad()
+    def anchor(self, frame: torch.Tensor, labels: torch.Tensor,
+               complete: bool = False) -> torch.Tensor:
+        """Takes the next frame's labels as given (a corrected frame).
+
+        The labels replace the prediction for this frame, and the frame
+        joins frame 0 as long-term memory (see
+        :meth:`LabelPropagator.anchor`): ids not seen before are new
+        objects, tracked from here on; an object absent from the labels
+        keeps being tracked from the other frames, unless the anchor is
+        ``complete``, when it ends (never predicted again).
+
+        Args:
+            frame (Tensor): (3, H, W) normalised frame.
+            labels (Tensor): Its labels in the codec's form, as for
+                :meth:`init`: (H, W) ids, or (J, 2) keypoints (the same J).
+            complete (bool): The labels hold every object still in the
+                video (object masks only). Defaults to False.
+
+        Returns:
+            Tensor: The frame's result in the codec's form: ``labels``.
+        """
+        self._check_next_frame('anchor', frame)
+        keypoints = self.codec.target_key == 'gt_joints'
+        if complete and (keypoints
+                         or getattr(self.codec, 'num_classes', None)):
+            raise ValueError('SFCTracker.anchor: `complete` ends objects; '
+                             'it is for object masks, not keypoints or part '
+                             'maps')
+        feat = self.extract_feat(frame)
+        soft = self.codec.encode(labels, tuple(feat.shape[-2:]),
+                                 self._image_size).to(feat.dtype)
+        channels = self.propagator.num_channels
+        if keypoints and soft.shape[0] != channels:
+            raise ValueError(
+                f'SFCTracker.anchor: {soft.shape[0] - 1} keypoints, the '
+                f'video started with {channels - 1}')
+        ended = []
+        if complete:
+            present = set(torch.unique(labels).tolist())
+            ended = [c for c in range(1, channels) if c not in present]
+        self.propagator.anchor(feat, soft, ended)
+        return labels if keypoints else labels.to(torch.uint8)
+
+    def _check_next_frame(self, method: str, frame: torch.Tensor) -> None:
         if self._image_size is None:
-            raise RuntimeError('SFCTracker.track called before init')
+            raise RuntimeError(f'SFCTracker.{method} called before init')
         if tuple(frame.shape[-2:]) != self._image_size:
             raise ValueError(
-                f'SFCTracker.track: frame size {tuple(frame.shape[-2:])} '
+                f'SFCTracker.{method}: frame size {tuple(frame.shape[-2:])} '
                 f'differs from the first frame\'s {self._image_size}')
-        return self.propagator.step(self.extract_feat(frame))
 
     @torch.no_grad()
     def track(self, frame: torch.Tensor) -> torch.Tensor:
@@ -160,11 +208,13 @@ class SFCTracker(BaseModel):
 
         sfc_plugin's form: ``inputs`` (N, 3, H, W), one data sample per
         frame with ``frame_id`` and ``video``; frame 0's needs the codec's
-        target (``gt_seg_map`` or ``gt_joints``). Adds the codec's
-        prediction (``pred_seg_map`` (H, W) uint8 ids, or ``pred_joints``
-        (J, 2)). Keypoints are given and returned in original image
-        coordinates: a ``scale_factor`` (w, h) meta key (from a Resize
-        transform) maps them to and from the network input.
+        target (``gt_seg_map`` or ``gt_joints``), and so does a later frame
+        marked ``anchor`` (meta key; ``anchor_complete`` for a complete
+        anchor), whose labels are taken as given (:meth:`anchor`). Adds
+        the codec's prediction (``pred_seg_map`` (H, W) uint8 ids, or
+        ``pred_joints`` (J, 2)). Keypoints are given and returned in
+        original image coordinates: a ``scale_factor`` (w, h) meta key
+        (from a Resize transform) maps them to and from the network input.
 
         mmdet's form: ``inputs`` (N, T, 3, H, W) and ``TrackDataSample``
         objects (frames in ``video_data_samples``, see
@@ -180,22 +230,33 @@ class SFCTracker(BaseModel):
                 self.init(frame, ids)
                 pred = ids.to(torch.uint8)
             elif sample.frame_id == 0:
-                if target_key not in sample:
-                    raise KeyError(
-                        f'SFCTracker: frame 0 of video "{sample.video}" comes '
-                        f'without its annotation ({target_key})')
-                target = sample.get(target_key).to(frame.device)
-                if target_key == 'gt_joints' and scale is not None:
-                    target = target * target.new_tensor(scale)
+                target = self._target(sample, frame, scale)
                 self.init(frame, target)
                 pred = target if target_key == 'gt_joints' else target.to(
                     torch.uint8)
+            elif sample.metainfo.get('anchor', False):
+                pred = self.anchor(
+                    frame, self._target(sample, frame, scale),
+                    complete=sample.metainfo.get('anchor_complete', False))
             else:
                 pred = self.track(frame)
             if pred_key == 'pred_joints' and scale is not None:
                 pred = pred / pred.new_tensor(scale)
             sample.set_field(pred.cpu(), pred_key)
         return data_samples
+
+    def _target(self, sample: BaseDataElement, frame: torch.Tensor,
+                scale) -> torch.Tensor:
+        """A frame's given labels in network-input coordinates."""
+        key = self.codec.target_key
+        if key not in sample:
+            raise KeyError(
+                f'SFCTracker: frame {sample.frame_id} of video '
+                f'"{sample.video}" comes without its annotation ({key})')
+        target = sample.get(key).to(frame.device)
+        if key == 'gt_joints' and scale is not None:
+            target = target * target.new_tensor(scale)
+        return target
 
     @torch.no_grad()
     def predict_tracks(self, inputs: torch.Tensor,
