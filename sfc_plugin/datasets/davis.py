@@ -1,6 +1,6 @@
 import os
 import os.path as osp
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -127,11 +127,18 @@ class DAVISDataset(VideoFrameDataset):
             Defaults to 'ImageSets/2017/val.txt'.
         data_prefix (dict): ``img_path`` and ``seg_map_path`` folders.
         mask_format (str): See :func:`read_object_mask`. Defaults to 'auto'.
+        anchor_interval (int, optional): The "human in the loop" protocol:
+            every N-th frame's annotation (frames N, 2N, ...) is given to
+            the tracker as an anchor (items get ``anchor=True``, and all
+            items ``anchor_interval``, which :class:`DAVISMetric` scores
+            apart from the paper protocol). Defaults to None (the paper
+            protocol: frame 0's annotation only).
         pipeline (list): Transforms. Defaults to [].
 
     Raises:
         FileNotFoundError: A listed sequence has no frames folder, or its
             first frame has no annotation.
+        ValueError: ``anchor_interval`` is not a positive integer.
     """
 
     METAINFO = dict(dataset_name='DAVIS')
@@ -143,9 +150,18 @@ class DAVISDataset(VideoFrameDataset):
                      img_path='JPEGImages/480p',
                      seg_map_path='Annotations/480p'),
                  mask_format: str = 'auto',
+                 anchor_interval: Optional[int] = None,
                  pipeline=(),
                  **kwargs):
         self.mask_format = mask_format
+        if anchor_interval is not None and not (
+                isinstance(anchor_interval, int)
+                and not isinstance(anchor_interval, bool)
+                and anchor_interval >= 1):
+            raise ValueError(f'{type(self).__name__}: anchor_interval must '
+                             'be a positive integer (frames between ground-'
+                             f'truth anchors), got {anchor_interval!r}')
+        self.anchor_interval = anchor_interval
         super().__init__(
             data_root=data_root,
             ann_file=ann_file,
@@ -159,15 +175,20 @@ class DAVISDataset(VideoFrameDataset):
                 self.ann_file, self.data_prefix['img_path'],
                 self.data_prefix['seg_map_path'], type(self).__name__):
             for i, (frame, ann) in enumerate(zip(frames, ann_paths)):
-                data_list.append(
-                    dict(
-                        img_path=frame,
-                        seg_map_path=ann if osp.isfile(ann) else None,
-                        first_seg_map_path=ann_paths[0],
-                        mask_format=self.mask_format,
-                        video=video,
-                        frame_id=i,
-                        video_length=len(frames)))
+                item = dict(
+                    img_path=frame,
+                    seg_map_path=ann if osp.isfile(ann) else None,
+                    first_seg_map_path=ann_paths[0],
+                    mask_format=self.mask_format,
+                    video=video,
+                    frame_id=i,
+                    video_length=len(frames))
+                interval = self.anchor_interval
+                if interval is not None:
+                    item['anchor_interval'] = interval
+                    item['anchor'] = bool(i and i % interval == 0
+                                          and item['seg_map_path'])
+                data_list.append(item)
         return data_list
 
 

@@ -256,3 +256,37 @@ def test_first_frame_matching_renumbers_detected_objects(two_videos,
     table = match_objects(np.pad(np.ones((1, 1), np.uint8), ((3, 0), (3, 0))),
                           np.pad(np.ones((1, 1), np.uint8), ((0, 3), (0, 3))))
     assert table[1] == 0
+
+
+def test_ground_truth_anchor_protocol_is_scored_apart(two_videos, tmp_path):
+    """Every N-th frame given as an anchor: frames after the first anchor
+    are scored, anchors excluded, into files and names of their own; the
+    paper protocol's files are not written, and the two never mix."""
+    from sfc_plugin.evaluation.metrics.davis_metric import scored_frame
+    assert [t for t in range(12) if scored_frame(t, 12, 3)] == [4, 5, 7, 8,
+                                                               10]
+    assert [t for t in range(5) if scored_frame(t, 5)] == [1, 2, 3]
+    root, videos = two_videos
+    dataset = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt',
+                           anchor_interval=2)
+    anchors = [dataset.get_data_info(i) for i in range(len(dataset))]
+    assert [(a['video'], a['frame_id']) for a in anchors if a['anchor']] == [
+        ('a', 2), ('a', 4), ('b', 2), ('b', 4)]
+    truth = {name: masks for name, (_, masks) in videos.items()}
+    metric = DAVISMetric(output_dir=str(tmp_path / 'out'))
+    metric.process({}, samples_for(dataset, truth))
+    scores = metric.evaluate(len(dataset))
+    assert scores['davis/anchors_every_2/J&F-Mean'] == 1.0
+    assert not any(k.startswith('davis/J&F') for k in scores)
+    assert sorted(p.name for p in (tmp_path / 'out').glob('*.csv')) == [
+        'global_results-val-anchors_every_2.csv',
+        'per-sequence_results-val-anchors_every_2.csv']
+    mixed = DAVISMetric()
+    plain = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    mixed.process({}, samples_for(dataset, truth)[:6])
+    mixed.process({}, samples_for(plain, truth)[6:])
+    with pytest.raises(ValueError, match='never scored together'):
+        mixed.evaluate(len(plain))
+    with pytest.raises(ValueError, match='anchor_interval'):
+        DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt',
+                     anchor_interval=0)

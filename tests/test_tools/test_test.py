@@ -8,7 +8,7 @@ from ..test_evaluation.davis_fixtures import moving_squares, write_davis
 
 
 def run_fc_davis(python, repo, env, root, tmp_path, launcher=(), extra=(),
-                 out_name='results'):
+                 out_name='results', options=(), metric='davis/J&F-Mean'):
     """tools/test.py with configs/fc_davis.py on generated DAVIS data."""
     out = tmp_path / out_name
     proc = subprocess.run([
@@ -19,11 +19,11 @@ def run_fc_davis(python, repo, env, root, tmp_path, launcher=(), extra=(),
         f'test_dataloader.dataset.data_root={root}',
         'test_dataloader.dataset.ann_file=ImageSets/val.txt',
         'test_dataloader.num_workers=0', f'test_evaluator.output_dir={out}',
-        *(['--launcher', 'pytorch'] if launcher else [])
+        *options, *(['--launcher', 'pytorch'] if launcher else [])
     ], env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert 'davis/J&F-Mean' in log
+    assert metric in log
     return out, log
 
 
@@ -137,3 +137,24 @@ def test_backend_needs_its_model(python, repo, subprocess_env, tmp_path):
     ], env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'Backend model not found' in proc.stderr, proc.stderr
+
+
+def test_ground_truth_anchors_every_n_frames(python, repo, tmp_path,
+                                             subprocess_env):
+    """`--cfg-options test_dataloader.dataset.anchor_interval=N`: the
+    tracker takes every N-th frame's annotation as an anchor (its result is
+    that annotation), scored apart from the paper protocol."""
+    root = write_davis(tmp_path / 'davis', {
+        'a': moving_squares(7, 64, 96, 2, seed=3),
+    })
+    out, log = run_fc_davis(
+        python, repo, subprocess_env, root, tmp_path,
+        options=['test_dataloader.dataset.anchor_interval=3'],
+        out_name='anchored', metric='davis/anchors_every_3/J&F-Mean')
+    for t in (3, 6):
+        assert np.array_equal(
+            np.array(Image.open(out / 'a' / f'{t:05d}.png')),
+            np.array(Image.open(root / 'Annotations' / '480p' / 'a' /
+                                f'{t:05d}.png')))
+    assert not (out / 'global_results-val.csv').exists()
+    assert (out / 'global_results-val-anchors_every_3.csv').is_file()

@@ -85,6 +85,18 @@ def davis_frames(data_samples: Sequence[dict]) -> Iterator[dict]:
                                        frame.get('video_length')))
 
 
+def scored_frame(frame_id: int, video_length: int,
+                 anchor_interval: Optional[int] = None) -> bool:
+    """Whether a frame is scored: not the first nor the last (the DAVIS
+    protocol); with ground-truth anchors every N frames, only frames after
+    the first anchor, and never an anchor frame (its labels were given)."""
+    if not 0 < frame_id < video_length - 1:
+        return False
+    if anchor_interval is None:
+        return True
+    return frame_id > anchor_interval and frame_id % anchor_interval != 0
+
+
 def match_objects(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """A lookup table renumbering ``pred``'s objects after ``gt``'s.
 
@@ -131,6 +143,13 @@ class DAVISMetric(BaseMetric):
     figures are means over all objects of all videos, and
     ``J&F = (J_mean + F_mean) / 2``. The objects of a video are the ids
     1..max of its first-frame annotation.
+
+    With ground-truth anchors every N frames (the "human in the loop"
+    protocol, ``DAVISDataset(anchor_interval=N)``, recorded in each frame's
+    meta data), only frames after the first anchor are scored, anchor
+    frames excluded, and the figures go to files and names of their own
+    (``global_results-<split>-anchors_every_<N>.csv``,
+    ``anchors_every_<N>/J&F-Mean``), never into the paper protocol's.
 
     Results are processed frame by frame, so memory does not grow with the
     video length. Predictions come as sfc_plugin's trackers give them
@@ -208,9 +227,11 @@ class DAVISMetric(BaseMetric):
                 save_palette_png(
                     pred, osp.join(self.output_dir, video, name + '.png'))
             num_objects = self._objects(sample)
-            scored = 0 < frame_id < sample['video_length'] - 1
+            interval = sample.get('anchor_interval')
             record = dict(video=video, frame_id=frame_id,
-                          num_objects=num_objects, j=None, f=None)
+                          num_objects=num_objects, anchor_interval=interval,
+                          j=None, f=None)
+            scored = scored_frame(frame_id, sample['video_length'], interval)
             if scored and num_objects:
                 path = sample.get('seg_map_path')
                 if path is None:
@@ -242,6 +263,14 @@ class DAVISMetric(BaseMetric):
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         logger = MMLogger.get_current_instance()
+        intervals = {r['anchor_interval'] for r in results}
+        if len(intervals) > 1:
+            raise ValueError(
+                'DAVISMetric: results of the paper protocol and of ground-'
+                'truth anchors (anchor_interval '
+                f'{sorted(i for i in intervals if i)}) are never scored '
+                'together')
+        interval = intervals.pop() if intervals else None
         per_video = defaultdict(list)
         for r in results:
             per_video[r['video']].append(r)
@@ -278,17 +307,23 @@ class DAVISMetric(BaseMetric):
             'F-Recall': mean(f_stats, 'recall'),
             'F-Decay': mean(f_stats, 'decay'),
         }
+        # Anchored results go to files and names of their own, beside the
+        # paper protocol's: the two are never mixed up.
+        suffix = '' if interval is None else f'-anchors_every_{interval}'
         if self.output_dir is not None:
             os.makedirs(self.output_dir, exist_ok=True)
             _write_csv(
                 osp.join(self.output_dir,
-                         f'per-sequence_results-{self.split}.csv'),
+                         f'per-sequence_results-{self.split}{suffix}.csv'),
                 ['Sequence', 'J-Mean', 'F-Mean'],
                 [[n, f'{j:.6f}', f'{f:.6f}'] for n, j, f in rows])
             _write_csv(
                 osp.join(self.output_dir,
-                         f'global_results-{self.split}.csv'), list(metrics),
-                [[f'{v:.6f}' for v in metrics.values()]])
+                         f'global_results-{self.split}{suffix}.csv'),
+                list(metrics), [[f'{v:.6f}' for v in metrics.values()]])
         self._num_objects.clear()
         self._renumbering.clear()
+        if interval is not None:
+            metrics = {f'anchors_every_{interval}/{k}': v
+                       for k, v in metrics.items()}
         return metrics
