@@ -10,7 +10,7 @@ from sfc_plugin.apis import track_video
 from sfc_plugin.datasets import synthetic_video, write_davis_sequences
 from sfc_plugin.utils.fileio import save_palette_png
 
-from .test_inference import leftovers
+from .test_inference import leftovers, write_video
 
 
 @pytest.fixture(scope='module')
@@ -89,12 +89,7 @@ def test_complete_anchor_ends_the_objects_it_lacks(clip, tmp_path):
 
 
 def test_anchors_from_a_video_file_name_frames_by_index(clip, tmp_path):
-    path = tmp_path / 'clip.avi'
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10,
-                             (112, 64))
-    for image in clip['images']:
-        writer.write(image)
-    writer.release()
+    path = write_video(tmp_path / 'clip.avi', clip['images'], 'MJPG')
     out = tmp_path / 'out'
     summary = track_video(str(path), str(clip['first']), str(out),
                           anchors=clip['anchors'], progress=False)

@@ -104,13 +104,19 @@ def test_inference_video_gives_each_frame_in_order(video):
     assert set(np.unique(frames[5].pred)) <= {0, 1, 2, 3}
 
 
-def test_video_file_source(video, tmp_path):
-    path = tmp_path / 'clip.mp4'
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 12,
-                             (112, 64))
-    for img in video['images']:
+def write_video(path, images, fourcc='mp4v', fps=12):
+    """A video file of BGR frames."""
+    h, w = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
+                             (w, h))
+    for img in images:
         writer.write(img)
     writer.release()
+    return path
+
+
+def test_video_file_source(video, tmp_path):
+    path = write_video(tmp_path / 'clip.mp4', video['images'])
     summary = track_video(str(path), str(video['first']),
                           str(tmp_path / 'out'), progress=False,
                           overlay=False)
