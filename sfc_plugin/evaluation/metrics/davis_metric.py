@@ -279,10 +279,14 @@ class DAVISMetric(BaseMetric):
             frames = sorted((r for r in per_video[video] if r['j'] is not
                              None), key=lambda r: r['frame_id'])
             if not frames:
+                why = ('no object in its first frame, or fewer than 3 '
+                       'frames') if interval is None else (
+                           'no object in its first frame, or no frame after '
+                           f'its first anchor (frame {interval}) but the '
+                           'last and anchors')
                 logger.warning(
-                    f'DAVISMetric: video "{video}" has no scored frame (no '
-                    'object in its first frame, or fewer than 3 frames); it '
-                    'is left out')
+                    f'DAVISMetric: video "{video}" has no scored frame '
+                    f'({why}); it is left out')
                 continue
             j = np.stack([r['j'] for r in frames], axis=1)  # (objects, T)
             f = np.stack([r['f'] for r in frames], axis=1)
