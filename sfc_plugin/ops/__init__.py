@@ -3,6 +3,7 @@ from .topk_window_match import (
                                 aggregate_labels,
                                 check_integer,
                                 check_match_settings,
+                                cpu_bf16_kernel,
                                 topk_window_match,
                                 topk_window_match_decomposed,
                                 topk_window_match_dense,
@@ -14,6 +15,7 @@ from .topk_window_match import (
 
 __all__ = [
     'aggregate_labels', 'check_integer', 'check_match_settings',
+    'cpu_bf16_kernel',
     'load_native_ops', 'native_ops_available',
     'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',
     'topk_window_match_dense', 'topk_window_match_reference',

@@ -35,6 +35,9 @@ Environment:
     not set.
     ``SFC_PLUGIN_OPS_BUILD_TIMEOUT``: seconds to wait for another process's
     build of the same folder (default 900).
+    ``SFC_PLUGIN_DISABLE_BF16_DOT=1``: the CPU kernel scores bfloat16
+    features through float32 even where the CPU has AVX512_BF16 (read at
+    every call; for tests and comparisons).
 
 ``python -m sfc_plugin.ops`` builds ahead of time and reports the result.
 
@@ -371,7 +374,11 @@ def _register_fake_kernels() -> None:
     @torch.library.register_fake('sfc::topk_window_neighbours')
     def _(query, keys, topk, radius, temperature, unrestricted_keys=1):
         shape = (keys.shape[0], keys.shape[3], keys.shape[4], topk)
-        return (query.new_empty(shape),
+        # The CPU kernel keeps bf16 features' softmax weights in float32.
+        cpu_bf16 = (query.device.type == 'cpu'
+                    and query.dtype == torch.bfloat16)
+        return (query.new_empty(shape,
+                                dtype=torch.float32 if cpu_bf16 else None),
                 query.new_empty(shape, dtype=torch.long))
 
     @torch.library.register_fake('sfc::topk_window_match')

@@ -29,10 +29,24 @@ An empty batch (B = 0) gives an empty result; C, H, W or K of 0 is refused,
 and so are a ``topk`` or ``unrestricted_keys`` that is not an integer and
 a non-finite temperature. Finite features whose dot products overflow the
 dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
+
+Feature types: float32 and float64 everywhere; on CUDA also float16 and
+bfloat16 (float32 accumulation, weights in the feature type). On CPU
+bfloat16 features are matched on their exact bf16 values with float32
+accumulation, and the softmax over the top-k runs in float32: the weights
+of the neighbours functions are float32, and the match functions' labels
+come out in ``key_labels``' dtype (float32 labels give float32 labels). The
+native CPU kernel scores bf16 with AVX512_BF16's ``vdpbf16ps`` where the
+CPU has it (checked at run time, see :func:`cpu_bf16_kernel`); elsewhere it
+widens the keys to float32 block by block and says so once with a warning.
+``SFC_PLUGIN_DISABLE_BF16_DOT=1`` (read at every call) forces that float32
+path. The pure-PyTorch forms widen bf16 CPU features to float32 up front: a
+bf16 matmul would round every affinity to 8 significant bits.
 """
 import math
 import numbers
 import operator
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -42,6 +56,10 @@ from .extension import native_ops_available
 #: Affinity rows processed at once by the dense baseline are capped so that
 #: one chunk of the (queries × keys) affinity stays near this many bytes.
 CHUNK_BYTES = 128 * 2**20
+#: Feature types the CPU implementations take.
+CPU_FEATURE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+#: Reasons for the float32 path of bf16 on CPU already warned about.
+_bf16_notices = set()
 
 
 def check_integer(owner: str, name: str, value) -> int:
@@ -202,11 +220,11 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
             'topk_window_match: unrestricted_keys must be in '
             f'[0, T={frames}], got {unrestricted_keys}')
     for name, t in (('query', query), ('keys', keys)):
-        if t.device.type == 'cpu' and t.dtype not in (torch.float32,
-                                                      torch.float64):
+        if t.device.type == 'cpu' and t.dtype not in CPU_FEATURE_DTYPES:
             raise ValueError(
                 f'topk_window_match: {name} is {t.dtype}; on CPU features '
-                'must be float32 or float64 (convert with .float())')
+                'must be float32, float64 or bfloat16 (convert with '
+                '.float())')
     if keys.dtype != query.dtype:
         raise ValueError(f'topk_window_match: query is {query.dtype} but '
                          f'keys are {keys.dtype}')
@@ -215,6 +233,49 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
                  radius=min(radius, float(height + width)),
                  temperature=temperature,
                  unrestricted_keys=unrestricted_keys)
+
+
+def _widen_cpu_bf16(query: torch.Tensor, keys: torch.Tensor):
+    """bf16 features on CPU as float32, others as they are: the CPU's bf16
+    contract (exact bf16 values, float32 accumulation and weights) for the
+    pure-PyTorch forms, where a bf16 matmul would round the affinities."""
+    if query.device.type == 'cpu' and query.dtype == torch.bfloat16:
+        return query.float(), keys.float()
+    return query, keys
+
+
+def cpu_bf16_kernel() -> str:
+    """How the native CPU kernel scores bfloat16 features in this process.
+
+    Checked at run time, at every call of the op: the CPU's instruction
+    set (cpuid) and ``SFC_PLUGIN_DISABLE_BF16_DOT``.
+
+    Returns:
+        str: ``'avx512_bf16'`` where the ``vdpbf16ps`` micro-kernel runs;
+        ``'float32 (<why>)'`` where the keys are widened to float32 and
+        scored by the float32 micro-kernel; ``'reference (<why>)'`` where
+        no native CPU kernel is loaded.
+    """
+    if not native_ops_available('cpu'):
+        from .extension import native_ops_status
+        return f'reference ({native_ops_status()})'
+    reason = torch.ops.sfc._cpu_bf16_fallback_reason()
+    return f'float32 ({reason})' if reason else 'avx512_bf16'
+
+
+def _notice_cpu_bf16(query: torch.Tensor) -> None:
+    """Warns once per reason where the native CPU kernel cannot use
+    ``vdpbf16ps`` for bf16 features."""
+    if query.device.type != 'cpu' or query.dtype != torch.bfloat16:
+        return
+    reason = torch.ops.sfc._cpu_bf16_fallback_reason()
+    if reason and reason not in _bf16_notices:
+        _bf16_notices.add(reason)
+        warnings.warn(
+            'sfc_plugin: bfloat16 matching runs through float32 on this CPU '
+            f'({reason}): the same bf16 products and float32 sums, but no '
+            'faster than float32 features',
+            stacklevel=3)
 
 
 def _add_batch(batched: bool, *tensors: torch.Tensor):
@@ -393,6 +454,7 @@ def topk_window_match_dense(query: torch.Tensor,
                   unrestricted_keys)
     query, keys, key_labels = _add_batch(args.batched, query, keys,
                                          key_labels)
+    query, keys = _widen_cpu_bf16(query, keys)
     b, t, c, h, w = keys.shape
     q = query.reshape(b, c, h * w).transpose(1, 2)
     pos = _positions(h, w, query.device)
@@ -507,6 +569,7 @@ def _reference_neighbours(query: torch.Tensor, keys: torch.Tensor,
                           args: _Args, tile_size: int = 8
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`_tiled_neighbours` over a validated batch."""
+    query, keys = _widen_cpu_bf16(query, keys)
     b, _, _, h, w = keys.shape
     if b == 0:
         return (query.new_empty(0, h, w, args.topk),
@@ -612,15 +675,18 @@ def topk_window_neighbours(
             :func:`topk_window_match`.
 
     Returns:
-        tuple[Tensor]: ``weights`` (query dtype) and ``indices`` (int64),
-        both ([B,] H, W, topk): flat key indices t·H·W + y·W + x in
-        decreasing affinity; slots beyond the eligible keys hold weight 0
-        and index -1.
+        tuple[Tensor]: ``weights`` and ``indices`` (int64), both ([B,] H,
+        W, topk): flat key indices t·H·W + y·W + x in decreasing affinity;
+        slots beyond the eligible keys hold weight 0 and index -1. The
+        weights are in the query dtype, except for bfloat16 features on
+        CPU: float32 there, the softmax's own precision (bf16 weights
+        would be off by up to 0.2%).
     """
     args = _check(query, keys, None, topk, radius, temperature,
                   unrestricted_keys)
     query, keys = _add_batch(args.batched, query, keys)
     if native_ops_available(query.device):
+        _notice_cpu_bf16(query)
         weights, indices = torch.ops.sfc.topk_window_neighbours(
             query, keys, args.topk, args.radius, args.temperature,
             args.unrestricted_keys)
@@ -641,8 +707,10 @@ def topk_window_match(query: torch.Tensor,
     """Propagates key labels to a query frame by top-k windowed matching.
 
     See the module docstring for the exact definition and edge cases. Runs
-    the native kernel where one serves the device (CPU: float32/float64;
-    CUDA: also float16/bfloat16), the pure-PyTorch reference otherwise.
+    the native kernel where one serves the device (CPU: float32, float64
+    and bfloat16, the last with float32 accumulation and an exact float32
+    softmax; CUDA: float32, float64, float16 and bfloat16), the
+    pure-PyTorch reference otherwise.
     Non-finite features or labels raise ``ValueError`` on CPU. The CUDA
     kernel does not check (a host-side check would stall the stream):
     non-finite affinities are never selected and non-finite labels
@@ -665,13 +733,15 @@ def topk_window_match(query: torch.Tensor,
 
     Returns:
         Tensor: (K, H, W) or (B, K, H, W) propagated labels, in
-        ``key_labels``' dtype.
+        ``key_labels``' dtype whatever the features' (float32 labels with
+        bfloat16 features give float32 labels, from float32 weights).
     """
     args = _check(query, keys, key_labels, topk, radius, temperature,
                   unrestricted_keys)
     query, keys, key_labels = _add_batch(args.batched, query, keys,
                                          key_labels)
     if native_ops_available(query.device):
+        _notice_cpu_bf16(query)
         out = torch.ops.sfc.topk_window_match(query, keys, key_labels,
                                               args.topk, args.radius,
                                               args.temperature,

@@ -208,6 +208,27 @@ def test_native_ties_keep_the_lower_key_index(device):
                                torch.full_like(weights.cpu(), 1 / 3))
 
 
+@pytest.mark.parametrize('channels', [3, 37, 64])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_native_ties_across_unrestricted_and_restricted_frames(dtype,
+                                                               channels):
+    """Copies of the unrestricted frame 0 in restricted frames score exactly
+    as it does, whatever C (float32 once scored them an ulp apart where C
+    is not a multiple of 16): frame 0's key first, then its copies."""
+    needs_native('cpu')
+    query, keys, _ = random_inputs(5, 3, channels, 9, 11, 1)
+    keys[2] = keys[1] = keys[0]
+    weights, indices = topk_window_neighbours(
+        query.to(dtype), keys.to(dtype), topk=3, radius=100.0,
+        temperature=0.1, unrestricted_keys=1)
+    hw = 9 * 11
+    first = indices[..., 0]
+    assert (first < hw).all()
+    assert torch.equal(indices[..., 1], first + hw)
+    assert torch.equal(indices[..., 2], first + 2 * hw)
+    assert (weights == weights[..., :1]).all()
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_neighbours_equal_reference(dtype):
     needs_native('cpu')
@@ -353,6 +374,6 @@ def test_native_op_checks_its_own_arguments():
         torch.ops.sfc.topk_window_match(q, k[0], lab, 3, 2.0, 0.1, 1)
     with pytest.raises(ValueError, match='unrestricted_keys'):
         torch.ops.sfc.topk_window_match(q, k, lab, 3, 2.0, 0.1, 5)
-    with pytest.raises(ValueError, match='float32 or float64'):
+    with pytest.raises(ValueError, match='float32, float64 or bfloat16'):
         torch.ops.sfc.topk_window_neighbours(q.half(), k.half(), 3, 2.0, 0.1,
                                              1)
