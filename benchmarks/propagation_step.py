@@ -4,10 +4,17 @@ Random unit-norm features of a 60×107 grid (854×480 at stride 8), T = 1 + m
 key frames (channels-last, as LabelPropagator keeps them), first frame
 unrestricted. Each implementation runs in a fresh child process, so the
 peak RSS it adds over its inputs is its own; outputs are checked against
-each other. The rate column counts only eligible products (2·C FLOPs per
-eligible query-key pair) and is compared with this machine's fp32 matmul
-rate, measured in the same run. Prints a Markdown table.
+each other. ``native-bf16`` gives the native kernel bf16 features (float32
+accumulation, float32 labels), converted before the clock starts, as a
+propagator that keeps its features in bf16 would hold them; on CPU its
+header line names the micro-kernel that ran (``avx512_bf16`` or the
+float32 path). The rate column counts only eligible products (2·C FLOPs
+per eligible query-key pair) and is compared with this machine's fp32
+matmul rate, measured in the same run. Prints a Markdown table; the
+"vs native" column is the speed-up over the ``native`` (float32) row.
 
+    python benchmarks/propagation_step.py --channels 256 1280 \\
+        --impl native native-bf16
     python benchmarks/propagation_step.py --channels 256 1280 \\
         --impl native reference dense
     python benchmarks/propagation_step.py --device cuda --channels 1280 \\
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from sfc_plugin.ops import (
+    cpu_bf16_kernel,
     native_ops_available,
     topk_window_match,
     topk_window_match_dense,
@@ -31,17 +39,12 @@ from sfc_plugin.ops import (
     window_mask,
 )
 
-
-def native_low_precision(query, keys, labels, **kw):
-    """bf16 features, fp32 accumulation (the CUDA kernel's reduced mode)."""
-    return topk_window_match(query.bfloat16(), keys.bfloat16(), labels, **kw)
-
-
+#: name -> (function, feature dtype); labels stay float32.
 IMPLS = {
-    'native': topk_window_match,
-    'native-bf16': native_low_precision,
-    'reference': topk_window_match_reference,
-    'dense': topk_window_match_dense,
+    'native': (topk_window_match, torch.float32),
+    'native-bf16': (topk_window_match, torch.bfloat16),
+    'reference': (topk_window_match_reference, torch.float32),
+    'dense': (topk_window_match_dense, torch.float32),
 }
 
 
@@ -126,11 +129,14 @@ def bandwidth(device, mib=1024) -> float:
 
 def worker(args) -> None:
     device = torch.device(args.device)
+    fn, dtype = IMPLS[args.worker_impl]
     query, keys, labels = inputs(args, args.worker_channels, device)
+    # Converted before the clock starts; .to keeps the keys channels-last
+    # and drops the float32 copies.
+    query, keys = query.to(dtype), keys.to(dtype)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.max_memory_allocated(device) / 2**20
-    fn = IMPLS[args.worker_impl]
     kw = dict(topk=args.topk, radius=args.radius, temperature=0.05)
     if args.worker_impl.startswith('native'):
         native_ops_available(device)  # load the kernel outside the count
@@ -145,18 +151,19 @@ def worker(args) -> None:
         sync(device)
         times.append(time.perf_counter() - start)
     if device.type == 'cuda':
-        extra = torch.cuda.max_memory_allocated(device) / 2**20 - before
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        extra = peak_rss_mib() - before
+        peak = peak_rss_mib()
     torch.save(out.float().cpu(), args.worker_out)
-    print(json.dumps(dict(seconds=min(times), extra_mib=extra)))
+    print(json.dumps(dict(seconds=min(times), peak_mib=peak,
+                          extra_mib=peak - before)))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
-    p.add_argument('--impl', nargs='+', default=['native', 'reference',
-                                                 'dense'],
+    p.add_argument('--impl', nargs='+',
+                   default=['native', 'native-bf16', 'reference', 'dense'],
                    choices=sorted(IMPLS))
     p.add_argument('--device', default='cpu')
     p.add_argument('--height', type=int, default=60)
@@ -183,15 +190,17 @@ def main():
     rate = matmul_rate(device)
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
             f'CPU, {torch.get_num_threads()} threads')
+    if device.type == 'cpu' and 'native-bf16' in args.impl:
+        name += f', bf16 kernel: {cpu_bf16_kernel()}'
     print(f'torch {torch.__version__}, {name}; {args.height}×{args.width}, '
           f'T={args.frames}, k={args.topk}, r\'={args.radius}, best of '
           f'{args.repeats}; {pairs / 1e6:.1f} M eligible pairs; fp32 '
           f'matmul {rate:.0f} GFLOP/s; copy bandwidth {bw:.0f} GB/s')
-    mem = 'extra peak GPU MiB' if device.type == 'cuda' else \
-        'extra peak RSS (MiB)'
-    print(f'| C | implementation | s/frame | {mem} | speed-up vs dense | '
-          'eligible GFLOP/s | % of fp32 matmul | max abs diff vs first |')
-    print('|---:|---|---:|---:|---:|---:|---:|---:|')
+    mem = 'peak GPU MiB' if device.type == 'cuda' else 'peak RSS (MiB)'
+    print(f'| C | implementation | s/frame | {mem} | extra over inputs | '
+          'speed-up vs native | speed-up vs dense | eligible GFLOP/s | '
+          '% of fp32 matmul | max abs diff vs first |')
+    print('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     rows = []
     for c in args.channels:
         flops = 2 * c * pairs
@@ -209,8 +218,11 @@ def main():
         first = outs[args.impl[0]]
         for impl in args.impl:
             r = results[impl]
-            speedup = (results['dense']['seconds'] / r['seconds']
-                       if 'dense' in results else float('nan'))
+            speedup = {
+                base: (results[base]['seconds'] /
+                       r['seconds'] if base in results else float('nan'))
+                for base in ('native', 'dense')
+            }
             gflops = flops / r['seconds'] / 1e9
             diff = (outs[impl] - first).abs().max().item()
             # Masks: the arg-max label, compared with the first impl's.
@@ -218,14 +230,17 @@ def main():
             rows.append(dict(channels=c, impl=impl,
                              eligible_gflop=flops / 1e9,
                              floor_s=flops / rate / 1e9,
+                             speedup_vs_native=speedup['native'],
                              mask_agreement=agree.item(), **r))
             print(f'| {c} | {impl} | {r["seconds"]:.4f} | '
-                  f'{r["extra_mib"]:.1f} | {speedup:.1f}× | {gflops:.0f} | '
-                  f'{100 * gflops / rate:.0f}% | {diff:.1e} |')
-        # Floors: eligible FLOPs at the matmul rate; the keys read once.
+                  f'{r["peak_mib"]:.0f} | {r["extra_mib"]:.1f} | '
+                  f'{speedup["native"]:.2f}× | {speedup["dense"]:.1f}× | '
+                  f'{gflops:.0f} | {100 * gflops / rate:.0f}% | {diff:.1e} |')
+        # Floors: eligible FLOPs at the matmul rate; the float32 keys read
+        # once.
         key_bytes = args.frames * c * args.height * args.width * 4
         print(f'| {c} | floor: FLOPs {flops / rate / 1e9:.4f} s, bytes '
-              f'{key_bytes / bw / 1e9:.4f} s |  |  |  |  |  |  |')
+              f'{key_bytes / bw / 1e9:.4f} s |  |  |  |  |  |  |  |  |')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(device=name, bandwidth_gbs=bw, matmul_gflops=rate,
