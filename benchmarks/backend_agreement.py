@@ -33,6 +33,65 @@ def masks_of(folder: str) -> dict:
             for n in sorted(os.listdir(folder)) if n.endswith('.png')}
 
 
+def split_sequences(data_root: str, ann_file: str) -> list:
+    with open(osp.join(data_root, ann_file)) as f:
+        return f.read().split()
+
+
+def track_split(data_root: str, ann_file: str, out: str,
+                **track_kwargs) -> float:
+    """``track_video`` on every sequence of a DAVIS split into
+    ``out/<sequence>``; the seconds it took."""
+    from sfc_plugin.apis import track_video
+    start = time.perf_counter()
+    for seq in split_sequences(data_root, ann_file):
+        track_video(
+            osp.join(data_root, 'JPEGImages', '480p', seq),
+            osp.join(data_root, 'Annotations', '480p', seq, '00000.png'),
+            osp.join(out, seq), overlay=False, progress=False,
+            **track_kwargs)
+    return time.perf_counter() - start
+
+
+def print_agreement(runs: list, root: str, data_root: str, ann_file: str,
+                    seconds: dict, score: bool = True) -> None:
+    """Per sequence and in all, the share of mask pixels of each run equal
+    to the first run's (folders ``root/<run>/<sequence>``), then each
+    run's J&F (DAVIS protocol, whole sequences only) and time."""
+    from sfc_plugin.evaluation import evaluate_davis_results
+    sequences = split_sequences(data_root, ann_file)
+    reference, others = runs[0], runs[1:]
+    rows, totals = [], {name: [0, 0] for name in others}
+    for seq in sequences:
+        ref = masks_of(osp.join(root, reference, seq))
+        row = [seq, str(len(ref))]
+        for name in others:
+            got = masks_of(osp.join(root, name, seq))
+            same = sum(int((got[k] == v).sum()) for k, v in ref.items())
+            pixels = sum(v.size for v in ref.values())
+            totals[name][0] += same
+            totals[name][1] += pixels
+            row.append(f'{100 * same / pixels:.3f}%')
+        rows.append(row)
+    print('| sequence | frames | ' + ' | '.join(
+        f'{n} = {reference}' for n in others) + ' |')
+    print('|---|---:|' + '---:|' * len(others))
+    for row in rows:
+        print('| ' + ' | '.join(row) + ' |')
+    print('| **all** | | ' + ' | '.join(
+        f'**{100 * totals[n][0] / totals[n][1]:.3f}%**' for n in others) +
+          ' |')
+    print()
+    print('| run | J&F-Mean | J-Mean | F-Mean | seconds |')
+    print('|---|---:|---:|---:|---:|')
+    for name in runs:
+        s = evaluate_davis_results(osp.join(root, name), data_root,
+                                   ann_file) if score else {}
+        cells = [f'{s[k]:.4f}' if k in s else '–'
+                 for k in ('J&F-Mean', 'J-Mean', 'F-Mean')]
+        print(f'| {name} | {" | ".join(cells)} | {seconds[name]:.0f} |')
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--checkpoint', required=True, help='FC checkpoint')
@@ -45,15 +104,12 @@ def main(argv=None) -> None:
     parser.add_argument('--max-frames', type=int)
     args = parser.parse_args(argv)
 
-    from sfc_plugin.apis import track_video
     from sfc_plugin.deploy import export_encoder
-    from sfc_plugin.evaluation import evaluate_davis_results
     from sfc_plugin.utils import register_all_modules
     from sfc_plugin.utils.config import load_config
     register_all_modules()
-    with open(osp.join(args.data_root, args.ann_file)) as f:
-        sequences = f.read().split()
-    first = osp.join(args.data_root, 'JPEGImages', '480p', sequences[0])
+    first = osp.join(args.data_root, 'JPEGImages', '480p',
+                     split_sequences(args.data_root, args.ann_file)[0])
     runs, seconds = {'torch-fp32': None}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precisions:
@@ -63,54 +119,17 @@ def main(argv=None) -> None:
                            fp16=precision == 'fp16')
             runs[f'onnxruntime-{precision}'] = model
         for name, model in runs.items():
-            start = time.perf_counter()
-            for seq in sequences:
-                track_video(
-                    osp.join(args.data_root, 'JPEGImages', '480p', seq),
-                    osp.join(args.data_root, 'Annotations', '480p', seq,
-                             '00000.png'),
-                    osp.join(tmp, name, seq), config=args.config,
-                    checkpoint=args.checkpoint,
-                    backend=None if model is None else 'onnxruntime',
-                    backend_model=model, device=args.device, overlay=False,
-                    progress=False, max_frames=args.max_frames)
-            seconds[name] = time.perf_counter() - start
+            seconds[name] = track_split(
+                args.data_root, args.ann_file, osp.join(tmp, name),
+                config=args.config, checkpoint=args.checkpoint,
+                backend=None if model is None else 'onnxruntime',
+                backend_model=model, device=args.device,
+                max_frames=args.max_frames)
+        print(f'{args.config}, checkpoint {args.checkpoint}, {args.device}, '
+              f'{platform.node()}, {time.strftime("%Y-%m-%d")}')
         # DAVIS scores whole sequences only.
-        scores = {} if args.max_frames else {
-            name: evaluate_davis_results(osp.join(tmp, name), args.data_root,
-                                         args.ann_file)
-            for name in runs}
-        rows, totals = [], {name: [0, 0] for name in runs}
-        for seq in sequences:
-            ref = masks_of(osp.join(tmp, 'torch-fp32', seq))
-            row = [seq, str(len(ref))]
-            for name in list(runs)[1:]:
-                got = masks_of(osp.join(tmp, name, seq))
-                same = sum(int((got[k] == v).sum()) for k, v in ref.items())
-                pixels = sum(v.size for v in ref.values())
-                totals[name][0] += same
-                totals[name][1] += pixels
-                row.append(f'{100 * same / pixels:.3f}%')
-            rows.append(row)
-    names = list(runs)[1:]
-    print(f'{args.config}, checkpoint {args.checkpoint}, {args.device}, '
-          f'{platform.node()}, {time.strftime("%Y-%m-%d")}')
-    print('| sequence | frames | ' + ' | '.join(
-        f'{n} = torch-fp32' for n in names) + ' |')
-    print('|---|---:|' + '---:|' * len(names))
-    for row in rows:
-        print('| ' + ' | '.join(row) + ' |')
-    print('| **all** | | ' + ' | '.join(
-        f'**{100 * totals[n][0] / totals[n][1]:.3f}%**' for n in names) +
-          ' |')
-    print()
-    print('| run | J&F-Mean | J-Mean | F-Mean | seconds |')
-    print('|---|---:|---:|---:|---:|')
-    for name in runs:
-        s = scores.get(name, {})
-        cells = [f'{s[k]:.4f}' if k in s else '–'
-                 for k in ('J&F-Mean', 'J-Mean', 'F-Mean')]
-        print(f'| {name} | {" | ".join(cells)} | {seconds[name]:.0f} |')
+        print_agreement(list(runs), tmp, args.data_root, args.ann_file,
+                        seconds, score=not args.max_frames)
 
 
 if __name__ == '__main__':

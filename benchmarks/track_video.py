@@ -7,9 +7,17 @@ written as palette PNGs and into overlay.mp4. Reports the run's own
 summary: frames/s end to end and the process's peak RSS. Streaming memory
 must not grow with the video length.
 
+With ``--precisions fp32 bf16`` each run is repeated per precision of the
+torch path (``--precision``), side by side: frames/s, the speed-up over
+fp32, peak RSS and the share of mask pixels equal to the fp32 run's; with
+``--jf`` every sequence of the shared val split is also tracked at each
+precision, and the mask agreement and J&F printed (same checkpoint).
+
     python benchmarks/track_video.py --configs fc_davis.py --frames 100 1000
     python benchmarks/track_video.py --configs fc_davis.py sfc_davis.py \
         --frames 30 --device cuda
+    python benchmarks/track_video.py --frames 100 --precisions fp32 bf16 \
+        --checkpoint fc.pth --jf
 """
 import argparse
 import json
@@ -61,6 +69,29 @@ def writer_throughput(data_root: str, sequence: str, frames: int,
     return frames / (time.perf_counter() - start)
 
 
+def agreement(reference: str, other: str) -> float:
+    """Share of mask pixels of ``other`` equal to ``reference``'s."""
+    from backend_agreement import masks_of
+    ref, got = masks_of(reference), masks_of(other)
+    same = sum(int((got[k] == v).sum()) for k, v in ref.items())
+    return same / sum(v.size for v in ref.values())
+
+
+def jf_by_precision(args, tmp: str) -> None:
+    """Every sequence of the split at each precision: agreement and J&F."""
+    from backend_agreement import print_agreement, track_split
+    seconds = {}
+    for precision in args.precisions:
+        seconds[precision] = track_split(
+            args.data_root, args.ann_file, osp.join(tmp, 'jf', precision),
+            config=args.configs[0], checkpoint=args.checkpoint,
+            device=args.device, precision=precision)
+    print(f'\n{args.configs[0]} on {args.ann_file} of {args.data_root}, '
+          f'checkpoint {args.checkpoint or "none (random init)"}:')
+    print_agreement(list(args.precisions), osp.join(tmp, 'jf'),
+                    args.data_root, args.ann_file, seconds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--configs', nargs='+', default=['fc_davis.py'],
@@ -72,6 +103,15 @@ def main() -> None:
     p.add_argument('--no-overlay', action='store_true')
     p.add_argument('--writer-frames', type=int, default=200,
                    help='frames for the writer-alone table (0: skip it)')
+    p.add_argument('--precisions', nargs='+', default=['fp32'],
+                   choices=['fp32', 'bf16', 'fp16'],
+                   help='precisions of the torch path, the first the '
+                   'reference of the agreement column')
+    p.add_argument('--checkpoint', help='FC checkpoint (else random init)')
+    p.add_argument('--jf', action='store_true',
+                   help='also track the split at each precision: mask '
+                   'agreement and J&F')
+    p.add_argument('--ann-file', default='ImageSets/val.txt')
     args = p.parse_args()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO, os.environ.get('PYTHONPATH', '')]))
@@ -83,27 +123,42 @@ def main() -> None:
         print(f'{args.sequence} looped, 854×480, device {args.device}, '
               f'{platform.processor() or platform.machine()}, '
               f'{os.cpu_count()} CPUs, {time.strftime("%Y-%m-%d")}')
-        print('| config | frames | frames/s | s/frame | peak RSS (MiB) |')
-        print('|---|---:|---:|---:|---:|')
+        print('| config | precision | frames | frames/s | s/frame | '
+              f'speed-up over {args.precisions[0]} | peak RSS (MiB) | '
+              f'pixels = {args.precisions[0]} |')
+        print('|---|---|---:|---:|---:|---:|---:|---:|')
         for config in args.configs:
             for n in args.frames:
-                out = osp.join(tmp, f'out_{osp.basename(config)}_{n}')
-                cmd = [
-                    sys.executable,
-                    osp.join(REPO, 'tools', 'track.py'), frames, first,
-                    '--out', out, '--config', config, '--max-frames',
-                    str(n), '--device', args.device, '--quiet'
-                ] + (['--no-overlay'] if args.no_overlay else [])
-                proc = subprocess.run(cmd, env=env, capture_output=True,
-                                      text=True)
-                if proc.returncode != 0:
-                    raise SystemExit(proc.stdout + proc.stderr)
-                with open(osp.join(out, 'summary.json')) as f:
-                    s = json.load(f)
-                print(f'| {osp.basename(config)} | {s["frames"]} | '
-                      f'{s["frames_per_second"]:.2f} | '
-                      f'{1 / s["frames_per_second"]:.3f} | '
-                      f'{s["peak_rss_mib"]:.0f} |', flush=True)
+                reference = None
+                for precision in args.precisions:
+                    out = osp.join(
+                        tmp, f'out_{osp.basename(config)}_{n}_{precision}')
+                    cmd = [
+                        sys.executable,
+                        osp.join(REPO, 'tools', 'track.py'), frames, first,
+                        '--out', out, '--config', config, '--max-frames',
+                        str(n), '--device', args.device, '--quiet',
+                        '--precision', precision
+                    ] + (['--no-overlay'] if args.no_overlay else []) + (
+                        ['--checkpoint', args.checkpoint]
+                        if args.checkpoint else [])
+                    proc = subprocess.run(cmd, env=env, capture_output=True,
+                                          text=True)
+                    if proc.returncode != 0:
+                        raise SystemExit(proc.stdout + proc.stderr)
+                    with open(osp.join(out, 'summary.json')) as f:
+                        s = json.load(f)
+                    fps = s['frames_per_second']
+                    if reference is None:
+                        reference = (fps, out)
+                    same = agreement(reference[1], out)
+                    print(f'| {osp.basename(config)} | {precision} | '
+                          f'{s["frames"]} | {fps:.2f} | {1 / fps:.3f} | '
+                          f'{fps / reference[0]:.2f}× | '
+                          f'{s["peak_rss_mib"]:.0f} | {100 * same:.3f}% |',
+                          flush=True)
+        if args.jf:
+            jf_by_precision(args, tmp)
         if args.writer_frames:
             print('\nResults writer alone (palette PNGs, overlay.mp4), '
                   f'{args.writer_frames} frames at 854×480:')

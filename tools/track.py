@@ -103,6 +103,11 @@ def parse_args(argv=None):
                         help='each anchor holds every object still in the '
                         'video: objects absent from it end there (object '
                         'masks)')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'],
+                        help='encoder and matching precision of the torch '
+                        'path (default: the config\'s, fp32, the paper '
+                        'protocol); bf16 on CPUs with AVX-512 BF16 or on '
+                        'GPUs, fp16 on GPUs')
     parser.add_argument('--quiet', action='store_true',
                         help='no progress bar')
     add_debug_argument(parser)
@@ -141,7 +146,8 @@ def run(args, source: str, first_labels: str, out_dir: str) -> dict:
         max_frames=args.max_frames,
         allow_truncated=args.accept_truncated,
         anchors=args.anchors,
-        complete_anchors=args.complete_anchors)
+        complete_anchors=args.complete_anchors,
+        precision=args.precision)
 
 
 def demo(args) -> None:

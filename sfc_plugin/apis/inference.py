@@ -127,7 +127,8 @@ def tracker_config(config: str = DEFAULT_CONFIG,
                    backend: Optional[str] = None,
                    backend_model: Optional[str] = None,
                    kind: str = 'mask',
-                   num_classes: Optional[int] = None) -> Config:
+                   num_classes: Optional[int] = None,
+                   precision: Optional[str] = None) -> Config:
     """A tracker config, set up for one tracking job.
 
     The labels decide the task: ``kind`` sets the model's label codec
@@ -147,6 +148,9 @@ def tracker_config(config: str = DEFAULT_CONFIG,
         backend_model (str, optional): See :func:`apply_backend`.
         kind (str): 'mask', 'parts' or 'keypoints'. Defaults to 'mask'.
         num_classes (int, optional): Part classes, background included.
+        precision (str, optional): 'fp32', 'bf16' or 'fp16' (see
+            :class:`SFCTracker`); None keeps the config's (fp32 unless it
+            says otherwise).
     """
     cfg = load_config(config, cfg_options)
     if cfg.get('model', {}).get('type') != 'SFCTracker':
@@ -155,6 +159,8 @@ def tracker_config(config: str = DEFAULT_CONFIG,
     if checkpoint is not None:
         apply_checkpoint(cfg, checkpoint, allow_load_from=False)
     apply_backend(cfg, backend, backend_model)
+    if precision is not None:
+        cfg.model.precision = precision
     deployed = (cfg.model.get('backend') or {}).get('type')
     if checkpoint is not None and deployed in DEPLOYED_BACKENDS:
         # The deployed model holds its own weights: the checkpoint is
@@ -428,7 +434,8 @@ def track_video(source: str,
                 max_frames: Optional[int] = None,
                 allow_truncated: bool = False,
                 anchors: Optional[AnchorsArg] = None,
-                complete_anchors: bool = False) -> dict:
+                complete_anchors: bool = False,
+                precision: Optional[str] = None) -> dict:
     """Tracks a video from its first frame's labels; writes the results.
 
     Everything that can be checked before the work starts is: the output
@@ -480,6 +487,9 @@ def track_video(source: str,
             new ids are new objects (see :func:`inference_video`).
         complete_anchors (bool): Objects absent from an anchor end there.
             Defaults to False.
+        precision (str, optional): 'fp32', 'bf16' or 'fp16' for the torch
+            encoder and matching (see :class:`SFCTracker`); None keeps the
+            config's (the paper protocol's fp32).
 
     Returns:
         dict: The summary, as written to ``summary.json``.
@@ -514,7 +524,7 @@ def track_video(source: str,
                       for index, anchor in anchors.items())
         check_output_location(out_dir, inputs)
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
-                         backend_model, kind, num_classes)
+                         backend_model, kind, num_classes, precision)
     weights = weights_record(cfg)
     inputs.update((f'{key} checkpoint', value['path'])
                   for key, value in weights.items()
@@ -578,6 +588,7 @@ def track_video(source: str,
                 checkpoint),
             weights=weights,
             backend=cfg.model.get('backend') or dict(type='torch'),
+            precision=cfg.model.get('precision', 'fp32'),
             device=device,
             propagator={
                 k: cfg.model.propagator.get(k)

@@ -327,3 +327,36 @@ def test_anchors_join_frame_zero_as_unrestricted_keys():
                                        radius=1, temperature=0.1,
                                        unrestricted_keys=2)
     assert torch.allclose(got, want, atol=1e-12)
+
+
+def _resnet_tracker(precision):
+    from mmengine.config import Config
+    cfg = Config.fromfile('configs/fc_davis.py').model
+    cfg.precision = precision
+    torch.manual_seed(0)
+    return MODELS.build(cfg)
+
+
+def test_bf16_keeps_features_in_half_the_memory_and_the_masks():
+    """bf16: the encoder under autocast, features (the context memory) in
+    bf16, labels in float32; masks agree with fp32 on nearly all pixels."""
+    frames, labels = zip(*[scene(s, 96, 128) for s in (0, 2, 4)])
+    preds = {}
+    for precision in ('fp32', 'bf16'):
+        tracker = _resnet_tracker(precision)
+        tracker.init(frames[0], labels[0])
+        preds[precision] = [tracker.track(f) for f in frames[1:]]
+        feats, soft = tracker.propagator._feats, tracker.propagator._labels
+        assert soft.dtype == torch.float32
+        assert feats.dtype == tracker.PRECISIONS[precision]
+    agree = torch.stack([(a == b).float().mean() for a, b in zip(
+        preds['fp32'], preds['bf16'])]).mean()
+    assert agree > 0.97
+
+
+def test_precision_settings_are_checked():
+    with pytest.raises(ValueError, match='precision must be one of'):
+        _resnet_tracker('int8')
+    tracker = _resnet_tracker('fp16')
+    with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
+        tracker.init(*scene(0))

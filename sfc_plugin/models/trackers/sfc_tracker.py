@@ -64,8 +64,19 @@ class SFCTracker(BaseModel):
             not from annotations: a :class:`FirstFrameDetector` config
             (an mmdet instance-segmentation model). With it, frame 0's
             annotation is not used. Masks only. Defaults to None.
+        precision (str): Of the torch path: 'fp32' (the paper protocol),
+            or 'bf16' / 'fp16': the encoder under autocast (channels-last
+            input), features kept in that type (half the context memory),
+            the matching on them with float32 accumulation and a float32
+            softmax over the top-k; labels stay float32. fp16 needs a CUDA
+            device. A deployed backend has its export's precision.
+            Defaults to 'fp32'.
         init_cfg (dict, optional): mmengine initialisation config.
     """
+
+    #: Feature types of the ``precision`` settings.
+    PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+                  'fp16': torch.float16}
 
     def __init__(self,
                  encoder: Dict,
@@ -74,6 +85,7 @@ class SFCTracker(BaseModel):
                  data_preprocessor: Optional[Dict] = None,
                  backend: Optional[Dict] = None,
                  detector: Optional[Dict] = None,
+                 precision: str = 'fp32',
                  init_cfg: Optional[Dict] = None):
         if data_preprocessor is None:
             data_preprocessor = dict(
@@ -90,6 +102,15 @@ class SFCTracker(BaseModel):
         if backend is not None and backend.get('type') != 'torch':
             import sfc_plugin.deploy.backends  # noqa: F401 (registers them)
             self.backend = MODELS.build(backend)
+        if precision not in self.PRECISIONS:
+            raise ValueError(f'SFCTracker: precision must be one of '
+                             f'{sorted(self.PRECISIONS)}, got {precision!r}')
+        if precision != 'fp32' and self.backend is not None:
+            raise ValueError(
+                f'SFCTracker: precision={precision!r} is for the torch '
+                'encoder; a deployed backend runs at its export\'s precision '
+                '(export an fp16 model instead)')
+        self.precision = precision
         self.detector = None
         if detector is not None:
             if self.codec.target_key != 'gt_seg_map':
@@ -115,10 +136,21 @@ class SFCTracker(BaseModel):
 
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) unit-norm features of one normalised (3, H, W) frame."""
+        """(C, h, w) unit-norm features of one normalised (3, H, W) frame,
+        in the ``precision``'s type."""
         if self.backend is not None:
             return self.backend(frame[None])[0].to(frame.device)
-        return self.encoder(frame[None])[0]
+        if self.precision == 'fp32':
+            return self.encoder(frame[None])[0]
+        dtype = self.PRECISIONS[self.precision]
+        if dtype == torch.float16 and frame.device.type != 'cuda':
+            raise ValueError(
+                'SFCTracker: precision fp16 needs a CUDA device (the CPU '
+                'matching kernel has no fp16 path); on the CPU use bf16')
+        images = frame[None].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(frame.device.type, dtype=dtype):
+            feat = self.encoder(images)[0]
+        return feat.to(dtype)
 
     @torch.no_grad()
     def init(self, frame: torch.Tensor, labels: torch.Tensor) -> None:
@@ -133,7 +165,9 @@ class SFCTracker(BaseModel):
         feat = self.extract_feat(frame)
         image_size = tuple(frame.shape[-2:])
         soft = self.codec.encode(labels, tuple(feat.shape[-2:]), image_size)
-        self.propagator.init(feat, soft.to(feat.dtype))
+        # Labels stay float32 at any precision: K channels, cheap, and the
+        # softmax-weighted sums the masks come from.
+        self.propagator.init(feat, soft.float())
         self._image_size = image_size
 
     @torch.no_grad()
@@ -173,7 +207,7 @@ class SFCTracker(BaseModel):
                              'maps')
         feat = self.extract_feat(frame)
         soft = self.codec.encode(labels, tuple(feat.shape[-2:]),
-                                 self._image_size).to(feat.dtype)
+                                 self._image_size).float()
         channels = self.propagator.num_channels
         if keypoints and soft.shape[0] != channels:
             raise ValueError(
