@@ -360,3 +360,21 @@ def test_precision_settings_are_checked():
     tracker = _resnet_tracker('fp16')
     with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
         tracker.init(*scene(0))
+
+
+def test_mask_decoding_takes_the_first_of_equal_maxima():
+    """Ties go to the lower id, as argmax's do (the decoding reduces with
+    max(0).indices, which is faster and defined the same way)."""
+    from sfc_plugin.models import MaskCodec
+    soft = torch.rand(5, 6, 7)
+    soft[3] = soft[1] = soft.max(0).values + 1  # channels 1 and 3 tie
+    soft[:, 0, 0] = 0.25  # all five tie: background, the first
+    ids = MaskCodec().decode(soft, (6, 7))
+    assert ids[0, 0] == 0
+    ids[0, 0] = 1
+    assert (ids == 1).all()
+    rand = torch.rand(5, 12, 14)
+    assert torch.equal(MaskCodec().decode(rand, (30, 40)).long(),
+                       F.interpolate(rand[None], size=(30, 40),
+                                     mode='bilinear',
+                                     align_corners=False)[0].argmax(0))

@@ -419,7 +419,7 @@ class SFCTracker(BaseModel):
 def _channel_scores(soft: torch.Tensor, num_objects: int) -> torch.Tensor:
     """Per object (channels 1..N of ``soft`` (1 + N, h, w)), the mean of its
     probability over the cells where it is the largest; 0 where none."""
-    winner = soft.argmax(0)
+    winner = soft.max(0).indices
     scores = torch.zeros(num_objects, dtype=torch.float32)
     for obj in range(1, num_objects + 1):
         won = winner == obj
