@@ -290,3 +290,21 @@ def test_ground_truth_anchor_protocol_is_scored_apart(two_videos, tmp_path):
     with pytest.raises(ValueError, match='anchor_interval'):
         DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt',
                      anchor_interval=0)
+
+
+@pytest.mark.parametrize('inside', ['Annotations/480p', 'JPEGImages/480p/a',
+                                    'Annotations/480p/b/x'])
+def test_results_never_go_over_the_data(two_videos, inside):
+    """Whoever drives the metric (mmdet's tools check nothing), an
+    output_dir that is, holds or lies inside a video's frames or
+    annotations is refused before anything is written."""
+    root, videos = two_videos
+    dataset = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    before = sorted(p.relative_to(root) for p in root.rglob('*'))
+    preds = {name: masks for name, (_, masks) in videos.items()}
+    samples = samples_for(dataset, preds)
+    if inside.endswith('/x'):
+        samples = [s for s in samples if s['video'] == 'b']
+    with pytest.raises(ValueError, match='DAVISMetric output_dir'):
+        DAVISMetric(output_dir=str(root / inside)).process({}, samples)
+    assert sorted(p.relative_to(root) for p in root.rglob('*')) == before

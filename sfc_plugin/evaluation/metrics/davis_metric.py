@@ -18,7 +18,11 @@ from sfc_plugin.datasets.davis import (
     read_object_mask,
 )
 from sfc_plugin.registry import METRICS
-from sfc_plugin.utils.fileio import save_palette_png, write_text
+from sfc_plugin.utils.fileio import (
+    check_output_location,
+    save_palette_png,
+    write_text,
+)
 
 from ..functional import (
     boundary_f_measure,
@@ -196,6 +200,8 @@ class DAVISMetric(BaseMetric):
         self._num_objects: Dict[str, int] = {}
         # Per video, predicted id -> annotated id (match_first_frame).
         self._renumbering: Dict[str, np.ndarray] = {}
+        # Videos whose inputs output_dir was checked against.
+        self._checked = set()
 
     def _renumber(self, sample: dict, pred: np.ndarray) -> np.ndarray:
         video = sample['video']
@@ -222,6 +228,17 @@ class DAVISMetric(BaseMetric):
             if self.match_first_frame:
                 pred = self._renumber(sample, pred)
             video, frame_id = sample['video'], sample['frame_id']
+            if self.output_dir is not None and video not in self._checked:
+                # Whichever runner drives the metric (mmdet's tools check
+                # nothing), results never go over the data they score.
+                self._checked.add(video)
+                check_output_location(
+                    self.output_dir, {
+                        f'frames of "{video}"': osp.dirname(
+                            sample['img_path']),
+                        f'annotations of "{video}"': osp.dirname(
+                            sample['first_seg_map_path'])
+                    }, 'DAVISMetric output_dir')
             if self.output_dir is not None:
                 name = osp.splitext(osp.basename(sample['img_path']))[0]
                 save_palette_png(
