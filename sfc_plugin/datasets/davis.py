@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import DATASETS
 
 from .utils import is_image_file, read_list_file
@@ -154,13 +155,15 @@ class DAVISDataset(VideoFrameDataset):
                  pipeline=(),
                  **kwargs):
         self.mask_format = mask_format
-        if anchor_interval is not None and not (
-                isinstance(anchor_interval, int)
-                and not isinstance(anchor_interval, bool)
-                and anchor_interval >= 1):
-            raise ValueError(f'{type(self).__name__}: anchor_interval must '
-                             'be a positive integer (frames between ground-'
-                             f'truth anchors), got {anchor_interval!r}')
+        if anchor_interval is not None:
+            anchor_interval = check_integer(type(self).__name__,
+                                            'anchor_interval',
+                                            anchor_interval)
+            if anchor_interval < 1:
+                raise ValueError(
+                    f'{type(self).__name__}: anchor_interval must be a '
+                    'positive integer (frames between ground-truth '
+                    f'anchors), got {anchor_interval!r}')
         self.anchor_interval = anchor_interval
         super().__init__(
             data_root=data_root,
@@ -174,15 +177,10 @@ class DAVISDataset(VideoFrameDataset):
         for video, frames, ann_paths in list_davis_sequences(
                 self.ann_file, self.data_prefix['img_path'],
                 self.data_prefix['seg_map_path'], type(self).__name__):
-            for i, (frame, ann) in enumerate(zip(frames, ann_paths)):
-                item = dict(
-                    img_path=frame,
-                    seg_map_path=ann if osp.isfile(ann) else None,
-                    first_seg_map_path=ann_paths[0],
-                    mask_format=self.mask_format,
-                    video=video,
-                    frame_id=i,
-                    video_length=len(frames))
+            for item in davis_frame_infos(video, frames, ann_paths,
+                                          self.mask_format):
+                i = item['frame_id']
+                item['video_length'] = len(frames)
                 interval = self.anchor_interval
                 if interval is not None:
                     item['anchor_interval'] = interval
@@ -190,6 +188,23 @@ class DAVISDataset(VideoFrameDataset):
                                           and item['seg_map_path'])
                 data_list.append(item)
         return data_list
+
+
+def davis_frame_infos(video: str, frames: List[str], ann_paths: List[str],
+                      mask_format: str) -> List[dict]:
+    """Per frame of a sequence, what a tracker and :class:`DAVISMetric`
+    read of it: ``img_path``, ``seg_map_path`` (None for a frame without
+    annotation), ``first_seg_map_path``, ``mask_format``, ``video`` and
+    ``frame_id``. Both DAVIS datasets build their items on these."""
+    return [
+        dict(img_path=frame,
+             seg_map_path=ann if osp.isfile(ann) else None,
+             first_seg_map_path=ann_paths[0],
+             mask_format=mask_format,
+             video=video,
+             frame_id=i)
+        for i, (frame, ann) in enumerate(zip(frames, ann_paths))
+    ]
 
 
 def list_davis_sequences(ann_file: str, img_root: str, ann_root: str,

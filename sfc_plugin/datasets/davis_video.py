@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from sfc_plugin.registry import DATASETS, building_in_scope
 
-from .davis import list_davis_sequences, read_object_mask
+from .davis import davis_frame_infos, list_davis_sequences, read_object_mask
 
 
 @DATASETS.register_module()
@@ -83,29 +83,23 @@ class DAVISVideoDataset(BaseVideoDataset):
         for video_id, (video, frames, ann_paths) in enumerate(sequences):
             with Image.open(frames[0]) as img:
                 width, height = img.size
-            images = []
-            for frame_id, (frame, ann) in enumerate(zip(frames, ann_paths)):
-                annotated = osp.isfile(ann)
-                load = annotated and (self.annotated_frames == 'all'
-                                      or frame_id == 0)
+            images = davis_frame_infos(video, frames, ann_paths,
+                                       self.mask_format)
+            for info in images:
+                ann = info['seg_map_path']
+                load = ann is not None and (self.annotated_frames == 'all'
+                                            or info['frame_id'] == 0)
                 instances = self._instances(ann, (height, width)) if (
                     load) else []
                 if instances:
                     self.img_ids_with_ann.add(img_id)
-                images.append(
-                    dict(
-                        img_id=img_id,
-                        img_path=frame,
-                        file_name=osp.basename(frame),
-                        height=height,
-                        width=width,
-                        frame_id=frame_id,
-                        video_id=video_id,
-                        video=video,
-                        seg_map_path=ann if annotated else None,
-                        first_seg_map_path=ann_paths[0],
-                        mask_format=self.mask_format,
-                        instances=instances))
+                info.update(
+                    img_id=img_id,
+                    file_name=osp.basename(info['img_path']),
+                    height=height,
+                    width=width,
+                    video_id=video_id,
+                    instances=instances)
                 img_id += 1
             data_list.append(
                 dict(video_id=video_id, video=video,
