@@ -200,8 +200,6 @@ class DAVISMetric(BaseMetric):
         self._num_objects: Dict[str, int] = {}
         # Per video, predicted id -> annotated id (match_first_frame).
         self._renumbering: Dict[str, np.ndarray] = {}
-        # Videos whose inputs output_dir was checked against.
-        self._checked = set()
 
     def _renumber(self, sample: dict, pred: np.ndarray) -> np.ndarray:
         video = sample['video']
@@ -228,10 +226,11 @@ class DAVISMetric(BaseMetric):
             if self.match_first_frame:
                 pred = self._renumber(sample, pred)
             video, frame_id = sample['video'], sample['frame_id']
-            if self.output_dir is not None and video not in self._checked:
-                # Whichever runner drives the metric (mmdet's tools check
-                # nothing), results never go over the data they score.
-                self._checked.add(video)
+            if self.output_dir is not None and (
+                    video not in self._num_objects):
+                # A video's first frame here. Whichever runner drives the
+                # metric (mmdet's tools check nothing), results never go
+                # over the data they score.
                 check_output_location(
                     self.output_dir, {
                         f'frames of "{video}"': osp.dirname(
