@@ -14,6 +14,11 @@ from sfc_plugin.datasets.video_reader import VideoReader
 AnchorsArg = Union[str, os.PathLike, Mapping[Union[int, str], object]]
 
 
+class ResolvedAnchors(dict):
+    """Frame index → :class:`Anchor`, as :func:`resolve_anchors` checked
+    them (resolving it again returns it as it is)."""
+
+
 class Anchor(NamedTuple):
     """Labels given for one frame: the label file, and whether it holds
     every object still in the video (objects absent from it end)."""
@@ -98,7 +103,8 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
             to False.
 
     Returns:
-        dict: Frame index → :class:`Anchor`.
+        ResolvedAnchors: Frame index → :class:`Anchor` (given one, it is
+        returned as it is: it was checked).
 
     Raises:
         ValueError: An anchor naming no frame of the video, frame 0 or a
@@ -107,13 +113,15 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
             labels (named), ``complete`` for keypoints or part maps.
         FileNotFoundError: A missing folder or label file.
     """
+    if isinstance(anchors, ResolvedAnchors):
+        return anchors
+    resolved = ResolvedAnchors()
     if anchors is None:
-        return {}
+        return resolved
     names = {name: i for i, name in enumerate(_frame_names(reader))}
     path_key = 'joints_path' if kind == 'keypoints' else 'seg_map_path'
     height, width = reader.frame_size
     probe = np.zeros((height, width, 1), np.uint8)
-    resolved: Dict[int, Anchor] = {}
     for key, anchor in _entries(anchors, kind, complete):
         index = _frame_index(key, names, reader, source)
         if index in resolved:
@@ -131,6 +139,17 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
                           **{path_key: anchor.labels}))
         resolved[index] = anchor
     return resolved
+
+
+def anchor_inputs(anchors: Optional[AnchorsArg]) -> Dict[str, str]:
+    """The files and folders anchors read, by what they are, for the
+    check that no output overlaps an input (before anything is read)."""
+    if anchors is None:
+        return {}
+    if not isinstance(anchors, Mapping):
+        return {'anchors': os.fspath(anchors)}
+    return {f'anchor {key}': anchor.labels
+            for key, anchor in _entries(anchors, 'mask', False)}
 
 
 def _frame_path(reader: VideoReader, index: int) -> str:

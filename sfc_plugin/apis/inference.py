@@ -16,7 +16,7 @@ import queue
 import resource
 import threading
 import time
-from typing import Iterable, Iterator, Mapping, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
 from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.progress import FrameProgressBar
 
-from .anchors import AnchorsArg, resolve_anchors
+from .anchors import AnchorsArg, anchor_inputs, resolve_anchors
 from .results_writer import TrackingResultsWriter
 
 DEFAULT_CONFIG = 'fc_davis.py'
@@ -508,9 +508,7 @@ def track_video(source: str,
         'checkpoint': checkpoint,
         'backend model': backend_model,
     }
-    anchor_folder = None if anchors is None or isinstance(
-        anchors, Mapping) else os.fspath(anchors)
-    inputs['anchors'] = anchor_folder
+    inputs.update(anchor_inputs(anchors))
     check_output_location(out_dir, inputs)
     reader = open_video(source, allow_truncated)
     kind = label_kind(first_labels, num_classes)
@@ -519,10 +517,6 @@ def track_video(source: str,
     anchors = resolve_anchors(anchors, reader, source, kind,
                               label_loader(kind, num_classes),
                               complete_anchors)
-    if anchor_folder is None:
-        inputs.update((f'anchor {index}', anchor.labels)
-                      for index, anchor in anchors.items())
-        check_output_location(out_dir, inputs)
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes, precision)
     weights = weights_record(cfg)
