@@ -147,12 +147,7 @@ class LabelPropagator:
         Returns:
             Tensor: (K, h, w) soft labels of frame t.
         """
-        if self._feats is None:
-            raise RuntimeError('LabelPropagator.step called before init')
-        if feat.shape != self._feats.shape[1:]:
-            raise ValueError(
-                f'LabelPropagator.step: frame features {tuple(feat.shape)} '
-                f'differ from frame 0\'s {tuple(self._feats.shape[1:])}')
+        self._check_next_frame('step', feat)
         labels = topk_window_match(
             feat,
             self._feats,
@@ -189,13 +184,7 @@ class LabelPropagator:
         Returns:
             Tensor: (max(K, K'), h, w) the frame's labels as propagated.
         """
-        if self._feats is None:
-            raise RuntimeError('LabelPropagator.anchor called before init')
-        if feat.shape != self._feats.shape[1:]:
-            raise ValueError(
-                f'LabelPropagator.anchor: frame features '
-                f'{tuple(feat.shape)} differ from frame 0\'s '
-                f'{tuple(self._feats.shape[1:])}')
+        self._check_next_frame('anchor', feat)
         _check_labelled_frame('anchor', 'the anchor frame', feat, labels)
         channels = max(self.num_channels, labels.shape[0])
         bad = [c for c in ended if not 0 < int(c) < channels]
@@ -207,10 +196,9 @@ class LabelPropagator:
                 (self._labels.shape[0], channels, *self._labels.shape[2:]))
             grown[:, :self.num_channels] = self._labels
             self._labels = grown
-        labels = torch.cat([
-            labels.to(self._labels.dtype),
-            labels.new_zeros((channels - labels.shape[0], *labels.shape[1:]))
-        ])
+        padded = self._labels.new_zeros((channels, *labels.shape[1:]))
+        padded[:labels.shape[0]] = labels
+        labels = padded
         for c in ended:
             self._labels[:, int(c)] = 0
             labels[int(c)] = 0
@@ -224,6 +212,15 @@ class LabelPropagator:
         self._feats[ring + filled:] = feat
         self._labels[ring + filled:] = labels
         return labels
+
+    def _check_next_frame(self, method: str, feat: torch.Tensor) -> None:
+        if self._feats is None:
+            raise RuntimeError(f'LabelPropagator.{method} called before init')
+        if feat.shape != self._feats.shape[1:]:
+            raise ValueError(
+                f'LabelPropagator.{method}: frame features '
+                f'{tuple(feat.shape)} differ from frame 0\'s '
+                f'{tuple(self._feats.shape[1:])}')
 
     def _keep_anchor(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
         """Puts an anchor after the others, dropping the oldest when

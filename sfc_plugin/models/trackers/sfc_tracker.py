@@ -344,10 +344,7 @@ class SFCTracker(BaseModel):
             channels, ids, labels = self._first_frame_objects(frame, sample)
             self.init(frame, channels)
             self._instances = (ids, labels)
-            if tuple(channels.shape) != ori_shape:
-                channels = F.interpolate(
-                    channels[None, None].float(), size=ori_shape,
-                    mode='nearest')[0, 0].long()
+            channels = _resized_ids(channels, ori_shape)
             scores = torch.ones(len(ids))
         else:
             if self._instances is None:
@@ -398,11 +395,7 @@ class SFCTracker(BaseModel):
         channels = torch.zeros(masks.shape[-2:], dtype=torch.long)
         for channel, mask in enumerate(masks.bool(), start=1):
             channels[mask] = channel
-        if tuple(channels.shape) != size:
-            channels = F.interpolate(
-                channels[None, None].float(), size=size,
-                mode='nearest')[0, 0].long()
-        return channels.to(frame.device), ids, labels
+        return _resized_ids(channels, size).to(frame.device), ids, labels
 
     def forward(self,
                 inputs: torch.Tensor,
@@ -414,6 +407,15 @@ class SFCTracker(BaseModel):
             return self.encoder(inputs)
         raise RuntimeError(f'SFCTracker: invalid mode "{mode}"; it is not '
                            'trained, only "predict" and "tensor" exist')
+
+
+def _resized_ids(ids: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """An (H, W) id map at ``size`` (nearest neighbour; as it is if it has
+    that size already)."""
+    if tuple(ids.shape) == tuple(size):
+        return ids
+    return F.interpolate(ids[None, None].float(), size=size,
+                         mode='nearest')[0, 0].long()
 
 
 def _channel_scores(soft: torch.Tensor, num_objects: int) -> torch.Tensor:
