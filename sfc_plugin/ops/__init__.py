@@ -3,6 +3,7 @@ from .topk_window_match import (
                                 aggregate_labels,
                                 check_integer,
                                 check_match_settings,
+                                check_real,
                                 cpu_bf16_kernel,
                                 topk_window_match,
                                 topk_window_match_decomposed,
@@ -14,7 +15,7 @@ from .topk_window_match import (
 )
 
 __all__ = [
-    'aggregate_labels', 'check_integer', 'check_match_settings',
+    'aggregate_labels', 'check_integer', 'check_match_settings', 'check_real',
     'cpu_bf16_kernel',
     'load_native_ops', 'native_ops_available',
     'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',

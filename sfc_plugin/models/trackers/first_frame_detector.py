@@ -1,6 +1,5 @@
 """Frame 0's objects from an instance-segmentation model ("detect, then
 propagate")."""
-import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -8,6 +7,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
+from sfc_plugin.ops import check_integer, check_real
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils.optional import require_mmdet
 
@@ -55,13 +55,15 @@ class FirstFrameDetector(nn.Module):
             raise ValueError('FirstFrameDetector: give exactly one of '
                              '`config` (an mmdet config file) and `model` '
                              '(a model config dict)')
-        if not (isinstance(score_thr, (int, float))
-                and math.isfinite(score_thr) and 0 <= score_thr <= 1):
-            raise ValueError('FirstFrameDetector: score_thr must be in '
-                             f'[0, 1], got {score_thr!r}')
-        if not (isinstance(max_objects, int) and 1 <= max_objects <= 255):
-            raise ValueError('FirstFrameDetector: max_objects must be an '
-                             f'integer in [1, 255], got {max_objects!r}')
+        owner = 'FirstFrameDetector'
+        score_thr = check_real(owner, 'score_thr', score_thr)
+        if not 0 <= score_thr <= 1:  # NaN included
+            raise ValueError(f'{owner}: score_thr must be in [0, 1], got '
+                             f'{score_thr!r}')
+        max_objects = check_integer(owner, 'max_objects', max_objects)
+        if not 1 <= max_objects <= 255:
+            raise ValueError(f'{owner}: max_objects must be an integer in '
+                             f'[1, 255], got {max_objects!r}')
         require_mmdet('FirstFrameDetector')
         from mmengine.config import Config
         from mmengine.hub import get_config
@@ -90,7 +92,7 @@ class FirstFrameDetector(nn.Module):
                     f'FirstFrameDetector: checkpoint "{checkpoint}" misses '
                     f'{len(missing)} weights of the detector, e.g. '
                     f'{missing[:5]}: another architecture?')
-        self.score_thr = float(score_thr)
+        self.score_thr = score_thr
         self.max_objects = max_objects
 
     @torch.no_grad()
