@@ -354,6 +354,33 @@ def test_bf16_keeps_features_in_half_the_memory_and_the_masks():
     assert agree > 0.97
 
 
+@pytest.mark.parametrize('layout', ['hwc', 'chw', 'strided'])
+def test_reduced_precision_runs_the_encoder_channels_last(layout):
+    """Whatever the frame's layout, bf16 gives the encoder a channels-last
+    batch with the strides of one: a frame decoded as (H, W, C) and
+    permuted passed for NCHW by its batch stride, and the network ran
+    in NCHW."""
+    from sfc_plugin.models.trackers.sfc_tracker import channels_last_batch
+    tracker = _resnet_tracker('bf16')
+    image = torch.randn(40, 56, 3)
+    frame = {'hwc': image.permute(2, 0, 1),
+             'chw': image.permute(2, 0, 1).contiguous(),
+             'strided': image.permute(2, 0, 1)[:, ::2, ::2]}[layout]
+    seen = []
+    tracker.encoder.backbone.conv1.register_forward_hook(
+        lambda module, args, out: seen.append((args[0], out)))
+    feat = tracker.extract_feat(frame)
+    images, out = seen[0]
+    c, h, w = frame.shape
+    assert images.stride() == (c * h * w, 1, w * c, c)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images[0], frame)
+    if layout == 'hwc':  # viewed, not copied
+        assert images.data_ptr() == frame.data_ptr()
+    assert torch.equal(channels_last_batch(frame), images)
+    assert feat.dtype == torch.bfloat16
+
+
 def test_precision_settings_are_checked():
     with pytest.raises(ValueError, match='precision must be one of'):
         _resnet_tracker('int8')

@@ -16,6 +16,24 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+
+def channels_last_batch(frame: torch.Tensor) -> torch.Tensor:
+    """A (C, H, W) frame as a channels-last batch of one, with the strides
+    of a channels-last allocation.
+
+    A frame decoded as (H, W, C) and permuted is already channels-last, and
+    ``frame[None].contiguous(memory_format=torch.channels_last)`` returns it
+    as it is; but its batch stride is then C, and the convolutions, which
+    tell the layout from all four strides, take it for NCHW and run the
+    whole network in that layout (the bf16 ResNet-18 at 480p: 0.077 s
+    against 0.062 s). A frame laid out as (H, W, C) is viewed with the
+    batch stride C·H·W, anything else copied.
+    """
+    c, h, w = frame.shape
+    if frame.stride() == (1, w * c, c):
+        return frame.as_strided((1, c, h, w), (c * h * w, 1, w * c, c))
+    return frame[None].contiguous(memory_format=torch.channels_last)
+
 @MODELS.register_module()
 class SFCTracker(BaseModel):
     """Video label propagation: first-frame labels in, every later frame out.
@@ -147,9 +165,8 @@ class SFCTracker(BaseModel):
             raise ValueError(
                 'SFCTracker: precision fp16 needs a CUDA device (the CPU '
                 'matching kernel has no fp16 path); on the CPU use bf16')
-        images = frame[None].contiguous(memory_format=torch.channels_last)
         with torch.autocast(frame.device.type, dtype=dtype):
-            feat = self.encoder(images)[0]
+            feat = self.encoder(channels_last_batch(frame))[0]
         return feat.to(dtype)
 
     @torch.no_grad()
