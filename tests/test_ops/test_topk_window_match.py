@@ -229,6 +229,31 @@ def test_native_ties_across_unrestricted_and_restricted_frames(dtype,
     assert (weights == weights[..., :1]).all()
 
 
+@pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_many_ties_keep_the_lower_key_index(dtype, topk):
+    """Features in steps of 1/4 score exactly, with ties everywhere; for k
+    around 16 (the float top-k's vector insertion) and past it, the kept
+    keys are the first k by (affinity, then lower flat index)."""
+    needs_native('cpu')
+    t, c, h, w = 4, 16, 6, 7
+    query, keys, _ = random_inputs(14, t, c, h, w, 1)
+    query, keys = ((x * 4).round() / 4 for x in (query, keys))
+    weights, indices = topk_window_neighbours(
+        query.to(dtype), keys.to(dtype), topk=topk, radius=2.5,
+        temperature=0.5, unrestricted_keys=1)
+    affinity = query.double().reshape(c, h * w).t() @ keys.double().permute(
+        0, 2, 3, 1).reshape(t * h * w, c).t()
+    eligible = torch.cat([torch.ones(h * w, h * w, dtype=torch.bool)] +
+                         [window_mask(h, w, 2.5)] * (t - 1), 1)
+    affinity = affinity.masked_fill(~eligible, -math.inf)
+    order = torch.sort(-affinity, dim=1, stable=True).indices[:, :topk]
+    assert torch.equal(indices.reshape(h * w, topk), order)
+    expected = torch.softmax(affinity.gather(1, order) / 0.5, 1)
+    torch.testing.assert_close(weights.reshape(h * w, topk).double(),
+                               expected)
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_neighbours_equal_reference(dtype):
     needs_native('cpu')

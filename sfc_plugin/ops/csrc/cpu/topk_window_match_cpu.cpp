@@ -268,7 +268,11 @@ struct TopK {
   }
 
   inline void offer(T value, int64_t index) {
-    if (!(value > threshold)) return;
+    if (value > threshold) shift_in(value, index);
+  }
+
+  // Inserts a score above the threshold, shifting the smaller ones down.
+  inline void shift_in(T value, int64_t index) {
     int64_t pos = count < k ? count++ : k - 1;
     // Equal values stay in front: the earlier (lower-index) key wins.
     while (pos > 0 && values[pos - 1] < value) {
@@ -281,6 +285,75 @@ struct TopK {
     if (count == k) threshold = values[k - 1];
   }
 };
+
+#if defined(__AVX512F__)
+// Float top-k of up to kVectorTopK keys take a score in a few vector
+// blends instead of the shifting loop, whose exit a random score
+// mispredicts; the order is the same (a score goes before the first
+// smaller value, so equal values keep the earlier key in front). values
+// and indices hold kVectorTopK slots, sorted in decreasing order over all
+// of them: the slots from count on hold -inf or scores pushed out.
+constexpr int64_t kVectorTopK = 16;
+
+template <>
+inline void TopK<float>::reset() {
+  count = 0;
+  threshold = -std::numeric_limits<float>::infinity();
+  if (k <= kVectorTopK)
+    _mm512_storeu_ps(values,
+                     _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+}
+
+// Inserts a score into 16 sorted slots: the slots from the first value
+// below it on (a suffix: the values are sorted) take the slot before
+// them, and the first takes the score. Not inlined: in the float kernel's
+// row loop the extra code made the gathered-query path 7% slower.
+__attribute__((noinline)) void shift_in_16(float* values, int64_t* indices,
+                                           float value, int64_t index) {
+  const __m512 v = _mm512_loadu_ps(values);
+  const __mmask16 below =
+      _mm512_cmp_ps_mask(v, _mm512_set1_ps(value), _CMP_LT_OQ);
+  const __mmask16 moved = static_cast<__mmask16>(below << 1);
+  const __m512i previous =
+      _mm512_set_epi32(14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0);
+  _mm512_storeu_ps(
+      values,
+      _mm512_mask_blend_ps(
+          below, v,
+          _mm512_mask_blend_ps(moved, _mm512_set1_ps(value),
+                               _mm512_permutexvar_ps(previous, v))));
+  const __m512i low = _mm512_loadu_si512(indices);
+  const __m512i high = _mm512_loadu_si512(indices + 8);
+  const __m512i id = _mm512_set1_epi64(index);
+  const __m512i low_previous = _mm512_set_epi64(6, 5, 4, 3, 2, 1, 0, 0);
+  // Indices 8-15 of (low, high): slot 8 takes low's 7.
+  const __m512i high_previous =
+      _mm512_set_epi64(14, 13, 12, 11, 10, 9, 8, 7);
+  _mm512_storeu_si512(
+      indices,
+      _mm512_mask_blend_epi64(
+          static_cast<__mmask8>(below), low,
+          _mm512_mask_blend_epi64(
+              static_cast<__mmask8>(moved), id,
+              _mm512_permutexvar_epi64(low_previous, low))));
+  _mm512_storeu_si512(
+      indices + 8,
+      _mm512_mask_blend_epi64(
+          static_cast<__mmask8>(below >> 8), high,
+          _mm512_mask_blend_epi64(
+              static_cast<__mmask8>(moved >> 8), id,
+              _mm512_permutex2var_epi64(low, high_previous, high))));
+}
+
+template <>
+inline void TopK<float>::offer(float value, int64_t index) {
+  if (!(value > threshold)) return;
+  if (k > kVectorTopK) return shift_in(value, index);
+  shift_in_16(values, indices, value, index);
+  if (count < k) ++count;
+  if (count == k) threshold = values[k - 1];
+}
+#endif
 
 // How a variant of the kernel reads and scores features. Storage: the
 // features' type in memory; In: what its micro-kernel multiplies (keys are
@@ -345,18 +418,29 @@ struct RowState {
   std::vector<In> row_buffer;     // gathered query rows, (kRows, W, C)
   std::vector<In> key_buffer;     // converted keys; empty if none need it
 
+  // Room for each query's top-k: kVectorTopK slots for TopK<float>'s
+  // vector insertion.
+  static int64_t slots_per_query(int64_t topk) {
+#if defined(__AVX512F__)
+    if (std::is_same<Score, float>::value && topk <= kVectorTopK)
+      return kVectorTopK;
+#endif
+    return topk;
+  }
+
   RowState(int64_t width, int64_t channels, int64_t topk, int64_t key_block,
            bool gather_queries)
-      : values(kRows * width * topk),
-        slots(kRows * width * topk),
+      : values(kRows * width * slots_per_query(topk)),
+        slots(kRows * width * slots_per_query(topk)),
         tops(kRows * width),
         row_buffer(gather_queries ? kRows * width * channels : 0),
         key_buffer(std::is_same<In, typename Scoring::Storage>::value
                        ? 0
                        : std::max(width, key_block) * channels) {
     for (int64_t i = 0; i < kRows * width; ++i)
-      tops[i] = TopK<Score>{values.data() + i * topk, slots.data() + i * topk,
-                            topk, 0, 0};
+      tops[i] = TopK<Score>{values.data() + i * slots_per_query(topk),
+                            slots.data() + i * slots_per_query(topk), topk,
+                            0, 0};
   }
 };
 
@@ -672,6 +756,11 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
                     "float64 or bfloat16 features, got ",
                     dtype, "; convert with .float()");
   const auto k = keys_channels_last(keys);
+  // Queries in another layout are made channels-last once, here, by
+  // torch's blocked copy: gathered row by row in the kernel, their
+  // channels were read a cache line apart (about 5 ms a 480p step at
+  // C = 256). The values, and so every score, are the same.
+  const auto q = query.contiguous(at::MemoryFormat::ChannelsLast);
   // bf16 is scored in float32, and its softmax weights stay float32: in
   // bf16 they would carry errors of up to 0.2% into the labels.
   auto weights = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
@@ -680,7 +769,7 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
   auto indices = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
                            query.options().dtype(at::kLong));
   const auto run = [&](auto scoring) {
-    neighbours_impl<decltype(scoring)>(query, k, topk, radius, temperature,
+    neighbours_impl<decltype(scoring)>(q, k, topk, radius, temperature,
                                        unrestricted_keys, weights, indices);
   };
   if (dtype == at::kFloat) {
