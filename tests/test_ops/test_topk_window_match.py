@@ -145,6 +145,8 @@ CASES = {
     'no-eligible-key': (2, 6, 4, 4, 2, 5, 0.0, 0),
     'radius-beyond-frame': (2, 5, 4, 6, 2, 8, 100.0, 0),
     'one-row': (3, 16, 1, 13, 2, 5, 3.0, 1),
+    # More rows than the CPU kernel matches in one run (kRows = 16).
+    'rows-beyond-a-run': (3, 8, 37, 5, 2, 6, 3.0, 1),
 }
 _expected = {}
 

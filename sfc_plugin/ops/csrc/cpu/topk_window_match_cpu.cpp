@@ -63,7 +63,7 @@ constexpr int64_t kBatchKeys = 256;
 // Bytes of keys scored together against the query rows (L2-resident).
 constexpr int64_t kKeyBlockBytes = 256 * 1024;
 // Query rows matched together (see match_rows).
-constexpr int64_t kRows = 8;
+constexpr int64_t kRows = 16;
 
 // GNU vector extensions (GCC, Clang): 64-byte SIMD vectors (one AVX-512 register, two AVX2 ones, ...).
 template <typename T>
@@ -483,7 +483,10 @@ inline const In* as_input(const S* features, int64_t n,
 // at a time read its (T-1)·(2r'-1) key rows again for every query row, and
 // at 480p with T = 21 and r' = 12 they do not stay in L3 (50 MB at C = 256
 // in float32, 25 MB in bf16): runs of 8 rows made the step up to 1.6x
-// faster. Every query still sees its keys in increasing flat index.
+// faster, and runs of 16, which read each key row 2.5 times a step instead
+// of 4, took the bf16 step at C = 256 from 0.077 to 0.071 s (float32,
+// twice the arithmetic per byte, hardly moved; 24 or 32 gained nothing
+// more). Every query still sees its keys in increasing flat index.
 template <typename Scoring>
 bool match_rows(const Problem<Scoring>& p, int64_t b, int64_t y0, int64_t y1,
                 RowState<Scoring>& state) {
