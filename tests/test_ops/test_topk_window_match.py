@@ -74,6 +74,43 @@ def needs_native(device='cpu'):
     assert native_ops_available(device), 'native kernel not built'
 
 
+def check_frame_copies_follow_frame_0(dtype, channels, h, w, radius):
+    """Frames 1 and 2 copy the unrestricted frame 0: for every position
+    the kernel keeps frame 0's best key, then its copies in frame order,
+    with equal weights (equal keys must score exactly equal)."""
+    query, keys, _ = random_inputs(5, 3, channels, h, w, 1)
+    keys[2] = keys[1] = keys[0]
+    weights, indices = topk_window_neighbours(
+        query.to(dtype), keys.to(dtype), topk=3, radius=radius,
+        temperature=0.1, unrestricted_keys=1)
+    first = indices[..., 0]
+    assert (first < h * w).all()
+    assert torch.equal(indices[..., 1], first + h * w)
+    assert torch.equal(indices[..., 2], first + 2 * h * w)
+    assert (weights == weights[..., :1]).all()
+
+
+def definition(query, keys, topk, radius, unrestricted_keys):
+    """float64 affinities of one item ((C, H, W) and (T, C, H, W) features)
+    sorted by (affinity desc, flat index asc), ineligible keys -inf.
+
+    Returns:
+        tuple[Tensor]: ``affinity`` (H·W, T·H·W), ``order`` and ``sorted``
+        (H·W, T·H·W): key indices and affinities in that order.
+    """
+    t, c, h, w = keys.shape
+    q = query.double().reshape(c, h * w).t()
+    k = keys.double().permute(0, 2, 3, 1).reshape(t * h * w, c)
+    inside = window_mask(h, w, radius)
+    eligible = torch.cat([
+        torch.ones_like(inside) if f < unrestricted_keys else inside
+        for f in range(t)
+    ], 1)
+    affinity = (q @ k.t()).masked_fill(~eligible, -math.inf)
+    order = torch.sort(-affinity, dim=1, stable=True).indices
+    return affinity, order, affinity.gather(1, order)
+
+
 def onnx_impl(form):
 
     def run(query, keys, labels, **kw):
@@ -218,17 +255,7 @@ def test_native_ties_across_unrestricted_and_restricted_frames(dtype,
     as it does, whatever C (float32 once scored them an ulp apart where C
     is not a multiple of 16): frame 0's key first, then its copies."""
     needs_native('cpu')
-    query, keys, _ = random_inputs(5, 3, channels, 9, 11, 1)
-    keys[2] = keys[1] = keys[0]
-    weights, indices = topk_window_neighbours(
-        query.to(dtype), keys.to(dtype), topk=3, radius=100.0,
-        temperature=0.1, unrestricted_keys=1)
-    hw = 9 * 11
-    first = indices[..., 0]
-    assert (first < hw).all()
-    assert torch.equal(indices[..., 1], first + hw)
-    assert torch.equal(indices[..., 2], first + 2 * hw)
-    assert (weights == weights[..., :1]).all()
+    check_frame_copies_follow_frame_0(dtype, channels, 9, 11, radius=100.0)
 
 
 @pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
@@ -244,12 +271,8 @@ def test_many_ties_keep_the_lower_key_index(dtype, topk):
     weights, indices = topk_window_neighbours(
         query.to(dtype), keys.to(dtype), topk=topk, radius=2.5,
         temperature=0.5, unrestricted_keys=1)
-    affinity = query.double().reshape(c, h * w).t() @ keys.double().permute(
-        0, 2, 3, 1).reshape(t * h * w, c).t()
-    eligible = torch.cat([torch.ones(h * w, h * w, dtype=torch.bool)] +
-                         [window_mask(h, w, 2.5)] * (t - 1), 1)
-    affinity = affinity.masked_fill(~eligible, -math.inf)
-    order = torch.sort(-affinity, dim=1, stable=True).indices[:, :topk]
+    affinity, order, _ = definition(query, keys, topk, 2.5, 1)
+    order = order[:, :topk]
     assert torch.equal(indices.reshape(h * w, topk), order)
     expected = torch.softmax(affinity.gather(1, order) / 0.5, 1)
     torch.testing.assert_close(weights.reshape(h * w, topk).double(),

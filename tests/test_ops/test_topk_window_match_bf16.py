@@ -24,10 +24,14 @@ from sfc_plugin.ops import (
     topk_window_match_reference,
     topk_window_neighbours,
     topk_window_neighbours_reference,
-    window_mask,
 )
 
-from .test_topk_window_match import needs_native, random_inputs
+from .test_topk_window_match import (
+    check_frame_copies_follow_frame_0,
+    definition,
+    needs_native,
+    random_inputs,
+)
 
 #: The module (the package exports a function of the same name).
 ops_module = importlib.import_module('sfc_plugin.ops.topk_window_match')
@@ -77,27 +81,6 @@ def bf16_inputs(case):
     query, keys, labels = random_inputs(sum(map(ord, case)), t, c, h, w, k,
                                         batch=batch)
     return query.bfloat16(), keys.bfloat16(), labels.float()
-
-
-def definition(query, keys, topk, radius, unrestricted_keys):
-    """float64 affinities of one item ((C, H, W) and (T, C, H, W) features)
-    sorted by (affinity desc, flat index asc), ineligible keys -inf.
-
-    Returns:
-        tuple[Tensor]: ``affinity`` (H·W, T·H·W), ``order`` and ``sorted``
-        (H·W, T·H·W): key indices and affinities in that order.
-    """
-    t, c, h, w = keys.shape
-    q = query.double().reshape(c, h * w).t()
-    k = keys.double().permute(0, 2, 3, 1).reshape(t * h * w, c)
-    inside = window_mask(h, w, radius)
-    eligible = torch.cat([
-        torch.ones_like(inside) if f < unrestricted_keys else inside
-        for f in range(t)
-    ], 1)
-    affinity = (q @ k.t()).masked_fill(~eligible, -math.inf)
-    order = torch.sort(-affinity, dim=1, stable=True).indices
-    return affinity, order, affinity.gather(1, order)
 
 
 def check_neighbours(weights, indices, query, keys, topk, radius,
@@ -180,17 +163,8 @@ def test_equal_keys_keep_the_lower_index_across_frames(bf16_kernel,
     """Copies of frame 0 (unrestricted) in restricted frames 1 and 2 tie
     with it exactly: the frame-0 key first, then its copies in frame
     order, with equal weights."""
-    query, keys, _ = random_inputs(3, 3, channels, 5, 6, 1)
-    keys[2] = keys[1] = keys[0]
-    weights, indices = topk_window_neighbours(
-        query.bfloat16(), keys.bfloat16(), topk=3, radius=math.inf,
-        temperature=0.1, unrestricted_keys=1)
-    hw = 5 * 6
-    first = indices[..., 0]
-    assert (first < hw).all()
-    assert torch.equal(indices[..., 1], first + hw)
-    assert torch.equal(indices[..., 2], first + 2 * hw)
-    assert (weights == weights[..., :1]).all()
+    check_frame_copies_follow_frame_0(torch.bfloat16, channels, 5, 6,
+                                      radius=math.inf)
 
 
 def test_equal_keys_in_one_frame_keep_the_lower_index(bf16_kernel):
