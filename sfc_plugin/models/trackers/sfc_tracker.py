@@ -16,7 +16,6 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-
 def channels_last_batch(frame: torch.Tensor) -> torch.Tensor:
     """A (C, H, W) frame as a channels-last batch of one, with the strides
     of a channels-last allocation.
@@ -33,6 +32,7 @@ def channels_last_batch(frame: torch.Tensor) -> torch.Tensor:
     if frame.stride() == (1, w * c, c):
         return frame.as_strided((1, c, h, w), (c * h * w, 1, w * c, c))
     return frame[None].contiguous(memory_format=torch.channels_last)
+
 
 @MODELS.register_module()
 class SFCTracker(BaseModel):
