@@ -334,12 +334,13 @@ def _resnet_tracker(precision):
     cfg = Config.fromfile('configs/fc_davis.py').model
     cfg.precision = precision
     torch.manual_seed(0)
-    return MODELS.build(cfg)
+    return MODELS.build(cfg).eval()
 
 
 def test_bf16_keeps_features_in_half_the_memory_and_the_masks():
-    """bf16: the encoder under autocast, features (the context memory) in
-    bf16, labels in float32; masks agree with fp32 on nearly all pixels."""
+    """bf16: the encoder's folded bf16 copy, features (the context memory)
+    in bf16, labels in float32; masks agree with fp32 on nearly all
+    pixels."""
     frames, labels = zip(*[scene(s, 96, 128) for s in (0, 2, 4)])
     preds = {}
     for precision in ('fp32', 'bf16'):
@@ -366,19 +367,55 @@ def test_reduced_precision_runs_the_encoder_channels_last(layout):
     frame = {'hwc': image.permute(2, 0, 1),
              'chw': image.permute(2, 0, 1).contiguous(),
              'strided': image.permute(2, 0, 1)[:, ::2, ::2]}[layout]
+    c, h, w = frame.shape
+    batch = channels_last_batch(frame)
+    assert batch.stride() == (c * h * w, 1, w * c, c)
+    assert torch.equal(batch[0], frame)
+    if layout == 'hwc':  # viewed, not copied
+        assert batch.data_ptr() == frame.data_ptr()
     seen = []
-    tracker.encoder.backbone.conv1.register_forward_hook(
+    network = tracker._reduced_precision_encoder(tracker.encoder,
+                                                 torch.bfloat16)
+    network.backbone.conv1.register_forward_hook(
         lambda module, args, out: seen.append((args[0], out)))
     feat = tracker.extract_feat(frame)
     images, out = seen[0]
-    c, h, w = frame.shape
-    assert images.stride() == (c * h * w, 1, w * c, c)
+    assert images.stride() == batch.stride()
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(images[0], frame)
-    if layout == 'hwc':  # viewed, not copied
-        assert images.data_ptr() == frame.data_ptr()
-    assert torch.equal(channels_last_batch(frame), images)
+    assert torch.equal(images, batch.to(torch.bfloat16))
     assert feat.dtype == torch.bfloat16
+
+
+def test_reduced_precision_follows_the_trackers_weights():
+    """The folded bf16 copy is remade when the tracker's weights change,
+    and in training mode (batch statistics) the encoder runs under
+    autocast."""
+    from sfc_plugin.models.trackers.sfc_tracker import channels_last_batch
+    tracker = _resnet_tracker('bf16')
+    frame = torch.randn(3, 40, 56)
+
+    def autocast_features():
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+            return tracker.encoder(channels_last_batch(frame))[0]
+
+    def close(a, b):  # bf16 features of unit norm, rounded differently
+        return (a.float() - b.float()).abs().max() < 0.05
+
+    first = tracker.extract_feat(frame)
+    assert close(first, autocast_features())
+    state = tracker.state_dict()
+    for key, value in state.items():
+        if key.startswith('encoder.') and value.is_floating_point():
+            state[key] = value + 0.1 * torch.randn_like(value).abs()
+    tracker.load_state_dict(state)
+    changed = tracker.extract_feat(frame)
+    assert not close(changed, first)
+    assert close(changed, autocast_features())
+    tracker.train()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        batch_statistics = tracker.encoder(channels_last_batch(frame))[0]
+    assert torch.equal(tracker.extract_feat(frame),
+                       batch_statistics.to(torch.bfloat16))
 
 
 def test_precision_settings_are_checked():

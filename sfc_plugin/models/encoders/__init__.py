@@ -10,9 +10,11 @@ from .correspondence_encoder import (
                                  CorrespondenceEncoder,
                                  FusedCorrespondenceEncoder,
 )
+from .inference_copy import ReducedPrecisionEncoder, fold_batch_norms
 
 __all__ = [
     'CorrespondenceEncoder', 'FusedCorrespondenceEncoder',
     'load_backbone_checkpoint', 'find_prefix', 'CheckpointKeyError',
-    'read_checkpoint', 'select_backbone_weights', 'state_dict_of'
+    'read_checkpoint', 'select_backbone_weights', 'state_dict_of',
+    'fold_batch_norms', 'ReducedPrecisionEncoder'
 ]

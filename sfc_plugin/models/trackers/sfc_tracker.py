@@ -11,6 +11,7 @@ from ..encoders.checkpoint_loading import (
     select_backbone_weights,
     state_dict_of,
 )
+from ..encoders.inference_copy import ReducedPrecisionEncoder
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -83,8 +84,11 @@ class SFCTracker(BaseModel):
             (an mmdet instance-segmentation model). With it, frame 0's
             annotation is not used. Masks only. Defaults to None.
         precision (str): Of the torch path: 'fp32' (the paper protocol),
-            or 'bf16' / 'fp16': the encoder under autocast (channels-last
-            input), features kept in that type (half the context memory),
+            or 'bf16' / 'fp16': the encoder run as a copy in that type with
+            its BatchNorms folded (:class:`ReducedPrecisionEncoder`, remade
+            when the weights change; under autocast in training mode), on
+            channels-last input, features kept in that type (half the
+            context memory),
             the matching on them with float32 accumulation and a float32
             softmax over the top-k; labels stay float32. fp16 needs a CUDA
             device. A deployed backend has its export's precision.
@@ -129,6 +133,7 @@ class SFCTracker(BaseModel):
                 'encoder; a deployed backend runs at its export\'s precision '
                 '(export an fp16 model instead)')
         self.precision = precision
+        self._reduced_precision_encoder = ReducedPrecisionEncoder()
         self.detector = None
         if detector is not None:
             if self.codec.target_key != 'gt_seg_map':
@@ -146,6 +151,7 @@ class SFCTracker(BaseModel):
         # .to(), .cuda(), .cpu() and the Runner's moves all end here: a
         # deployed backend follows the tracker to its device.
         module = super()._apply(fn, *args, **kwargs)
+        self._reduced_precision_encoder.invalidate()
         if self.backend is not None:
             param = next(self.parameters(), None)
             if param is not None:
@@ -165,8 +171,14 @@ class SFCTracker(BaseModel):
             raise ValueError(
                 'SFCTracker: precision fp16 needs a CUDA device (the CPU '
                 'matching kernel has no fp16 path); on the CPU use bf16')
-        with torch.autocast(frame.device.type, dtype=dtype):
-            feat = self.encoder(channels_last_batch(frame))[0]
+        batch = channels_last_batch(frame)
+        if self.encoder.training:
+            # BatchNorms on batch statistics do not fold.
+            with torch.autocast(frame.device.type, dtype=dtype):
+                feat = self.encoder(batch)[0]
+        else:
+            encoder = self._reduced_precision_encoder(self.encoder, dtype)
+            feat = encoder(batch.to(dtype))[0]
         return feat.to(dtype)
 
     @torch.no_grad()
