@@ -383,6 +383,7 @@ def test_reduced_precision_runs_the_encoder_channels_last(layout):
     assert images.stride() == batch.stride()
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(images, batch.to(torch.bfloat16))
+    assert torch.equal(channels_last_batch(frame, torch.bfloat16), images)
     assert feat.dtype == torch.bfloat16
 
 
