@@ -34,6 +34,7 @@ from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
 from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.progress import FrameProgressBar
+from sfc_plugin.utils.threads import lower_thread_priority
 
 from .anchors import AnchorsArg, anchor_inputs, resolve_anchors
 from .results_writer import TrackingResultsWriter
@@ -259,6 +260,7 @@ def _prefetched(items: Iterable, depth: int) -> Iterator:
         return False
 
     def work() -> None:
+        lower_thread_priority()
         try:
             for item in items:
                 if not put((None, item)):

@@ -31,6 +31,7 @@ from sfc_plugin.utils.fileio import (
     write_all,
     write_json,
 )
+from sfc_plugin.utils.threads import lower_thread_priority
 from sfc_plugin.visualization import (
     draw_keypoints,
     draw_mask_overlay,
@@ -69,6 +70,7 @@ class _BackgroundSink:
         self._queue.put(item)
 
     def _work(self) -> None:
+        lower_thread_priority()
         while True:
             item = self._queue.get()
             if item is _DONE:
