@@ -312,8 +312,8 @@ def section_build(args) -> dict:
 
 
 #: Tolerances of the native op against the definition, per feature type:
-#: fp32 as in the tests; fp16/bf16 weights and labels are stored in the
-#: type, so a few units of its last place.
+#: fp32 as in the tests; fp16/bf16 affinities and labels are rounded to
+#: the type (the weights are float32), so a few units of its last place.
 DTYPE_TOLERANCES = {'float32': 2e-5, 'float16': 2e-3, 'bfloat16': 1.6e-2}
 
 

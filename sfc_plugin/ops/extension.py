@@ -367,6 +367,15 @@ def native_ops_status() -> str:
     return f'native kernels unavailable: {_state["error"]}'
 
 
+def neighbour_weights_dtype(features: torch.dtype) -> torch.dtype:
+    """Type of the softmax weights of ``sfc::topk_window_neighbours`` and
+    of every PyTorch form of it, for features of type ``features``: float32
+    for float16 and bfloat16, the features' type otherwise (the kernels'
+    ``neighbour_weights_type``)."""
+    return (torch.float32 if features in (torch.float16, torch.bfloat16)
+            else features)
+
+
 def _register_fake_kernels() -> None:
     """Shape-only implementations, so that ``torch.compile`` and
     ``torch.export`` trace through the ops without running them."""
@@ -374,11 +383,8 @@ def _register_fake_kernels() -> None:
     @torch.library.register_fake('sfc::topk_window_neighbours')
     def _(query, keys, topk, radius, temperature, unrestricted_keys=1):
         shape = (keys.shape[0], keys.shape[3], keys.shape[4], topk)
-        # The CPU kernel keeps bf16 features' softmax weights in float32.
-        cpu_bf16 = (query.device.type == 'cpu'
-                    and query.dtype == torch.bfloat16)
         return (query.new_empty(shape,
-                                dtype=torch.float32 if cpu_bf16 else None),
+                                dtype=neighbour_weights_dtype(query.dtype)),
                 query.new_empty(shape, dtype=torch.long))
 
     @torch.library.register_fake('sfc::topk_window_match')

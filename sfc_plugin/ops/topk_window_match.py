@@ -31,11 +31,14 @@ a non-finite temperature. Finite features whose dot products overflow the
 dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
 
 Feature types: float32 and float64 everywhere; on CUDA also float16 and
-bfloat16 (float32 accumulation, weights in the feature type). On CPU
-bfloat16 features are matched on their exact bf16 values with float32
-accumulation, and the softmax over the top-k runs in float32: the weights
-of the neighbours functions are float32, and the match functions' labels
-come out in ``key_labels``' dtype (float32 labels give float32 labels). The
+bfloat16 (float32 accumulation). Reduced-precision features are matched
+with float32 accumulation (on CPU, bfloat16 on its exact bf16 values) and
+the softmax over the top-k runs in float32: on every device and in every
+form the weights of the neighbours functions are float32 for float16 and
+bfloat16 features (:func:`neighbour_weights_dtype`; in the feature type
+they would carry errors of up to 0.2% into the labels), and the match
+functions' labels come out in ``key_labels``' dtype (float32 labels give
+float32 labels). The
 native CPU kernel scores bf16 with AVX512_BF16's ``vdpbf16ps`` where the
 CPU has it (checked at run time, see :func:`cpu_bf16_kernel`); elsewhere it
 widens the keys to float32 block by block and says so once with a warning.
@@ -51,7 +54,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .extension import native_ops_available
+from .extension import native_ops_available, neighbour_weights_dtype
 
 #: Affinity rows processed at once by the dense baseline are capped so that
 #: one chunk of the (queries × keys) affinity stays near this many bytes.
@@ -350,8 +353,10 @@ def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
 def _finish_topk(vals: torch.Tensor, idx: torch.Tensor, topk: int,
                  temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Softmax weights of top-k affinities ((..., k') with -inf where
-    ineligible), padded to ``topk`` with weight 0 and index -1."""
+    ineligible), padded to ``topk`` with weight 0 and index -1; in
+    float32 for reduced-precision affinities."""
     valid = torch.isfinite(vals)
+    vals = vals.to(neighbour_weights_dtype(vals.dtype))
     weights = torch.softmax(vals / temperature, dim=-1)
     weights = torch.where(valid, weights, 0)
     idx = torch.where(valid, idx, -1)
@@ -499,7 +504,8 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
     reach = math.ceil(radius) - 1
     windowed = num_frames > free and reach >= 0
     device = query.device
-    weights = query.new_zeros(height, width, topk)
+    weights = query.new_zeros(height, width, topk,
+                              dtype=neighbour_weights_dtype(query.dtype))
     indices = torch.full((height, width, topk), -1, dtype=torch.long,
                          device=device)
     for y0 in range(0, height, tile_size):
@@ -572,7 +578,8 @@ def _reference_neighbours(query: torch.Tensor, keys: torch.Tensor,
     query, keys = _widen_cpu_bf16(query, keys)
     b, _, _, h, w = keys.shape
     if b == 0:
-        return (query.new_empty(0, h, w, args.topk),
+        return (query.new_empty(0, h, w, args.topk,
+                                dtype=neighbour_weights_dtype(query.dtype)),
                 torch.empty(0, h, w, args.topk, dtype=torch.long,
                             device=query.device))
     largest = []
@@ -678,9 +685,9 @@ def topk_window_neighbours(
         tuple[Tensor]: ``weights`` and ``indices`` (int64), both ([B,] H,
         W, topk): flat key indices t·H·W + y·W + x in decreasing affinity;
         slots beyond the eligible keys hold weight 0 and index -1. The
-        weights are in the query dtype, except for bfloat16 features on
-        CPU: float32 there, the softmax's own precision (bf16 weights
-        would be off by up to 0.2%).
+        weights are in the query dtype, except for float16 and bfloat16
+        features: float32, the softmax's own precision
+        (:func:`neighbour_weights_dtype`).
     """
     args = _check(query, keys, None, topk, radius, temperature,
                   unrestricted_keys)

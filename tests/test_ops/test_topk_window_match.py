@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sfc_plugin.ops import (
     native_ops_available,
+    neighbour_weights_dtype,
     topk_window_match,
     topk_window_match_decomposed,
     topk_window_match_dense,
@@ -303,6 +304,68 @@ def test_neighbours_padding_beyond_the_eligible_keys():
     assert (indices[..., 10:] == -1).all() and (weights[..., 10:] == 0).all()
     torch.testing.assert_close(weights.sum(-1),
                                torch.ones(3, 3, dtype=torch.float64))
+
+
+REDUCED = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+@pytest.mark.parametrize(
+    'dtype', [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_weights_are_float32_for_reduced_precision_on_every_device(
+        device, dtype):
+    """What the kernels promise, seen through the fake kernel that
+    torch.compile and torch.export trace with (fake CUDA tensors need no
+    GPU): float32 softmax weights for float16 and bfloat16 features."""
+    needs_native()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        query = torch.empty(2, 4, 5, 6, dtype=dtype, device=device)
+        keys = torch.empty(2, 3, 4, 5, 6, dtype=dtype, device=device)
+        labels = torch.empty(2, 3, 2, 5, 6, dtype=torch.float16,
+                             device=device)
+        weights, indices = torch.ops.sfc.topk_window_neighbours(
+            query, keys, 3, 2.0, 0.1, 1)
+        out = torch.ops.sfc.topk_window_match(query, keys, labels, 3, 2.0,
+                                              0.1, 1)
+    expected = torch.float32 if dtype in REDUCED else dtype
+    assert weights.dtype == neighbour_weights_dtype(dtype) == expected
+    assert weights.shape == indices.shape == (2, 5, 6, 3)
+    assert indices.dtype == torch.long
+    assert out.dtype == torch.float16 and out.shape == (2, 2, 5, 6)
+
+
+@pytest.mark.parametrize('dtype', REDUCED)
+def test_pytorch_forms_take_the_softmax_of_reduced_precision_in_float32(
+        dtype):
+    """The forms that run on CUDA for float16 and bfloat16 (the reference's
+    tiles, the dense and decomposed form) score in that type and give
+    float32 weights: a float32 softmax, not one rounded to the type."""
+    from sfc_plugin.ops.topk_window_match import (
+        _dense_neighbours,
+        _positions,
+        _tiled_neighbours,
+    )
+    query, keys, _ = random_inputs(14, 3, 16, 5, 6, 1)
+    query, keys = query.to(dtype), keys.to(dtype)
+    tiled = _tiled_neighbours(query, keys, 6, 2.0, 0.1, 1, 3)
+    dense = _dense_neighbours(
+        query.reshape(16, 30).t()[None], _positions(5, 6), keys[None], 6,
+        2.0, 0.1, 1)
+    affinity, order, _ = definition(query.double(), keys.double(), 6, 2.0,
+                                    1)
+    expected = torch.softmax(affinity.gather(1, order[:, :6]) / 0.1, 1)
+    tolerance = {torch.float16: 2e-2, torch.bfloat16: 1.6e-1}[dtype]
+    for weights, _ in (tiled, dense):
+        weights = weights.reshape(30, 6)
+        assert weights.dtype == torch.float32
+        torch.testing.assert_close(weights.sum(1), torch.ones(30))
+        # Values the type cannot hold: the softmax ran in float32.
+        assert (weights != weights.to(dtype).float()).any()
+        # The weights of the affinities as the type rounds them.
+        torch.testing.assert_close(weights.double().sort(1).values,
+                                   expected.sort(1).values, rtol=0,
+                                   atol=tolerance)
 
 
 def test_batched_equals_per_item():

@@ -765,11 +765,9 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
   // channels were read a cache line apart (about 5 ms a 480p step at
   // C = 256). The values, and so every score, are the same.
   const auto q = query.contiguous(at::MemoryFormat::ChannelsLast);
-  // bf16 is scored in float32, and its softmax weights stay float32: in
-  // bf16 they would carry errors of up to 0.2% into the labels.
+  // bf16 is scored in float32, and its softmax weights stay float32.
   auto weights = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
-                           query.options().dtype(
-                               dtype == at::kBFloat16 ? at::kFloat : dtype));
+                           query.options().dtype(neighbour_weights_type(dtype)));
   auto indices = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
                            query.options().dtype(at::kLong));
   const auto run = [&](auto scoring) {

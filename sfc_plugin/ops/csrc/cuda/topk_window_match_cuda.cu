@@ -11,7 +11,8 @@
 // k-th strictly, so among equal affinities the lower index wins, as on CPU.
 //
 // Accumulation is in float for float/half/bfloat16 features and in double
-// for double. Non-finite affinities are never selected; unlike the CPU
+// for double, and the softmax weights are written in that type
+// (neighbour_weights_type). Non-finite affinities are never selected; unlike the CPU
 // kernel there is no host-side check (it would stall the stream).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t frames, int64_t channels, int64_t height,
                        int64_t width, int64_t topk, int64_t stored_topk,
                        int64_t unrestricted, double temperature,
-                       scalar_t* __restrict__ weights,  // (B, H, W, topk)
+                       acc_t* __restrict__ weights,  // (B, H, W, topk)
                        int64_t* __restrict__ indices) {
   extern __shared__ unsigned char smem_raw[];
   auto& smem = *reinterpret_cast<SharedLayout<acc_t>*>(smem_raw);
@@ -222,7 +223,9 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
                     kMaxTopk, " neighbours per position, got topk=", topk,
                     "; run this call on CPU");
 
-  auto weights = at::empty({batch, height, width, topk}, query.options());
+  auto weights = at::empty(
+      {batch, height, width, topk},
+      query.options().dtype(neighbour_weights_type(query.scalar_type())));
   auto indices = at::empty({batch, height, width, topk},
                            query.options().dtype(at::kLong));
   // An empty grid is an invalid launch configuration.
@@ -267,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
             q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
             half_widths.data_ptr<int64_t>(), frames, channels, height, width,
             topk, stored_topk, unrestricted_keys, temperature,
-            weights.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+            weights.data_ptr<acc_t>(), indices.data_ptr<int64_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return {weights, indices};
