@@ -30,7 +30,9 @@ Sections, in this order:
   96 with AMP (bf16), in iterations/s;
 - ``track``: ``tools/track.py`` end to end at 480p (the shared DAVIS-2016
   blackswan looped, or a generated video) for ``fc_davis.py`` and
-  ``sfc_davis.py``, with and without the overlay video, in frames/s.
+  ``sfc_davis.py``, with and without the overlay video, in frames/s; and
+  without it at each reduced precision of the torch path (bf16, and fp16
+  on CUDA), with the share of mask pixels equal to the fp32 run's.
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -592,40 +594,62 @@ def track_source(args, tmp: str):
     return folder, first, what
 
 
+def track_runs(device: str):
+    """(config, overlay, precision) of each ``tools/track.py`` run: fp32
+    with and without the overlay, then each reduced precision the device
+    has without it (fp16 needs CUDA)."""
+    reduced = ('bf16', 'fp16') if device.startswith('cuda') else ('bf16', )
+    return [(config, overlay, 'fp32')
+            for config in ('fc_davis.py', 'sfc_davis.py')
+            for overlay in (True, False)] + [
+                (config, False, precision)
+                for config in ('fc_davis.py', 'sfc_davis.py')
+                for precision in reduced]
+
+
 def section_track(args) -> dict:
-    """``tools/track.py`` per config, with and without the overlay; the
-    figures are the runs' own ``summary.json``."""
+    """``tools/track.py`` per config, with and without the overlay, and at
+    each reduced precision (its masks compared with fp32's); the figures
+    are the runs' own ``summary.json``."""
+    from track_video import agreement
     rows, details, errors = [], {}, []
     with tempfile.TemporaryDirectory(prefix='gpu_check_track_') as tmp:
         frames, first, what = track_source(args, tmp)
         details['video'] = what
-        for config in ('fc_davis.py', 'sfc_davis.py'):
-            for overlay in (True, False):
-                label = (f'{config} {"with" if overlay else "without"} '
-                         'overlay')
-                out = osp.join(tmp, f'{config}_{overlay}')
-                cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
-                       frames, first, '--out', out, '--config', config,
-                       '--device', args.device, '--quiet'] + (
-                           [] if overlay else ['--no-overlay'])
-                proc = subprocess.run(cmd, capture_output=True, text=True,
-                                      cwd=REPO)
-                print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
-                if proc.returncode:
-                    errors.append(f'{label}: ' + (
-                        proc.stderr.strip().splitlines() or ['?'])[-1])
-                    rows.append(row(label, note='failed: see the log'))
-                    continue
-                with open(osp.join(out, 'summary.json')) as f:
-                    summary = json.load(f)
-                details[label] = summary
-                goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
-                        and not overlay else None)
-                rows.append(row(
-                    f'track.py {label}', summary['frames_per_second'],
-                    'frames/s', goal=goal,
-                    note=f'{summary["frames"]} frames, peak RSS '
-                    f'{summary["peak_rss_mib"]:.0f} MiB'))
+        outs = {}
+        for config, overlay, precision in track_runs(args.device):
+            label = ' '.join([config] + (
+                [] if precision == 'fp32' else [precision]) + [
+                    'with' if overlay else 'without', 'overlay'])
+            out = osp.join(tmp, f'{config}_{overlay}_{precision}')
+            cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
+                   frames, first, '--out', out, '--config', config,
+                   '--device', args.device, '--precision', precision,
+                   '--quiet'] + ([] if overlay else ['--no-overlay'])
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  cwd=REPO)
+            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+            if proc.returncode:
+                errors.append(f'{label}: ' + (
+                    proc.stderr.strip().splitlines() or ['?'])[-1])
+                rows.append(row(label, note='failed: see the log'))
+                continue
+            outs[config, overlay, precision] = out
+            with open(osp.join(out, 'summary.json')) as f:
+                summary = json.load(f)
+            details[label] = summary
+            note = (f'{summary["frames"]} frames, peak RSS '
+                    f'{summary["peak_rss_mib"]:.0f} MiB')
+            reference = outs.get((config, False, 'fp32'))
+            if precision != 'fp32' and reference is not None:
+                same = agreement(reference, out)
+                details[label]['pixels_equal_to_fp32'] = same
+                note += f', {100 * same:.3f}% of mask pixels = fp32'
+            goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
+                    and not overlay and precision == 'fp32' else None)
+            rows.append(row(f'track.py {label}',
+                            summary['frames_per_second'], 'frames/s',
+                            goal=goal, note=note))
     rows.insert(0, row('video', what))
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
