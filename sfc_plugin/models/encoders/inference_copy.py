@@ -2,6 +2,7 @@
 the convolutions, weights cast once."""
 import copy
 import itertools
+import logging
 from typing import Optional, Tuple
 
 import torch
@@ -46,7 +47,7 @@ def fold_batch_norms(encoder: nn.Module) -> nn.Module:
                 f'fold_batch_norms: {type(module.backbone).__name__} could '
                 f'not be traced by torch.fx ({type(err).__name__}: {err}); '
                 'its BatchNorms stay unfolded (same result, slower)',
-                logger='current', level=30)
+                logger='current', level=logging.WARNING)
     return folded.requires_grad_(False)
 
 
