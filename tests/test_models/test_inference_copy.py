@@ -8,6 +8,7 @@ from sfc_plugin.models import (
     ReducedPrecisionEncoder,
     fold_batch_norms,
 )
+from sfc_plugin.models.encoders.inference_copy import IndexFreeMaxPool2d
 from sfc_plugin.utils import register_all_modules
 
 register_all_modules()
@@ -142,3 +143,48 @@ def test_reduced_precision_copy_follows_the_weights():
     kept = cache(encoder, torch.bfloat16)
     cache.invalidate()
     assert cache(encoder, torch.bfloat16) is not kept
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'nchw'])
+@pytest.mark.parametrize('dtype',
+                         [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize('shape', [(2, 5, 7, 9), (1, 3, 8, 6), (1, 2, 1, 1),
+                                   (1, 2, 1, 4), (1, 2, 3, 1),
+                                   (1, 64, 48, 85)])
+def test_index_free_max_pool_equals_max_pool2d(shape, dtype, layout):
+    """Exactly, NaN and -inf included: borders (odd and even sizes, one
+    row or column), both layouts."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).to(dtype)
+    x[0, 0, 0, 0] = float('nan')
+    x[-1, -1, -1, -1] = float('-inf')
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+    got = IndexFreeMaxPool2d()(x)
+    assert got.shape == expected.shape and got.dtype == dtype
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(nan=7.0), expected.nan_to_num(nan=7.0))
+    if layout == 'channels_last':
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    unbatched = x[0]
+    assert torch.equal(IndexFreeMaxPool2d()(unbatched).nan_to_num(nan=7.0),
+                       expected[0].nan_to_num(nan=7.0))
+
+
+def test_reduced_precision_copy_pools_without_indices():
+    """The stem's 3×3 / stride-2 pool is replaced; other pools are not."""
+    from sfc_plugin.models.encoders.inference_copy import (
+        _without_pool_indices,
+    )
+    encoder = CorrespondenceEncoder(backbone=R18_L3).eval()
+    copy = ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+    assert isinstance(copy.backbone.maxpool, IndexFreeMaxPool2d)
+    assert type(encoder.backbone.maxpool) is nn.MaxPool2d
+    others = [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+              nn.MaxPool2d(3, 1, 1), nn.MaxPool2d(3, 2, 1, dilation=2),
+              nn.MaxPool2d(3, 2, 1, return_indices=True)]
+    stem = nn.MaxPool2d((3, 3), (2, 2), (1, 1))
+    replaced = _without_pool_indices(nn.Sequential(stem, *others))
+    assert isinstance(replaced[0], IndexFreeMaxPool2d)
+    assert [m for m in replaced][1:] == others

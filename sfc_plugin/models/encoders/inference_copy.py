@@ -6,6 +6,7 @@ import logging
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 from torch.fx.experimental.optimization import fuse
@@ -51,9 +52,74 @@ def fold_batch_norms(encoder: nn.Module) -> nn.Module:
     return folded.requires_grad_(False)
 
 
+class IndexFreeMaxPool2d(nn.Module):
+    """ResNet's stem max-pool (3×3 windows, stride 2, padding 1) without
+    an index tensor.
+
+    On the CPU ``max_pool2d`` writes an int64 index per output even when
+    none is asked for: at 480p 13 MB a frame, as large as the bf16
+    activation it pools, which the allocator returns to the system after
+    every frame and faults in again on the next. Element-wise maxima of
+    strided views, columns then rows, give the same values (a max does not
+    round, and NaN propagates as in ``max_pool2d``) and no index.
+
+    Shapes:
+        input: (N, C, H, W). output: (N, C, ⌈H/2⌉, ⌈W/2⌉), channels-last
+        for a channels-last input.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.max_pool2d(x, 3, 2, 1)
+        n, c, h, w = x.shape
+        layout = (torch.channels_last
+                  if x.is_contiguous(memory_format=torch.channels_last) else
+                  torch.contiguous_format)
+        # Output j covers inputs 2j - 1, 2j and 2j + 1 where they exist.
+        cols = torch.empty((n, c, h, (w + 1) // 2), dtype=x.dtype,
+                           device=x.device, memory_format=layout)
+        _fold_neighbours(cols.copy_(x[..., 0::2]), x[..., 1::2], dim=3)
+        out = torch.empty((n, c, (h + 1) // 2, cols.shape[3]),
+                          dtype=x.dtype, device=x.device, memory_format=layout)
+        return _fold_neighbours(out.copy_(cols[:, :, 0::2]),
+                                cols[:, :, 1::2], dim=2)
+
+
+def _fold_neighbours(even: torch.Tensor, odd: torch.Tensor,
+                     dim: int) -> torch.Tensor:
+    """``even`` (inputs 2j along ``dim``) maximised in place with inputs
+    2j + 1 and 2j - 1 (``odd`` holds inputs 2j + 1)."""
+    m = odd.shape[dim]
+    head = even.narrow(dim, 0, m)
+    torch.maximum(head, odd, out=head)
+    tail = even.narrow(dim, 1, even.shape[dim] - 1)
+    torch.maximum(tail, odd.narrow(dim, 0, tail.shape[dim]), out=tail)
+    return even
+
+
+def _without_pool_indices(module: nn.Module) -> nn.Module:
+    """``module`` with each stem-like ``nn.MaxPool2d`` (3×3, stride 2,
+    padding 1) replaced by :class:`IndexFreeMaxPool2d`, in place."""
+
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    for name, child in list(module.named_modules()):
+        if (type(child) is nn.MaxPool2d and pair(child.kernel_size) == (3, 3)
+                and pair(child.stride) == (2, 2)
+                and pair(child.padding) == (1, 1)
+                and pair(child.dilation) == (1, 1) and not child.ceil_mode
+                and not child.return_indices):
+            parent, _, attr = name.rpartition('.')
+            setattr(module.get_submodule(parent), attr, IndexFreeMaxPool2d())
+    return module
+
+
 class ReducedPrecisionEncoder:
     """An encoder's folded copy (:func:`fold_batch_norms`) in a reduced
-    type, channels-last, remade whenever the encoder's weights change.
+    type, channels-last, its stem max-pools without an index tensor
+    (:class:`IndexFreeMaxPool2d`), remade whenever the encoder's weights
+    change.
 
     Under autocast every call would cast each weight again and run each
     BatchNorm as a pass of its own; the copy does neither (the FC ResNet-18
@@ -81,7 +147,8 @@ class ReducedPrecisionEncoder:
             for t in itertools.chain(encoder.parameters(), encoder.buffers()))
         if key != self._key:
             self.invalidate()  # the old copy goes before the new one comes
-            self._copy = fold_batch_norms(encoder).to(
-                dtype=dtype, memory_format=torch.channels_last)
+            self._copy = _without_pool_indices(
+                fold_batch_norms(encoder)).to(
+                    dtype=dtype, memory_format=torch.channels_last)
             self._key = key
         return self._copy
