@@ -1,5 +1,5 @@
 """Encoders as reduced-precision tracking runs them: BatchNorms folded into
-the convolutions, weights cast once."""
+the convolutions, weights cast once, the stem's max-pool without indices."""
 import copy
 import itertools
 import logging
@@ -38,7 +38,7 @@ def fold_batch_norms(encoder: nn.Module) -> nn.Module:
                          'where BatchNorms use batch statistics, not the '
                          'running ones that fold; call .eval() first')
     folded = copy.deepcopy(encoder)
-    for module in folded.modules():
+    for module in list(folded.modules()):  # backbones replaced on the way
         if not isinstance(module, CorrespondenceEncoder):
             continue
         try:
