@@ -95,11 +95,10 @@ class SFCTracker(BaseModel):
             its BatchNorms folded (:class:`ReducedPrecisionEncoder`, remade
             when the weights change; under autocast in training mode), on
             channels-last input, features kept in that type (half the
-            context memory),
-            the matching on them with float32 accumulation and a float32
-            softmax over the top-k; labels stay float32. fp16 needs a CUDA
-            device. A deployed backend has its export's precision.
-            Defaults to 'fp32'.
+            context memory), the matching on them with float32
+            accumulation and a float32 softmax over the top-k; labels stay
+            float32. fp16 needs a CUDA device. A deployed backend has its
+            export's precision. Defaults to 'fp32'.
         init_cfg (dict, optional): mmengine initialisation config.
     """
 

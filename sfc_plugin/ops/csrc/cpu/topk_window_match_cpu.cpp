@@ -766,8 +766,9 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cpu(
   // C = 256). The values, and so every score, are the same.
   const auto q = query.contiguous(at::MemoryFormat::ChannelsLast);
   // bf16 is scored in float32, and its softmax weights stay float32.
-  auto weights = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
-                           query.options().dtype(neighbour_weights_type(dtype)));
+  auto weights =
+      at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
+                query.options().dtype(neighbour_weights_type(dtype)));
   auto indices = at::empty({keys.size(0), keys.size(3), keys.size(4), topk},
                            query.options().dtype(at::kLong));
   const auto run = [&](auto scoring) {

@@ -12,8 +12,9 @@
 //
 // Accumulation is in float for float/half/bfloat16 features and in double
 // for double, and the softmax weights are written in that type
-// (neighbour_weights_type). Non-finite affinities are never selected; unlike the CPU
-// kernel there is no host-side check (it would stall the stream).
+// (neighbour_weights_type). Non-finite affinities are never selected;
+// unlike the CPU kernel there is no host-side check (it would stall the
+// stream).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
