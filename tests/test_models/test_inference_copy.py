@@ -188,3 +188,19 @@ def test_reduced_precision_copy_pools_without_indices():
     replaced = _without_pool_indices(nn.Sequential(stem, *others))
     assert isinstance(replaced[0], IndexFreeMaxPool2d)
     assert [m for m in replaced][1:] == others
+
+
+def test_index_free_pool_is_for_the_cpu_only(monkeypatch):
+    """Only the CPU's max_pool2d writes the index tensor the pool avoids;
+    on another device the copy keeps nn.MaxPool2d."""
+    from sfc_plugin.models.encoders import inference_copy
+    encoder = CorrespondenceEncoder(backbone=R18_L3).eval()
+    replaced = []
+    monkeypatch.setattr(inference_copy, '_without_pool_indices',
+                        lambda module: replaced.append(module) or module)
+    ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+    assert len(replaced) == 1
+    encoder.to('meta')  # a device other than the CPU, without a GPU
+    copy = ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+    assert len(replaced) == 1
+    assert type(copy.backbone.maxpool) is nn.MaxPool2d

@@ -117,9 +117,9 @@ def _without_pool_indices(module: nn.Module) -> nn.Module:
 
 class ReducedPrecisionEncoder:
     """An encoder's folded copy (:func:`fold_batch_norms`) in a reduced
-    type, channels-last, its stem max-pools without an index tensor
-    (:class:`IndexFreeMaxPool2d`), remade whenever the encoder's weights
-    change.
+    type, channels-last, on the CPU with its stem max-pools without an index
+    tensor (:class:`IndexFreeMaxPool2d`), remade whenever the encoder's
+    weights change.
 
     Under autocast every call would cast each weight again and run each
     BatchNorm as a pass of its own; the copy does neither (the FC ResNet-18
@@ -147,8 +147,12 @@ class ReducedPrecisionEncoder:
             for t in itertools.chain(encoder.parameters(), encoder.buffers()))
         if key != self._key:
             self.invalidate()  # the old copy goes before the new one comes
-            self._copy = _without_pool_indices(
-                fold_batch_norms(encoder)).to(
-                    dtype=dtype, memory_format=torch.channels_last)
+            folded = fold_batch_norms(encoder)
+            # The index tensor is the CPU max_pool2d's: elsewhere one pool
+            # kernel beats the element-wise passes.
+            if all(t.device.type == 'cpu' for t in encoder.parameters()):
+                folded = _without_pool_indices(folded)
+            self._copy = folded.to(dtype=dtype,
+                                   memory_format=torch.channels_last)
             self._key = key
         return self._copy
