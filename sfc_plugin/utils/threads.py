@@ -11,12 +11,12 @@ def lower_thread_priority(increment: int = BACKGROUND_NICENESS) -> bool:
     """Lowers the calling thread's CPU priority by ``increment`` nice steps.
 
     Frames are decoded ahead of the tracker and results encoded behind it in
-    threads of their own. On a CPU with few cores, every parallel region of
-    the tracker (OpenMP, one thread per core) then waits at its barrier for
-    the worker the scheduler has just given a core to an encoder; niced,
-    the background threads run in the gaps and are preempted as soon as a
-    worker wakes (bf16 tracking at 480p on 2 cores: 2% more frames/s,
-    three paired runs). Threads they start inherit the priority.
+    threads of their own. On a CPU with few cores a parallel region of the
+    tracker (OpenMP, one thread per core) can wait at its barrier for a
+    worker whose core the scheduler has given to an encoder; niced, the
+    background threads yield to the workers whenever both are ready (bf16
+    tracking at 480p on 2 cores: 2% more frames/s in three paired runs).
+    Threads they start inherit the priority.
 
     Linux only, where nice is per thread; elsewhere the call would renice
     the whole process, and nothing is done.

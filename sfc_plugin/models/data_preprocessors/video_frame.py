@@ -11,12 +11,13 @@ class VideoFramePreprocessor(ImgDataPreprocessor):
     """mmengine's ``ImgDataPreprocessor``, batching frames of one size in one
     pass per channel: the tracker's, called once per frame.
 
-    The parent swaps BGR→RGB by indexing, which on a frame decoded as
-    (H, W, 3) and permuted gathers it element by element, then converts,
-    subtracts, divides and stacks in four more passes: 2.9 ms a 480p frame
-    on a 2-core CPU. Here each channel is converted into its place in the
-    batch, then normalised in place: 0.16 ms, and the same values (each
-    element goes through the same float32 subtraction and division).
+    The parent swaps BGR→RGB by indexing (a copy), then converts,
+    subtracts, divides and stacks, each into a new tensor: five passes and
+    five allocations a frame. Here each channel is converted into its place
+    in the batch, then normalised in place: one allocation, three passes,
+    and the same values (each element goes through the same float32
+    subtraction and division). A 480p frame on a 2-core CPU, back to back:
+    0.58 → 0.38 ms (``benchmarks/reduced_precision_parts.py``).
     Anything else (padding to a size divisor, frames of different sizes or
     channel counts, default-collated batches) is left to the parent.
 
