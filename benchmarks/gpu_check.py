@@ -656,6 +656,14 @@ def section_track(args) -> dict:
     return dict(rows=rows, details=details)
 
 
+class Interrupted(Exception):
+    """SIGTERM (``timeout``, a batch system) reached the parent."""
+
+
+def _interrupted(signum, frame):
+    raise Interrupted(f'interrupted by signal {signum}')
+
+
 class SectionFailure(Exception):
     """A failed section that still has figures to report."""
 
@@ -718,6 +726,10 @@ def run_section(name: str, args, env: Dict[str, str], logs: str) -> dict:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
             code = f'killed after {args.section_timeout:.0f} s'
+        except BaseException:  # Interrupted, ^C: the child goes too
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
     seconds = time.monotonic() - start
     try:
         with open(result_path) as f:
@@ -784,9 +796,19 @@ def main() -> None:
         except Exception as e:
             install_error = str(e)
     sections = ['env'] + [s for s in args.sections if s != 'env']
+    # A run stopped from outside still reports what it measured, and the
+    # running section's child (its own session) does not outlive it.
+    signal.signal(signal.SIGTERM, _interrupted)
     for name in sections:
         print(f'gpu_check: {name} ...', flush=True)
-        result = run_section(name, args, env, logs)
+        start = time.monotonic()
+        try:
+            result = run_section(name, args, env, logs)
+        except (Interrupted, KeyboardInterrupt) as e:
+            report['sections'][name] = dict(
+                status='failed', seconds=time.monotonic() - start,
+                error=f'{e or "interrupted"}; its child was killed')
+            break
         if name == 'env':
             report['machine'] = result.get('details', {})
             note = ('installed from the wheelhouse: ' +
