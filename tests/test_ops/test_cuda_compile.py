@@ -56,19 +56,19 @@ def test_a_broken_kernel_fails_with_the_first_error(tmp_path, monkeypatch,
     error (file, line and the offending source) rather than the whole log
     and the errors that follow from the first."""
     csrc, line = broken_copy(tmp_path, 'cuda/topk_window_match_cuda.cu',
-                             'constexpr int kThreads = 256;',
-                             'constexpr int kThreads = 256')
+                             'kBlocksPerMultiprocessor = 8;',
+                             'kBlocksPerMultiprocessor = 8')
     monkeypatch.setattr(extension, 'CSRC', str(csrc))
     assert ops_main.main(['--compile-only', 'cuda']) == 1
     out = capsys.readouterr().out
     assert re.search(r'^compiled topk_window_match\.cpp ', out, re.M), out
     failed = out[out.index('FAILED'):].splitlines()
     assert failed[0].startswith('FAILED cuda/topk_window_match_cuda.cu ')
-    # nvcc reports the error on the next declaration.
+    # nvcc reports the error on the next declaration, after a blank line.
     assert re.fullmatch(
-        rf'.*topk_window_match_cuda\.cu\({line + 1}\): error: .*',
+        rf'.*topk_window_match_cuda\.cu\({line + 2}\): error: .*',
         failed[1]), out
-    assert 'kKeysPerThread' in failed[2]
+    assert 'struct CudaLaunch' in failed[2]
     assert 'undefined' not in out  # the follow-up errors are left out
 
 

@@ -152,6 +152,27 @@ def native_impl(device, dtype):
     return run
 
 
+def emulated_cuda_impl(dtype, target_blocks):
+    """The CUDA kernels run on the CPU by the tests' SIMT emulation:
+    ``target_blocks`` 1 keeps the frames in one group, a large one gives a
+    group per frame and the merge kernel."""
+
+    def run(query, keys, labels, **kw):
+        from sfc_plugin.ops.topk_window_match import aggregate_labels
+
+        from .cuda_emulation import emulated_neighbours
+        query, keys, labels = (x[None].to(dtype)
+                               for x in (query, keys, labels))
+        # As the match op: k beyond the keys only adds padding.
+        topk = min(kw['topk'], keys.shape[1] * keys.shape[3] * keys.shape[4])
+        weights, indices = emulated_neighbours(
+            query, keys, topk, kw['radius'], kw['temperature'],
+            kw['unrestricted_keys'], target_blocks)
+        return aggregate_labels(weights, indices, labels)[0]
+
+    return run
+
+
 # name -> (callable on unbatched float64 inputs, tolerance)
 IMPLEMENTATIONS = {
     'reference': (topk_window_match_reference, 1e-10),
@@ -166,6 +187,9 @@ IMPLEMENTATIONS = {
     'cpu-kernel-fp32': (native_impl('cpu', torch.float32), 2e-5),
     'cuda-kernel': (native_impl('cuda', torch.float64), 1e-10),
     'cuda-kernel-fp32': (native_impl('cuda', torch.float32), 2e-5),
+    'cuda-emulated': (emulated_cuda_impl(torch.float64, 1), 1e-10),
+    'cuda-emulated-fp32-groups':
+    (emulated_cuda_impl(torch.float32, 10**6), 2e-5),
     'onnx-decomposed': (onnx_impl('decomposed'), 2e-5),
     'onnx-custom': (onnx_impl('custom'), 2e-5),
 }

@@ -1,0 +1,431 @@
+// The CUDA kernels of sfc::topk_window_neighbours and their launch plan.
+//
+// Kept apart from the op's registration (topk_window_match_cuda.cu) so that
+// the tests can also compile them for the CPU with a SIMT emulation
+// (tests/test_ops/csrc/simt_emulation.h): the launch plan takes the launcher
+// as a parameter, and nothing here names the CUDA runtime.
+//
+// One block serves a tile of kTileQueries consecutive query positions of one
+// row, over one group of consecutive key frames. It walks the keys those
+// queries may see as contiguous segments (an unrestricted frame whole; in a
+// restricted frame, on every key row the window reaches, the union of the
+// tile's intervals), in chunks of kChunkKeys keys. A chunk's scores are
+// computed kChunkChannels channels at a time from shared-memory tiles
+// stored channel-major, each thread accumulating a kMicroQueries ×
+// kMicroKeys block of scores in registers (two vector loads per 16 FMAs),
+// and then offered to each query's running top-k, kept sorted in shared
+// memory. Segments are visited in increasing flat key index and a score must
+// beat the current k-th strictly, so among equal affinities the lower index
+// wins, as on CPU. Every score is the same sequence of FMAs over the
+// channels, whichever slot its query and key take, so equal keys tie
+// exactly.
+//
+// A frame tile alone gives too few blocks to fill a GPU (480p: 4 × 60), so
+// the frames are split into groups, each block keeping its group's top-k;
+// merge_groups_kernel then merges the groups' sorted lists (on equal
+// affinities the earlier group, of lower indices, first) and takes the
+// softmax. With one group the first kernel writes the softmax itself.
+//
+// Accumulation is in float for float/half/bfloat16 features and in double
+// for double, and the softmax weights are written in that type
+// (neighbour_weights_type). Non-finite affinities below +inf are never
+// selected; unlike the CPU kernel there is no host-side check (it would
+// stall the stream).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../topk_window_match.h"
+
+#ifndef SFC_DYNAMIC_SHARED_MEMORY
+#define SFC_DYNAMIC_SHARED_MEMORY(name) \
+  extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+namespace sfc_plugin {
+namespace ops {
+namespace cuda_kernels {
+
+constexpr int kTileQueries = 32;
+constexpr int kChunkKeys = 64;
+constexpr int kChunkChannels = 32;
+constexpr int kMicroQueries = 4;
+constexpr int kMicroKeys = 4;
+constexpr int kThreads =
+    (kTileQueries / kMicroQueries) * (kChunkKeys / kMicroKeys);  // 128
+// Row padding of the channel-major tiles: a multiple of 4 keeps every row
+// 16-byte aligned for the vector loads, and the transposing stores then fall
+// on 8 banks instead of 1.
+constexpr int kPad = 4;
+constexpr int kMergeThreads = 128;
+// Top-k state per query lives in shared memory; larger k is clamped to the
+// number of keys a query can see, and beyond this the CPU kernel serves.
+constexpr int64_t kMaxTopk = 256;
+// Frame groups per batch item (the merge keeps one list head per group).
+constexpr int64_t kMaxGroups = 64;
+// Rows and batch items × groups go in the launch grid's y and z.
+constexpr int64_t kMaxGridYZ = 65535;
+
+template <typename acc_t>
+struct SharedLayout {
+  // Channel-major: row c holds channel c of every query (key) of the tile.
+  alignas(16) acc_t queries[kChunkChannels][kTileQueries + kPad];
+  alignas(16) acc_t keys[kChunkChannels][kChunkKeys + kPad];
+  acc_t scores[kTileQueries][kChunkKeys];
+  int count[kTileQueries];
+};
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+__device__ __forceinline__ int64_t imax(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
+
+// Four consecutive values of a 16-byte aligned shared-memory row.
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, T (&v)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = p[i];
+}
+
+#if defined(__CUDACC__)
+template <>
+__device__ __forceinline__ void load4<float>(const float* p, float (&v)[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+}
+#endif
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) topk_window_kernel(
+    const scalar_t* __restrict__ query,       // (B, H, W, C)
+    const scalar_t* __restrict__ keys,        // (B, T, H, W, C)
+    const int64_t* __restrict__ half_widths,  // (H)
+    int64_t frames, int64_t channels, int64_t height, int64_t width,
+    int64_t topk, int64_t stored_topk, int64_t unrestricted, int64_t groups,
+    double temperature,
+    acc_t* __restrict__ weights,        // (B, H, W, topk), one group
+    int64_t* __restrict__ indices,      // (B, H, W, topk), one group
+    acc_t* __restrict__ group_values,   // (B, H, W, groups, stored_topk)
+    int64_t* __restrict__ group_slots,  // (B, H, W, groups, stored_topk)
+    int* __restrict__ group_counts) {   // (B, H, W, groups)
+  SFC_DYNAMIC_SHARED_MEMORY(smem_raw);
+  auto& smem = *reinterpret_cast<SharedLayout<acc_t>*>(smem_raw);
+  // Sorted top-k of each query of the tile: values, then indices.
+  acc_t* top_values = reinterpret_cast<acc_t*>(smem_raw + sizeof(smem));
+  int64_t* top_indices = reinterpret_cast<int64_t*>(
+      top_values + kTileQueries * stored_topk);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTileQueries;
+  const int64_t y = blockIdx.y;
+  const int64_t b = blockIdx.z / groups, group = blockIdx.z % groups;
+  const int64_t first_frame = group * frames / groups;
+  const int64_t end_frame = (group + 1) * frames / groups;
+  const int64_t hw = height * width;
+  const int64_t tile = imin(kTileQueries, width - x0);
+  const scalar_t* row_query = query + ((b * height + y) * width + x0) *
+                                          channels;
+  const scalar_t* batch_keys = keys + b * frames * hw * channels;
+  if (tid < kTileQueries) smem.count[tid] = 0;
+  __syncthreads();
+
+  // Thread -> scores of queries mq * 4 + [0, 4) and keys mk * 4 + [0, 4).
+  const int mq = tid / (kChunkKeys / kMicroKeys);
+  const int mk = tid % (kChunkKeys / kMicroKeys);
+
+  // Scores keys [first, first + n) (consecutive flat indices, all in one
+  // frame) and offers them. `half` < 0: unrestricted; else key (ky, kx) is
+  // eligible for query x iff |kx - x| <= half.
+  auto process_segment = [&](int64_t first, int64_t n, int64_t key_x0,
+                             int64_t half) {
+    for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
+      const int64_t nk = imin(kChunkKeys, n - c0);
+      acc_t acc[kMicroQueries][kMicroKeys];
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+        for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
+      for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
+        const int64_t nc = imin(kChunkChannels, channels - ch);
+        // Consecutive threads read consecutive channels of one position
+        // (coalesced) and store them down a column of the tile.
+        for (int e = tid; e < kTileQueries * kChunkChannels; e += kThreads) {
+          const int q = e / kChunkChannels, c = e % kChunkChannels;
+          smem.queries[c][q] =
+              (q < tile && c < nc)
+                  ? static_cast<acc_t>(row_query[q * channels + ch + c])
+                  : acc_t(0);
+        }
+        for (int e = tid; e < kChunkKeys * kChunkChannels; e += kThreads) {
+          const int k = e / kChunkChannels, c = e % kChunkChannels;
+          smem.keys[c][k] =
+              (k < nk && c < nc)
+                  ? static_cast<acc_t>(
+                        batch_keys[(first + c0 + k) * channels + ch + c])
+                  : acc_t(0);
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int c = 0; c < kChunkChannels; ++c) {
+          acc_t qv[kMicroQueries], kv[kMicroKeys];
+          load4(&smem.queries[c][mq * kMicroQueries], qv);
+          load4(&smem.keys[c][mk * kMicroKeys], kv);
+#pragma unroll
+          for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+            for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+        for (int j = 0; j < kMicroKeys; ++j)
+          smem.scores[mq * kMicroQueries + i][mk * kMicroKeys + j] =
+              acc[i][j];
+      __syncthreads();
+
+      // Offer: each warp serves every (kThreads / 32)-th query; lane 0
+      // inserts the candidates above the threshold in key order.
+      for (int q = warp; q < tile; q += kThreads / 32) {
+        acc_t* values = top_values + q * stored_topk;
+        int64_t* slots = top_indices + q * stored_topk;
+        for (int part = 0; part < kChunkKeys; part += 32) {
+          const int j = part + lane;
+          const acc_t s = smem.scores[q][j];
+          const int count = smem.count[q];
+          const acc_t threshold =
+              count < stored_topk ? -INFINITY : values[stored_topk - 1];
+          const int64_t dx = key_x0 + c0 + j - (x0 + q);
+          const bool eligible =
+              j < nk && (half < 0 || (dx <= half && -dx <= half));
+          unsigned mask = __ballot_sync(0xffffffffu, eligible && s > threshold);
+          if (lane == 0) {
+            while (mask) {
+              const int bit = __ffs(mask) - 1;
+              mask &= mask - 1;
+              const acc_t v = smem.scores[q][part + bit];
+              int n_top = smem.count[q];
+              if (n_top == stored_topk && !(v > values[stored_topk - 1]))
+                continue;
+              int pos = n_top < stored_topk ? n_top++ : stored_topk - 1;
+              while (pos > 0 && values[pos - 1] < v) {
+                values[pos] = values[pos - 1];
+                slots[pos] = slots[pos - 1];
+                --pos;
+              }
+              values[pos] = v;
+              slots[pos] = first + c0 + part + bit;
+              smem.count[q] = n_top;
+            }
+          }
+          __syncwarp();
+        }
+      }
+      __syncthreads();
+    }
+  };
+
+  for (int64_t t = first_frame; t < end_frame; ++t) {
+    if (t < unrestricted) {
+      process_segment(t * hw, hw, 0, -1);
+      continue;
+    }
+    for (int64_t ky = 0; ky < height; ++ky) {
+      const int64_t half = half_widths[ky > y ? ky - y : y - ky];
+      if (half < 0) continue;
+      const int64_t lo = imax(0, x0 - half);
+      const int64_t hi = imin(width - 1, x0 + tile - 1 + half);
+      process_segment(t * hw + ky * width + lo, hi - lo + 1, lo, half);
+    }
+  }
+
+  if (tid < tile) {
+    const int64_t position = (b * height + y) * width + x0 + tid;
+    const acc_t* values = top_values + tid * stored_topk;
+    const int64_t* slots = top_indices + tid * stored_topk;
+    const int count = smem.count[tid];
+    if (groups == 1) {
+      write_topk_softmax<acc_t>(values, slots, count, topk, temperature,
+                                weights + position * topk,
+                                indices + position * topk);
+    } else {
+      const int64_t list = position * groups + group;
+      for (int j = 0; j < count; ++j) {
+        group_values[list * stored_topk + j] = values[j];
+        group_slots[list * stored_topk + j] = slots[j];
+      }
+      group_counts[list] = count;
+    }
+  }
+}
+
+// One thread per query position: merges its groups' sorted top-k lists
+// (positions, groups, stored_topk) into `merged` scratch and writes the
+// softmax.
+template <typename acc_t>
+__global__ void __launch_bounds__(kMergeThreads) merge_groups_kernel(
+    const acc_t* __restrict__ group_values,
+    const int64_t* __restrict__ group_slots,
+    const int* __restrict__ group_counts, int64_t positions, int64_t groups,
+    int64_t stored_topk, int64_t topk, double temperature,
+    acc_t* __restrict__ merged_values, int64_t* __restrict__ merged_slots,
+    acc_t* __restrict__ weights, int64_t* __restrict__ indices) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x +
+                    threadIdx.x;
+  if (p >= positions) return;
+  const acc_t* values = group_values + p * groups * stored_topk;
+  const int64_t* slots = group_slots + p * groups * stored_topk;
+  const int* counts = group_counts + p * groups;
+  acc_t* out_values = merged_values + p * stored_topk;
+  int64_t* out_slots = merged_slots + p * stored_topk;
+  int head[kMaxGroups];
+  for (int64_t g = 0; g < groups; ++g) head[g] = 0;
+  int64_t n = 0;
+  for (; n < stored_topk; ++n) {
+    int64_t best = -1;
+    acc_t best_value = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      if (head[g] >= counts[g]) continue;
+      const acc_t v = values[g * stored_topk + head[g]];
+      // Strictly greater: on a tie the earlier group (lower indices) stays.
+      if (best < 0 || v > best_value) {
+        best = g;
+        best_value = v;
+      }
+    }
+    if (best < 0) break;
+    out_values[n] = best_value;
+    out_slots[n] = slots[best * stored_topk + head[best]];
+    ++head[best];
+  }
+  write_topk_softmax<acc_t>(out_values, out_slots, n, topk, temperature,
+                            weights + p * topk, indices + p * topk);
+}
+
+// The whole op: checks, launch plan and launches. `launch(kernel, grid,
+// block, shared_bytes, args...)` runs one kernel (a CUDA launch on the
+// current stream, or the tests' emulation); `target_blocks` is how many
+// blocks fill the device (frames are split into groups until there are
+// that many) and `max_shared_bytes` what one block may have.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
+    const at::Tensor& query, const at::Tensor& keys, int64_t topk,
+    double radius, double temperature, int64_t unrestricted_keys,
+    int64_t target_blocks, int64_t max_shared_bytes, Launch&& launch) {
+  check_neighbours_args(query, keys, topk, radius, temperature,
+                        unrestricted_keys);
+  const int64_t batch = keys.size(0), frames = keys.size(1),
+                channels = keys.size(2), height = keys.size(3),
+                width = keys.size(4);
+  const auto half = window_half_widths(radius, height, width);
+  // The most keys one query can see: beyond that, slots are padding.
+  int64_t window = 0;
+  for (int64_t dy = 0; dy < height; ++dy)
+    if (half[dy] >= 0)
+      window += (dy == 0 ? 1 : 2) * std::min(2 * half[dy] + 1, width);
+  const int64_t visible =
+      unrestricted_keys * height * width + (frames - unrestricted_keys) * window;
+  const int64_t stored_topk = std::max<int64_t>(1, std::min(topk, visible));
+  TORCH_CHECK_VALUE(stored_topk <= kMaxTopk,
+                    "topk_window_match: the CUDA kernel keeps at most ",
+                    kMaxTopk, " neighbours per position, got topk=", topk,
+                    "; run this call on CPU");
+
+  auto weights = at::empty(
+      {batch, height, width, topk},
+      query.options().dtype(neighbour_weights_type(query.scalar_type())));
+  auto indices = at::empty({batch, height, width, topk},
+                           query.options().dtype(at::kLong));
+  // An empty grid is an invalid launch configuration.
+  if (batch == 0) return {weights, indices};
+  TORCH_CHECK_VALUE(height <= kMaxGridYZ && batch <= kMaxGridYZ,
+                    "topk_window_match: the CUDA kernel takes at most ",
+                    kMaxGridYZ, " feature rows and ", kMaxGridYZ,
+                    " batch items per call, got H=", height, ", B=", batch,
+                    "; split the call");
+  const int64_t tiles_x = (width + kTileQueries - 1) / kTileQueries;
+  const int64_t tiles = tiles_x * height * batch;
+  const int64_t groups = std::max<int64_t>(
+      1, std::min({frames, kMaxGroups, kMaxGridYZ / batch,
+                   (std::max<int64_t>(target_blocks, 1) + tiles - 1) /
+                       tiles}));
+  const auto q = query.permute({0, 2, 3, 1}).contiguous();
+  const auto k = keys_channels_last(keys);
+  const auto half_widths =
+      at::tensor(half, at::TensorOptions().dtype(at::kLong))
+          .to(query.device());
+  const int64_t positions = batch * height * width;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, q.scalar_type(), "topk_window_neighbours",
+      [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const int64_t shared =
+            sizeof(SharedLayout<acc_t>) +
+            kTileQueries * stored_topk * (sizeof(acc_t) + sizeof(int64_t));
+        // Checked here rather than left to the launch, whose error names
+        // neither the cause nor the way out.
+        TORCH_CHECK_VALUE(
+            shared <= max_shared_bytes, "topk_window_match: topk=", topk,
+            " in ", q.scalar_type(), " needs ", shared / 1024,
+            " KiB of shared memory per block; this GPU offers ",
+            max_shared_bytes / 1024,
+            " KiB. Use a smaller topk or float32 features");
+        const auto acc_options = weights.options();
+        at::Tensor group_values, group_slots, group_counts;
+        if (groups > 1) {
+          group_values = at::empty({positions, groups, stored_topk},
+                                   acc_options);
+          group_slots = at::empty({positions, groups, stored_topk},
+                                  indices.options());
+          group_counts = at::empty({positions, groups},
+                                   indices.options().dtype(at::kInt));
+        }
+        launch(topk_window_kernel<scalar_t, acc_t>,
+               dim3(static_cast<unsigned>(tiles_x),
+                    static_cast<unsigned>(height),
+                    static_cast<unsigned>(batch * groups)),
+               dim3(kThreads), static_cast<size_t>(shared),
+               q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+               half_widths.data_ptr<int64_t>(), frames, channels, height,
+               width, topk, stored_topk, unrestricted_keys, groups,
+               temperature, weights.data_ptr<acc_t>(),
+               indices.data_ptr<int64_t>(),
+               groups > 1 ? group_values.data_ptr<acc_t>() : nullptr,
+               groups > 1 ? group_slots.data_ptr<int64_t>() : nullptr,
+               groups > 1 ? group_counts.data_ptr<int>() : nullptr);
+        if (groups > 1) {
+          auto merged_values = at::empty({positions, stored_topk},
+                                         acc_options);
+          auto merged_slots = at::empty({positions, stored_topk},
+                                        indices.options());
+          launch(merge_groups_kernel<acc_t>,
+                 dim3(static_cast<unsigned>(
+                     (positions + kMergeThreads - 1) / kMergeThreads)),
+                 dim3(kMergeThreads), size_t{0},
+                 group_values.data_ptr<acc_t>(),
+                 group_slots.data_ptr<int64_t>(),
+                 group_counts.data_ptr<int>(), positions, groups,
+                 stored_topk, topk, temperature,
+                 merged_values.data_ptr<acc_t>(),
+                 merged_slots.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
+                 indices.data_ptr<int64_t>());
+        }
+      });
+  return {weights, indices};
+}
+
+}  // namespace cuda_kernels
+}  // namespace ops
+}  // namespace sfc_plugin

@@ -1,0 +1,52 @@
+"""The CUDA kernels of ``sfc::topk_window_neighbours`` on the CPU.
+
+``csrc/emulated_topk_window.cpp`` compiles the kernels' header
+(``sfc_plugin/ops/csrc/cuda/topk_window_match_kernel.cuh``) with the host
+compiler against ``csrc/simt_emulation.h``, which runs every CUDA thread of
+a block as a thread of its own, with real barriers. The launch plan is the
+CUDA op's own, so the tests reach the frame groups and their merge by
+asking for more blocks (``target_blocks``).
+"""
+import os.path as osp
+
+import pytest
+import torch
+
+from sfc_plugin.ops.extension import CSRC
+
+HERE = osp.dirname(osp.abspath(__file__))
+_state = {}
+
+
+def load_emulation() -> None:
+    """Builds (once per process, cached on disk by torch) and loads the
+    emulated kernels; skips where there is no C++ compiler."""
+    if 'error' in _state:
+        pytest.skip(_state['error'])
+    if _state.get('loaded'):
+        return
+    from torch.utils import cpp_extension
+    if not cpp_extension.shutil.which(cpp_extension.get_cxx_compiler()):
+        _state['error'] = 'no C++ compiler to build the CUDA emulation'
+        pytest.skip(_state['error'])
+    cpp_extension.load(
+        name='sfc_cuda_emulation',
+        sources=[osp.join(HERE, 'csrc', 'emulated_topk_window.cpp')],
+        extra_include_paths=[CSRC, osp.join(HERE, 'csrc')],
+        # std::barrier is C++20; the kernels' #pragma unroll is nvcc's.
+        extra_cflags=['-O2', '-std=c++20', '-pthread',
+                      '-Wno-unknown-pragmas'],
+        extra_ldflags=['-pthread'],
+        is_python_module=False)
+    _state['loaded'] = True
+
+
+def emulated_neighbours(query, keys, topk, radius, temperature,
+                        unrestricted_keys, target_blocks=1):
+    """``torch.ops.sfc.topk_window_neighbours`` as the CUDA kernels compute
+    it, on batched CPU tensors. ``target_blocks`` 1 keeps every frame in
+    one group; a large one splits the frames into groups of one frame."""
+    load_emulation()
+    return torch.ops.sfc_emulation.topk_window_neighbours(
+        query, keys, topk, radius, temperature, unrestricted_keys,
+        target_blocks)

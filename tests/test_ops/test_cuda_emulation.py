@@ -1,0 +1,106 @@
+"""The CUDA kernels, run on the CPU by the SIMT emulation, where the
+parametrised class of ``test_topk_window_match.py`` does not reach: frame
+groups and their merge on ties, several query tiles and channel chunks,
+reduced-precision features, and agreement with the C++ CPU kernel."""
+import pytest
+import torch
+
+from sfc_plugin.ops import topk_window_neighbours
+
+from .cuda_emulation import emulated_neighbours
+from .test_topk_window_match import definition, needs_native, random_inputs
+
+# One group of frames; a group per frame (the merge kernel's case).
+GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6}
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+@pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_many_ties_keep_the_lower_key_index(dtype, topk, grouping):
+    """Features in steps of 1/4 tie everywhere: the kept keys are the first
+    k by (affinity, then lower flat index), across groups too."""
+    t, c, h, w = 4, 16, 6, 7
+    query, keys, _ = random_inputs(14, t, c, h, w, 1)
+    query, keys = ((x * 4).round() / 4 for x in (query, keys))
+    weights, indices = emulated_neighbours(
+        query[None].to(dtype), keys[None].to(dtype), topk, 2.5, 0.5, 1,
+        GROUPINGS[grouping])
+    affinity, order, _ = definition(query, keys, topk, 2.5, 1)
+    order = order[:, :topk]
+    assert torch.equal(indices.reshape(h * w, topk), order)
+    expected = torch.softmax(affinity.gather(1, order) / 0.5, 1)
+    torch.testing.assert_close(weights.reshape(h * w, topk).double(),
+                               expected)
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+@pytest.mark.parametrize('channels', [3, 37, 64])
+def test_copies_of_frame_0_follow_it(channels, grouping):
+    """Restricted frames that copy the unrestricted frame 0 score exactly
+    as it does: its best key first, then the copies in frame order."""
+    h, w = 9, 11
+    query, keys, _ = random_inputs(5, 3, channels, h, w, 1)
+    keys[2] = keys[1] = keys[0]
+    weights, indices = emulated_neighbours(
+        query[None].float(), keys[None].float(), 3, 100.0, 0.1, 1,
+        GROUPINGS[grouping])
+    first = indices[..., 0]
+    assert (first < h * w).all()
+    assert torch.equal(indices[..., 1], first + h * w)
+    assert torch.equal(indices[..., 2], first + 2 * h * w)
+    assert (weights == weights[..., :1]).all()
+
+
+@pytest.mark.parametrize('target_blocks', [1, 3 * 5 * 2 * 2, 10**6])
+def test_equals_the_cpu_kernel_over_tiles_and_chunks(target_blocks):
+    """Three query tiles (W = 70, the last one partial), channel chunks with
+    a tail (C = 45), unrestricted frames longer than a key chunk, two batch
+    items; one group, two, and one per frame: the same neighbours as the
+    C++ CPU kernel."""
+    needs_native('cpu')
+    query, keys, _ = random_inputs(21, 3, 45, 5, 70, 1, batch=2)
+    kw = dict(topk=15, radius=3.5, temperature=0.07, unrestricted_keys=1)
+    weights, indices = emulated_neighbours(
+        query, keys, kw['topk'], kw['radius'], kw['temperature'],
+        kw['unrestricted_keys'], target_blocks)
+    ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
+    assert torch.equal(indices, ref_i)
+    torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_reduced_precision_features(dtype, grouping):
+    """float16 and bfloat16 features are accumulated in float32 and give
+    float32 weights, equal to the definition on the rounded features."""
+    t, c, h, w, topk = 3, 40, 7, 9, 6
+    query, keys, _ = random_inputs(8, t, c, h, w, 1)
+    query, keys = query.to(dtype), keys.to(dtype)
+    weights, indices = emulated_neighbours(query[None], keys[None], topk,
+                                           2.5, 0.1, 1, GROUPINGS[grouping])
+    assert weights.dtype == torch.float32 and indices.dtype == torch.long
+    affinity, order, _ = definition(query, keys, topk, 2.5, 1)
+    got = affinity.gather(1, indices.reshape(h * w, topk))
+    # The chosen keys' affinities are the top k (indices may differ only
+    # where float32 sums break a near-tie differently).
+    torch.testing.assert_close(got, affinity.gather(1, order[:, :topk]),
+                               rtol=0, atol=1e-5)
+    expected = torch.softmax(got / 0.1, 1)
+    torch.testing.assert_close(weights.reshape(h * w, topk).double(),
+                               expected, rtol=0, atol=1e-4)
+
+
+def test_padding_beyond_the_eligible_keys():
+    """With fewer eligible keys than k, in every group: weight 0, index
+    -1 after them, and the weights sum to 1."""
+    query, keys, _ = random_inputs(12, 3, 4, 3, 3, 1)
+    for target_blocks in GROUPINGS.values():
+        weights, indices = emulated_neighbours(query[None], keys[None], 14,
+                                               1.0, 0.1, 1, target_blocks)
+        # 9 keys of frame 0 + the query's own position in frames 1 and 2.
+        assert (indices[..., :11] >= 0).all()
+        assert (indices[..., 11:] == -1).all()
+        assert (weights[..., 11:] == 0).all()
+        torch.testing.assert_close(weights.sum(-1),
+                                   torch.ones(1, 3, 3, dtype=torch.float64))
