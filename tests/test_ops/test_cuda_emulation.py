@@ -8,7 +8,12 @@ import torch
 from sfc_plugin.ops import topk_window_neighbours
 
 from .cuda_emulation import emulated_neighbours
-from .test_topk_window_match import definition, needs_native, random_inputs
+from .test_topk_window_match import (
+    check_many_ties,
+    definition,
+    needs_native,
+    random_inputs,
+)
 
 # One group of frames; a group per frame (the merge kernel's case).
 GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6}
@@ -18,20 +23,16 @@ GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6}
 @pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_many_ties_keep_the_lower_key_index(dtype, topk, grouping):
-    """Features in steps of 1/4 tie everywhere: the kept keys are the first
-    k by (affinity, then lower flat index), across groups too."""
-    t, c, h, w = 4, 16, 6, 7
-    query, keys, _ = random_inputs(14, t, c, h, w, 1)
-    query, keys = ((x * 4).round() / 4 for x in (query, keys))
-    weights, indices = emulated_neighbours(
-        query[None].to(dtype), keys[None].to(dtype), topk, 2.5, 0.5, 1,
-        GROUPINGS[grouping])
-    affinity, order, _ = definition(query, keys, topk, 2.5, 1)
-    order = order[:, :topk]
-    assert torch.equal(indices.reshape(h * w, topk), order)
-    expected = torch.softmax(affinity.gather(1, order) / 0.5, 1)
-    torch.testing.assert_close(weights.reshape(h * w, topk).double(),
-                               expected)
+    """Exact ties everywhere: the kept keys are the first k by (affinity,
+    then lower flat index), across groups too."""
+
+    def neighbours(query, keys, **kw):
+        weights, indices = emulated_neighbours(
+            query[None], keys[None], kw['topk'], kw['radius'],
+            kw['temperature'], kw['unrestricted_keys'], GROUPINGS[grouping])
+        return weights[0], indices[0]
+
+    check_many_ties(neighbours, dtype, topk)
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)

@@ -290,10 +290,17 @@ def test_many_ties_keep_the_lower_key_index(dtype, topk):
     around 16 (the float top-k's vector insertion) and past it, the kept
     keys are the first k by (affinity, then lower flat index)."""
     needs_native('cpu')
+    check_many_ties(topk_window_neighbours, dtype, topk)
+
+
+def check_many_ties(neighbours, dtype, topk):
+    """``neighbours(query, keys, topk=, radius=, temperature=,
+    unrestricted_keys=)`` on features in steps of 1/4, which score exactly
+    and tie everywhere: the first k keys by (affinity, then flat index)."""
     t, c, h, w = 4, 16, 6, 7
     query, keys, _ = random_inputs(14, t, c, h, w, 1)
     query, keys = ((x * 4).round() / 4 for x in (query, keys))
-    weights, indices = topk_window_neighbours(
+    weights, indices = neighbours(
         query.to(dtype), keys.to(dtype), topk=topk, radius=2.5,
         temperature=0.5, unrestricted_keys=1)
     affinity, order, _ = definition(query, keys, topk, 2.5, 1)

@@ -48,6 +48,27 @@ inline std::vector<int64_t> window_half_widths(double radius, int64_t height,
   return half;
 }
 
+// Inserts `value` (key `index`) into a top-k list sorted in decreasing
+// order that holds `count` entries in its `k` slots, shifting the smaller
+// ones down (a full list drops its last); returns the new count. Equal
+// values stay in front, so the earlier (lower-index) key wins. The caller
+// has checked that a full list's k-th value is below `value`. Shared by
+// the CPU kernel (host) and the CUDA kernel (device).
+template <typename T>
+C10_HOST_DEVICE inline int64_t insert_sorted(T* values, int64_t* indices,
+                                             int64_t count, int64_t k,
+                                             T value, int64_t index) {
+  int64_t pos = count < k ? count++ : k - 1;
+  while (pos > 0 && values[pos - 1] < value) {
+    values[pos] = values[pos - 1];
+    indices[pos] = indices[pos - 1];
+    --pos;
+  }
+  values[pos] = value;
+  indices[pos] = index;
+  return count;
+}
+
 // Softmax of affinity / temperature over one query's top-k (``count``
 // values sorted in decreasing order, their flat key indices in ``slots``)
 // into weights[0, topk) and indices[0, topk); slots beyond ``count`` are

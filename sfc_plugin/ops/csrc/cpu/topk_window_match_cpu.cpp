@@ -273,15 +273,7 @@ struct TopK {
 
   // Inserts a score above the threshold, shifting the smaller ones down.
   inline void shift_in(T value, int64_t index) {
-    int64_t pos = count < k ? count++ : k - 1;
-    // Equal values stay in front: the earlier (lower-index) key wins.
-    while (pos > 0 && values[pos - 1] < value) {
-      values[pos] = values[pos - 1];
-      indices[pos] = indices[pos - 1];
-      --pos;
-    }
-    values[pos] = value;
-    indices[pos] = index;
+    count = insert_sorted(values, indices, count, k, value, index);
     if (count == k) threshold = values[k - 1];
   }
 };

@@ -215,18 +215,13 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
               const int bit = __ffs(mask) - 1;
               mask &= mask - 1;
               const acc_t v = smem.scores[q][part + bit];
-              int n_top = smem.count[q];
+              const int n_top = smem.count[q];
+              // The threshold rises as the candidates before it enter.
               if (n_top == stored_topk && !(v > values[stored_topk - 1]))
                 continue;
-              int pos = n_top < stored_topk ? n_top++ : stored_topk - 1;
-              while (pos > 0 && values[pos - 1] < v) {
-                values[pos] = values[pos - 1];
-                slots[pos] = slots[pos - 1];
-                --pos;
-              }
-              values[pos] = v;
-              slots[pos] = first + c0 + part + bit;
-              smem.count[q] = n_top;
+              smem.count[q] = static_cast<int>(insert_sorted(
+                  values, slots, n_top, stored_topk, v,
+                  first + c0 + part + bit));
             }
           }
           __syncwarp();
