@@ -105,3 +105,19 @@ def test_padding_beyond_the_eligible_keys():
         assert (weights[..., 11:] == 0).all()
         torch.testing.assert_close(weights.sum(-1),
                                    torch.ones(1, 3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+def test_windows_taller_than_a_row_batch(grouping):
+    """A window reaching more key rows than the union's table holds at once
+    (kMaxUnionRows = 128): the rows are listed in batches, and the result
+    is still the CPU kernel's."""
+    needs_native('cpu')
+    query, keys, _ = random_inputs(31, 2, 4, 150, 3, 1, batch=1)
+    kw = dict(topk=7, radius=140.0, temperature=0.07, unrestricted_keys=0)
+    weights, indices = emulated_neighbours(
+        query, keys, kw['topk'], kw['radius'], kw['temperature'],
+        kw['unrestricted_keys'], GROUPINGS[grouping])
+    ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
+    assert torch.equal(indices, ref_i)
+    torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)

@@ -5,22 +5,21 @@
 // (tests/test_ops/csrc/simt_emulation.h): the launch plan takes the launcher
 // as a parameter, and nothing here names the CUDA runtime.
 //
-// One block serves a tile of kTileQueries consecutive query positions of one
-// row, over one group of consecutive key frames. It walks the keys those
-// queries may see as contiguous segments (an unrestricted frame whole; in a
-// restricted frame, on every key row the window reaches, the union of the
-// tile's intervals), in chunks of kChunkKeys keys. A chunk's scores are
-// computed kChunkChannels channels at a time from shared-memory tiles
-// stored channel-major, each thread accumulating a kMicroQueries ×
+// One block serves a tile of kTileRows × kTileCols query positions over
+// one group of consecutive key frames. It lists the keys those queries may
+// see in increasing flat index (an unrestricted frame whole; in a
+// restricted frame, row by row, the union of the tile's windows, packed
+// without gaps) and scores them in chunks of kChunkKeys keys. A chunk's
+// scores are computed kChunkChannels channels at a time from shared-memory
+// tiles stored channel-major, each thread accumulating a kMicroQueries ×
 // kMicroKeys block of scores in registers (two vector loads per 16 FMAs),
 // and then offered to each query's running top-k, kept sorted in shared
-// memory. Segments are visited in increasing flat key index and a score must
-// beat the current k-th strictly, so among equal affinities the lower index
-// wins, as on CPU. Every score is the same sequence of FMAs over the
-// channels, whichever slot its query and key take, so equal keys tie
-// exactly.
+// memory, if the key is in that query's own window. A score must beat the
+// current k-th strictly, so among equal affinities the lower index wins,
+// as on CPU. Every score is the same sequence of FMAs over the channels,
+// whichever slot its query and key take, so equal keys tie exactly.
 //
-// A frame tile alone gives too few blocks to fill a GPU (480p: 4 × 60), so
+// The tiles alone give too few blocks to fill a GPU (480p: 14 × 15), so
 // the frames are split into groups, each block keeping its group's top-k;
 // merge_groups_kernel then merges the groups' sorted lists (on equal
 // affinities the earlier group, of lower indices, first) and takes the
@@ -50,7 +49,14 @@ namespace sfc_plugin {
 namespace ops {
 namespace cuda_kernels {
 
-constexpr int kTileQueries = 32;
+// A tile of kTileRows × kTileCols query positions: the union of its
+// windows is close to one window (a one-row tile of 32 would score 2.6×
+// the eligible pairs at r' = 15).
+constexpr int kTileRows = 4;
+constexpr int kTileCols = 8;
+constexpr int kTileQueries = kTileRows * kTileCols;
+// Key rows per batch of the union's table in shared memory.
+constexpr int kMaxUnionRows = 128;
 constexpr int kChunkKeys = 64;
 constexpr int kChunkChannels = 32;
 constexpr int kMicroQueries = 4;
@@ -76,6 +82,18 @@ struct SharedLayout {
   alignas(16) acc_t queries[kChunkChannels][kTileQueries + kPad];
   alignas(16) acc_t keys[kChunkChannels][kChunkKeys + kPad];
   acc_t scores[kTileQueries][kChunkKeys];
+  // Where each query's features start in `query` (-1: outside the map).
+  int64_t query_offset[kTileQueries];
+  // The chunk's keys: flat index, row (-1: no window) and column.
+  int64_t key_flat[kChunkKeys];
+  int key_y[kChunkKeys];
+  int key_x[kChunkKeys];
+  // The union of the tile's windows on a batch of key rows: each row's y,
+  // first x and offset in the batch's key list (one more: the list's end).
+  int row_y[kMaxUnionRows];
+  int row_x[kMaxUnionRows];
+  int row_start[kMaxUnionRows + 1];
+  int num_rows;
   int count[kTileQueries];
 };
 
@@ -111,8 +129,8 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
     const scalar_t* __restrict__ keys,        // (B, T, H, W, C)
     const int64_t* __restrict__ half_widths,  // (H)
     int64_t frames, int64_t channels, int64_t height, int64_t width,
-    int64_t topk, int64_t stored_topk, int64_t unrestricted, int64_t groups,
-    double temperature,
+    int64_t reach, int64_t topk, int64_t stored_topk, int64_t unrestricted,
+    int64_t groups, double temperature,
     acc_t* __restrict__ weights,        // (B, H, W, topk), one group
     int64_t* __restrict__ indices,      // (B, H, W, topk), one group
     acc_t* __restrict__ group_values,   // (B, H, W, groups, stored_topk)
@@ -126,30 +144,41 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
       top_values + kTileQueries * stored_topk);
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTileQueries;
-  const int64_t y = blockIdx.y;
+  const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTileCols;
+  const int64_t y0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
   const int64_t b = blockIdx.z / groups, group = blockIdx.z % groups;
   const int64_t first_frame = group * frames / groups;
   const int64_t end_frame = (group + 1) * frames / groups;
   const int64_t hw = height * width;
-  const int64_t tile = imin(kTileQueries, width - x0);
-  const scalar_t* row_query = query + ((b * height + y) * width + x0) *
-                                          channels;
+  const int64_t cols = imin(kTileCols, width - x0);
+  const int64_t rows = imin(kTileRows, height - y0);
   const scalar_t* batch_keys = keys + b * frames * hw * channels;
-  if (tid < kTileQueries) smem.count[tid] = 0;
+  // Query q of the tile is at (y0 + q / kTileCols, x0 + q % kTileCols).
+  auto query_valid = [&](int q) {
+    return q / kTileCols < rows && q % kTileCols < cols;
+  };
+  auto query_position = [&](int q) {
+    return (b * height + y0 + q / kTileCols) * width + x0 + q % kTileCols;
+  };
+  if (tid < kTileQueries) {
+    smem.count[tid] = 0;
+    smem.query_offset[tid] =
+        query_valid(tid) ? query_position(tid) * channels : -1;
+  }
   __syncthreads();
 
   // Thread -> scores of queries mq * 4 + [0, 4) and keys mk * 4 + [0, 4).
   const int mq = tid / (kChunkKeys / kMicroKeys);
   const int mk = tid % (kChunkKeys / kMicroKeys);
 
-  // Scores keys [first, first + n) (consecutive flat indices, all in one
-  // frame) and offers them. `half` < 0: unrestricted; else key (ky, kx) is
-  // eligible for query x iff |kx - x| <= half.
-  auto process_segment = [&](int64_t first, int64_t n, int64_t key_x0,
-                             int64_t half) {
+  // Scores a list of n keys, in increasing flat index, and offers them.
+  // describe(v, slot) puts key v of the list in the chunk's slot: its flat
+  // index, and its row and column (row -1: eligible for every query).
+  auto process_keys = [&](int64_t n, auto describe) {
     for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
       const int64_t nk = imin(kChunkKeys, n - c0);
+      if (tid < nk) describe(c0 + tid, tid);
+      __syncthreads();
       acc_t acc[kMicroQueries][kMicroKeys];
 #pragma unroll
       for (int i = 0; i < kMicroQueries; ++i)
@@ -161,9 +190,10 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
         // (coalesced) and store them down a column of the tile.
         for (int e = tid; e < kTileQueries * kChunkChannels; e += kThreads) {
           const int q = e / kChunkChannels, c = e % kChunkChannels;
+          const int64_t offset = smem.query_offset[q];
           smem.queries[c][q] =
-              (q < tile && c < nc)
-                  ? static_cast<acc_t>(row_query[q * channels + ch + c])
+              (offset >= 0 && c < nc)
+                  ? static_cast<acc_t>(query[offset + ch + c])
                   : acc_t(0);
         }
         for (int e = tid; e < kChunkKeys * kChunkChannels; e += kThreads) {
@@ -171,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
           smem.keys[c][k] =
               (k < nk && c < nc)
                   ? static_cast<acc_t>(
-                        batch_keys[(first + c0 + k) * channels + ch + c])
+                        batch_keys[smem.key_flat[k] * channels + ch + c])
                   : acc_t(0);
         }
         __syncthreads();
@@ -197,7 +227,9 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
 
       // Offer: each warp serves every (kThreads / 32)-th query; lane 0
       // inserts the candidates above the threshold in key order.
-      for (int q = warp; q < tile; q += kThreads / 32) {
+      for (int q = warp; q < kTileQueries; q += kThreads / 32) {
+        if (!query_valid(q)) continue;  // the same for the whole warp
+        const int64_t qy = y0 + q / kTileCols, qx = x0 + q % kTileCols;
         acc_t* values = top_values + q * stored_topk;
         int64_t* slots = top_indices + q * stored_topk;
         for (int part = 0; part < kChunkKeys; part += 32) {
@@ -206,9 +238,13 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
           const int count = smem.count[q];
           const acc_t threshold =
               count < stored_topk ? -INFINITY : values[stored_topk - 1];
-          const int64_t dx = key_x0 + c0 + j - (x0 + q);
-          const bool eligible =
-              j < nk && (half < 0 || (dx <= half && -dx <= half));
+          bool eligible = j < nk;
+          if (eligible && smem.key_y[j] >= 0) {
+            const int64_t dy = smem.key_y[j] - qy;
+            const int64_t dx = smem.key_x[j] - qx;
+            const int64_t half = half_widths[dy < 0 ? -dy : dy];
+            eligible = half >= 0 && dx <= half && -dx <= half;
+          }
           unsigned mask = __ballot_sync(0xffffffffu, eligible && s > threshold);
           if (lane == 0) {
             while (mask) {
@@ -219,9 +255,9 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
               // The threshold rises as the candidates before it enter.
               if (n_top == stored_topk && !(v > values[stored_topk - 1]))
                 continue;
-              smem.count[q] = static_cast<int>(insert_sorted(
-                  values, slots, n_top, stored_topk, v,
-                  first + c0 + part + bit));
+              smem.count[q] = static_cast<int>(
+                  insert_sorted(values, slots, n_top, stored_topk, v,
+                                smem.key_flat[part + bit]));
             }
           }
           __syncwarp();
@@ -231,22 +267,67 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
     }
   };
 
+  // Key rows a query row of the tile reaches in a restricted frame.
+  const int64_t first_row = imax(0, y0 - reach);
+  const int64_t last_row = imin(height - 1, y0 + rows - 1 + reach);
   for (int64_t t = first_frame; t < end_frame; ++t) {
     if (t < unrestricted) {
-      process_segment(t * hw, hw, 0, -1);
+      process_keys(hw, [&](int64_t v, int slot) {
+        smem.key_flat[slot] = t * hw + v;
+        smem.key_y[slot] = -1;
+        smem.key_x[slot] = 0;
+      });
       continue;
     }
-    for (int64_t ky = 0; ky < height; ++ky) {
-      const int64_t half = half_widths[ky > y ? ky - y : y - ky];
-      if (half < 0) continue;
-      const int64_t lo = imax(0, x0 - half);
-      const int64_t hi = imin(width - 1, x0 + tile - 1 + half);
-      process_segment(t * hw + ky * width + lo, hi - lo + 1, lo, half);
+    // The union of the tile's windows, row by row in batches of at most
+    // kMaxUnionRows rows: each row's interval, and where it starts in the
+    // batch's list of keys.
+    for (int64_t r0 = first_row; reach >= 0 && r0 <= last_row;
+         r0 += kMaxUnionRows) {
+      if (tid == 0) {
+        int n = 0, start = 0;
+        for (int64_t ky = r0; ky <= imin(last_row, r0 + kMaxUnionRows - 1);
+             ++ky) {
+          int64_t widest = -1;
+          for (int64_t qy = y0; qy < y0 + rows; ++qy)
+            widest = imax(widest, half_widths[ky > qy ? ky - qy : qy - ky]);
+          if (widest < 0) continue;
+          const int64_t lo = imax(0, x0 - widest);
+          const int64_t hi = imin(width - 1, x0 + cols - 1 + widest);
+          smem.row_y[n] = static_cast<int>(ky);
+          smem.row_x[n] = static_cast<int>(lo);
+          smem.row_start[n] = start;
+          start += static_cast<int>(hi - lo + 1);
+          ++n;
+        }
+        smem.row_start[n] = start;
+        smem.num_rows = n;
+      }
+      __syncthreads();
+      const int num_rows = smem.num_rows;
+      process_keys(smem.row_start[num_rows], [&](int64_t v, int slot) {
+        // The last row starting at or before v.
+        int lo = 0, hi = num_rows - 1;
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) / 2;
+          if (smem.row_start[mid] <= v)
+            lo = mid;
+          else
+            hi = mid - 1;
+        }
+        const int64_t ky = smem.row_y[lo];
+        const int64_t kx = smem.row_x[lo] + (v - smem.row_start[lo]);
+        smem.key_flat[slot] = t * hw + ky * width + kx;
+        smem.key_y[slot] = static_cast<int>(ky);
+        smem.key_x[slot] = static_cast<int>(kx);
+      });
+      // Every thread is done with the table before thread 0 rewrites it.
+      __syncthreads();
     }
   }
 
-  if (tid < tile) {
-    const int64_t position = (b * height + y) * width + x0 + tid;
+  if (tid < kTileQueries && query_valid(tid)) {
+    const int64_t position = query_position(tid);
     const acc_t* values = top_values + tid * stored_topk;
     const int64_t* slots = top_indices + tid * stored_topk;
     const int count = smem.count[tid];
@@ -349,8 +430,13 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                     kMaxGridYZ, " feature rows and ", kMaxGridYZ,
                     " batch items per call, got H=", height, ", B=", batch,
                     "; split the call");
-  const int64_t tiles_x = (width + kTileQueries - 1) / kTileQueries;
-  const int64_t tiles = tiles_x * height * batch;
+  const int64_t tiles_x = (width + kTileCols - 1) / kTileCols;
+  const int64_t tiles_y = (height + kTileRows - 1) / kTileRows;
+  const int64_t tiles = tiles_x * tiles_y * batch;
+  // The farthest key row a window reaches (half widths only shrink with
+  // the row distance); -1: none.
+  int64_t reach = -1;
+  while (reach + 1 < height && half[reach + 1] >= 0) ++reach;
   const int64_t groups = std::max<int64_t>(
       1, std::min({frames, kMaxGroups, kMaxGridYZ / batch,
                    (std::max<int64_t>(target_blocks, 1) + tiles - 1) /
@@ -389,12 +475,12 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
         }
         launch(topk_window_kernel<scalar_t, acc_t>,
                dim3(static_cast<unsigned>(tiles_x),
-                    static_cast<unsigned>(height),
+                    static_cast<unsigned>(tiles_y),
                     static_cast<unsigned>(batch * groups)),
                dim3(kThreads), static_cast<size_t>(shared),
                q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                half_widths.data_ptr<int64_t>(), frames, channels, height,
-               width, topk, stored_topk, unrestricted_keys, groups,
+               width, reach, topk, stored_topk, unrestricted_keys, groups,
                temperature, weights.data_ptr<acc_t>(),
                indices.data_ptr<int64_t>(),
                groups > 1 ? group_values.data_ptr<acc_t>() : nullptr,
