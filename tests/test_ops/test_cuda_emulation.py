@@ -121,3 +121,14 @@ def test_windows_taller_than_a_row_batch(grouping):
     ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
     assert torch.equal(indices, ref_i)
     torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)
+
+
+def test_a_map_too_wide_for_the_row_table_is_refused():
+    """W beyond what the union's int counters hold: a clear error before
+    any launch, naming the limit and the way out."""
+    width = 2**31 // 128
+    query = torch.zeros(1, 1, 1, width)
+    keys = torch.zeros(1, 1, 1, 1, width)
+    with pytest.raises(ValueError, match=r'at most \d+ wide, got W=16777216; '
+                       'split the call'):
+        emulated_neighbours(query, keys, 1, 2.0, 0.1, 1)

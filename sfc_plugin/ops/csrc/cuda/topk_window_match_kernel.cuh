@@ -37,6 +37,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "../topk_window_match.h"
 
@@ -429,6 +430,12 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                     "topk_window_match: the CUDA kernel takes at most ",
                     kMaxGridYZ, " feature rows and ", kMaxGridYZ,
                     " batch items per call, got H=", height, ", B=", batch,
+                    "; split the call");
+  // The union's table counts its keys, rows and columns in int.
+  constexpr int64_t kMaxWidth = std::numeric_limits<int>::max() / kMaxUnionRows;
+  TORCH_CHECK_VALUE(width <= kMaxWidth,
+                    "topk_window_match: the CUDA kernel takes feature maps "
+                    "at most ", kMaxWidth, " wide, got W=", width,
                     "; split the call");
   const int64_t tiles_x = (width + kTileCols - 1) / kTileCols;
   const int64_t tiles_y = (height + kTileRows - 1) / kTileRows;
