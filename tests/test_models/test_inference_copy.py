@@ -11,10 +11,10 @@ from sfc_plugin.models import (
 from sfc_plugin.models.encoders.inference_copy import IndexFreeMaxPool2d
 from sfc_plugin.utils import register_all_modules
 
+from .test_encoders import R18_L3
+
 register_all_modules()
 
-R18_L3 = dict(type='ResNet', depth=18, num_stages=3, strides=(1, 2, 1),
-              out_indices=(2, ))
 R50_L2 = dict(type='ResNet', depth=50, num_stages=2, strides=(1, 2),
               out_indices=(1, ))
 

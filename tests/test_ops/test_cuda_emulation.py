@@ -19,6 +19,18 @@ from .test_topk_window_match import (
 GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6}
 
 
+def check_equals_the_cpu_kernel(query, keys, target_blocks, **kw):
+    """The emulated CUDA kernels give the C++ CPU kernel's neighbours on
+    float64 batches: the same indices, weights to 1e-12."""
+    needs_native('cpu')
+    weights, indices = emulated_neighbours(
+        query, keys, kw['topk'], kw['radius'], kw['temperature'],
+        kw['unrestricted_keys'], target_blocks)
+    ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
+    assert torch.equal(indices, ref_i)
+    torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize('grouping', GROUPINGS)
 @pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
@@ -59,15 +71,10 @@ def test_equals_the_cpu_kernel_over_tiles_and_chunks(target_blocks):
     a tail (C = 45), unrestricted frames longer than a key chunk, two batch
     items; one group, two, and one per frame: the same neighbours as the
     C++ CPU kernel."""
-    needs_native('cpu')
     query, keys, _ = random_inputs(21, 3, 45, 5, 70, 1, batch=2)
-    kw = dict(topk=15, radius=3.5, temperature=0.07, unrestricted_keys=1)
-    weights, indices = emulated_neighbours(
-        query, keys, kw['topk'], kw['radius'], kw['temperature'],
-        kw['unrestricted_keys'], target_blocks)
-    ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
-    assert torch.equal(indices, ref_i)
-    torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)
+    check_equals_the_cpu_kernel(query, keys, target_blocks, topk=15,
+                                radius=3.5, temperature=0.07,
+                                unrestricted_keys=1)
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)
@@ -112,15 +119,10 @@ def test_windows_taller_than_a_row_batch(grouping):
     """A window reaching more key rows than the union's table holds at once
     (kMaxUnionRows = 128): the rows are listed in batches, and the result
     is still the CPU kernel's."""
-    needs_native('cpu')
     query, keys, _ = random_inputs(31, 2, 4, 150, 3, 1, batch=1)
-    kw = dict(topk=7, radius=140.0, temperature=0.07, unrestricted_keys=0)
-    weights, indices = emulated_neighbours(
-        query, keys, kw['topk'], kw['radius'], kw['temperature'],
-        kw['unrestricted_keys'], GROUPINGS[grouping])
-    ref_w, ref_i = topk_window_neighbours(query, keys, **kw)
-    assert torch.equal(indices, ref_i)
-    torch.testing.assert_close(weights, ref_w, rtol=0, atol=1e-12)
+    check_equals_the_cpu_kernel(query, keys, GROUPINGS[grouping], topk=7,
+                                radius=140.0, temperature=0.07,
+                                unrestricted_keys=0)
 
 
 def test_a_map_too_wide_for_the_row_table_is_refused():

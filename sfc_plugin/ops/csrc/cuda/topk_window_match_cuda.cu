@@ -14,7 +14,7 @@ namespace ops {
 namespace {
 
 // Blocks per multiprocessor that make a full wave: a block holds 4 warps
-// and about 27 KiB of shared memory in float32 at k = 15.
+// and about 30 KiB of shared memory in float32 at k = 15.
 constexpr int64_t kBlocksPerMultiprocessor = 8;
 
 struct CudaLaunch {

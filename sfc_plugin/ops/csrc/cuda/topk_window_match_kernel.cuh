@@ -74,7 +74,7 @@ constexpr int kMergeThreads = 128;
 constexpr int64_t kMaxTopk = 256;
 // Frame groups per batch item (the merge keeps one list head per group).
 constexpr int64_t kMaxGroups = 64;
-// Rows and batch items × groups go in the launch grid's y and z.
+// Row tiles and batch items × groups go in the launch grid's y and z.
 constexpr int64_t kMaxGridYZ = 65535;
 
 template <typename acc_t>
@@ -406,11 +406,14 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                 channels = keys.size(2), height = keys.size(3),
                 width = keys.size(4);
   const auto half = window_half_widths(radius, height, width);
-  // The most keys one query can see: beyond that, slots are padding.
-  int64_t window = 0;
-  for (int64_t dy = 0; dy < height; ++dy)
-    if (half[dy] >= 0)
-      window += (dy == 0 ? 1 : 2) * std::min(2 * half[dy] + 1, width);
+  // The most keys one query can see (beyond that, slots are padding), and
+  // the farthest key row a window reaches (-1: none).
+  int64_t window = 0, reach = -1;
+  for (int64_t dy = 0; dy < height; ++dy) {
+    if (half[dy] < 0) continue;
+    window += (dy == 0 ? 1 : 2) * std::min(2 * half[dy] + 1, width);
+    reach = dy;
+  }
   const int64_t visible =
       unrestricted_keys * height * width + (frames - unrestricted_keys) * window;
   const int64_t stored_topk = std::max<int64_t>(1, std::min(topk, visible));
@@ -440,10 +443,6 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
   const int64_t tiles_x = (width + kTileCols - 1) / kTileCols;
   const int64_t tiles_y = (height + kTileRows - 1) / kTileRows;
   const int64_t tiles = tiles_x * tiles_y * batch;
-  // The farthest key row a window reaches (half widths only shrink with
-  // the row distance); -1: none.
-  int64_t reach = -1;
-  while (reach + 1 < height && half[reach + 1] >= 0) ++reach;
   const int64_t groups = std::max<int64_t>(
       1, std::min({frames, kMaxGroups, kMaxGridYZ / batch,
                    (std::max<int64_t>(target_blocks, 1) + tiles - 1) /
