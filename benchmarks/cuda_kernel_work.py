@@ -15,8 +15,7 @@ import argparse
 import math
 from typing import List
 
-CHUNK = 64  # kChunkKeys
-SLOTS = 32  # kTileQueries: every slot is scored, inside the map or not
+CHUNK = 64  # the default configuration's keys per chunk
 
 #: (label, top-k, r'): as gpu_check.py's MATCH_SETTINGS.
 SETTINGS = (('SFC k15 r15', 15.0), ('FC k10 r12', 12.0))
@@ -46,11 +45,13 @@ def eligible_pairs(half, height, width, frames, free) -> int:
 
 
 def computed_pairs(half, height, width, frames, free, rows: int, cols: int,
-                   packed: bool) -> int:
-    """Scores of a rows × cols tiling: unrestricted frames whole, and in a
-    restricted frame the union of the tile's windows, either packed into
-    chunks (the kernel now) or padded to whole chunks row by row (before)."""
-    whole = math.ceil(height * width / CHUNK) * CHUNK
+                   packed: bool, chunk: int = CHUNK) -> int:
+    """Scores of a rows × cols tiling with ``chunk`` keys per chunk (every
+    query slot of a tile is scored, inside the map or not): unrestricted
+    frames whole, and in a restricted frame the union of the tile's
+    windows, either packed into chunks (the kernel now) or padded to whole
+    chunks row by row (before)."""
+    whole = math.ceil(height * width / chunk) * chunk
     total = 0
     for y0 in range(0, height, rows):
         tile_rows = range(y0, min(y0 + rows, height))
@@ -63,11 +64,12 @@ def computed_pairs(half, height, width, frames, free, rows: int, cols: int,
                     lengths.append(min(width - 1, x1 + widest) -
                                    max(0, x0 - widest) + 1)
             if packed:
-                restricted = math.ceil(sum(lengths) / CHUNK) * CHUNK
+                restricted = math.ceil(sum(lengths) / chunk) * chunk
             else:
                 restricted = sum(
-                    math.ceil(n / CHUNK) * CHUNK for n in lengths)
-            total += SLOTS * (free * whole + (frames - free) * restricted)
+                    math.ceil(n / chunk) * chunk for n in lengths)
+            total += rows * cols * (free * whole +
+                                    (frames - free) * restricted)
     return total
 
 

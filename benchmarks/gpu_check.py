@@ -26,6 +26,10 @@ Sections, in this order:
   for C = 256 and 1280 in the SFC (k 15, r' 15) and FC (k 10, r' 12) DAVIS
   settings: native kernel vs the dense form, and against the floor (the
   eligible FLOPs at cuBLAS's fp32 rate; TF32 and bf16 rates shown too);
+- ``kernel_configs``: ``benchmarks/cuda_kernel_configs.py`` in both
+  settings: every configuration the CUDA kernel is built in (tile, chunk,
+  micro-tile, prefetch) timed against the op's default on the same inputs,
+  each checked to return exactly the default's neighbours;
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s;
 - ``track``: ``tools/track.py`` end to end at 480p (the shared DAVIS-2016
@@ -69,7 +73,8 @@ sys.path.insert(0, HERE)  # the other benchmarks, reused below
 from gpu_wheelhouse import DEFAULT_DEST as DEFAULT_WHEELHOUSE  # noqa: E402
 from gpu_wheelhouse import REQUIREMENTS  # noqa: E402
 
-SECTIONS = ('env', 'build', 'correctness', 'op_speed', 'train', 'track')
+SECTIONS = ('env', 'build', 'correctness', 'op_speed', 'kernel_configs',
+            'train', 'track')
 NO_CUDA = 'skipped: no CUDA'
 
 #: The issue's goals on an H100 (figure key -> (text, test)).
@@ -379,9 +384,11 @@ def section_correctness(args) -> dict:
         random_inputs,
     )
     cuda = torch.device(args.device).type == 'cuda'
-    # The CUDA parametrisations of the op's tests (the compile-only test
-    # matches 'cuda' too, and is CI's business); on CPU the C++ kernel's.
-    select = 'cuda and not compile' if cuda else 'cpu-kernel'
+    # The CUDA parametrisations of the op's tests; the compile-only test
+    # and the CPU emulation of the CUDA kernels match 'cuda' too, and are
+    # CI's business. On CPU the C++ kernel's.
+    select = ('cuda and not compile and not emulat' if cuda else
+              'cpu-kernel')
     cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
            osp.join(REPO, 'tests', 'test_ops'), '-k', select]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -535,6 +542,51 @@ def section_op_speed(args) -> dict:
     return dict(rows=rows, details=details)
 
 
+def section_kernel_configs(args) -> dict:
+    """``cuda_kernel_configs.py`` per setting: each kernel configuration's
+    time at C = 256 and 1280 (the largest C judged against the floor, as
+    the op's default is in ``op_speed``)."""
+    import torch
+    if torch.device(args.device).type != 'cuda':
+        return dict(rows=[row('kernel configurations', note=NO_CUDA)])
+    size = (['--height', '12', '--width', '20', '--frames', '3',
+             '--channels', '16', '32', '--repeats', '1'] if args.quick else
+            ['--channels', '256', '1280', '--repeats', '10'])
+    rows, details, errors = [], {}, []
+    for label, topk, radius in MATCH_SETTINGS:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = osp.join(tmp, 'rows.json')
+            cmd = [sys.executable, osp.join(HERE, 'cuda_kernel_configs.py'),
+                   '--device', args.device, '--topk', str(topk), '--radius',
+                   str(radius), '--out', out, *size]
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  cwd=REPO)
+            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+            if not osp.exists(out):
+                errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
+                                              or ['?'])[-1])
+                rows.append(row(label, note='failed: see the log'))
+                continue
+            with open(out) as f:
+                run = json.load(f)
+        details[label] = run
+        if proc.returncode:
+            errors.append(f'{label}: a configuration disagrees with the '
+                          'default')
+        for r in run['rows']:
+            rows.append(row(
+                f'{label}, C={r["channels"]}: {r["config"]}',
+                1e3 * r['seconds'], 'ms/frame',
+                note=f'{r["speedup"]:.2f}× the default, '
+                f'{r["vs_floor"]:.1f}× the floor, '
+                f'{r["computed_tflops"]:.1f} TFLOP/s computed' +
+                ('' if r['same_as_default'] else
+                 '; NOT the default\'s neighbours')))
+    if errors:
+        raise SectionFailure('; '.join(errors), rows, details)
+    return dict(rows=rows, details=details)
+
+
 def section_train(args) -> dict:
     """``train_speed.bench`` on the training config's FC model."""
     import torch
@@ -677,11 +729,13 @@ RUNNERS = {
     'build': section_build,
     'correctness': section_correctness,
     'op_speed': section_op_speed,
+    'kernel_configs': section_kernel_configs,
     'train': section_train,
     'track': section_track,
 }
 #: Sections that need the device the run asked for.
-NEEDS_DEVICE = ('build', 'correctness', 'op_speed', 'train', 'track')
+NEEDS_DEVICE = ('build', 'correctness', 'op_speed', 'kernel_configs', 'train',
+                'track')
 
 
 def run_in_child(args) -> None:

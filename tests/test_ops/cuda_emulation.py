@@ -42,11 +42,18 @@ def load_emulation() -> None:
 
 
 def emulated_neighbours(query, keys, topk, radius, temperature,
-                        unrestricted_keys, target_blocks=1):
+                        unrestricted_keys, target_blocks=1, config=''):
     """``torch.ops.sfc.topk_window_neighbours`` as the CUDA kernels compute
     it, on batched CPU tensors. ``target_blocks`` 1 keeps every frame in
-    one group; a large one splits the frames into groups of one frame."""
+    one group; a large one splits the frames into groups of one frame.
+    ``config`` names a kernel configuration (empty: the op's default)."""
     load_emulation()
     return torch.ops.sfc_emulation.topk_window_neighbours(
         query, keys, topk, radius, temperature, unrestricted_keys,
-        target_blocks)
+        target_blocks, config)
+
+
+def kernel_configs():
+    """Names of the kernel's configurations, the op's default first."""
+    load_emulation()
+    return list(torch.ops.sfc_emulation.kernel_configs())

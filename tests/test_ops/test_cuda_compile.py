@@ -56,8 +56,8 @@ def test_a_broken_kernel_fails_with_the_first_error(tmp_path, monkeypatch,
     error (file, line and the offending source) rather than the whole log
     and the errors that follow from the first."""
     csrc, line = broken_copy(tmp_path, 'cuda/topk_window_match_cuda.cu',
-                             'kBlocksPerMultiprocessor = 8;',
-                             'kBlocksPerMultiprocessor = 8')
+                             'int64_t multiprocessors;',
+                             'int64_t multiprocessors')
     monkeypatch.setattr(extension, 'CSRC', str(csrc))
     assert ops_main.main(['--compile-only', 'cuda']) == 1
     out = capsys.readouterr().out
@@ -68,7 +68,7 @@ def test_a_broken_kernel_fails_with_the_first_error(tmp_path, monkeypatch,
     assert re.fullmatch(
         rf'.*topk_window_match_cuda\.cu\({line + 2}\): error: .*',
         failed[1]), out
-    assert 'struct CudaLaunch' in failed[2]
+    assert 'template <typename... Params>' in failed[2]
     assert 'undefined' not in out  # the follow-up errors are left out
 
 

@@ -1,13 +1,14 @@
 """The CUDA kernels, run on the CPU by the SIMT emulation, where the
 parametrised class of ``test_topk_window_match.py`` does not reach: frame
 groups and their merge on ties, several query tiles and channel chunks,
-reduced-precision features, and agreement with the C++ CPU kernel."""
+reduced-precision features, agreement with the C++ CPU kernel, and the
+kernel's other configurations (``TileConfig``) against its default."""
 import pytest
 import torch
 
 from sfc_plugin.ops import topk_window_neighbours
 
-from .cuda_emulation import emulated_neighbours
+from .cuda_emulation import emulated_neighbours, kernel_configs
 from .test_topk_window_match import (
     check_many_ties,
     definition,
@@ -134,3 +135,82 @@ def test_a_map_too_wide_for_the_row_table_is_refused():
     with pytest.raises(ValueError, match=r'at most \d+ wide, got W=16777216; '
                        'split the call'):
         emulated_neighbours(query, keys, 1, 2.0, 0.1, 1)
+
+
+# The configurations' tests: each one's blocks have 128 or 256 threads,
+# so the inputs stay small.
+
+
+def test_kernel_configs_are_listed_default_first():
+    """The default configuration (what the op runs) comes first; names are
+    unique and say the tiling that benchmarks/cuda_kernel_configs.py
+    replays."""
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..',
+                                'benchmarks'))
+    from cuda_kernel_configs import tiling
+
+    configs = kernel_configs()
+    assert len(configs) == len(set(configs)) >= 2
+    assert configs[0] == '4x8-keys64-micro4x4-min8'
+    assert tiling(configs[0]) == (4, 8, 64)
+    for config in configs:
+        rows, cols, chunk = tiling(config)
+        assert chunk % 32 == 0 and rows * cols % 4 == 0
+
+
+@pytest.mark.parametrize('grouping', GROUPINGS)
+def test_every_config_gives_the_default_neighbours(grouping):
+    """Partial tiles of every shape (H = 10, W = 19), a channel tail
+    (C = 37), an unrestricted frame longer than a 128-key chunk, two batch
+    items: every configuration returns the default's weights and indices
+    exactly (each score is the same FMA sequence), and they are the C++ CPU
+    kernel's neighbours."""
+    query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=2)
+    query, keys = query.float(), keys.float()
+    args = (query, keys, 9, 3.5, 0.07, 1, GROUPINGS[grouping])
+    default = emulated_neighbours(*args)
+    ref_w, ref_i = topk_window_neighbours(query.double(), keys.double(),
+                                          topk=9, radius=3.5,
+                                          temperature=0.07,
+                                          unrestricted_keys=1)
+    assert (default[1] == ref_i).float().mean() > 0.999
+    for config in kernel_configs()[1:]:
+        weights, indices = emulated_neighbours(*args, config=config)
+        assert torch.equal(indices, default[1]), config
+        assert torch.equal(weights, default[0]), config
+
+
+@pytest.mark.parametrize('topk', [1, 17])
+def test_every_config_keeps_the_lower_key_index_on_ties(topk):
+    for config in kernel_configs():
+
+        def neighbours(query, keys, **kw):
+            weights, indices = emulated_neighbours(
+                query[None], keys[None], kw['topk'], kw['radius'],
+                kw['temperature'], kw['unrestricted_keys'], 10**6, config)
+            return weights[0], indices[0]
+
+        check_many_ties(neighbours, torch.float32, topk)
+
+
+def test_an_unknown_config_is_refused_with_the_known_ones():
+    query, keys, _ = random_inputs(3, 2, 4, 3, 3, 1)
+    with pytest.raises(ValueError, match=r"unknown kernel configuration "
+                       r"'2x2'; known: 4x8-keys64-micro4x4-min8, "):
+        emulated_neighbours(query[None].float(), keys[None].float(), 2, 1.0,
+                            0.1, 1, config='2x2')
+
+
+def test_other_configs_take_float32_only():
+    """The alternatives are built for float32 (to bound the build); the
+    default serves every type."""
+    query, keys, _ = random_inputs(3, 2, 4, 3, 3, 1)
+    other = kernel_configs()[1]
+    with pytest.raises(ValueError, match=f"'{other}' is built for float32 "
+                       'features only, got Double'):
+        emulated_neighbours(query[None], keys[None], 2, 1.0, 0.1, 1,
+                            config=other)
+    emulated_neighbours(query[None], keys[None], 2, 1.0, 0.1, 1,
+                        config=kernel_configs()[0])

@@ -272,6 +272,26 @@ def test_native_ties_keep_the_lower_key_index(device):
                                torch.full_like(weights.cpu(), 1 / 3))
 
 
+def test_cuda_kernel_configs_give_the_ops_neighbours():
+    """Every configuration the CUDA kernel is built in (the benchmarks'
+    sfc::_topk_window_neighbours_config) returns exactly the op's
+    neighbours on the device: partial tiles of every shape, a channel tail,
+    two batch items, and ties."""
+    needs_native('cuda')
+    query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=2)
+    keys[:, 2] = keys[:, 0]
+    query, keys = query.float().cuda(), keys.float().cuda()
+    args = (query, keys, 9, 3.5, 0.07, 1)
+    weights, indices = torch.ops.sfc.topk_window_neighbours(*args)
+    configs = torch.ops.sfc._topk_window_kernel_configs()
+    assert len(configs) >= 2
+    for config in configs:
+        got_w, got_i = torch.ops.sfc._topk_window_neighbours_config(
+            *args, config)
+        assert torch.equal(got_i, indices), config
+        assert torch.equal(got_w, weights), config
+
+
 @pytest.mark.parametrize('channels', [3, 37, 64])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_native_ties_across_unrestricted_and_restricted_frames(dtype,

@@ -2,6 +2,10 @@
 // launch plan are in topk_window_match_kernel.cuh (shared with the tests'
 // CPU emulation); this file launches them on the current stream of the
 // query's device, sized to that device.
+//
+// Also registers two private ops for benchmarks:
+// sfc::_topk_window_kernel_configs() lists the kernel configurations, and
+// sfc::_topk_window_neighbours_config runs the op with one of them.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,21 +17,35 @@ namespace sfc_plugin {
 namespace ops {
 namespace {
 
-// Blocks per multiprocessor that make a full wave: a block holds 4 warps
-// and about 30 KiB of shared memory in float32 at k = 15.
-constexpr int64_t kBlocksPerMultiprocessor = 8;
-
 struct CudaLaunch {
   cudaStream_t stream;
+  int64_t multiprocessors;
+
+  template <typename... Params>
+  static void allow_shared(void (*kernel)(Params...), size_t shared) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(shared)));
+  }
 
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block,
                   size_t shared, Args... args) const {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(shared)));
+    allow_shared(kernel, shared);
     kernel<<<grid, block, shared, stream>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // Blocks of `kernel` the whole device runs at once: its occupancy per
+  // multiprocessor (registers, shared memory, threads) times their number.
+  template <typename... Params>
+  int64_t resident_blocks(void (*kernel)(Params...), int threads,
+                          size_t shared) const {
+    allow_shared(kernel, shared);
+    int per_multiprocessor = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_multiprocessor, kernel, threads, shared));
+    return static_cast<int64_t>(per_multiprocessor) * multiprocessors;
   }
 };
 
@@ -37,25 +55,48 @@ int device_attribute(cudaDeviceAttr attribute, int device) {
   return value;
 }
 
+std::tuple<at::Tensor, at::Tensor> neighbours_with_config(
+    const at::Tensor& query, const at::Tensor& keys, int64_t topk,
+    double radius, double temperature, int64_t unrestricted_keys,
+    const std::string& config) {
+  const c10::cuda::CUDAGuard guard(query.device());
+  const int device = query.device().index();
+  return cuda_kernels::topk_window_neighbours_tiled(
+      query, keys, topk, radius, temperature, unrestricted_keys, config,
+      device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      CudaLaunch{c10::cuda::getCurrentCUDAStream(),
+                 device_attribute(cudaDevAttrMultiProcessorCount, device)});
+}
+
+std::tuple<at::Tensor, at::Tensor> neighbours_config_op(
+    const at::Tensor& query, const at::Tensor& keys, int64_t topk,
+    double radius, double temperature, int64_t unrestricted_keys,
+    c10::string_view config) {
+  return neighbours_with_config(query, keys, topk, radius, temperature,
+                                unrestricted_keys, std::string(config));
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys) {
-  const c10::cuda::CUDAGuard guard(query.device());
-  const int device = query.device().index();
-  const int64_t multiprocessors =
-      device_attribute(cudaDevAttrMultiProcessorCount, device);
-  const int64_t max_shared =
-      device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return cuda_kernels::topk_window_neighbours_tiled(
-      query, keys, topk, radius, temperature, unrestricted_keys,
-      kBlocksPerMultiprocessor * multiprocessors, max_shared,
-      CudaLaunch{c10::cuda::getCurrentCUDAStream()});
+  return neighbours_with_config(query, keys, topk, radius, temperature,
+                                unrestricted_keys, "");
+}
+
+TORCH_LIBRARY_FRAGMENT(sfc, m) {
+  m.def("_topk_window_kernel_configs() -> str[]",
+        [] { return cuda_kernels::kernel_config_names(); });
+  m.def(
+      "_topk_window_neighbours_config(Tensor query, Tensor keys, int topk, "
+      "float radius, float temperature, int unrestricted_keys, str config) "
+      "-> (Tensor weights, Tensor indices)");
 }
 
 TORCH_LIBRARY_IMPL(sfc, CUDA, m) {
   m.impl("topk_window_neighbours", &topk_window_neighbours_cuda);
+  m.impl("_topk_window_neighbours_config", &neighbours_config_op);
 }
 
 }  // namespace ops

@@ -5,22 +5,24 @@
 // (tests/test_ops/csrc/simt_emulation.h): the launch plan takes the launcher
 // as a parameter, and nothing here names the CUDA runtime.
 //
-// One block serves a tile of kTileRows × kTileCols query positions over
-// one group of consecutive key frames. It lists the keys those queries may
-// see in increasing flat index (an unrestricted frame whole; in a
-// restricted frame, row by row, the union of the tile's windows, packed
-// without gaps) and scores them in chunks of kChunkKeys keys. A chunk's
-// scores are computed kChunkChannels channels at a time from shared-memory
-// tiles stored channel-major, each thread accumulating a kMicroQueries ×
-// kMicroKeys block of scores in registers (two vector loads per 16 FMAs),
-// and then offered to each query's running top-k, kept sorted in shared
-// memory, if the key is in that query's own window. A score must beat the
-// current k-th strictly, so among equal affinities the lower index wins,
-// as on CPU. Every score is the same sequence of FMAs over the channels,
-// whichever slot its query and key take, so equal keys tie exactly.
+// One block serves a tile of query positions (TileConfig: its rows and
+// columns) over one group of consecutive key frames. It lists the keys
+// those queries may see in increasing flat index (an unrestricted frame
+// whole; in a restricted frame, row by row, the union of the tile's
+// windows, packed without gaps) and scores them in chunks of keys. A
+// chunk's scores are computed kChunkChannels channels at a time from
+// shared-memory tiles stored channel-major, each thread accumulating a
+// micro-tile of queries × keys in registers (16-byte loads, four values
+// each), and then offered to each query's running top-k, kept sorted in
+// shared memory, if the key is in that query's own window. A score must
+// beat the current k-th strictly, so among equal affinities the lower
+// index wins, as on CPU. Every score is the same sequence of FMAs over the
+// channels, whichever configuration, slot or thread computes it, so equal
+// keys tie exactly and every configuration returns the same neighbours.
 //
-// The tiles alone give too few blocks to fill a GPU (480p: 14 × 15), so
-// the frames are split into groups, each block keeping its group's top-k;
+// The tiles alone give too few blocks to fill a GPU (480p: 210 tiles of
+// 4 × 8), so the frames are split into groups until the device holds a
+// full wave of blocks, each block keeping its group's top-k;
 // merge_groups_kernel then merges the groups' sorted lists (on equal
 // affinities the earlier group, of lower indices, first) and takes the
 // softmax. With one group the first kernel writes the softmax itself.
@@ -38,6 +40,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "../topk_window_match.h"
 
@@ -50,20 +55,10 @@ namespace sfc_plugin {
 namespace ops {
 namespace cuda_kernels {
 
-// A tile of kTileRows × kTileCols query positions: the union of its
-// windows is close to one window (a one-row tile of 32 would score 2.6×
-// the eligible pairs at r' = 15).
-constexpr int kTileRows = 4;
-constexpr int kTileCols = 8;
-constexpr int kTileQueries = kTileRows * kTileCols;
+// Channels per shared-memory slice of the queries and keys.
+constexpr int kChunkChannels = 32;
 // Key rows per batch of the union's table in shared memory.
 constexpr int kMaxUnionRows = 128;
-constexpr int kChunkKeys = 64;
-constexpr int kChunkChannels = 32;
-constexpr int kMicroQueries = 4;
-constexpr int kMicroKeys = 4;
-constexpr int kThreads =
-    (kTileQueries / kMicroQueries) * (kChunkKeys / kMicroKeys);  // 128
 // Row padding of the channel-major tiles: a multiple of 4 keeps every row
 // 16-byte aligned for the vector loads, and the transposing stores then fall
 // on 8 banks instead of 1.
@@ -77,12 +72,90 @@ constexpr int64_t kMaxGroups = 64;
 // Row tiles and batch items × groups go in the launch grid's y and z.
 constexpr int64_t kMaxGridYZ = 65535;
 
-template <typename acc_t>
+// How the matching kernel divides its work. A tile of TileRows × TileCols
+// query positions is scored against ChunkKeys keys at a time, each thread
+// computing MicroQueries × MicroKeys of the scores. Larger tiles load each
+// key for more queries (less memory traffic) but their windows' union
+// holds more keys outside any one window (more scores computed). Prefetch:
+// each thread loads the next channel slice into registers while the block
+// computes the current one. MinBlocks: blocks a multiprocessor must be
+// able to hold at once, which caps the registers a thread may use.
+template <int TileRows, int TileCols, int ChunkKeys, int MicroQueries,
+          int MicroKeys, bool Prefetch, int MinBlocks>
+struct TileConfig {
+  static constexpr int kTileRows = TileRows;
+  static constexpr int kTileCols = TileCols;
+  static constexpr int kTileQueries = TileRows * TileCols;
+  static constexpr int kChunkKeys = ChunkKeys;
+  static constexpr int kMicroQueries = MicroQueries;
+  static constexpr int kMicroKeys = MicroKeys;
+  static constexpr bool kPrefetch = Prefetch;
+  static constexpr int kMinBlocks = MinBlocks;
+  // Threads along the tile's queries and along the chunk's keys.
+  static constexpr int kQueryThreads = kTileQueries / MicroQueries;
+  static constexpr int kKeyThreads = ChunkKeys / MicroKeys;
+  static constexpr int kThreads = kQueryThreads * kKeyThreads;
+  // Values of one channel slice each thread loads.
+  static constexpr int kQueryLoads =
+      (kTileQueries * kChunkChannels + kThreads - 1) / kThreads;
+  static constexpr int kKeyLoads =
+      (ChunkKeys * kChunkChannels + kThreads - 1) / kThreads;
+
+  static_assert(MicroQueries % 4 == 0 && MicroKeys % 4 == 0,
+                "micro-tiles are read four values at a time");
+  static_assert(kTileQueries % MicroQueries == 0 &&
+                    ChunkKeys % MicroKeys == 0,
+                "micro-tiles must divide the tile and the chunk");
+  static_assert(ChunkKeys % 32 == 0,
+                "a chunk is offered one warp's 32 keys at a time");
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024,
+                "a block is whole warps, at most 1024 threads");
+
+  static std::string name() {
+    return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
+           "-keys" + std::to_string(ChunkKeys) + "-micro" +
+           std::to_string(MicroQueries) + "x" + std::to_string(MicroKeys) +
+           (Prefetch ? "-prefetch" : "") + "-min" +
+           std::to_string(MinBlocks);
+  }
+};
+
+// The configuration the op runs.
+using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
+// The others that sfc::_topk_window_neighbours_config offers, so that a
+// benchmark can time them against the default on one GPU in one run
+// (float32 features only, to bound the build).
+using AlternativeConfigs =
+    std::tuple<TileConfig<4, 8, 64, 4, 4, true, 3>,
+               TileConfig<4, 8, 128, 4, 8, false, 4>,
+               TileConfig<4, 8, 128, 4, 8, true, 2>,
+               TileConfig<8, 8, 64, 8, 4, true, 2>,
+               TileConfig<8, 8, 128, 8, 8, false, 2>,
+               TileConfig<8, 16, 128, 8, 8, true, 1>>;
+
+// The configurations' names, the default first.
+inline std::vector<std::string> kernel_config_names() {
+  std::vector<std::string> names{DefaultConfig::name()};
+  std::apply([&](auto... config) {
+    (names.push_back(decltype(config)::name()), ...);
+  }, AlternativeConfigs{});
+  return names;
+}
+
+template <typename Config, typename acc_t>
 struct SharedLayout {
-  // Channel-major: row c holds channel c of every query (key) of the tile.
-  alignas(16) acc_t queries[kChunkChannels][kTileQueries + kPad];
-  alignas(16) acc_t keys[kChunkChannels][kChunkKeys + kPad];
-  acc_t scores[kTileQueries][kChunkKeys];
+  static constexpr int kTileQueries = Config::kTileQueries;
+  static constexpr int kChunkKeys = Config::kChunkKeys;
+  // The channel slice's tiles while a chunk's scores are computed, then the
+  // scores while they are offered: never both at once.
+  union {
+    struct {
+      // Channel-major: row c holds channel c of every query (key).
+      alignas(16) acc_t queries[kChunkChannels][kTileQueries + kPad];
+      alignas(16) acc_t keys[kChunkChannels][kChunkKeys + kPad];
+    } tiles;
+    alignas(16) acc_t scores[kTileQueries][kChunkKeys];
+  };
   // Where each query's features start in `query` (-1: outside the map).
   int64_t query_offset[kTileQueries];
   // The chunk's keys: flat index, row (-1: no window) and column.
@@ -108,24 +181,46 @@ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) {
 
 // Four consecutive values of a 16-byte aligned shared-memory row.
 template <typename T>
-__device__ __forceinline__ void load4(const T* p, T (&v)[4]) {
+__device__ __forceinline__ void load4(const T* p, T* v) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) v[i] = p[i];
 }
 
+template <typename T>
+__device__ __forceinline__ void store4(T* p, const T* v) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) p[i] = v[i];
+}
+
 #if defined(__CUDACC__)
 template <>
-__device__ __forceinline__ void load4<float>(const float* p, float (&v)[4]) {
+__device__ __forceinline__ void load4<float>(const float* p, float* v) {
   const float4 f = *reinterpret_cast<const float4*>(p);
   v[0] = f.x;
   v[1] = f.y;
   v[2] = f.z;
   v[3] = f.w;
 }
+
+template <>
+__device__ __forceinline__ void store4<float>(float* p, const float* v) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
 #endif
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) topk_window_kernel(
+// Slot (query of the tile, or key of the chunk) of value i of a thread's
+// micro-tile, m its index along that side among `threads` threads. The
+// micro-tile is groups of four consecutive slots, its groups threads * 4
+// apart, so that one group's 16-byte loads by consecutive threads cover a
+// contiguous span of shared memory (no bank conflicts).
+template <int threads>
+__device__ __forceinline__ int micro_slot(int m, int i) {
+  return (i / 4) * (threads * 4) + m * 4 + i % 4;
+}
+
+template <typename Config, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
+    topk_window_kernel(
     const scalar_t* __restrict__ query,       // (B, H, W, C)
     const scalar_t* __restrict__ keys,        // (B, T, H, W, C)
     const int64_t* __restrict__ half_widths,  // (H)
@@ -137,8 +232,15 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
     acc_t* __restrict__ group_values,   // (B, H, W, groups, stored_topk)
     int64_t* __restrict__ group_slots,  // (B, H, W, groups, stored_topk)
     int* __restrict__ group_counts) {   // (B, H, W, groups)
+  constexpr int kTileRows = Config::kTileRows;
+  constexpr int kTileCols = Config::kTileCols;
+  constexpr int kTileQueries = Config::kTileQueries;
+  constexpr int kChunkKeys = Config::kChunkKeys;
+  constexpr int kMicroQueries = Config::kMicroQueries;
+  constexpr int kMicroKeys = Config::kMicroKeys;
+  constexpr int kThreads = Config::kThreads;
   SFC_DYNAMIC_SHARED_MEMORY(smem_raw);
-  auto& smem = *reinterpret_cast<SharedLayout<acc_t>*>(smem_raw);
+  auto& smem = *reinterpret_cast<SharedLayout<Config, acc_t>*>(smem_raw);
   // Sorted top-k of each query of the tile: values, then indices.
   acc_t* top_values = reinterpret_cast<acc_t*>(smem_raw + sizeof(smem));
   int64_t* top_indices = reinterpret_cast<int64_t*>(
@@ -161,16 +263,78 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
   auto query_position = [&](int q) {
     return (b * height + y0 + q / kTileCols) * width + x0 + q % kTileCols;
   };
-  if (tid < kTileQueries) {
-    smem.count[tid] = 0;
-    smem.query_offset[tid] =
-        query_valid(tid) ? query_position(tid) * channels : -1;
+  for (int q = tid; q < kTileQueries; q += kThreads) {
+    smem.count[q] = 0;
+    smem.query_offset[q] = query_valid(q) ? query_position(q) * channels : -1;
   }
   __syncthreads();
 
-  // Thread -> scores of queries mq * 4 + [0, 4) and keys mk * 4 + [0, 4).
-  const int mq = tid / (kChunkKeys / kMicroKeys);
-  const int mk = tid % (kChunkKeys / kMicroKeys);
+  // Thread -> micro-tile of queries along mq, keys along mk.
+  const int mq = tid / Config::kKeyThreads;
+  const int mk = tid % Config::kKeyThreads;
+
+  // A channel slice of the tile's queries and of the chunk's first nk keys
+  // is kSliceQueries + kSliceKeys values: value e of either part is
+  // channel e % kChunkChannels of query (key) e / kChunkChannels, so that
+  // consecutive threads read consecutive channels of one position
+  // (coalesced) and store them down a column of the channel-major tile.
+  constexpr int kSliceQueries = kTileQueries * kChunkChannels;
+  constexpr int kSliceKeys = kChunkKeys * kChunkChannels;
+  auto query_value = [&](int e, int64_t ch) {
+    const int q = e / kChunkChannels, c = e % kChunkChannels;
+    const int64_t offset = smem.query_offset[q];
+    return (offset >= 0 && ch + c < channels)
+               ? static_cast<acc_t>(query[offset + ch + c])
+               : acc_t(0);
+  };
+  auto key_value = [&](int e, int64_t ch, int64_t nk) {
+    const int k = e / kChunkChannels, c = e % kChunkChannels;
+    return (k < nk && ch + c < channels)
+               ? static_cast<acc_t>(
+                     batch_keys[smem.key_flat[k] * channels + ch + c])
+               : acc_t(0);
+  };
+  auto put_query = [&](int e, acc_t v) {
+    smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = v;
+  };
+  auto put_key = [&](int e, acc_t v) {
+    smem.tiles.keys[e % kChunkChannels][e / kChunkChannels] = v;
+  };
+  // Without prefetch: global memory straight to the tiles.
+  auto fill_slice = [&](int64_t ch, int64_t nk) {
+    for (int e = tid; e < kSliceQueries; e += kThreads)
+      put_query(e, query_value(e, ch));
+    for (int e = tid; e < kSliceKeys; e += kThreads)
+      put_key(e, key_value(e, ch, nk));
+  };
+  // With prefetch: into registers first (load_slice), stored to the tiles
+  // once the block is done with the previous slice (store_slice).
+  acc_t staged_queries[Config::kPrefetch ? Config::kQueryLoads : 1];
+  acc_t staged_keys[Config::kPrefetch ? Config::kKeyLoads : 1];
+  auto load_slice = [&](int64_t ch, int64_t nk) {
+#pragma unroll
+    for (int i = 0; i < Config::kQueryLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceQueries) staged_queries[i] = query_value(e, ch);
+    }
+#pragma unroll
+    for (int i = 0; i < Config::kKeyLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceKeys) staged_keys[i] = key_value(e, ch, nk);
+    }
+  };
+  auto store_slice = [&] {
+#pragma unroll
+    for (int i = 0; i < Config::kQueryLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceQueries) put_query(e, staged_queries[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < Config::kKeyLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceKeys) put_key(e, staged_keys[i]);
+    }
+  };
 
   // Scores a list of n keys, in increasing flat index, and offers them.
   // describe(v, slot) puts key v of the list in the chunk's slot: its flat
@@ -178,39 +342,40 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
   auto process_keys = [&](int64_t n, auto describe) {
     for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
       const int64_t nk = imin(kChunkKeys, n - c0);
-      if (tid < nk) describe(c0 + tid, tid);
+      for (int slot = tid; slot < nk; slot += kThreads)
+        describe(c0 + slot, slot);
       __syncthreads();
       acc_t acc[kMicroQueries][kMicroKeys];
 #pragma unroll
       for (int i = 0; i < kMicroQueries; ++i)
 #pragma unroll
         for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
+      if constexpr (Config::kPrefetch) load_slice(0, nk);
       for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
-        const int64_t nc = imin(kChunkChannels, channels - ch);
-        // Consecutive threads read consecutive channels of one position
-        // (coalesced) and store them down a column of the tile.
-        for (int e = tid; e < kTileQueries * kChunkChannels; e += kThreads) {
-          const int q = e / kChunkChannels, c = e % kChunkChannels;
-          const int64_t offset = smem.query_offset[q];
-          smem.queries[c][q] =
-              (offset >= 0 && c < nc)
-                  ? static_cast<acc_t>(query[offset + ch + c])
-                  : acc_t(0);
+        if constexpr (Config::kPrefetch) {
+          store_slice();
+          __syncthreads();
+          // Loads in flight while the block computes (into registers: the
+          // tiles are rewritten after the barrier below).
+          if (ch + kChunkChannels < channels)
+            load_slice(ch + kChunkChannels, nk);
+        } else {
+          fill_slice(ch, nk);
+          __syncthreads();
         }
-        for (int e = tid; e < kChunkKeys * kChunkChannels; e += kThreads) {
-          const int k = e / kChunkChannels, c = e % kChunkChannels;
-          smem.keys[c][k] =
-              (k < nk && c < nc)
-                  ? static_cast<acc_t>(
-                        batch_keys[smem.key_flat[k] * channels + ch + c])
-                  : acc_t(0);
-        }
-        __syncthreads();
 #pragma unroll 4
         for (int c = 0; c < kChunkChannels; ++c) {
           acc_t qv[kMicroQueries], kv[kMicroKeys];
-          load4(&smem.queries[c][mq * kMicroQueries], qv);
-          load4(&smem.keys[c][mk * kMicroKeys], kv);
+#pragma unroll
+          for (int i = 0; i < kMicroQueries; i += 4)
+            load4(&smem.tiles.queries[c][micro_slot<Config::kQueryThreads>(
+                      mq, i)],
+                  qv + i);
+#pragma unroll
+          for (int j = 0; j < kMicroKeys; j += 4)
+            load4(&smem.tiles
+                       .keys[c][micro_slot<Config::kKeyThreads>(mk, j)],
+                  kv + j);
 #pragma unroll
           for (int i = 0; i < kMicroQueries; ++i)
 #pragma unroll
@@ -218,12 +383,15 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
         }
         __syncthreads();
       }
+      // The scores take the tiles' place: every thread is past the last
+      // slice's barrier.
 #pragma unroll
       for (int i = 0; i < kMicroQueries; ++i)
 #pragma unroll
-        for (int j = 0; j < kMicroKeys; ++j)
-          smem.scores[mq * kMicroQueries + i][mk * kMicroKeys + j] =
-              acc[i][j];
+        for (int j = 0; j < kMicroKeys; j += 4)
+          store4(&smem.scores[micro_slot<Config::kQueryThreads>(mq, i)]
+                             [micro_slot<Config::kKeyThreads>(mk, j)],
+                 &acc[i][j]);
       __syncthreads();
 
       // Offer: each warp serves every (kThreads / 32)-th query; lane 0
@@ -327,11 +495,12 @@ __global__ void __launch_bounds__(kThreads) topk_window_kernel(
     }
   }
 
-  if (tid < kTileQueries && query_valid(tid)) {
-    const int64_t position = query_position(tid);
-    const acc_t* values = top_values + tid * stored_topk;
-    const int64_t* slots = top_indices + tid * stored_topk;
-    const int count = smem.count[tid];
+  for (int q = tid; q < kTileQueries; q += kThreads) {
+    if (!query_valid(q)) continue;
+    const int64_t position = query_position(q);
+    const acc_t* values = top_values + q * stored_topk;
+    const int64_t* slots = top_indices + q * stored_topk;
+    const int count = smem.count[q];
     if (groups == 1) {
       write_topk_softmax<acc_t>(values, slots, count, topk, temperature,
                                 weights + position * topk,
@@ -390,18 +559,121 @@ __global__ void __launch_bounds__(kMergeThreads) merge_groups_kernel(
                             weights + p * topk, indices + p * topk);
 }
 
-// The whole op: checks, launch plan and launches. `launch(kernel, grid,
-// block, shared_bytes, args...)` runs one kernel (a CUDA launch on the
-// current stream, or the tests' emulation); `target_blocks` is how many
-// blocks fill the device (frames are split into groups until there are
-// that many) and `max_shared_bytes` what one block may have.
+// What the launch plan needs beyond the configuration: the checked inputs
+// in the kernels' layouts, the sizes, and the outputs to fill.
+struct MatchProblem {
+  at::Tensor query;        // (B, H, W, C)
+  at::Tensor keys;         // (B, T, H, W, C)
+  at::Tensor half_widths;  // (H) on the features' device
+  int64_t batch, frames, channels, height, width;
+  int64_t reach, topk, stored_topk, unrestricted;
+  double temperature;
+  at::Tensor weights, indices;  // (B, H, W, topk)
+};
+
+// Launches one configuration's kernels on `problem`, scalar_t its features'
+// type. `launch` runs a kernel (see topk_window_neighbours_tiled) and tells
+// how many of its blocks the device holds at once.
+template <typename Config, typename scalar_t, typename Launch>
+void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
+                  Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto kernel = topk_window_kernel<Config, scalar_t, acc_t>;
+  const int64_t shared = sizeof(SharedLayout<Config, acc_t>) +
+                         Config::kTileQueries * problem.stored_topk *
+                             (sizeof(acc_t) + sizeof(int64_t));
+  // Checked here rather than left to the launch, whose error names neither
+  // the cause nor the way out.
+  TORCH_CHECK_VALUE(
+      shared <= max_shared_bytes, "topk_window_match: topk=", problem.topk,
+      " in ", problem.query.scalar_type(), " needs ", shared / 1024,
+      " KiB of shared memory per block; this GPU offers ",
+      max_shared_bytes / 1024,
+      " KiB. Use a smaller topk or float32 features");
+  const int64_t tiles_x =
+      (problem.width + Config::kTileCols - 1) / Config::kTileCols;
+  const int64_t tiles_y =
+      (problem.height + Config::kTileRows - 1) / Config::kTileRows;
+  const int64_t tiles = tiles_x * tiles_y * problem.batch;
+  const int64_t resident = launch.resident_blocks(
+      kernel, Config::kThreads, static_cast<size_t>(shared));
+  const int64_t groups = std::max<int64_t>(
+      1, std::min({problem.frames, kMaxGroups, kMaxGridYZ / problem.batch,
+                   (std::max<int64_t>(resident, 1) + tiles - 1) / tiles}));
+  const int64_t positions = problem.batch * problem.height * problem.width;
+  const auto acc_options = problem.weights.options();
+  at::Tensor group_values, group_slots, group_counts;
+  if (groups > 1) {
+    group_values =
+        at::empty({positions, groups, problem.stored_topk}, acc_options);
+    group_slots = at::empty({positions, groups, problem.stored_topk},
+                            problem.indices.options());
+    group_counts = at::empty({positions, groups},
+                             problem.indices.options().dtype(at::kInt));
+  }
+  launch(kernel,
+         dim3(static_cast<unsigned>(tiles_x), static_cast<unsigned>(tiles_y),
+              static_cast<unsigned>(problem.batch * groups)),
+         dim3(Config::kThreads), static_cast<size_t>(shared),
+         problem.query.data_ptr<scalar_t>(), problem.keys.data_ptr<scalar_t>(),
+         problem.half_widths.data_ptr<int64_t>(), problem.frames,
+         problem.channels, problem.height, problem.width, problem.reach,
+         problem.topk, problem.stored_topk, problem.unrestricted, groups,
+         problem.temperature, problem.weights.data_ptr<acc_t>(),
+         problem.indices.data_ptr<int64_t>(),
+         groups > 1 ? group_values.data_ptr<acc_t>() : nullptr,
+         groups > 1 ? group_slots.data_ptr<int64_t>() : nullptr,
+         groups > 1 ? group_counts.data_ptr<int>() : nullptr);
+  if (groups > 1) {
+    auto merged_values =
+        at::empty({positions, problem.stored_topk}, acc_options);
+    auto merged_slots = at::empty({positions, problem.stored_topk},
+                                  problem.indices.options());
+    launch(merge_groups_kernel<acc_t>,
+           dim3(static_cast<unsigned>((positions + kMergeThreads - 1) /
+                                      kMergeThreads)),
+           dim3(kMergeThreads), size_t{0}, group_values.data_ptr<acc_t>(),
+           group_slots.data_ptr<int64_t>(), group_counts.data_ptr<int>(),
+           positions, groups, problem.stored_topk, problem.topk,
+           problem.temperature, merged_values.data_ptr<acc_t>(),
+           merged_slots.data_ptr<int64_t>(),
+           problem.weights.data_ptr<acc_t>(),
+           problem.indices.data_ptr<int64_t>());
+  }
+}
+
+// The whole op: checks, launch plan and launches. `config` names the
+// kernel configuration (empty: DefaultConfig; the others take float32
+// features only). `launch(kernel, grid, block, shared_bytes, args...)`
+// runs one kernel (a CUDA launch on the current stream, or the tests'
+// emulation) and `launch.resident_blocks(kernel, threads, shared_bytes)`
+// says how many of that kernel's blocks fill the device (frames are split
+// into groups until there are that many); `max_shared_bytes` is what one
+// block may have.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys,
-    int64_t target_blocks, int64_t max_shared_bytes, Launch&& launch) {
+    const std::string& config, int64_t max_shared_bytes, Launch&& launch) {
   check_neighbours_args(query, keys, topk, radius, temperature,
                         unrestricted_keys);
+  const bool default_config =
+      config.empty() || config == DefaultConfig::name();
+  bool known = default_config;
+  std::apply([&](auto... alternative) {
+    ((known = known || config == decltype(alternative)::name()), ...);
+  }, AlternativeConfigs{});
+  if (!known) {
+    std::string names;
+    for (const auto& name : kernel_config_names())
+      names += (names.empty() ? "" : ", ") + name;
+    TORCH_CHECK_VALUE(false, "topk_window_match: unknown kernel "
+                      "configuration '", config, "'; known: ", names);
+  }
+  TORCH_CHECK_VALUE(default_config || query.scalar_type() == at::kFloat,
+                    "topk_window_match: kernel configuration '", config,
+                    "' is built for float32 features only, got ",
+                    query.scalar_type());
   const int64_t batch = keys.size(0), frames = keys.size(1),
                 channels = keys.size(2), height = keys.size(3),
                 width = keys.size(4);
@@ -440,76 +712,30 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                     "topk_window_match: the CUDA kernel takes feature maps "
                     "at most ", kMaxWidth, " wide, got W=", width,
                     "; split the call");
-  const int64_t tiles_x = (width + kTileCols - 1) / kTileCols;
-  const int64_t tiles_y = (height + kTileRows - 1) / kTileRows;
-  const int64_t tiles = tiles_x * tiles_y * batch;
-  const int64_t groups = std::max<int64_t>(
-      1, std::min({frames, kMaxGroups, kMaxGridYZ / batch,
-                   (std::max<int64_t>(target_blocks, 1) + tiles - 1) /
-                       tiles}));
-  const auto q = query.permute({0, 2, 3, 1}).contiguous();
-  const auto k = keys_channels_last(keys);
-  const auto half_widths =
+  const MatchProblem problem{
+      query.permute({0, 2, 3, 1}).contiguous(),
+      keys_channels_last(keys),
       at::tensor(half, at::TensorOptions().dtype(at::kLong))
-          .to(query.device());
-  const int64_t positions = batch * height * width;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, q.scalar_type(), "topk_window_neighbours",
-      [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const int64_t shared =
-            sizeof(SharedLayout<acc_t>) +
-            kTileQueries * stored_topk * (sizeof(acc_t) + sizeof(int64_t));
-        // Checked here rather than left to the launch, whose error names
-        // neither the cause nor the way out.
-        TORCH_CHECK_VALUE(
-            shared <= max_shared_bytes, "topk_window_match: topk=", topk,
-            " in ", q.scalar_type(), " needs ", shared / 1024,
-            " KiB of shared memory per block; this GPU offers ",
-            max_shared_bytes / 1024,
-            " KiB. Use a smaller topk or float32 features");
-        const auto acc_options = weights.options();
-        at::Tensor group_values, group_slots, group_counts;
-        if (groups > 1) {
-          group_values = at::empty({positions, groups, stored_topk},
-                                   acc_options);
-          group_slots = at::empty({positions, groups, stored_topk},
-                                  indices.options());
-          group_counts = at::empty({positions, groups},
-                                   indices.options().dtype(at::kInt));
-        }
-        launch(topk_window_kernel<scalar_t, acc_t>,
-               dim3(static_cast<unsigned>(tiles_x),
-                    static_cast<unsigned>(tiles_y),
-                    static_cast<unsigned>(batch * groups)),
-               dim3(kThreads), static_cast<size_t>(shared),
-               q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-               half_widths.data_ptr<int64_t>(), frames, channels, height,
-               width, reach, topk, stored_topk, unrestricted_keys, groups,
-               temperature, weights.data_ptr<acc_t>(),
-               indices.data_ptr<int64_t>(),
-               groups > 1 ? group_values.data_ptr<acc_t>() : nullptr,
-               groups > 1 ? group_slots.data_ptr<int64_t>() : nullptr,
-               groups > 1 ? group_counts.data_ptr<int>() : nullptr);
-        if (groups > 1) {
-          auto merged_values = at::empty({positions, stored_topk},
-                                         acc_options);
-          auto merged_slots = at::empty({positions, stored_topk},
-                                        indices.options());
-          launch(merge_groups_kernel<acc_t>,
-                 dim3(static_cast<unsigned>(
-                     (positions + kMergeThreads - 1) / kMergeThreads)),
-                 dim3(kMergeThreads), size_t{0},
-                 group_values.data_ptr<acc_t>(),
-                 group_slots.data_ptr<int64_t>(),
-                 group_counts.data_ptr<int>(), positions, groups,
-                 stored_topk, topk, temperature,
-                 merged_values.data_ptr<acc_t>(),
-                 merged_slots.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
-                 indices.data_ptr<int64_t>());
-        }
-      });
+          .to(query.device()),
+      batch, frames, channels, height, width,
+      reach, topk, stored_topk, unrestricted_keys,
+      temperature, weights, indices};
+  if (default_config) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, query.scalar_type(),
+        "topk_window_neighbours", [&] {
+          launch_tiled<DefaultConfig, scalar_t>(problem, max_shared_bytes,
+                                                launch);
+        });
+  } else {
+    std::apply([&](auto... alternative) {
+      ((config == decltype(alternative)::name()
+            ? launch_tiled<decltype(alternative), float>(
+                  problem, max_shared_bytes, launch)
+            : void()),
+       ...);
+    }, AlternativeConfigs{});
+  }
   return {weights, indices};
 }
 
