@@ -31,7 +31,9 @@ Sections, in this order:
   micro-tile, prefetch) timed against the op's default on the same inputs,
   each checked to return exactly the default's neighbours;
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
-  96 with AMP (bf16), in iterations/s;
+  96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
+  variants (bf16 autocast without GradScaler, fused Adam), the FLOPs of a
+  step and the rate they imply, and the kernels that take the GPU's time;
 - ``track``: ``tools/track.py`` end to end at 480p (the shared DAVIS-2016
   blackswan looped, or a generated video) for ``fc_davis.py`` and
   ``sfc_davis.py``, with and without the overlay video, in frames/s; and
@@ -588,10 +590,12 @@ def section_kernel_configs(args) -> dict:
 
 
 def section_train(args) -> dict:
-    """``train_speed.bench`` on the training config's FC model."""
+    """``train_speed.bench`` on the training config's FC model; on CUDA
+    also its other mixed-precision variants side by side, the FLOPs of a
+    step and the kernels that take the GPU's time."""
     import torch
     from mmengine.config import Config
-    from train_speed import bench
+    from train_speed import VARIANTS, bench, profile_kernels, step_flops
 
     from sfc_plugin.utils import register_all_modules
     cuda = torch.device(args.device).type == 'cuda'
@@ -617,10 +621,39 @@ def section_train(args) -> dict:
             note='' if cuda else 'AMP: ' + NO_CUDA),
         row('images/s', its * batch, 'images/s'),
     ]
+    details = dict(loss=loss, batch=batch, **vars(opts))
     if cuda:
         rows.append(row('peak GPU memory', peak, 'GiB'))
-    return dict(rows=rows, details=dict(loss=loss, batch=batch,
-                                        **vars(opts)))
+    # Diagnostics: each may fail without taking the figures above along.
+    for variant in (v for v in VARIANTS if cuda and v != 'amp'):
+        try:
+            v_its = bench(cfg, batch, opts, variant)[0]
+            rows.append(row(f'variant {variant}', v_its, 'it/s',
+                            note=f'{v_its / its:.2f}× AmpOptimWrapper'))
+        except Exception as e:
+            rows.append(row(f'variant {variant}', note=f'failed: {e}'))
+    try:
+        flops = step_flops(cfg, batch, opts)
+        details['step_tflop'] = flops / 1e12
+        rows += [row('training FLOPs per step', flops / 1e12, 'TFLOP',
+                     note='torch.utils.flop_counter; forwards + backward'),
+                 row('achieved rate', flops * its / 1e12, 'TFLOP/s')]
+    except Exception as e:
+        rows.append(row('training FLOPs per step', note=f'failed: {e}'))
+    if cuda:
+        try:
+            prof = profile_kernels(cfg, batch, opts)
+            details['profile'] = prof
+            rows.append(row('GPU busy per step', prof['busy_ms'], 'ms',
+                            note=f'of a {prof["wall_ms"]:.1f} ms step '
+                            '(torch.profiler)'))
+            for name, ms, launches, share in prof['kernels'][:6]:
+                rows.append(row(f'kernel {name[:70]}', ms, 'ms/step',
+                                note=f'{100 * share:.1f}% of busy, '
+                                f'{launches} launches'))
+        except Exception as e:
+            rows.append(row('GPU profile', note=f'failed: {e}'))
+    return dict(rows=rows, details=details)
 
 
 def track_source(args, tmp: str):
