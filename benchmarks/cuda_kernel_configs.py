@@ -1,17 +1,21 @@
 """The CUDA matching kernel's configurations, timed side by side on one GPU.
 
 The kernel is built in several configurations (query tile, keys per chunk,
-micro-tile per thread, prefetch, minimum blocks per multiprocessor: see
-``TileConfig`` in ``ops/csrc/cuda/topk_window_match_kernel.cuh``); the op
-runs the first, ``torch.ops.sfc._topk_window_neighbours_config`` any of
-them. This runs each on the same DAVIS 480p step as
-``propagation_step.py`` (random unit-norm float32 features, channels-last
-keys), checks that it returns exactly the default's neighbours (every
-configuration computes each score with the same FMA sequence), and prints
-a Markdown table per C: ms per frame (best of ``--repeats``), the speed-up
-over the default, the scores the configuration's tiling computes (replayed
-by ``cuda_kernel_work.py``) and the rate that implies, and the time over
-the fp32 floor (eligible FLOPs at this GPU's cuBLAS fp32 rate).
+micro-tile per thread, prefetch, minimum blocks per multiprocessor, or
+tensor cores: see ``TileConfig`` and ``TensorCoreConfig`` in
+``ops/csrc/cuda/topk_window_match_kernel.cuh``); the op runs the first,
+``torch.ops.sfc._topk_window_neighbours_config`` any of them. This runs
+each on the same DAVIS 480p step as ``propagation_step.py`` (random
+unit-norm features, channels-last keys): the CUDA-core ones on float32
+features, each checked to return exactly the default's neighbours (every
+one computes a score with the same FMA sequence), and the tensor-core ones
+on bfloat16 features against the default on the same bfloat16 features
+(the share of equal neighbour indices, at least 99%: the tensor cores
+group the float32 sums their own way). It prints a Markdown table per C:
+ms per frame (best of ``--repeats``), the speed-up over the default on the
+same features, the scores the configuration's tiling computes (replayed by
+``cuda_kernel_work.py``) and the rate that implies, and the time over the
+fp32 floor (eligible FLOPs at this GPU's cuBLAS fp32 rate).
 
     python benchmarks/cuda_kernel_configs.py --device cuda
     python benchmarks/cuda_kernel_configs.py --device cuda --topk 10 \\
@@ -29,7 +33,8 @@ from propagation_step import eligible_pairs, inputs, matmul_rate, sync
 
 from sfc_plugin.ops import native_ops_available
 
-NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-micro\d+x\d+(-prefetch)?-min\d+')
+NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
+                  r'(?:micro\d+x\d+(?:-prefetch)?|tensorcores)-min\d+')
 
 
 def tiling(name: str):
@@ -40,22 +45,74 @@ def tiling(name: str):
     return tuple(int(g) for g in match.groups()[:3])
 
 
-def time_config(config: str, query, keys, args) -> tuple:
-    """(best seconds, weights, indices) of one configuration."""
-    op = torch.ops.sfc._topk_window_neighbours_config
+def time_config(neighbours, config: str, query, keys, args) -> tuple:
+    """(best seconds, weights, indices) of one configuration on these
+    features; ``neighbours`` is the op
+    (``torch.ops.sfc._topk_window_neighbours_config``)."""
     call = (query, keys, args.topk, args.radius, 0.05, 1, config)
-    weights, indices = op(*call)  # warm-up
+    weights, indices = neighbours(*call)  # warm-up
     best = float('inf')
     for _ in range(args.repeats):
         sync(query.device)
         start = time.perf_counter()
-        op(*call)
+        neighbours(*call)
         sync(query.device)
         best = min(best, time.perf_counter() - start)
     return best, weights, indices
 
 
-def main() -> None:
+def compare(args, device, configs, neighbours, rate: float) -> list:
+    """Times every configuration (the default first) for each C and prints
+    the tables; returns their rows. ``rate`` is the fp32 matmul GFLOP/s."""
+    eligible = eligible_pairs(args)
+    half = half_widths(args.radius, args.height, args.width)
+    rows = []
+    for channels in args.channels:
+        query, keys, _ = inputs(args, channels, device)
+        query, keys = query[None], keys[None]
+        floor = 2 * channels * eligible / rate / 1e9
+        print(f'\nC = {channels}: fp32 floor {1e3 * floor:.2f} ms')
+        print('| configuration | features | ms/frame | vs default | computed '
+              '(M) | computed TFLOP/s | × fp32 floor | check |')
+        print('|---|---|---:|---:|---:|---:|---:|---|')
+        default = {}
+        for config in configs:
+            tensor_cores = 'tensorcores' in config
+            dtype = torch.bfloat16 if tensor_cores else torch.float32
+            features = (query.to(dtype), keys.to(dtype))
+            if dtype not in default:
+                default[dtype] = time_config(neighbours, configs[0],
+                                             *features, args)
+            seconds, weights, indices = time_config(neighbours, config,
+                                                    *features, args)
+            base_seconds, base_weights, base_indices = default[dtype]
+            agreement = (indices == base_indices).float().mean().item()
+            if tensor_cores:
+                ok = agreement >= 0.99
+                check = f'{100 * agreement:.2f}% of indices = default'
+            else:
+                ok = (torch.equal(indices, base_indices)
+                      and torch.equal(weights, base_weights))
+                check = 'same as default' if ok else 'NOT the default\'s'
+            rows_, cols, chunk = tiling(config)
+            computed = computed_pairs(half, args.height, args.width,
+                                      args.frames, 1, rows_, cols, True,
+                                      chunk)
+            r = dict(channels=channels, config=config,
+                     features=str(dtype).split('.')[-1], seconds=seconds,
+                     speedup=base_seconds / seconds, computed_pairs=computed,
+                     computed_tflops=2 * channels * computed / seconds / 1e12,
+                     floor_s=floor, vs_floor=seconds / floor,
+                     index_agreement=agreement, ok=ok, check=check)
+            rows.append(r)
+            print(f'| {config} | {r["features"]} | {1e3 * seconds:.2f} | '
+                  f'{r["speedup"]:.2f}× | {computed / 1e6:.1f} | '
+                  f'{r["computed_tflops"]:.1f} | {r["vs_floor"]:.1f}× | '
+                  f'{check} |')
+    return rows
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cuda')
     p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
@@ -66,58 +123,32 @@ def main() -> None:
     p.add_argument('--radius', type=float, default=15.0)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--out', help='also write the rows as JSON here')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.labels = 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     if device.type != 'cuda' or not native_ops_available(device):
         sys.exit(f'cuda_kernel_configs: needs the CUDA kernel, and '
                  f'{device} has none (a CUDA device and `python -m '
                  'sfc_plugin.ops` to build it)')
     configs = list(torch.ops.sfc._topk_window_kernel_configs())
-    eligible = eligible_pairs(args)
     rate = matmul_rate(device)
-    half = half_widths(args.radius, args.height, args.width)
-    print(f'torch {torch.__version__}, {torch.cuda.get_device_name(device)}'
-          f'; {args.height}×{args.width}, T={args.frames}, k={args.topk}, '
-          f"r'={args.radius}, best of {args.repeats}; "
-          f'{eligible / 1e6:.1f} M eligible pairs; fp32 matmul '
-          f'{rate / 1e3:.1f} TFLOP/s')
-    rows = []
-    for channels in args.channels:
-        query, keys, _ = inputs(args, channels, device)
-        query, keys = query[None], keys[None]
-        floor = 2 * channels * eligible / rate / 1e9
-        print(f'\nC = {channels}: fp32 floor {1e3 * floor:.2f} ms')
-        print('| configuration | ms/frame | vs default | computed (M) | '
-              'computed TFLOP/s | × floor | same as default |')
-        print('|---|---:|---:|---:|---:|---:|---|')
-        default = None
-        for config in configs:
-            seconds, weights, indices = time_config(config, query, keys,
-                                                    args)
-            if default is None:
-                default = (seconds, weights, indices)
-            same = (torch.equal(indices, default[2])
-                    and torch.equal(weights, default[1]))
-            rows_, cols, chunk = tiling(config)
-            computed = computed_pairs(half, args.height, args.width,
-                                      args.frames, 1, rows_, cols, True,
-                                      chunk)
-            r = dict(channels=channels, config=config, seconds=seconds,
-                     speedup=default[0] / seconds, computed_pairs=computed,
-                     computed_tflops=2 * channels * computed / seconds / 1e12,
-                     floor_s=floor, vs_floor=seconds / floor,
-                     same_as_default=same)
-            rows.append(r)
-            print(f'| {config} | {1e3 * seconds:.2f} | {r["speedup"]:.2f}× | '
-                  f'{computed / 1e6:.1f} | {r["computed_tflops"]:.1f} | '
-                  f'{r["vs_floor"]:.1f}× | {"yes" if same else "NO"} |')
+    name = torch.cuda.get_device_name(device)
+    print(f'torch {torch.__version__}, {name}; {args.height}×{args.width}, '
+          f"T={args.frames}, k={args.topk}, r'={args.radius}, best of "
+          f'{args.repeats}; {eligible_pairs(args) / 1e6:.1f} M eligible '
+          f'pairs; fp32 matmul {rate / 1e3:.1f} TFLOP/s')
+    rows = compare(args, device, configs,
+                   torch.ops.sfc._topk_window_neighbours_config, rate)
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(dict(device=torch.cuda.get_device_name(device),
-                           matmul_gflops=rate, topk=args.topk,
+            json.dump(dict(device=name, matmul_gflops=rate, topk=args.topk,
                            radius=args.radius, rows=rows), f, indent=1)
-    if not all(r['same_as_default'] for r in rows):
+    if not all(r['ok'] for r in rows):
         sys.exit('cuda_kernel_configs: a configuration disagrees with the '
                  'default (see the table)')
 

@@ -28,8 +28,10 @@ Sections, in this order:
   eligible FLOPs at cuBLAS's fp32 rate; TF32 and bf16 rates shown too);
 - ``kernel_configs``: ``benchmarks/cuda_kernel_configs.py`` in both
   settings: every configuration the CUDA kernel is built in (tile, chunk,
-  micro-tile, prefetch) timed against the op's default on the same inputs,
-  each checked to return exactly the default's neighbours;
+  micro-tile, prefetch; tensor cores for bf16) timed against the op's
+  default on the same inputs, the CUDA-core ones checked to return exactly
+  the default's neighbours, the tensor-core ones nearly (≥ 99% of
+  indices);
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
   variants (bf16 autocast without GradScaler, fused Adam), the FLOPs of a
@@ -577,13 +579,12 @@ def section_kernel_configs(args) -> dict:
                           'default')
         for r in run['rows']:
             rows.append(row(
-                f'{label}, C={r["channels"]}: {r["config"]}',
-                1e3 * r['seconds'], 'ms/frame',
+                f'{label}, C={r["channels"]}: {r["config"]} '
+                f'({r["features"]})', 1e3 * r['seconds'], 'ms/frame',
                 note=f'{r["speedup"]:.2f}× the default, '
-                f'{r["vs_floor"]:.1f}× the floor, '
-                f'{r["computed_tflops"]:.1f} TFLOP/s computed' +
-                ('' if r['same_as_default'] else
-                 '; NOT the default\'s neighbours')))
+                f'{r["vs_floor"]:.1f}× the fp32 floor, '
+                f'{r["computed_tflops"]:.1f} TFLOP/s computed; '
+                f'{r["check"]}'))
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
     return dict(rows=rows, details=details)

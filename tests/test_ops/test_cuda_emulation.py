@@ -142,44 +142,58 @@ def test_a_map_too_wide_for_the_row_table_is_refused():
 
 
 def test_kernel_configs_are_listed_default_first():
-    """The default configuration (what the op runs) comes first; names are
-    unique and say the tiling that benchmarks/cuda_kernel_configs.py
-    replays."""
-    import os.path as osp
-    import sys
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..',
-                                'benchmarks'))
-    from cuda_kernel_configs import tiling
-
+    """The default configuration (what the op runs) comes first; the names
+    are unique."""
     configs = kernel_configs()
     assert len(configs) == len(set(configs)) >= 2
     assert configs[0] == '4x8-keys64-micro4x4-min8'
-    assert tiling(configs[0]) == (4, 8, 64)
-    for config in configs:
-        rows, cols, chunk = tiling(config)
-        assert chunk % 32 == 0 and rows * cols % 4 == 0
+
+
+def config_dtypes(config):
+    """The feature types a configuration is built for."""
+    if 'tensorcores' in config:
+        return [torch.bfloat16, torch.float16]
+    return [torch.float32]
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)
 def test_every_config_gives_the_default_neighbours(grouping):
     """Partial tiles of every shape (H = 10, W = 19), a channel tail
     (C = 37), an unrestricted frame longer than a 128-key chunk, two batch
-    items: every configuration returns the default's weights and indices
-    exactly (each score is the same FMA sequence), and they are the C++ CPU
-    kernel's neighbours."""
+    items: every configuration returns the default's weights and indices on
+    the same features exactly (CUDA cores: each score is the same FMA
+    sequence; the emulated tensor cores sum exact products in the same
+    order), and the default gives the C++ CPU kernel's neighbours."""
     query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=2)
-    query, keys = query.float(), keys.float()
-    args = (query, keys, 9, 3.5, 0.07, 1, GROUPINGS[grouping])
-    default = emulated_neighbours(*args)
-    ref_w, ref_i = topk_window_neighbours(query.double(), keys.double(),
-                                          topk=9, radius=3.5,
+    ref_w, ref_i = topk_window_neighbours(query, keys, topk=9, radius=3.5,
                                           temperature=0.07,
                                           unrestricted_keys=1)
-    assert (default[1] == ref_i).float().mean() > 0.999
+    default = {}
     for config in kernel_configs()[1:]:
-        weights, indices = emulated_neighbours(*args, config=config)
-        assert torch.equal(indices, default[1]), config
-        assert torch.equal(weights, default[0]), config
+        for dtype in config_dtypes(config):
+            args = (query.to(dtype), keys.to(dtype), 9, 3.5, 0.07, 1,
+                    GROUPINGS[grouping])
+            if dtype not in default:
+                default[dtype] = emulated_neighbours(*args)
+            weights, indices = emulated_neighbours(*args, config=config)
+            assert torch.equal(indices, default[dtype][1]), (config, dtype)
+            assert torch.equal(weights, default[dtype][0]), (config, dtype)
+    assert (default[torch.float32][1] == ref_i).float().mean() > 0.999
+
+
+def test_tensor_cores_with_aligned_channels():
+    """C a multiple of 8: the tensor-core tiles are filled by 16-byte
+    copies (C = 37 above takes the element-wise path); a channel count
+    with a partial last slice (C = 40) mixes both."""
+    for channels in (64, 40):
+        query, keys, _ = random_inputs(5, 2, channels, 6, 11, 1, batch=1)
+        args = (query.bfloat16(), keys.bfloat16(), 5, 2.5, 0.1, 1)
+        default = emulated_neighbours(*args)
+        for config in kernel_configs():
+            if 'tensorcores' in config:
+                weights, indices = emulated_neighbours(*args, config=config)
+                assert torch.equal(indices, default[1]), (config, channels)
+                assert torch.equal(weights, default[0]), (config, channels)
 
 
 @pytest.mark.parametrize('topk', [1, 17])
@@ -192,7 +206,8 @@ def test_every_config_keeps_the_lower_key_index_on_ties(topk):
                 kw['temperature'], kw['unrestricted_keys'], 10**6, config)
             return weights[0], indices[0]
 
-        check_many_ties(neighbours, torch.float32, topk)
+        # Features in steps of 1/4 are exact in bfloat16 too.
+        check_many_ties(neighbours, config_dtypes(config)[0], topk)
 
 
 def test_an_unknown_config_is_refused_with_the_known_ones():
@@ -203,14 +218,21 @@ def test_an_unknown_config_is_refused_with_the_known_ones():
                             0.1, 1, config='2x2')
 
 
-def test_other_configs_take_float32_only():
-    """The alternatives are built for float32 (to bound the build); the
-    default serves every type."""
+def test_configs_refuse_the_types_they_are_not_built_for():
+    """CUDA-core alternatives are built for float32, tensor-core ones for
+    float16 and bfloat16 (to bound the build); the default serves every
+    type."""
     query, keys, _ = random_inputs(3, 2, 4, 3, 3, 1)
-    other = kernel_configs()[1]
-    with pytest.raises(ValueError, match=f"'{other}' is built for float32 "
-                       'features only, got Double'):
+    configs = kernel_configs()
+    cuda_cores = next(c for c in configs[1:] if 'tensorcores' not in c)
+    tensor_cores = next(c for c in configs if 'tensorcores' in c)
+    with pytest.raises(ValueError, match=f"'{cuda_cores}' is built for "
+                       'float32 features only, got Double'):
         emulated_neighbours(query[None], keys[None], 2, 1.0, 0.1, 1,
-                            config=other)
+                            config=cuda_cores)
+    with pytest.raises(ValueError, match=f"'{tensor_cores}' takes float16 "
+                       'or bfloat16 features, got Float'):
+        emulated_neighbours(query[None].float(), keys[None].float(), 2, 1.0,
+                            0.1, 1, config=tensor_cores)
     emulated_neighbours(query[None], keys[None], 2, 1.0, 0.1, 1,
-                        config=kernel_configs()[0])
+                        config=configs[0])

@@ -273,23 +273,63 @@ def test_native_ties_keep_the_lower_key_index(device):
 
 
 def test_cuda_kernel_configs_give_the_ops_neighbours():
-    """Every configuration the CUDA kernel is built in (the benchmarks'
-    sfc::_topk_window_neighbours_config) returns exactly the op's
-    neighbours on the device: partial tiles of every shape, a channel tail,
-    two batch items, and ties."""
+    """Every CUDA-core configuration the CUDA kernel is built in (the
+    benchmarks' sfc::_topk_window_neighbours_config) returns exactly the
+    op's float32 neighbours on the device: partial tiles of every shape, a
+    channel tail, two batch items, and ties."""
     needs_native('cuda')
     query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=2)
     keys[:, 2] = keys[:, 0]
     query, keys = query.float().cuda(), keys.float().cuda()
     args = (query, keys, 9, 3.5, 0.07, 1)
     weights, indices = torch.ops.sfc.topk_window_neighbours(*args)
-    configs = torch.ops.sfc._topk_window_kernel_configs()
+    configs = [c for c in torch.ops.sfc._topk_window_kernel_configs()
+               if 'tensorcores' not in c]
     assert len(configs) >= 2
     for config in configs:
         got_w, got_i = torch.ops.sfc._topk_window_neighbours_config(
             *args, config)
         assert torch.equal(got_i, indices), config
         assert torch.equal(got_w, weights), config
+
+
+@pytest.mark.parametrize('channels', [37, 64])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
+    """The tensor-core configurations on the device, against the float64
+    definition on the rounded features: the chosen keys' affinities are
+    the top k (the tensor cores group the float32 sums their own way, so
+    only a near-tie may pick a different key), and copies of frame 0 tie
+    exactly with it."""
+    needs_native('cuda')
+    t, h, w, topk = 3, 10, 19, 9
+    query, keys, _ = random_inputs(29, t, channels, h, w, 1)
+    keys[2] = keys[0]
+    query, keys = query.to(dtype).double(), keys.to(dtype).double()
+    affinity, order, _ = definition(query, keys, topk, 3.5, 1)
+    best = affinity.gather(1, order[:, :topk])
+    configs = [c for c in torch.ops.sfc._topk_window_kernel_configs()
+               if 'tensorcores' in c]
+    assert configs
+    for config in configs:
+        weights, indices = torch.ops.sfc._topk_window_neighbours_config(
+            query[None].to('cuda', dtype), keys[None].to('cuda', dtype),
+            topk, 3.5, 0.1, 1, config)
+        assert weights.dtype == torch.float32
+        got = affinity.gather(1, indices[0].reshape(h * w, topk).cpu())
+        torch.testing.assert_close(got, best, rtol=0, atol=1e-5,
+                                   msg=config)
+        expected = torch.softmax(got / 0.1, 1)
+        torch.testing.assert_close(
+            weights[0].reshape(h * w, topk).double().cpu(), expected,
+            rtol=0, atol=1e-4, msg=config)
+        # Frame 2 copies frame 0 (unrestricted): where a frame-2 key is
+        # kept, its frame-0 original is kept right before it.
+        flat = indices[0].reshape(h * w, topk).cpu()
+        in_copy = flat >= 2 * h * w
+        originals = (flat - 2 * h * w).where(in_copy, flat)
+        for row, col in in_copy.nonzero().tolist():
+            assert originals[row, col] in flat[row, :col], config
 
 
 @pytest.mark.parametrize('channels', [3, 37, 64])

@@ -3,7 +3,54 @@
 // the SIMT emulation, so that machines without a GPU test them.
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "simt_emulation.h"
+
+// mma.sync.m16n8k16 with float32 accumulators, as the PTX ISA lays out its
+// fragments: every lane's A (four registers, two 16-bit values each) and B
+// (two) gathered, then each lane's four outputs summed one product at a
+// time in channel order. The products of 16-bit values are exact in
+// float32, so this gives what the CUDA-core kernel gives; a GPU's tensor
+// cores may group the sums differently.
+template <typename T>
+float mma_value(uint32_t reg, int high) {
+  const auto bits = static_cast<uint16_t>(high ? reg >> 16 : reg & 0xffff);
+  if constexpr (std::is_same_v<T, c10::BFloat16>)
+    return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
+  else
+    return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+template <typename T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4],
+                  const uint32_t (&b)[2], T) {
+  uint32_t all_a[simt::kWarpSize][4], all_b[simt::kWarpSize][2];
+  simt::warp_gather(a, all_a);
+  simt::warp_gather(b, all_b);
+  // A(row, k): lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) +
+  // 2 (k >= 8); B(k, col): lane col * 4 + (k % 8) / 2, register k >= 8;
+  // the lower k of a pair in the low half.
+  auto A = [&](int row, int k) {
+    return mma_value<T>(all_a[(row % 8) * 4 + (k % 8) / 2]
+                             [(row >= 8) + 2 * (k >= 8)],
+                        k % 2);
+  };
+  auto B = [&](int k, int col) {
+    return mma_value<T>(all_b[col * 4 + (k % 8) / 2][k >= 8], k % 2);
+  };
+  const int lane = threadIdx.x % simt::kWarpSize;
+  for (int i = 0; i < 4; ++i) {
+    // D(row, col): rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4)
+    // and the next.
+    const int row = lane / 4 + (i >= 2 ? 8 : 0), col = (lane % 4) * 2 + i % 2;
+    float sum = d[i];
+    for (int k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+    d[i] = sum;
+  }
+}
+
 // The kernels as the CUDA build compiles them.
 #include "cuda/topk_window_match_kernel.cuh"
 
@@ -24,6 +71,8 @@ struct EmulatedLaunch {
   int64_t resident_blocks(void (*)(Params...), int, size_t) const {
     return target_blocks;
   }
+
+  bool has_tensor_cores() const { return true; }
 };
 
 // An H100's shared memory per block (227 KiB opt-in).

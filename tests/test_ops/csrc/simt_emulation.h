@@ -6,7 +6,9 @@
 // here too. Shared memory is one buffer per block. What is emulated is
 // what the project's kernels use: threadIdx, blockIdx, blockDim, dynamic
 // shared memory (SFC_DYNAMIC_SHARED_MEMORY), __syncthreads, __syncwarp,
-// __ballot_sync over a full warp and __ffs. Timing, the memory model's
+// __ballot_sync over a full warp, __ffs, and warp_gather (every lane's
+// registers to every lane) for emulating warp-wide instructions such as
+// mma. Timing, the memory model's
 // weaker orders and vector loads (float4) are not: the kernels' generic
 // paths serve instead.
 //
@@ -16,6 +18,7 @@
 #include <barrier>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -43,6 +46,8 @@ constexpr unsigned kWarpSize = 32;
 struct Warp {
   std::barrier<> barrier{kWarpSize};
   int votes[kWarpSize] = {};
+  // Each lane's registers, for warp_gather.
+  alignas(16) unsigned char registers[kWarpSize][64] = {};
 };
 
 struct Block {
@@ -115,5 +120,24 @@ inline unsigned __ballot_sync(unsigned, int predicate) {
   warp.barrier.arrive_and_wait();
   return ballot;
 }
+
+namespace simt {
+
+// Every lane's `mine` into all[lane], on every lane of the warp (all must
+// call it): what warp-wide instructions such as mma read.
+template <typename T, int N>
+void warp_gather(const T (&mine)[N], T (&all)[kWarpSize][N]) {
+  static_assert(sizeof(mine) <= sizeof(Warp::registers[0]),
+                "warp_gather: at most 64 bytes a lane");
+  auto& warp = my_warp();
+  std::memcpy(warp.registers[threadIdx.x % kWarpSize], mine, sizeof(mine));
+  warp.barrier.arrive_and_wait();
+  for (unsigned lane = 0; lane < kWarpSize; ++lane)
+    std::memcpy(all[lane], warp.registers[lane], sizeof(mine));
+  // No lane may write again before every lane has read this round.
+  warp.barrier.arrive_and_wait();
+}
+
+}  // namespace simt
 
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }

@@ -20,6 +20,7 @@ namespace {
 struct CudaLaunch {
   cudaStream_t stream;
   int64_t multiprocessors;
+  int compute_major;
 
   template <typename... Params>
   static void allow_shared(void (*kernel)(Params...), size_t shared) {
@@ -47,6 +48,8 @@ struct CudaLaunch {
         &per_multiprocessor, kernel, threads, shared));
     return static_cast<int64_t>(per_multiprocessor) * multiprocessors;
   }
+
+  bool has_tensor_cores() const { return compute_major >= 8; }
 };
 
 int device_attribute(cudaDeviceAttr attribute, int device) {
@@ -65,7 +68,8 @@ std::tuple<at::Tensor, at::Tensor> neighbours_with_config(
       query, keys, topk, radius, temperature, unrestricted_keys, config,
       device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
       CudaLaunch{c10::cuda::getCurrentCUDAStream(),
-                 device_attribute(cudaDevAttrMultiProcessorCount, device)});
+                 device_attribute(cudaDevAttrMultiProcessorCount, device),
+                 device_attribute(cudaDevAttrComputeCapabilityMajor, device)});
 }
 
 std::tuple<at::Tensor, at::Tensor> neighbours_config_op(

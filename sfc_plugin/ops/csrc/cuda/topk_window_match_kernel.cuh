@@ -39,6 +39,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -83,6 +84,7 @@ constexpr int64_t kMaxGridYZ = 65535;
 template <int TileRows, int TileCols, int ChunkKeys, int MicroQueries,
           int MicroKeys, bool Prefetch, int MinBlocks>
 struct TileConfig {
+  static constexpr bool kTensorCores = false;
   static constexpr int kTileRows = TileRows;
   static constexpr int kTileCols = TileCols;
   static constexpr int kTileQueries = TileRows * TileCols;
@@ -120,18 +122,53 @@ struct TileConfig {
   }
 };
 
+// Scores on tensor cores, for float16 and bfloat16 features: each warp
+// computes a 16-query × 32-key block of a chunk's scores with
+// mma.sync.m16n8k16 (float32 accumulation; sm_80 and later), from tiles
+// that keep the features' 16-bit values position-major. A score's channel
+// sums are then grouped as the tensor core adds them rather than one FMA
+// at a time, so near-ties may order differently from the CUDA-core
+// kernel; equal keys still tie exactly (a score depends only on its
+// query's and key's values).
+template <int TileRows, int TileCols, int ChunkKeys, int MinBlocks>
+struct TensorCoreConfig {
+  static constexpr bool kTensorCores = true;
+  static constexpr int kTileRows = TileRows;
+  static constexpr int kTileCols = TileCols;
+  static constexpr int kTileQueries = TileRows * TileCols;
+  static constexpr int kChunkKeys = ChunkKeys;
+  static constexpr int kMinBlocks = MinBlocks;
+  // Warps along the tile's queries (16 each) and the chunk's keys (32).
+  static constexpr int kQueryWarps = kTileQueries / 16;
+  static constexpr int kKeyWarps = ChunkKeys / 32;
+  static constexpr int kThreads = 32 * kQueryWarps * kKeyWarps;
+
+  static_assert(kTileQueries % 16 == 0 && ChunkKeys % 32 == 0,
+                "tiles are whole 16-query × 32-key warp blocks");
+  static_assert(kThreads <= 1024, "at most 1024 threads");
+
+  static std::string name() {
+    return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
+           "-keys" + std::to_string(ChunkKeys) + "-tensorcores-min" +
+           std::to_string(MinBlocks);
+  }
+};
+
 // The configuration the op runs.
 using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
-// benchmark can time them against the default on one GPU in one run
-// (float32 features only, to bound the build).
+// benchmark can time them against the default on one GPU in one run:
+// CUDA-core ones for float32 features, tensor-core ones for float16 and
+// bfloat16 (only those types, to bound the build).
 using AlternativeConfigs =
     std::tuple<TileConfig<4, 8, 64, 4, 4, true, 3>,
                TileConfig<4, 8, 128, 4, 8, false, 4>,
                TileConfig<4, 8, 128, 4, 8, true, 2>,
                TileConfig<8, 8, 64, 8, 4, true, 2>,
                TileConfig<8, 8, 128, 8, 8, false, 2>,
-               TileConfig<8, 16, 128, 8, 8, true, 1>>;
+               TileConfig<8, 16, 128, 8, 8, true, 1>,
+               TensorCoreConfig<4, 8, 64, 4>,
+               TensorCoreConfig<8, 8, 64, 2>>;
 
 // The configurations' names, the default first.
 inline std::vector<std::string> kernel_config_names() {
@@ -142,6 +179,28 @@ inline std::vector<std::string> kernel_config_names() {
   return names;
 }
 
+// Row padding of the tensor cores' position-major tiles, in 16-bit values:
+// rows 80 bytes apart put the eight rows a fragment load reads on distinct
+// banks, and keep every row 16-byte aligned.
+constexpr int kMmaPad = 8;
+
+// A channel slice of the tile's queries and of the chunk's keys. CUDA
+// cores: channel-major in the accumulation type (row c holds channel c of
+// every query, or key). Tensor cores: position-major, the features' 16-bit
+// values as they are (row q holds the slice's channels of query q).
+template <typename Config, typename acc_t,
+          bool tensor_cores = Config::kTensorCores>
+struct ChannelTiles {
+  alignas(16) acc_t queries[kChunkChannels][Config::kTileQueries + kPad];
+  alignas(16) acc_t keys[kChunkChannels][Config::kChunkKeys + kPad];
+};
+
+template <typename Config, typename acc_t>
+struct ChannelTiles<Config, acc_t, true> {
+  alignas(16) uint16_t queries[Config::kTileQueries][kChunkChannels + kMmaPad];
+  alignas(16) uint16_t keys[Config::kChunkKeys][kChunkChannels + kMmaPad];
+};
+
 template <typename Config, typename acc_t>
 struct SharedLayout {
   static constexpr int kTileQueries = Config::kTileQueries;
@@ -149,11 +208,7 @@ struct SharedLayout {
   // The channel slice's tiles while a chunk's scores are computed, then the
   // scores while they are offered: never both at once.
   union {
-    struct {
-      // Channel-major: row c holds channel c of every query (key).
-      alignas(16) acc_t queries[kChunkChannels][kTileQueries + kPad];
-      alignas(16) acc_t keys[kChunkChannels][kChunkKeys + kPad];
-    } tiles;
+    ChannelTiles<Config, acc_t> tiles;
     alignas(16) acc_t scores[kTileQueries][kChunkKeys];
   };
   // Where each query's features start in `query` (-1: outside the map).
@@ -218,6 +273,263 @@ __device__ __forceinline__ int micro_slot(int m, int i) {
   return (i / 4) * (threads * 4) + m * 4 + i % 4;
 }
 
+// The scores of the tile's queries against the chunk's first nk keys
+// (smem.key_flat), on CUDA cores, into smem.scores; ends at a barrier.
+// Each score is one FMA per channel in channel order.
+template <typename Config, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void score_chunk_cuda_cores(
+    SharedLayout<Config, acc_t>& smem, const scalar_t* __restrict__ query,
+    const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
+  constexpr int kThreads = Config::kThreads;
+  constexpr int kMicroQueries = Config::kMicroQueries;
+  constexpr int kMicroKeys = Config::kMicroKeys;
+  const int tid = threadIdx.x;
+  // Thread -> micro-tile of queries along mq, keys along mk.
+  const int mq = tid / Config::kKeyThreads;
+  const int mk = tid % Config::kKeyThreads;
+
+  // A channel slice of the tile's queries and of the chunk's first nk keys
+  // is kSliceQueries + kSliceKeys values: value e of either part is
+  // channel e % kChunkChannels of query (key) e / kChunkChannels, so that
+  // consecutive threads read consecutive channels of one position
+  // (coalesced) and store them down a column of the channel-major tile.
+  constexpr int kSliceQueries = Config::kTileQueries * kChunkChannels;
+  constexpr int kSliceKeys = Config::kChunkKeys * kChunkChannels;
+  auto query_value = [&](int e, int64_t ch) {
+    const int q = e / kChunkChannels, c = e % kChunkChannels;
+    const int64_t offset = smem.query_offset[q];
+    return (offset >= 0 && ch + c < channels)
+               ? static_cast<acc_t>(query[offset + ch + c])
+               : acc_t(0);
+  };
+  auto key_value = [&](int e, int64_t ch) {
+    const int k = e / kChunkChannels, c = e % kChunkChannels;
+    return (k < nk && ch + c < channels)
+               ? static_cast<acc_t>(
+                     batch_keys[smem.key_flat[k] * channels + ch + c])
+               : acc_t(0);
+  };
+  auto put_query = [&](int e, acc_t v) {
+    smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = v;
+  };
+  auto put_key = [&](int e, acc_t v) {
+    smem.tiles.keys[e % kChunkChannels][e / kChunkChannels] = v;
+  };
+  // Without prefetch: global memory straight to the tiles.
+  auto fill_slice = [&](int64_t ch) {
+    for (int e = tid; e < kSliceQueries; e += kThreads)
+      put_query(e, query_value(e, ch));
+    for (int e = tid; e < kSliceKeys; e += kThreads)
+      put_key(e, key_value(e, ch));
+  };
+  // With prefetch: into registers first (load_slice), stored to the tiles
+  // once the block is done with the previous slice (store_slice).
+  acc_t staged_queries[Config::kPrefetch ? Config::kQueryLoads : 1];
+  acc_t staged_keys[Config::kPrefetch ? Config::kKeyLoads : 1];
+  auto load_slice = [&](int64_t ch) {
+#pragma unroll
+    for (int i = 0; i < Config::kQueryLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceQueries) staged_queries[i] = query_value(e, ch);
+    }
+#pragma unroll
+    for (int i = 0; i < Config::kKeyLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceKeys) staged_keys[i] = key_value(e, ch);
+    }
+  };
+  auto store_slice = [&] {
+#pragma unroll
+    for (int i = 0; i < Config::kQueryLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceQueries) put_query(e, staged_queries[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < Config::kKeyLoads; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kSliceKeys) put_key(e, staged_keys[i]);
+    }
+  };
+
+  acc_t acc[kMicroQueries][kMicroKeys];
+#pragma unroll
+  for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+    for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
+  if constexpr (Config::kPrefetch) load_slice(0);
+  for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
+    if constexpr (Config::kPrefetch) {
+      store_slice();
+      __syncthreads();
+      // Loads in flight while the block computes (into registers: the
+      // tiles are rewritten after the barrier below).
+      if (ch + kChunkChannels < channels) load_slice(ch + kChunkChannels);
+    } else {
+      fill_slice(ch);
+      __syncthreads();
+    }
+#pragma unroll 4
+    for (int c = 0; c < kChunkChannels; ++c) {
+      acc_t qv[kMicroQueries], kv[kMicroKeys];
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; i += 4)
+        load4(&smem.tiles.queries[c][micro_slot<Config::kQueryThreads>(mq, i)],
+              qv + i);
+#pragma unroll
+      for (int j = 0; j < kMicroKeys; j += 4)
+        load4(&smem.tiles.keys[c][micro_slot<Config::kKeyThreads>(mk, j)],
+              kv + j);
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+        for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
+    }
+    __syncthreads();
+  }
+  // The scores take the tiles' place: every thread is past the last
+  // slice's barrier.
+#pragma unroll
+  for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+    for (int j = 0; j < kMicroKeys; j += 4)
+      store4(&smem.scores[micro_slot<Config::kQueryThreads>(mq, i)]
+                         [micro_slot<Config::kKeyThreads>(mk, j)],
+             &acc[i][j]);
+  __syncthreads();
+}
+
+// Two consecutive 16-bit values of a 4-byte aligned shared-memory row, the
+// first in the low half (an mma fragment register).
+__device__ __forceinline__ uint32_t load_pair(const uint16_t* p) {
+#if defined(__CUDACC__)
+  return *reinterpret_cast<const uint32_t*>(p);
+#else
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+#endif
+}
+
+// Eight 16-bit values, 16-byte aligned at both ends.
+__device__ __forceinline__ void copy8(uint16_t* dst, const uint16_t* src) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#else
+  std::memcpy(dst, src, 8 * sizeof(uint16_t));
+#endif
+}
+
+#if defined(__CUDACC__)
+// d += a · b for one 16 × 8 × 16 block (PTX fragment layouts of
+// mma.m16n8k16 with .f16/.bf16 inputs and .f32 accumulators). The tests'
+// CPU emulation provides its own before including this header.
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
+                                             const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2],
+                                             c10::BFloat16) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // the host refuses tensor cores below sm_80
+#endif
+}
+
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
+                                             const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2],
+                                             c10::Half) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+#endif
+
+// As score_chunk_cuda_cores, on tensor cores (TensorCoreConfig; float16 and
+// bfloat16 features). Warp w computes queries m0 + [0, 16) against keys
+// n0 + [0, 32): four m16n8k16 blocks per 16 channels.
+template <typename Config, typename scalar_t>
+__device__ __forceinline__ void score_chunk_tensor_cores(
+    SharedLayout<Config, float>& smem, const scalar_t* __restrict__ query,
+    const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
+  constexpr int kTileQueries = Config::kTileQueries;
+  // 16-byte vectors of 8 channels per slice row.
+  constexpr int kRowVectors = kChunkChannels / 8;
+  constexpr int kVectors = (kTileQueries + Config::kChunkKeys) * kRowVectors;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  // The fragments' groupID and 2 * threadID_in_group.
+  const int group = lane / 4, pair = (lane % 4) * 2;
+  const int m0 = (warp % Config::kQueryWarps) * 16;
+  const int n0 = (warp / Config::kQueryWarps) * 32;
+  const auto* query_bits = reinterpret_cast<const uint16_t*>(query);
+  const auto* key_bits = reinterpret_cast<const uint16_t*>(batch_keys);
+  // Every position's slice starts 16-byte aligned: vector loads.
+  const bool aligned =
+      channels % 8 == 0 &&
+      (reinterpret_cast<uintptr_t>(query) |
+       reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
+  float acc[4][4] = {};
+  for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
+    for (int v = tid; v < kVectors; v += Config::kThreads) {
+      const int row = v / kRowVectors, c = (v % kRowVectors) * 8;
+      const bool is_query = row < kTileQueries;
+      const int k = row - kTileQueries;
+      const int64_t offset =
+          is_query ? smem.query_offset[row]
+                   : (k < nk ? smem.key_flat[k] * channels : -1);
+      const uint16_t* src = is_query ? query_bits : key_bits;
+      uint16_t* dst = is_query ? &smem.tiles.queries[row][c]
+                               : &smem.tiles.keys[k][c];
+      if (offset >= 0 && aligned && ch + c + 8 <= channels) {
+        copy8(dst, src + offset + ch + c);
+      } else {
+        // Zero bits are +0 in both types: padding adds nothing.
+        for (int i = 0; i < 8; ++i)
+          dst[i] = offset >= 0 && ch + c + i < channels
+                       ? src[offset + ch + c + i]
+                       : uint16_t(0);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k0 = 0; k0 < kChunkChannels; k0 += 16) {
+      const uint32_t a[4] = {
+          load_pair(&smem.tiles.queries[m0 + group][k0 + pair]),
+          load_pair(&smem.tiles.queries[m0 + group + 8][k0 + pair]),
+          load_pair(&smem.tiles.queries[m0 + group][k0 + 8 + pair]),
+          load_pair(&smem.tiles.queries[m0 + group + 8][k0 + 8 + pair])};
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const uint16_t* key = smem.tiles.keys[n0 + nt * 8 + group];
+        const uint32_t b[2] = {load_pair(key + k0 + pair),
+                               load_pair(key + k0 + 8 + pair)};
+        mma_m16n8k16(acc[nt], a, b, scalar_t());
+      }
+    }
+    __syncthreads();
+  }
+  // Accumulator fragments: rows group and group + 8, columns pair + {0, 1}.
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    float* upper = &smem.scores[m0 + group][n0 + nt * 8 + pair];
+    float* lower = &smem.scores[m0 + group + 8][n0 + nt * 8 + pair];
+    upper[0] = acc[nt][0];
+    upper[1] = acc[nt][1];
+    lower[0] = acc[nt][2];
+    lower[1] = acc[nt][3];
+  }
+  __syncthreads();
+}
+
 template <typename Config, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
     topk_window_kernel(
@@ -236,8 +548,6 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   constexpr int kTileCols = Config::kTileCols;
   constexpr int kTileQueries = Config::kTileQueries;
   constexpr int kChunkKeys = Config::kChunkKeys;
-  constexpr int kMicroQueries = Config::kMicroQueries;
-  constexpr int kMicroKeys = Config::kMicroKeys;
   constexpr int kThreads = Config::kThreads;
   SFC_DYNAMIC_SHARED_MEMORY(smem_raw);
   auto& smem = *reinterpret_cast<SharedLayout<Config, acc_t>*>(smem_raw);
@@ -269,73 +579,6 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   }
   __syncthreads();
 
-  // Thread -> micro-tile of queries along mq, keys along mk.
-  const int mq = tid / Config::kKeyThreads;
-  const int mk = tid % Config::kKeyThreads;
-
-  // A channel slice of the tile's queries and of the chunk's first nk keys
-  // is kSliceQueries + kSliceKeys values: value e of either part is
-  // channel e % kChunkChannels of query (key) e / kChunkChannels, so that
-  // consecutive threads read consecutive channels of one position
-  // (coalesced) and store them down a column of the channel-major tile.
-  constexpr int kSliceQueries = kTileQueries * kChunkChannels;
-  constexpr int kSliceKeys = kChunkKeys * kChunkChannels;
-  auto query_value = [&](int e, int64_t ch) {
-    const int q = e / kChunkChannels, c = e % kChunkChannels;
-    const int64_t offset = smem.query_offset[q];
-    return (offset >= 0 && ch + c < channels)
-               ? static_cast<acc_t>(query[offset + ch + c])
-               : acc_t(0);
-  };
-  auto key_value = [&](int e, int64_t ch, int64_t nk) {
-    const int k = e / kChunkChannels, c = e % kChunkChannels;
-    return (k < nk && ch + c < channels)
-               ? static_cast<acc_t>(
-                     batch_keys[smem.key_flat[k] * channels + ch + c])
-               : acc_t(0);
-  };
-  auto put_query = [&](int e, acc_t v) {
-    smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = v;
-  };
-  auto put_key = [&](int e, acc_t v) {
-    smem.tiles.keys[e % kChunkChannels][e / kChunkChannels] = v;
-  };
-  // Without prefetch: global memory straight to the tiles.
-  auto fill_slice = [&](int64_t ch, int64_t nk) {
-    for (int e = tid; e < kSliceQueries; e += kThreads)
-      put_query(e, query_value(e, ch));
-    for (int e = tid; e < kSliceKeys; e += kThreads)
-      put_key(e, key_value(e, ch, nk));
-  };
-  // With prefetch: into registers first (load_slice), stored to the tiles
-  // once the block is done with the previous slice (store_slice).
-  acc_t staged_queries[Config::kPrefetch ? Config::kQueryLoads : 1];
-  acc_t staged_keys[Config::kPrefetch ? Config::kKeyLoads : 1];
-  auto load_slice = [&](int64_t ch, int64_t nk) {
-#pragma unroll
-    for (int i = 0; i < Config::kQueryLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceQueries) staged_queries[i] = query_value(e, ch);
-    }
-#pragma unroll
-    for (int i = 0; i < Config::kKeyLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceKeys) staged_keys[i] = key_value(e, ch, nk);
-    }
-  };
-  auto store_slice = [&] {
-#pragma unroll
-    for (int i = 0; i < Config::kQueryLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceQueries) put_query(e, staged_queries[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < Config::kKeyLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceKeys) put_key(e, staged_keys[i]);
-    }
-  };
-
   // Scores a list of n keys, in increasing flat index, and offers them.
   // describe(v, slot) puts key v of the list in the chunk's slot: its flat
   // index, and its row and column (row -1: eligible for every query).
@@ -345,54 +588,12 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
       for (int slot = tid; slot < nk; slot += kThreads)
         describe(c0 + slot, slot);
       __syncthreads();
-      acc_t acc[kMicroQueries][kMicroKeys];
-#pragma unroll
-      for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-        for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
-      if constexpr (Config::kPrefetch) load_slice(0, nk);
-      for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
-        if constexpr (Config::kPrefetch) {
-          store_slice();
-          __syncthreads();
-          // Loads in flight while the block computes (into registers: the
-          // tiles are rewritten after the barrier below).
-          if (ch + kChunkChannels < channels)
-            load_slice(ch + kChunkChannels, nk);
-        } else {
-          fill_slice(ch, nk);
-          __syncthreads();
-        }
-#pragma unroll 4
-        for (int c = 0; c < kChunkChannels; ++c) {
-          acc_t qv[kMicroQueries], kv[kMicroKeys];
-#pragma unroll
-          for (int i = 0; i < kMicroQueries; i += 4)
-            load4(&smem.tiles.queries[c][micro_slot<Config::kQueryThreads>(
-                      mq, i)],
-                  qv + i);
-#pragma unroll
-          for (int j = 0; j < kMicroKeys; j += 4)
-            load4(&smem.tiles
-                       .keys[c][micro_slot<Config::kKeyThreads>(mk, j)],
-                  kv + j);
-#pragma unroll
-          for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-            for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
-        }
-        __syncthreads();
-      }
-      // The scores take the tiles' place: every thread is past the last
-      // slice's barrier.
-#pragma unroll
-      for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-        for (int j = 0; j < kMicroKeys; j += 4)
-          store4(&smem.scores[micro_slot<Config::kQueryThreads>(mq, i)]
-                             [micro_slot<Config::kKeyThreads>(mk, j)],
-                 &acc[i][j]);
-      __syncthreads();
+      if constexpr (Config::kTensorCores)
+        score_chunk_tensor_cores<Config>(smem, query, batch_keys, channels,
+                                         nk);
+      else
+        score_chunk_cuda_cores<Config>(smem, query, batch_keys, channels,
+                                       nk);
 
       // Offer: each warp serves every (kThreads / 32)-th query; lane 0
       // inserts the candidates above the threshold in key order.
@@ -578,6 +779,10 @@ template <typename Config, typename scalar_t, typename Launch>
 void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
                   Launch& launch) {
   using acc_t = at::opmath_type<scalar_t>;
+  TORCH_CHECK_VALUE(!Config::kTensorCores || launch.has_tensor_cores(),
+                    "topk_window_match: kernel configuration '",
+                    Config::name(), "' needs tensor cores with bfloat16 "
+                    "(compute capability 8.0 or later)");
   const auto kernel = topk_window_kernel<Config, scalar_t, acc_t>;
   const int64_t shared = sizeof(SharedLayout<Config, acc_t>) +
                          Config::kTileQueries * problem.stored_topk *
@@ -642,14 +847,39 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
   }
 }
 
+// Launches an alternative configuration for the feature types it is built
+// for: float32 on CUDA cores, float16 and bfloat16 on tensor cores.
+template <typename Config, typename Launch>
+void launch_alternative(const MatchProblem& problem, int64_t max_shared_bytes,
+                        Launch& launch) {
+  const auto type = problem.query.scalar_type();
+  if constexpr (Config::kTensorCores) {
+    TORCH_CHECK_VALUE(type == at::kHalf || type == at::kBFloat16,
+                      "topk_window_match: kernel configuration '",
+                      Config::name(), "' takes float16 or bfloat16 "
+                      "features, got ", type);
+    if (type == at::kHalf)
+      launch_tiled<Config, at::Half>(problem, max_shared_bytes, launch);
+    else
+      launch_tiled<Config, at::BFloat16>(problem, max_shared_bytes, launch);
+  } else {
+    TORCH_CHECK_VALUE(type == at::kFloat,
+                      "topk_window_match: kernel configuration '",
+                      Config::name(), "' is built for float32 features "
+                      "only, got ", type);
+    launch_tiled<Config, float>(problem, max_shared_bytes, launch);
+  }
+}
+
 // The whole op: checks, launch plan and launches. `config` names the
-// kernel configuration (empty: DefaultConfig; the others take float32
-// features only). `launch(kernel, grid, block, shared_bytes, args...)`
-// runs one kernel (a CUDA launch on the current stream, or the tests'
-// emulation) and `launch.resident_blocks(kernel, threads, shared_bytes)`
-// says how many of that kernel's blocks fill the device (frames are split
-// into groups until there are that many); `max_shared_bytes` is what one
-// block may have.
+// kernel configuration (empty: DefaultConfig; see launch_alternative for
+// the others). `launch(kernel, grid, block, shared_bytes, args...)` runs
+// one kernel (a CUDA launch on the current stream, or the tests'
+// emulation), `launch.resident_blocks(kernel, threads, shared_bytes)` says
+// how many of that kernel's blocks fill the device (frames are split into
+// groups until there are that many) and `launch.has_tensor_cores()`
+// whether the device runs mma.m16n8k16 in bfloat16 (sm_80+);
+// `max_shared_bytes` is what one block may have.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
@@ -670,10 +900,6 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
     TORCH_CHECK_VALUE(false, "topk_window_match: unknown kernel "
                       "configuration '", config, "'; known: ", names);
   }
-  TORCH_CHECK_VALUE(default_config || query.scalar_type() == at::kFloat,
-                    "topk_window_match: kernel configuration '", config,
-                    "' is built for float32 features only, got ",
-                    query.scalar_type());
   const int64_t batch = keys.size(0), frames = keys.size(1),
                 channels = keys.size(2), height = keys.size(3),
                 width = keys.size(4);
@@ -730,7 +956,7 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
   } else {
     std::apply([&](auto... alternative) {
       ((config == decltype(alternative)::name()
-            ? launch_tiled<decltype(alternative), float>(
+            ? launch_alternative<decltype(alternative)>(
                   problem, max_shared_bytes, launch)
             : void()),
        ...);

@@ -1,0 +1,68 @@
+"""benchmarks/cuda_kernel_configs.py, run on the CUDA kernels' CPU
+emulation: what it times, checks and reports (on a GPU it runs the op)."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from tests.test_ops.cuda_emulation import emulated_neighbours, kernel_configs
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+import cuda_kernel_configs  # noqa: E402
+
+SMALL = ['--device', 'cpu', '--height', '6', '--width', '11', '--frames',
+         '3', '--channels', '16', '--topk', '5', '--radius', '2.5',
+         '--repeats', '1']
+
+
+def emulated_op(query, keys, topk, radius, temperature, unrestricted,
+                config):
+    return emulated_neighbours(query, keys, topk, radius, temperature,
+                               unrestricted, 1, config)
+
+
+def test_every_config_is_timed_and_checked(capsys):
+    args = cuda_kernel_configs.parse_args(SMALL)
+    configs = kernel_configs()
+    rows = cuda_kernel_configs.compare(args, torch.device('cpu'), configs,
+                                       emulated_op, rate=1e3)
+    assert [r['config'] for r in rows] == configs
+    assert all(r['ok'] for r in rows), rows
+    for r in rows:
+        tensor_cores = 'tensorcores' in r['config']
+        assert r['features'] == ('bfloat16' if tensor_cores else 'float32')
+        assert r['seconds'] > 0 and r['computed_pairs'] > 0
+        assert r['check'] == ('100.00% of indices = default' if tensor_cores
+                              else 'same as default')
+    out = capsys.readouterr().out
+    assert out.count('| 4x8-keys64-micro4x4-min8 |') == 1
+
+
+def test_a_config_that_disagrees_is_reported(capsys):
+    """A configuration whose neighbours differ from the default's is marked
+    in its row (the script then exits non-zero)."""
+    args = cuda_kernel_configs.parse_args(SMALL)
+    configs = kernel_configs()
+    other = configs[1]
+
+    def wrong_for_one(query, keys, topk, radius, temperature, unrestricted,
+                      config):
+        weights, indices = emulated_op(query, keys, topk, radius,
+                                       temperature, unrestricted, config)
+        return (weights, indices.flip(-1)) if config == other else (
+            weights, indices)
+
+    rows = cuda_kernel_configs.compare(args, torch.device('cpu'),
+                                       configs[:2], wrong_for_one, rate=1e3)
+    assert [r['ok'] for r in rows] == [True, False]
+    assert "NOT the default's" in capsys.readouterr().out
+
+
+def test_tiling_reads_every_configuration_name():
+    for config in kernel_configs():
+        rows, cols, chunk = cuda_kernel_configs.tiling(config)
+        assert f'{rows}x{cols}-keys{chunk}-' in config
+    with pytest.raises(ValueError, match='unexpected kernel configuration'):
+        cuda_kernel_configs.tiling('4x8')
