@@ -40,7 +40,9 @@ Sections, in this order:
   blackswan looped, or a generated video) for ``fc_davis.py`` and
   ``sfc_davis.py``, with and without the overlay video, in frames/s; and
   without it at each reduced precision of the torch path (bf16, and fp16
-  on CUDA), with the share of mask pixels equal to the fp32 run's.
+  on CUDA; on CUDA bf16 once more with its matching on tensor cores,
+  ``SFC_PLUGIN_TENSOR_CORES=1``), with the share of mask pixels equal to
+  the fp32 run's.
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -681,16 +683,18 @@ def track_source(args, tmp: str):
 
 
 def track_runs(device: str):
-    """(config, overlay, precision) of each ``tools/track.py`` run: fp32
-    with and without the overlay, then each reduced precision the device
-    has without it (fp16 needs CUDA)."""
-    reduced = ('bf16', 'fp16') if device.startswith('cuda') else ('bf16', )
-    return [(config, overlay, 'fp32')
-            for config in ('fc_davis.py', 'sfc_davis.py')
-            for overlay in (True, False)] + [
-                (config, False, precision)
-                for config in ('fc_davis.py', 'sfc_davis.py')
-                for precision in reduced]
+    """(config, overlay, precision, tensor cores) of each ``tools/track.py``
+    run: fp32 with and without the overlay, then each reduced precision the
+    device has without it (fp16 needs CUDA), and on CUDA bf16 again with
+    its matching on tensor cores (``SFC_PLUGIN_TENSOR_CORES=1``)."""
+    cuda = device.startswith('cuda')
+    reduced = ('bf16', 'fp16') if cuda else ('bf16', )
+    configs = ('fc_davis.py', 'sfc_davis.py')
+    return ([(config, overlay, 'fp32', False) for config in configs
+             for overlay in (True, False)] +
+            [(config, False, precision, False) for config in configs
+             for precision in reduced] +
+            [(config, False, 'bf16', True) for config in configs if cuda])
 
 
 def section_track(args) -> dict:
@@ -703,36 +707,43 @@ def section_track(args) -> dict:
         frames, first, what = track_source(args, tmp)
         details['video'] = what
         outs = {}
-        for config, overlay, precision in track_runs(args.device):
+        for config, overlay, precision, tensor_cores in track_runs(
+                args.device):
             label = ' '.join([config] + (
-                [] if precision == 'fp32' else [precision]) + [
+                [] if precision == 'fp32' else [precision]) + (
+                    ['tensor cores'] if tensor_cores else []) + [
                     'with' if overlay else 'without', 'overlay'])
-            out = osp.join(tmp, f'{config}_{overlay}_{precision}')
+            out = osp.join(tmp, f'{config}_{overlay}_{precision}_'
+                           f'{tensor_cores}')
             cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
                    frames, first, '--out', out, '--config', config,
                    '--device', args.device, '--precision', precision,
                    '--quiet'] + ([] if overlay else ['--no-overlay'])
+            env = dict(os.environ,
+                       SFC_PLUGIN_TENSOR_CORES='1' if tensor_cores else '0')
             proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  cwd=REPO)
-            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+                                  cwd=REPO, env=env)
+            prefix = 'SFC_PLUGIN_TENSOR_CORES=1 ' if tensor_cores else ''
+            print(f'$ {prefix}{" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
             if proc.returncode:
                 errors.append(f'{label}: ' + (
                     proc.stderr.strip().splitlines() or ['?'])[-1])
                 rows.append(row(label, note='failed: see the log'))
                 continue
-            outs[config, overlay, precision] = out
+            outs[config, overlay, precision, tensor_cores] = out
             with open(osp.join(out, 'summary.json')) as f:
                 summary = json.load(f)
             details[label] = summary
             note = (f'{summary["frames"]} frames, peak RSS '
                     f'{summary["peak_rss_mib"]:.0f} MiB')
-            reference = outs.get((config, False, 'fp32'))
+            reference = outs.get((config, False, 'fp32', False))
             if precision != 'fp32' and reference is not None:
                 same = agreement(reference, out)
                 details[label]['pixels_equal_to_fp32'] = same
                 note += f', {100 * same:.3f}% of mask pixels = fp32'
+            # Judged at every precision: the goal names none.
             goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
-                    and not overlay and precision == 'fp32' else None)
+                    and not overlay else None)
             rows.append(row(f'track.py {label}',
                             summary['frames_per_second'], 'frames/s',
                             goal=goal, note=note))

@@ -332,6 +332,35 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
             assert originals[row, col] in flat[row, :col], config
 
 
+def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
+    """SFC_PLUGIN_TENSOR_CORES=1 has the op match bfloat16 features with
+    the first tensor-core configuration (float32 stays on CUDA cores); 0
+    or unset, the default configuration; anything else is refused."""
+    needs_native('cuda')
+    query, keys, _ = random_inputs(31, 3, 64, 10, 19, 1, batch=1)
+    bf16 = (query.to('cuda', torch.bfloat16), keys.to('cuda', torch.bfloat16))
+    fp32 = (query.float().cuda(), keys.float().cuda())
+    configs = torch.ops.sfc._topk_window_kernel_configs()
+    tensor_cores = next(c for c in configs if 'tensorcores' in c)
+
+    def run(features, config=None):
+        args = (*features, 9, 3.5, 0.07, 1)
+        if config is None:
+            return torch.ops.sfc.topk_window_neighbours(*args)
+        return torch.ops.sfc._topk_window_neighbours_config(*args, config)
+
+    for value, expected in (('1', tensor_cores), ('0', configs[0])):
+        monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
+        for got, want in zip(run(bf16), run(bf16, expected)):
+            assert torch.equal(got, want), value
+        for got, want in zip(run(fp32), run(fp32, configs[0])):
+            assert torch.equal(got, want), value
+    monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', 'yes')
+    with pytest.raises(ValueError, match="SFC_PLUGIN_TENSOR_CORES must be "
+                       "0 or 1, got 'yes'"):
+        run(bf16)
+
+
 @pytest.mark.parametrize('channels', [3, 37, 64])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_native_ties_across_unrestricted_and_restricted_frames(dtype,

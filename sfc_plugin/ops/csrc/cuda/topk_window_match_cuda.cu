@@ -3,6 +3,11 @@
 // CPU emulation); this file launches them on the current stream of the
 // query's device, sized to that device.
 //
+// SFC_PLUGIN_TENSOR_CORES=1 has float16 and bfloat16 features matched on
+// tensor cores (TensorCoreDefaultConfig) where the device has them (sm_80
+// and later): an opt-in until GPU runs have shown it right and faster;
+// unset or 0, every type runs DefaultConfig on CUDA cores.
+//
 // Also registers two private ops for benchmarks:
 // sfc::_topk_window_kernel_configs() lists the kernel configurations, and
 // sfc::_topk_window_neighbours_config runs the op with one of them.
@@ -10,6 +15,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "topk_window_match_kernel.cuh"
 
@@ -80,13 +88,31 @@ std::tuple<at::Tensor, at::Tensor> neighbours_config_op(
                                 unrestricted_keys, std::string(config));
 }
 
+// Whether SFC_PLUGIN_TENSOR_CORES asks for tensor cores (read at every
+// call, so a process may switch it).
+bool tensor_cores_requested() {
+  const char* value = std::getenv("SFC_PLUGIN_TENSOR_CORES");
+  const std::string text = value ? value : "";
+  TORCH_CHECK_VALUE(text.empty() || text == "0" || text == "1",
+                    "SFC_PLUGIN_TENSOR_CORES must be 0 or 1, got '", text,
+                    "'");
+  return text == "1";
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys) {
-  return neighbours_with_config(query, keys, topk, radius, temperature,
-                                unrestricted_keys, "");
+  const auto type = query.scalar_type();
+  const bool tensor_cores =
+      (type == at::kHalf || type == at::kBFloat16) &&
+      tensor_cores_requested() &&
+      device_attribute(cudaDevAttrComputeCapabilityMajor,
+                       query.device().index()) >= 8;
+  return neighbours_with_config(
+      query, keys, topk, radius, temperature, unrestricted_keys,
+      tensor_cores ? cuda_kernels::TensorCoreDefaultConfig::name() : "");
 }
 
 TORCH_LIBRARY_FRAGMENT(sfc, m) {

@@ -156,6 +156,9 @@ struct TensorCoreConfig {
 
 // The configuration the op runs.
 using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
+// What the op runs for float16/bfloat16 features when tensor cores are
+// asked for (SFC_PLUGIN_TENSOR_CORES=1, see topk_window_match_cuda.cu).
+using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 4>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
 // benchmark can time them against the default on one GPU in one run:
 // CUDA-core ones for float32 features, tensor-core ones for float16 and
@@ -167,7 +170,7 @@ using AlternativeConfigs =
                TileConfig<8, 8, 64, 8, 4, true, 2>,
                TileConfig<8, 8, 128, 8, 8, false, 2>,
                TileConfig<8, 16, 128, 8, 8, true, 1>,
-               TensorCoreConfig<4, 8, 64, 4>,
+               TensorCoreDefaultConfig,
                TensorCoreConfig<8, 8, 64, 2>>;
 
 // The configurations' names, the default first.
