@@ -34,7 +34,7 @@ from propagation_step import eligible_pairs, inputs, matmul_rate, sync
 from sfc_plugin.ops import native_ops_available
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
-                  r'(?:micro\d+x\d+(?:-prefetch)?|tensorcores)-min\d+')
+                  r'(?:micro\d+x\d+(?:-prefetch)?|tensorcores-c\d+)-min\d+')
 
 
 def tiling(name: str):

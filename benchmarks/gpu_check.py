@@ -42,7 +42,8 @@ Sections, in this order:
   without it at each reduced precision of the torch path (bf16, and fp16
   on CUDA; on CUDA bf16 once more with its matching on tensor cores,
   ``SFC_PLUGIN_TENSOR_CORES=1``), with the share of mask pixels equal to
-  the fp32 run's.
+  the fp32 run's; on CUDA first each config's encoder alone (eager, fp32
+  and bf16), the part of a frame that is not the match.
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -697,12 +698,48 @@ def track_runs(device: str):
             [(config, False, 'bf16', True) for config in configs if cuda])
 
 
+def encoder_rows(args, details: dict) -> list:
+    """Each tracking config's encoder alone on one 480p frame, eager, in
+    fp32 and bf16 (``backbone_latency.best_time``): the share of a frame
+    that is not the match."""
+    import torch
+    from backbone_latency import best_time
+    from mmengine.config import Config
+
+    from sfc_plugin.deploy import build_encoder
+    from sfc_plugin.utils import register_all_modules
+    register_all_modules()
+    device = torch.device(args.device)
+    size = (96, 160) if args.quick else (480, 854)
+    frame = torch.randn(1, 3, *size, device=device)
+    rows = []
+    for config in ('fc_davis.py', 'sfc_davis.py'):
+        encoder = build_encoder(
+            Config.fromfile(osp.join(REPO, 'configs', config))).to(device)
+        encoder.eval()
+        for dtype, name in ((torch.float32, 'fp32'),
+                            (torch.bfloat16, 'bf16')):
+            model = encoder.to(dtype)
+            seconds = best_time(lambda x, m=model, d=dtype: m(x.to(d)),
+                                frame, 3 if args.quick else 20, device)
+            details[f'encoder {config} {name}'] = seconds
+            rows.append(row(f'encoder {config} {name} (eager)',
+                            1e3 * seconds, 'ms/frame',
+                            note=f'{size[1]}×{size[0]}'))
+    return rows
+
+
 def section_track(args) -> dict:
     """``tools/track.py`` per config, with and without the overlay, and at
     each reduced precision (its masks compared with fp32's); the figures
     are the runs' own ``summary.json``."""
     from track_video import agreement
     rows, details, errors = [], {}, []
+    if args.device.startswith('cuda'):
+        try:
+            rows += encoder_rows(args, details)
+        except Exception as e:  # the runs below still count
+            rows.append(row('encoders', note=f'failed: {e}'))
     with tempfile.TemporaryDirectory(prefix='gpu_check_track_') as tmp:
         frames, first, what = track_source(args, tmp)
         details['video'] = what

@@ -59,3 +59,20 @@ def test_sigterm_reports_what_was_measured_and_ends_the_section(tmp_path):
     assert 'Failed sections: track.' in (out / 'gpu_check.md').read_text()
     # The section ran in a session of its own: it must not outlive the run.
     assert not processes_mentioning(str(out / 'logs' / 'track.json'))
+
+
+def test_encoder_rows_time_each_config_in_fp32_and_bf16():
+    """The track section's encoder timings (run on CUDA only), here on CPU
+    at the quick size: a row and a detail per config and precision."""
+    import argparse
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    details = {}
+    rows = gpu_check.encoder_rows(
+        argparse.Namespace(device='cpu', quick=True), details)
+    assert [r['figure'] for r in rows] == [
+        f'encoder {config} {dtype} (eager)'
+        for config in ('fc_davis.py', 'sfc_davis.py')
+        for dtype in ('fp32', 'bf16')]
+    assert all(r['value'] > 0 and r['unit'] == 'ms/frame' for r in rows)
+    assert len(details) == 4

@@ -56,8 +56,8 @@ def test_a_broken_kernel_fails_with_the_first_error(tmp_path, monkeypatch,
     error (file, line and the offending source) rather than the whole log
     and the errors that follow from the first."""
     csrc, line = broken_copy(tmp_path, 'cuda/topk_window_match_cuda.cu',
-                             'int64_t multiprocessors;',
-                             'int64_t multiprocessors')
+                             'int compute_major;',
+                             'int compute_major')
     monkeypatch.setattr(extension, 'CSRC', str(csrc))
     assert ops_main.main(['--compile-only', 'cuda']) == 1
     out = capsys.readouterr().out

@@ -129,14 +129,17 @@ struct TileConfig {
 // sums are then grouped as the tensor core adds them rather than one FMA
 // at a time, so near-ties may order differently from the CUDA-core
 // kernel; equal keys still tie exactly (a score depends only on its
-// query's and key's values).
-template <int TileRows, int TileCols, int ChunkKeys, int MinBlocks>
+// query's and key's values). SliceChannels: channels per shared-memory
+// slice (more: fewer barriers and more loads in flight per slice).
+template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
+          int MinBlocks>
 struct TensorCoreConfig {
   static constexpr bool kTensorCores = true;
   static constexpr int kTileRows = TileRows;
   static constexpr int kTileCols = TileCols;
   static constexpr int kTileQueries = TileRows * TileCols;
   static constexpr int kChunkKeys = ChunkKeys;
+  static constexpr int kSliceChannels = SliceChannels;
   static constexpr int kMinBlocks = MinBlocks;
   // Warps along the tile's queries (16 each) and the chunk's keys (32).
   static constexpr int kQueryWarps = kTileQueries / 16;
@@ -145,11 +148,13 @@ struct TensorCoreConfig {
 
   static_assert(kTileQueries % 16 == 0 && ChunkKeys % 32 == 0,
                 "tiles are whole 16-query × 32-key warp blocks");
+  static_assert(SliceChannels % 16 == 0, "slices are whole k16 steps");
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
   static std::string name() {
     return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
-           "-keys" + std::to_string(ChunkKeys) + "-tensorcores-min" +
+           "-keys" + std::to_string(ChunkKeys) + "-tensorcores-c" +
+           std::to_string(SliceChannels) + "-min" +
            std::to_string(MinBlocks);
   }
 };
@@ -158,7 +163,7 @@ struct TensorCoreConfig {
 using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
 // What the op runs for float16/bfloat16 features when tensor cores are
 // asked for (SFC_PLUGIN_TENSOR_CORES=1, see topk_window_match_cuda.cu).
-using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 4>;
+using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 64, 4>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
 // benchmark can time them against the default on one GPU in one run:
 // CUDA-core ones for float32 features, tensor-core ones for float16 and
@@ -171,7 +176,10 @@ using AlternativeConfigs =
                TileConfig<8, 8, 128, 8, 8, false, 2>,
                TileConfig<8, 16, 128, 8, 8, true, 1>,
                TensorCoreDefaultConfig,
-               TensorCoreConfig<8, 8, 64, 2>>;
+               TensorCoreConfig<4, 8, 64, 32, 4>,
+               TensorCoreConfig<4, 8, 64, 128, 4>,
+               TensorCoreConfig<8, 8, 64, 64, 2>,
+               TensorCoreConfig<4, 8, 128, 64, 2>>;
 
 // The configurations' names, the default first.
 inline std::vector<std::string> kernel_config_names() {
@@ -183,8 +191,9 @@ inline std::vector<std::string> kernel_config_names() {
 }
 
 // Row padding of the tensor cores' position-major tiles, in 16-bit values:
-// rows 80 bytes apart put the eight rows a fragment load reads on distinct
-// banks, and keep every row 16-byte aligned.
+// rows 16 bytes more than a multiple of 64 bytes apart (80, 144, 272) put
+// the eight rows a fragment load reads on distinct banks, and keep every
+// row 16-byte aligned.
 constexpr int kMmaPad = 8;
 
 // A channel slice of the tile's queries and of the chunk's keys. CUDA
@@ -200,8 +209,10 @@ struct ChannelTiles {
 
 template <typename Config, typename acc_t>
 struct ChannelTiles<Config, acc_t, true> {
-  alignas(16) uint16_t queries[Config::kTileQueries][kChunkChannels + kMmaPad];
-  alignas(16) uint16_t keys[Config::kChunkKeys][kChunkChannels + kMmaPad];
+  alignas(16) uint16_t queries[Config::kTileQueries]
+                              [Config::kSliceChannels + kMmaPad];
+  alignas(16) uint16_t keys[Config::kChunkKeys]
+                           [Config::kSliceChannels + kMmaPad];
 };
 
 template <typename Config, typename acc_t>
@@ -465,8 +476,9 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
     SharedLayout<Config, float>& smem, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
   constexpr int kTileQueries = Config::kTileQueries;
+  constexpr int kSlice = Config::kSliceChannels;
   // 16-byte vectors of 8 channels per slice row.
-  constexpr int kRowVectors = kChunkChannels / 8;
+  constexpr int kRowVectors = kSlice / 8;
   constexpr int kVectors = (kTileQueries + Config::kChunkKeys) * kRowVectors;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   // The fragments' groupID and 2 * threadID_in_group.
@@ -481,7 +493,7 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
       (reinterpret_cast<uintptr_t>(query) |
        reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
   float acc[4][4] = {};
-  for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
+  for (int64_t ch = 0; ch < channels; ch += kSlice) {
     for (int v = tid; v < kVectors; v += Config::kThreads) {
       const int row = v / kRowVectors, c = (v % kRowVectors) * 8;
       const bool is_query = row < kTileQueries;
@@ -504,7 +516,7 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
     }
     __syncthreads();
 #pragma unroll
-    for (int k0 = 0; k0 < kChunkChannels; k0 += 16) {
+    for (int k0 = 0; k0 < kSlice; k0 += 16) {
       const uint32_t a[4] = {
           load_pair(&smem.tiles.queries[m0 + group][k0 + pair]),
           load_pair(&smem.tiles.queries[m0 + group + 8][k0 + pair]),
