@@ -57,7 +57,8 @@ def parse_args():
     p.add_argument('--device', default='cpu')
     p.add_argument('--amp', action='store_true',
                    help='AmpOptimWrapper (bf16 autocast) instead of fp32')
-    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--channels-last', action='store_true',
+                   help='the model option channels_last=True')
     p.add_argument('--variants', action='store_true',
                    help='time every entry of VARIANTS (CUDA; implies --amp)')
     p.add_argument('--profile', action='store_true',
@@ -79,7 +80,8 @@ def build(cfg, args, variant=None):
     """(model, optimiser wrapper, step context) for ``variant`` (a key of
     :data:`VARIANTS`; None: AmpOptimWrapper if ``args.amp``, else the
     config's wrapper)."""
-    model = MODELS.build(cfg.model)
+    # As a user would ask for it: --cfg-options model.channels_last=True.
+    model = MODELS.build(dict(cfg.model, channels_last=args.channels_last))
     # init_weights logs every parameter at INFO; keep the table readable.
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -87,8 +89,6 @@ def build(cfg, args, variant=None):
     model.init_weights()
     logger.setLevel(level)
     model.to(args.device).train()
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
     if variant is None:
         variant = 'amp' if args.amp else None
     wrapper, fused = VARIANTS[variant] if variant else (None, False)

@@ -4,9 +4,10 @@
 #
 #   mim train sfc_plugin configs/fc_ytvos.py --work-dir work_dirs/fc_ytvos
 #   mim train sfc_plugin configs/fc_ytvos.py --amp          # mixed precision
-#       (fp16 with dynamic loss scaling; on Ampere/Hopper prefer bf16:
+#       (fp16 with dynamic loss scaling; on Ampere/Hopper prefer bf16
+#        with channels-last convolutions:
 #        --cfg-options optim_wrapper.type=AmpOptimWrapper
-#        optim_wrapper.dtype=bfloat16)
+#        optim_wrapper.dtype=bfloat16 model.channels_last=True)
 #   mim train sfc_plugin configs/fc_ytvos.py --launcher pytorch --gpus 4
 #
 # Other frame folders: override train_dataloader.dataset.data_root,

@@ -154,3 +154,40 @@ def test_data_preprocessor_normalises_views():
     assert torch.allclose(v1[:, 0], torch.tensor((255 - 123.675) / 58.395))
     with pytest.raises(ValueError, match=r'\(N, V, 3, H, W\)'):
         model.data_preprocessor(dict(inputs=raw[:, 0]), training=True)
+
+
+def is_channels_last(model):
+    return all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters() if p.dim() == 4)
+
+
+def test_channels_last_keeps_every_conv_weight_in_that_format():
+    """channels_last=True: every conv weight, online and target, is
+    channels-last from construction through an optimiser step and a
+    checkpoint load, and the loss is the NCHW model's on the same
+    weights."""
+    from mmengine.optim import build_optim_wrapper
+
+    torch.manual_seed(0)
+    nchw = tiny_fc()
+    model = tiny_fc(channels_last=True)
+    assert is_channels_last(model) and not is_channels_last(nchw)
+    model.load_state_dict(nchw.state_dict())
+    assert is_channels_last(model)
+    views, samples = batch()
+    torch.testing.assert_close(model.loss(views, samples)['loss'],
+                               nchw.loss(views, samples)['loss'],
+                               rtol=1e-4, atol=1e-5)
+    wrapper = build_optim_wrapper(
+        model, dict(optimizer=dict(type='Adam', lr=1e-3)))
+    raw = torch.randint(0, 256, (2, 2, 3, 64, 64), dtype=torch.uint8)
+    losses = model.train_step(
+        dict(inputs=raw, data_samples=samples), wrapper)
+    assert torch.isfinite(losses['loss'])
+    assert is_channels_last(model)
+
+
+def test_channels_last_must_be_a_bool():
+    with pytest.raises(TypeError, match="channels_last must be True or "
+                       "False, got 'yes'"):
+        tiny_fc(channels_last='yes')

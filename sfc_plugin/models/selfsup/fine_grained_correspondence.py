@@ -38,6 +38,11 @@ class FineGrainedCorrespondence(BaseModel):
             the reference's scale, so the loss lies in [-4, 4].
         base_momentum (float): Target momentum until a hook sets it.
             Defaults to 0.99.
+        channels_last (bool): Keep the conv weights, and the views given to
+            :meth:`loss`, in channels-last memory format: cuDNN's tensor-core
+            convolutions under AMP run on it without layout conversions.
+            The numbers are the same up to the convolution algorithms'
+            rounding. Defaults to False.
         data_preprocessor (dict, optional): Defaults to
             :class:`MultiViewDataPreprocessor` with ImageNet statistics.
         init_cfg (dict, optional): mmengine initialisation config.
@@ -50,6 +55,7 @@ class FineGrainedCorrespondence(BaseModel):
                  positive_radius: float = 0.5,
                  loss_weight: float = 2.0,
                  base_momentum: float = 0.99,
+                 channels_last: bool = False,
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         if data_preprocessor is None:
@@ -62,6 +68,9 @@ class FineGrainedCorrespondence(BaseModel):
         if not 0.0 <= base_momentum <= 1.0:
             raise ValueError('FineGrainedCorrespondence: base_momentum must '
                              f'be in [0, 1], got {base_momentum}')
+        if not isinstance(channels_last, bool):
+            raise TypeError('FineGrainedCorrespondence: channels_last must be '
+                            f'True or False, got {channels_last!r}')
         self.backbone = MODELS.build(backbone)
         self.projector = MODELS.build(projector)
         self.predictor = MODELS.build(predictor)
@@ -73,6 +82,12 @@ class FineGrainedCorrespondence(BaseModel):
         self.positive_radius = positive_radius
         self.loss_weight = loss_weight
         self.target_momentum = base_momentum
+        self.channels_last = channels_last
+        if channels_last:
+            # Before any wrapper (DDP) sees the parameters; initialisation,
+            # checkpoint loading and optimiser steps write in place and keep
+            # the format.
+            self.to(memory_format=torch.channels_last)
 
     def init_weights(self) -> None:
         """Initialise the online network and copy it into the target."""
@@ -139,6 +154,9 @@ class FineGrainedCorrespondence(BaseModel):
             of positive pairs per image, for monitoring).
         """
         boxes = self._crop_boxes(inputs, data_samples)
+        if self.channels_last:
+            inputs = [v.contiguous(memory_format=torch.channels_last)
+                      for v in inputs]
         # Views go through the networks one at a time, as in the reference:
         # batching them together would mix both views in the BN statistics.
         p1, p2 = (self.predictor(self.projector(self.extract_feat(v)))
