@@ -19,9 +19,10 @@ Sections, in this order:
   too on a GPU) and loaded;
 - ``correctness``: the op's parametrised tests on the device (pytest on
   ``tests/test_ops``, ``-k cuda``), and the native op in fp32, fp16 and
-  bf16 on the same cases (borders, ties, k beyond the window, T = 1, odd
-  sizes) against the float64 brute-force definition of those tests,
-  evaluated on the inputs rounded to each type;
+  bf16 (the last two on CUDA cores and on tensor cores) on the same cases
+  (borders, ties, k beyond the window, T = 1, odd sizes) against the
+  float64 brute-force definition of those tests, evaluated on the inputs
+  rounded to each type;
 - ``op_speed``: ``benchmarks/propagation_step.py`` at 480p (60×107, T = 21)
   for C = 256 and 1280 in the SFC (k 15, r' 15) and FC (k 10, r' 12) DAVIS
   settings: native kernel vs the dense form, and against the floor (the
@@ -412,14 +413,24 @@ def section_correctness(args) -> dict:
     # On a GPU a skipped CUDA test means the kernel was not reached.
     failed = (proc.returncode != 0 or not counts.get('passed')
               or (cuda and counts.get('skipped', 0) > 0))
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        name = str(dtype).split('.')[-1]
+    # float16/bfloat16 twice on CUDA: on CUDA cores, then on tensor cores
+    # (SFC_PLUGIN_TENSOR_CORES, read by the op at every call).
+    runs = [(torch.float32, False), (torch.float16, False),
+            (torch.bfloat16, False), (torch.float16, True),
+            (torch.bfloat16, True)]
+    for dtype, tensor_cores in runs:
+        name = str(dtype).split('.')[-1] + (' tensor cores' if tensor_cores
+                                            else '')
         if not cuda and dtype != torch.float32:
             rows.append(row(f'native op {name} vs definition',
                             note=NO_CUDA))
             continue
-        result = compare_dtype(native_impl(args.device, dtype), dtype, CASES,
-                               brute_force, random_inputs)
+        os.environ['SFC_PLUGIN_TENSOR_CORES'] = '1' if tensor_cores else '0'
+        try:
+            result = compare_dtype(native_impl(args.device, dtype), dtype,
+                                   CASES, brute_force, random_inputs)
+        finally:
+            os.environ['SFC_PLUGIN_TENSOR_CORES'] = '0'
         details[name] = result
         failed |= result['passed'] != result['total']
         rows.append(row(
