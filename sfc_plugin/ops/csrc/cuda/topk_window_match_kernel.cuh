@@ -435,37 +435,38 @@ __device__ __forceinline__ void copy8(uint16_t* dst, const uint16_t* src) {
 
 #if defined(__CUDACC__)
 // d += a · b for one 16 × 8 × 16 block (PTX fragment layouts of
-// mma.m16n8k16 with .f16/.bf16 inputs and .f32 accumulators). The tests'
-// CPU emulation provides its own before including this header.
+// mma.m16n8k16 with .f16/.bf16 inputs, ptx_type, and .f32 accumulators),
+// in a function with d, a and b as below. The tests' CPU emulation
+// provides its own mma_m16n8k16 before including this header.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define SFC_MMA_M16N8K16(ptx_type)                                         \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ptx_type          \
+               "." ptx_type ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "   \
+               "{%8, %9}, {%0, %1, %2, %3};\n"                             \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]),    \
+                 "r"(b[1]))
+#elif defined(__CUDA_ARCH__)
+// The host refuses tensor-core configurations below sm_80.
+#define SFC_MMA_M16N8K16(ptx_type) __trap()
+#else
+#define SFC_MMA_M16N8K16(ptx_type)
+#endif
+
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
                                              const uint32_t (&a)[4],
                                              const uint32_t (&b)[2],
                                              c10::BFloat16) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#elif defined(__CUDA_ARCH__)
-  __trap();  // the host refuses tensor cores below sm_80
-#endif
+  SFC_MMA_M16N8K16("bf16");
 }
 
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
                                              const uint32_t (&a)[4],
                                              const uint32_t (&b)[2],
                                              c10::Half) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#elif defined(__CUDA_ARCH__)
-  __trap();
-#endif
+  SFC_MMA_M16N8K16("f16");
 }
+#undef SFC_MMA_M16N8K16
 #endif
 
 // As score_chunk_cuda_cores, on tensor cores (TensorCoreConfig; float16 and
