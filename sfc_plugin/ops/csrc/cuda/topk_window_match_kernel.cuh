@@ -73,52 +73,64 @@ constexpr int64_t kMaxGroups = 64;
 // Row tiles and batch items × groups go in the launch grid's y and z.
 constexpr int64_t kMaxGridYZ = 65535;
 
-// How the matching kernel divides its work. A tile of TileRows × TileCols
-// query positions is scored against ChunkKeys keys at a time, each thread
-// computing MicroQueries × MicroKeys of the scores. Larger tiles load each
-// key for more queries (less memory traffic) but their windows' union
-// holds more keys outside any one window (more scores computed). Prefetch:
-// each thread loads the next channel slice into registers while the block
-// computes the current one. MinBlocks: blocks a multiprocessor must be
-// able to hold at once, which caps the registers a thread may use.
-template <int TileRows, int TileCols, int ChunkKeys, int MicroQueries,
-          int MicroKeys, bool Prefetch, int MinBlocks>
-struct TileConfig {
-  static constexpr bool kTensorCores = false;
+// What every configuration of the matching kernel has: a tile of
+// TileRows × TileCols query positions scored against ChunkKeys keys at a
+// time (larger tiles load each key for more queries, less memory traffic,
+// but their windows' union holds more keys outside any one window, more
+// scores computed), and MinBlocks, the blocks a multiprocessor must be
+// able to hold at once, which caps the registers a thread may use. The
+// name says them as "{rows}x{cols}-keys{chunk}-{scoring}-min{blocks}".
+template <int TileRows, int TileCols, int ChunkKeys, int MinBlocks>
+struct TileShape {
   static constexpr int kTileRows = TileRows;
   static constexpr int kTileCols = TileCols;
   static constexpr int kTileQueries = TileRows * TileCols;
   static constexpr int kChunkKeys = ChunkKeys;
+  static constexpr int kMinBlocks = MinBlocks;
+
+  static_assert(ChunkKeys % 32 == 0,
+                "a chunk is offered one warp's 32 keys at a time");
+
+  static std::string shape_name(const std::string& scoring) {
+    return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
+           "-keys" + std::to_string(ChunkKeys) + "-" + scoring + "-min" +
+           std::to_string(MinBlocks);
+  }
+};
+
+// Scores on CUDA cores, each thread computing MicroQueries × MicroKeys of
+// them. Prefetch: each thread loads the next channel slice into registers
+// while the block computes the current one.
+template <int TileRows, int TileCols, int ChunkKeys, int MicroQueries,
+          int MicroKeys, bool Prefetch, int MinBlocks>
+struct TileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
+  using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
+  static constexpr bool kTensorCores = false;
   static constexpr int kMicroQueries = MicroQueries;
   static constexpr int kMicroKeys = MicroKeys;
   static constexpr bool kPrefetch = Prefetch;
-  static constexpr int kMinBlocks = MinBlocks;
   // Threads along the tile's queries and along the chunk's keys.
-  static constexpr int kQueryThreads = kTileQueries / MicroQueries;
+  static constexpr int kQueryThreads = Shape::kTileQueries / MicroQueries;
   static constexpr int kKeyThreads = ChunkKeys / MicroKeys;
   static constexpr int kThreads = kQueryThreads * kKeyThreads;
   // Values of one channel slice each thread loads.
   static constexpr int kQueryLoads =
-      (kTileQueries * kChunkChannels + kThreads - 1) / kThreads;
+      (Shape::kTileQueries * kChunkChannels + kThreads - 1) / kThreads;
   static constexpr int kKeyLoads =
       (ChunkKeys * kChunkChannels + kThreads - 1) / kThreads;
 
   static_assert(MicroQueries % 4 == 0 && MicroKeys % 4 == 0,
                 "micro-tiles are read four values at a time");
-  static_assert(kTileQueries % MicroQueries == 0 &&
+  static_assert(Shape::kTileQueries % MicroQueries == 0 &&
                     ChunkKeys % MicroKeys == 0,
                 "micro-tiles must divide the tile and the chunk");
-  static_assert(ChunkKeys % 32 == 0,
-                "a chunk is offered one warp's 32 keys at a time");
   static_assert(kThreads % 32 == 0 && kThreads <= 1024,
                 "a block is whole warps, at most 1024 threads");
 
   static std::string name() {
-    return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
-           "-keys" + std::to_string(ChunkKeys) + "-micro" +
-           std::to_string(MicroQueries) + "x" + std::to_string(MicroKeys) +
-           (Prefetch ? "-prefetch" : "") + "-min" +
-           std::to_string(MinBlocks);
+    return Shape::shape_name("micro" + std::to_string(MicroQueries) + "x" +
+                             std::to_string(MicroKeys) +
+                             (Prefetch ? "-prefetch" : ""));
   }
 };
 
@@ -133,29 +145,23 @@ struct TileConfig {
 // slice (more: fewer barriers and more loads in flight per slice).
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
           int MinBlocks>
-struct TensorCoreConfig {
+struct TensorCoreConfig
+    : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
+  using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
   static constexpr bool kTensorCores = true;
-  static constexpr int kTileRows = TileRows;
-  static constexpr int kTileCols = TileCols;
-  static constexpr int kTileQueries = TileRows * TileCols;
-  static constexpr int kChunkKeys = ChunkKeys;
   static constexpr int kSliceChannels = SliceChannels;
-  static constexpr int kMinBlocks = MinBlocks;
   // Warps along the tile's queries (16 each) and the chunk's keys (32).
-  static constexpr int kQueryWarps = kTileQueries / 16;
+  static constexpr int kQueryWarps = Shape::kTileQueries / 16;
   static constexpr int kKeyWarps = ChunkKeys / 32;
   static constexpr int kThreads = 32 * kQueryWarps * kKeyWarps;
 
-  static_assert(kTileQueries % 16 == 0 && ChunkKeys % 32 == 0,
-                "tiles are whole 16-query × 32-key warp blocks");
+  static_assert(Shape::kTileQueries % 16 == 0,
+                "tiles are whole 16-query warp blocks");
   static_assert(SliceChannels % 16 == 0, "slices are whole k16 steps");
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
   static std::string name() {
-    return std::to_string(TileRows) + "x" + std::to_string(TileCols) +
-           "-keys" + std::to_string(ChunkKeys) + "-tensorcores-c" +
-           std::to_string(SliceChannels) + "-min" +
-           std::to_string(MinBlocks);
+    return Shape::shape_name("tensorcores-c" + std::to_string(SliceChannels));
   }
 };
 
