@@ -5,20 +5,23 @@
 // (tests/test_ops/csrc/simt_emulation.h): the launch plan takes the launcher
 // as a parameter, and nothing here names the CUDA runtime.
 //
-// One block serves a tile of query positions (TileConfig: its rows and
+// One block serves a tile of query positions (TileShape: its rows and
 // columns) over one group of consecutive key frames. It lists the keys
 // those queries may see in increasing flat index (an unrestricted frame
 // whole; in a restricted frame, row by row, the union of the tile's
-// windows, packed without gaps) and scores them in chunks of keys. A
-// chunk's scores are computed kChunkChannels channels at a time from
-// shared-memory tiles stored channel-major, each thread accumulating a
-// micro-tile of queries × keys in registers (16-byte loads, four values
-// each), and then offered to each query's running top-k, kept sorted in
-// shared memory, if the key is in that query's own window. A score must
-// beat the current k-th strictly, so among equal affinities the lower
-// index wins, as on CPU. Every score is the same sequence of FMAs over the
+// windows, packed without gaps) and scores them in chunks of keys: on CUDA
+// cores (TileConfig, score_chunk_cuda_cores) kChunkChannels channels at a
+// time from shared-memory tiles stored channel-major, each thread
+// accumulating a micro-tile of queries × keys in registers (16-byte loads,
+// four values each); or, for float16/bfloat16 features, on tensor cores
+// (TensorCoreConfig, score_chunk_tensor_cores). The scores are then
+// offered to each query's running top-k, kept sorted in shared memory, if
+// the key is in that query's own window. A score must beat the current
+// k-th strictly, so among equal affinities the lower index wins, as on
+// CPU. On CUDA cores every score is the same sequence of FMAs over the
 // channels, whichever configuration, slot or thread computes it, so equal
-// keys tie exactly and every configuration returns the same neighbours.
+// keys tie exactly and every CUDA-core configuration returns the same
+// neighbours; on tensor cores equal keys still tie exactly.
 //
 // The tiles alone give too few blocks to fill a GPU (480p: 210 tiles of
 // 4 × 8), so the frames are split into groups until the device holds a
