@@ -159,12 +159,13 @@ def config_dtypes(config):
 @pytest.mark.parametrize('grouping', GROUPINGS)
 def test_every_config_gives_the_default_neighbours(grouping):
     """Partial tiles of every shape (H = 10, W = 19), a channel tail
-    (C = 37), an unrestricted frame longer than a 128-key chunk, two batch
-    items: every configuration returns the default's weights and indices on
+    (C = 37), an unrestricted frame longer than a 128-key chunk (batch items
+    are the same for every configuration, and tested above): every
+    configuration returns the default's weights and indices on
     the same features exactly (CUDA cores: each score is the same FMA
     sequence; the emulated tensor cores sum exact products in the same
     order), and the default gives the C++ CPU kernel's neighbours."""
-    query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=2)
+    query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=1)
     ref_w, ref_i = topk_window_neighbours(query, keys, topk=9, radius=3.5,
                                           temperature=0.07,
                                           unrestricted_keys=1)
