@@ -66,3 +66,40 @@ def test_tiling_reads_every_configuration_name():
         assert f'{rows}x{cols}-keys{chunk}-' in config
     with pytest.raises(ValueError, match='unexpected kernel configuration'):
         cuda_kernel_configs.tiling('4x8')
+
+
+def test_gpu_check_reads_the_script_rows(monkeypatch):
+    """gpu_check's kernel_configs section (CUDA only) turns the script's
+    JSON rows into its table; here the script's run is replaced by rows
+    that compare() computed on the emulation, one of them disagreeing."""
+    import argparse
+    import json
+    import subprocess
+
+    import gpu_check
+
+    args = cuda_kernel_configs.parse_args(SMALL)
+    configs = kernel_configs()
+    rows = cuda_kernel_configs.compare(args, torch.device('cpu'), configs,
+                                       emulated_op, rate=1e3)
+    rows[1].update(ok=False, check="NOT the default's")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        with open(cmd[cmd.index('--out') + 1], 'w') as f:
+            json.dump(dict(rows=rows), f)
+        return subprocess.CompletedProcess(cmd, 1, 'table', '')
+
+    monkeypatch.setattr(gpu_check.subprocess, 'run', fake_run)
+    with pytest.raises(gpu_check.SectionFailure) as failure:
+        gpu_check.section_kernel_configs(
+            argparse.Namespace(device='cuda', quick=True))
+    assert len(calls) == len(gpu_check.MATCH_SETTINGS)
+    table = failure.value.rows
+    assert len(table) == len(calls) * len(configs)
+    assert table[0]['figure'].endswith(f'{configs[0]} (float32)')
+    assert table[0]['unit'] == 'ms/frame'
+    assert 'same as default' in table[0]['note']
+    assert "NOT the default's" in table[1]['note']
+    assert 'disagrees with the default' in str(failure.value)
