@@ -633,14 +633,16 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
           const int count = smem.count[q];
           const acc_t threshold =
               count < stored_topk ? -INFINITY : values[stored_topk - 1];
-          bool eligible = j < nk;
-          if (eligible && smem.key_y[j] >= 0) {
+          // The threshold first: once the lists fill, few scores beat it,
+          // and a warp where none does skips the window test.
+          bool candidate = j < nk && s > threshold;
+          if (candidate && smem.key_y[j] >= 0) {
             const int64_t dy = smem.key_y[j] - qy;
             const int64_t dx = smem.key_x[j] - qx;
             const int64_t half = half_widths[dy < 0 ? -dy : dy];
-            eligible = half >= 0 && dx <= half && -dx <= half;
+            candidate = half >= 0 && dx <= half && -dx <= half;
           }
-          unsigned mask = __ballot_sync(0xffffffffu, eligible && s > threshold);
+          unsigned mask = __ballot_sync(0xffffffffu, candidate);
           if (lane == 0) {
             while (mask) {
               const int bit = __ffs(mask) - 1;
