@@ -67,6 +67,13 @@ def random_inputs(seed, t_frames, channels, h, w, num_labels, batch=None):
     return query, keys, labels
 
 
+def needs_tensor_cores():
+    """The CUDA kernel's tensor-core configurations: sm_80 and later."""
+    needs_native('cuda')
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip('tensor cores with bfloat16 need compute capability 8.0')
+
+
 def needs_native(device='cpu'):
     if NATIVE_DISABLED:
         pytest.skip('SFC_PLUGIN_NATIVE_OPS=0')
@@ -301,7 +308,7 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
     the top k (the tensor cores group the float32 sums their own way, so
     only a near-tie may pick a different key), and copies of frame 0 tie
     exactly with it."""
-    needs_native('cuda')
+    needs_tensor_cores()
     t, h, w, topk = 3, 10, 19, 9
     query, keys, _ = random_inputs(29, t, channels, h, w, 1)
     keys[2] = keys[0]
@@ -336,7 +343,7 @@ def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
     """SFC_PLUGIN_TENSOR_CORES=1 has the op match bfloat16 features with
     the first tensor-core configuration (float32 stays on CUDA cores); 0
     or unset, the default configuration; anything else is refused."""
-    needs_native('cuda')
+    needs_tensor_cores()
     query, keys, _ = random_inputs(31, 3, 64, 10, 19, 1, batch=1)
     bf16 = (query.to('cuda', torch.bfloat16), keys.to('cuda', torch.bfloat16))
     fp32 = (query.float().cuda(), keys.float().cuda())
