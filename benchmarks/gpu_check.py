@@ -560,6 +560,30 @@ def section_op_speed(args) -> dict:
     return dict(rows=rows, details=details)
 
 
+def fastest_rows(label: str, topk: int, runs: List[dict]) -> list:
+    """Per C and feature type, the fastest configuration that passed its
+    check; at the goal's setting and largest C, the float32 one is judged
+    against the floor (the op's default can be switched to it)."""
+    rows = []
+    largest = max(r['channels'] for r in runs)
+    for channels in sorted({r['channels'] for r in runs}):
+        for features in ('float32', 'bfloat16'):
+            passed = [r for r in runs if r['channels'] == channels
+                      and r['features'] == features and r['ok']]
+            if not passed:
+                continue
+            best = min(passed, key=lambda r: r['seconds'])
+            goal = ('match_vs_floor' if features == 'float32'
+                    and topk == MATCH_SETTINGS[0][1]
+                    and channels == largest else None)
+            rows.append(row(
+                f'{label}, C={channels}, {features}: fastest '
+                f'{best["config"]} / fp32 floor', best['vs_floor'], '×',
+                goal=goal, note=f'{1e3 * best["seconds"]:.2f} ms/frame, '
+                f'{best["speedup"]:.2f}× the default'))
+    return rows
+
+
 def section_kernel_configs(args) -> dict:
     """``cuda_kernel_configs.py`` per setting: each kernel configuration's
     time at C = 256 and 1280 (the largest C judged against the floor, as
@@ -591,6 +615,7 @@ def section_kernel_configs(args) -> dict:
         if proc.returncode:
             errors.append(f'{label}: a configuration disagrees with the '
                           'default')
+        rows += fastest_rows(label, topk, run['rows'])
         for r in run['rows']:
             rows.append(row(
                 f'{label}, C={r["channels"]}: {r["config"]} '

@@ -96,10 +96,21 @@ def test_gpu_check_reads_the_script_rows(monkeypatch):
         gpu_check.section_kernel_configs(
             argparse.Namespace(device='cuda', quick=True))
     assert len(calls) == len(gpu_check.MATCH_SETTINGS)
+    # Per setting: the fastest float32 and bfloat16 rows, then every row.
     table = failure.value.rows
-    assert len(table) == len(calls) * len(configs)
-    assert table[0]['figure'].endswith(f'{configs[0]} (float32)')
-    assert table[0]['unit'] == 'ms/frame'
-    assert 'same as default' in table[0]['note']
-    assert "NOT the default's" in table[1]['note']
+    assert len(table) == len(calls) * (2 + len(configs))
+    fastest, per_config = table[:2], table[2:2 + len(configs)]
+    passed = [r for r in rows if r['ok'] and r['features'] == 'float32']
+    best = min(passed, key=lambda r: r['seconds'])
+    assert fastest[0]['figure'].endswith(
+        f"C=16, float32: fastest {best['config']} / fp32 floor")
+    assert fastest[0]['value'] == best['vs_floor']
+    assert rows[1]['config'] not in fastest[0]['figure']  # it failed
+    # The first setting's largest C is the goal's figure.
+    assert fastest[0]['goal'] == 'match_vs_floor'
+    assert 'tensorcores' in fastest[1]['figure'] and not fastest[1]['goal']
+    assert per_config[0]['figure'].endswith(f'{configs[0]} (float32)')
+    assert per_config[0]['unit'] == 'ms/frame'
+    assert 'same as default' in per_config[0]['note']
+    assert "NOT the default's" in per_config[1]['note']
     assert 'disagrees with the default' in str(failure.value)
