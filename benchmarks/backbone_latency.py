@@ -12,10 +12,10 @@ import argparse
 import copy
 import os.path as osp
 import tempfile
-import time
 
 import torch
 from mmengine.config import Config
+from propagation_step import best_seconds
 
 from sfc_plugin.deploy import build_encoder, export_onnx
 from sfc_plugin.deploy.backends import ONNXRuntimeBackend
@@ -23,18 +23,10 @@ from sfc_plugin.utils import register_all_modules
 
 
 def best_time(fn, x, repeats, device):
+    """Shortest time of ``fn(x)`` without autograd, after a warm-up."""
     with torch.no_grad():
         fn(x)
-        best = float('inf')
-        for _ in range(repeats):
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn(x)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return best
+        return best_seconds(lambda: fn(x), device, repeats)
 
 
 def variants(encoder, onnx_path, device):

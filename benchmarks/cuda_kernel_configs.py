@@ -25,11 +25,15 @@ import argparse
 import json
 import re
 import sys
-import time
 
 import torch
 from cuda_kernel_work import computed_pairs, half_widths
-from propagation_step import eligible_pairs, inputs, matmul_rate, sync
+from propagation_step import (
+    best_seconds,
+    eligible_pairs,
+    inputs,
+    matmul_rate,
+)
 
 from sfc_plugin.ops import native_ops_available
 
@@ -51,14 +55,9 @@ def time_config(neighbours, config: str, query, keys, args) -> tuple:
     (``torch.ops.sfc._topk_window_neighbours_config``)."""
     call = (query, keys, args.topk, args.radius, 0.05, 1, config)
     weights, indices = neighbours(*call)  # warm-up
-    best = float('inf')
-    for _ in range(args.repeats):
-        sync(query.device)
-        start = time.perf_counter()
-        neighbours(*call)
-        sync(query.device)
-        best = min(best, time.perf_counter() - start)
-    return best, weights, indices
+    seconds = best_seconds(lambda: neighbours(*call), query.device,
+                           args.repeats)
+    return seconds, weights, indices
 
 
 def compare(args, device, configs, neighbours, rate: float) -> list:

@@ -77,6 +77,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def best_seconds(call, device, repeats: int) -> float:
+    """Shortest wall time of ``call()`` over ``repeats`` runs, the device
+    synchronised before and after each; the caller warms up."""
+    best = float('inf')
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        call()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def inputs(args, channels, device):
     gen = torch.Generator().manual_seed(0)
     h, w, t = args.height, args.width, args.frames
@@ -103,28 +116,15 @@ def matmul_rate(device, n=4096, repeats=5) -> float:
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
-    best = float('inf')
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
 
 
 def bandwidth(device, mib=1024) -> float:
     """GB/s of a device-to-device copy (read + write), best of 5."""
     x = torch.empty(mib * 2**20 // 4, device=device)
     y = torch.empty_like(x)
-    best = float('inf')
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        y.copy_(x)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * x.numel() * 4 / best / 1e9
+    return 2 * x.numel() * 4 / best_seconds(lambda: y.copy_(x), device,
+                                            5) / 1e9
 
 
 def worker(args) -> None:
@@ -143,19 +143,14 @@ def worker(args) -> None:
     if device.type != 'cuda':
         before = reset_peak_rss()
     out = fn(query, keys, labels, **kw)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = fn(query, keys, labels, **kw)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    seconds = best_seconds(lambda: fn(query, keys, labels, **kw), device,
+                           args.repeats)
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = peak_rss_mib()
     torch.save(out.float().cpu(), args.worker_out)
-    print(json.dumps(dict(seconds=min(times), peak_mib=peak,
+    print(json.dumps(dict(seconds=seconds, peak_mib=peak,
                           extra_mib=peak - before)))
 
 
