@@ -490,6 +490,26 @@ def matmul_rates(device, quick: bool) -> Dict[str, Optional[float]]:
 MATCH_SETTINGS = (('SFC k15 r15', 15, 15.0), ('FC k10 r12', 10, 12.0))
 
 
+def run_json_script(script: str, script_args: List[str], label: str,
+                    rows: list, errors: list):
+    """Runs ``benchmarks/SCRIPT ... --out FILE`` and prints its output;
+    returns (its JSON rows file, its exit status), or (None, status) with a
+    failed row and error for ``label`` when it wrote no file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = osp.join(tmp, 'rows.json')
+        cmd = [sys.executable, osp.join(HERE, script), *script_args,
+               '--out', out]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+        if not osp.exists(out):
+            errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
+                                          or ['?'])[-1])
+            rows.append(row(label, note='failed: see the log'))
+            return None, proc.returncode
+        with open(out) as f:
+            return json.load(f), proc.returncode
+
+
 def section_op_speed(args) -> dict:
     """``propagation_step.py`` per setting (each implementation in a
     process of its own), set against this run's matmul rates."""
@@ -510,21 +530,16 @@ def section_op_speed(args) -> dict:
     details = dict(matmul_gflops=rates, runs={})
     errors = []
     for label, topk, radius in MATCH_SETTINGS:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = osp.join(tmp, 'rows.json')
-            cmd = [sys.executable, osp.join(HERE, 'propagation_step.py'),
-                   '--device', args.device, '--impl', *impls, '--topk',
-                   str(topk), '--radius', str(radius), '--out', out, *size]
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  cwd=REPO)
-            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
-            if proc.returncode:
-                errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
-                                              or ['?'])[-1])
-                rows.append(row(f'{label}', note='failed: see the log'))
-                continue
-            with open(out) as f:
-                run = json.load(f)
+        run, code = run_json_script(
+            'propagation_step.py',
+            ['--device', args.device, '--impl', *impls, '--topk', str(topk),
+             '--radius', str(radius), *size], label, rows, errors)
+        if run is None:
+            continue
+        if code:
+            errors.append(f'{label}: exit status {code}')
+            rows.append(row(f'{label}', note='failed: see the log'))
+            continue
         details['runs'][label] = run
         by = {(r['channels'], r['impl']): r for r in run['rows']}
         for c in sorted({r['channels'] for r in run['rows']}):
@@ -596,23 +611,14 @@ def section_kernel_configs(args) -> dict:
             ['--channels', '256', '1280', '--repeats', '10'])
     rows, details, errors = [], {}, []
     for label, topk, radius in MATCH_SETTINGS:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = osp.join(tmp, 'rows.json')
-            cmd = [sys.executable, osp.join(HERE, 'cuda_kernel_configs.py'),
-                   '--device', args.device, '--topk', str(topk), '--radius',
-                   str(radius), '--out', out, *size]
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  cwd=REPO)
-            print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
-            if not osp.exists(out):
-                errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
-                                              or ['?'])[-1])
-                rows.append(row(label, note='failed: see the log'))
-                continue
-            with open(out) as f:
-                run = json.load(f)
+        run, code = run_json_script(
+            'cuda_kernel_configs.py',
+            ['--device', args.device, '--topk', str(topk), '--radius',
+             str(radius), *size], label, rows, errors)
+        if run is None:
+            continue
         details[label] = run
-        if proc.returncode:
+        if code:
             errors.append(f'{label}: a configuration disagrees with the '
                           'default')
         rows += fastest_rows(label, topk, run['rows'])
