@@ -40,6 +40,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -916,16 +917,13 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                         unrestricted_keys);
   const bool default_config =
       config.empty() || config == DefaultConfig::name();
-  bool known = default_config;
-  std::apply([&](auto... alternative) {
-    ((known = known || config == decltype(alternative)::name()), ...);
-  }, AlternativeConfigs{});
-  if (!known) {
-    std::string names;
-    for (const auto& name : kernel_config_names())
-      names += (names.empty() ? "" : ", ") + name;
+  const auto names = kernel_config_names();
+  if (!default_config &&
+      std::find(names.begin(), names.end(), config) == names.end()) {
+    std::string known;
+    for (const auto& name : names) known += (known.empty() ? "" : ", ") + name;
     TORCH_CHECK_VALUE(false, "topk_window_match: unknown kernel "
-                      "configuration '", config, "'; known: ", names);
+                      "configuration '", config, "'; known: ", known);
   }
   const int64_t batch = keys.size(0), frames = keys.size(1),
                 channels = keys.size(2), height = keys.size(3),
