@@ -29,6 +29,7 @@ import sys
 import torch
 from cuda_kernel_work import computed_pairs, half_widths
 from propagation_step import (
+    add_step_arguments,
     best_seconds,
     eligible_pairs,
     inputs,
@@ -114,10 +115,7 @@ def compare(args, device, configs, neighbours, rate: float) -> list:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cuda')
-    p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
-    p.add_argument('--height', type=int, default=60)
-    p.add_argument('--width', type=int, default=107)
-    p.add_argument('--frames', type=int, default=21, help='T = 1 + m')
+    add_step_arguments(p)
     p.add_argument('--topk', type=int, default=15)
     p.add_argument('--radius', type=float, default=15.0)
     p.add_argument('--repeats', type=int, default=10)

@@ -90,6 +90,16 @@ def best_seconds(call, device, repeats: int) -> float:
     return best
 
 
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The step's size, as :func:`inputs` and :func:`eligible_pairs` read
+    it: the 60×107 feature map of a 480p frame, T = 21, and the channel
+    counts to run."""
+    p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
+    p.add_argument('--height', type=int, default=60)
+    p.add_argument('--width', type=int, default=107)
+    p.add_argument('--frames', type=int, default=21, help='T = 1 + m')
+
+
 def inputs(args, channels, device):
     gen = torch.Generator().manual_seed(0)
     h, w, t = args.height, args.width, args.frames
@@ -156,14 +166,11 @@ def worker(args) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--channels', type=int, nargs='+', default=[256, 1280])
     p.add_argument('--impl', nargs='+',
                    default=['native', 'native-bf16', 'reference', 'dense'],
                    choices=sorted(IMPLS))
     p.add_argument('--device', default='cpu')
-    p.add_argument('--height', type=int, default=60)
-    p.add_argument('--width', type=int, default=107)
-    p.add_argument('--frames', type=int, default=21, help='T = 1 + m')
+    add_step_arguments(p)
     p.add_argument('--labels', type=int, default=2)
     p.add_argument('--topk', type=int, default=10)
     p.add_argument('--radius', type=float, default=12)
