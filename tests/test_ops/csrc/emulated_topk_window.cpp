@@ -73,6 +73,8 @@ struct EmulatedLaunch {
   }
 
   bool has_tensor_cores() const { return true; }
+
+  at::Tensor to_device(const at::Tensor& host) const { return host; }
 };
 
 // An H100's shared memory per block (227 KiB opt-in).

@@ -26,7 +26,7 @@ namespace ops {
 namespace {
 
 struct CudaLaunch {
-  cudaStream_t stream;
+  c10::cuda::CUDAStream stream;
   int64_t multiprocessors;
   int compute_major;
 
@@ -58,6 +58,14 @@ struct CudaLaunch {
   }
 
   bool has_tensor_cores() const { return compute_major >= 8; }
+
+  // A copy from pageable memory would synchronise the stream (the copy
+  // waits for every kernel queued before it); from pinned memory it is
+  // queued like a kernel. The caching host allocator keeps the pinned
+  // block until the copy has run.
+  at::Tensor to_device(const at::Tensor& host) const {
+    return host.pin_memory().to(stream.device(), /*non_blocking=*/true);
+  }
 };
 
 int device_attribute(cudaDeviceAttr attribute, int device) {

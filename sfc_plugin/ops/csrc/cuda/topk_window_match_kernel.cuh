@@ -905,9 +905,12 @@ void launch_alternative(const MatchProblem& problem, int64_t max_shared_bytes,
 // one kernel (a CUDA launch on the current stream, or the tests'
 // emulation), `launch.resident_blocks(kernel, threads, shared_bytes)` says
 // how many of that kernel's blocks fill the device (frames are split into
-// groups until there are that many) and `launch.has_tensor_cores()`
-// whether the device runs mma.m16n8k16 in bfloat16 (sm_80+);
-// `max_shared_bytes` is what one block may have.
+// groups until there are that many), `launch.has_tensor_cores()`
+// whether the device runs mma.m16n8k16 in bfloat16 (sm_80+), and
+// `launch.to_device(host)` copies a host tensor to the features' device
+// without waiting for the stream (a tracker queues its next frame's
+// encoder while this one's match runs); `max_shared_bytes` is what one
+// block may have.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
@@ -966,8 +969,8 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
   const MatchProblem problem{
       query.permute({0, 2, 3, 1}).contiguous(),
       keys_channels_last(keys),
-      at::tensor(half, at::TensorOptions().dtype(at::kLong))
-          .to(query.device()),
+      launch.to_device(
+          at::tensor(half, at::TensorOptions().dtype(at::kLong))),
       batch, frames, channels, height, width,
       reach, topk, stored_topk, unrestricted_keys,
       temperature, weights, indices};
