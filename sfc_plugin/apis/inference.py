@@ -16,6 +16,7 @@ import queue
 import resource
 import threading
 import time
+from collections import deque
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -33,6 +34,7 @@ from sfc_plugin.registry import MODELS, TRANSFORMS
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
 from sfc_plugin.utils.fileio import check_output_location, sha256
+from sfc_plugin.utils.host_copy import HostCopy, pinned_for
 from sfc_plugin.utils.progress import FrameProgressBar
 from sfc_plugin.utils.threads import lower_thread_priority
 
@@ -293,6 +295,21 @@ class TrackedFrame(NamedTuple):
     anchor: bool = False  #: Its labels were given (an anchor frame).
 
 
+class _FrameInFlight(NamedTuple):
+    """A frame whose work is queued, its prediction on its way to the host.
+    """
+    packed: dict
+    sample: object
+    pred: HostCopy
+
+    def finished(self) -> TrackedFrame:
+        return TrackedFrame(
+            name=self.sample.frame_name,
+            image=self.packed['inputs'].permute(1, 2, 0).numpy(),
+            pred=self.pred.wait().numpy(),
+            anchor=bool(self.sample.metainfo.get('anchor', False)))
+
+
 def inference_video(model,
                     reader: VideoReader,
                     first_labels: str,
@@ -300,7 +317,8 @@ def inference_video(model,
                     num_classes: Optional[int] = None,
                     prefetch: int = 4,
                     anchors: Optional[AnchorsArg] = None,
-                    complete_anchors: bool = False
+                    complete_anchors: bool = False,
+                    frames_in_flight: Optional[int] = None
                     ) -> Iterator[TrackedFrame]:
     """Streams a video through a tracker, frame 0's labels propagated.
 
@@ -308,6 +326,14 @@ def inference_video(model,
     thread; each goes through ``model.test_step``, as in mmengine's test
     loop. Frame 0's prediction is its given labels, and so is an anchor
     frame's (:meth:`SFCTracker.anchor`).
+
+    On a GPU a frame is yielded only once ``frames_in_flight`` later frames
+    have been queued: its prediction comes back to the host while the
+    device works on them (:class:`HostCopy`), and frames go to the device
+    from pinned memory, so the host never waits for the device except for
+    the frame it hands out. Frames are yielded in order whatever the
+    setting, with the same predictions; if a frame fails, the frames
+    before it are yielded first, then the error is raised.
 
     Args:
         model (SFCTracker): From :func:`init_tracker`, with the codec that
@@ -325,10 +351,22 @@ def inference_video(model,
         complete_anchors (bool): Anchors hold every object still in the
             video: objects absent from one end there (object masks).
             Defaults to False.
+        frames_in_flight (int, optional): Frames queued ahead of the one
+            yielded, >= 0 (0: each frame is finished before the next one
+            starts). Defaults to 1 on a CUDA device, 0 elsewhere (where a
+            frame's work is done by the time the call returns).
 
     Yields:
         TrackedFrame: name, image, prediction of each frame in order.
     """
+    device = model.data_preprocessor.device
+    if frames_in_flight is None:
+        frames_in_flight = 1 if device.type == 'cuda' else 0
+    frames_in_flight = check_integer('inference_video', 'frames_in_flight',
+                                     frames_in_flight)
+    if frames_in_flight < 0:
+        raise ValueError('inference_video: frames_in_flight must be >= 0, '
+                         f'got {frames_in_flight}')
     first_labels = os.fspath(first_labels)
     pipeline = tracking_pipeline(kind, num_classes)
     source = getattr(reader, 'path', reader.name)
@@ -336,28 +374,37 @@ def inference_video(model,
                               label_loader(kind, num_classes),
                               complete_anchors)
 
-    def packed_frames() -> Iterator[dict]:
-        for item in reader:
-            index = item['frame_id']
-            if index == 0:
-                yield first_frame_inputs(reader, item, first_labels, kind,
-                                         pipeline)
-                continue
+    def packed(item: dict) -> dict:
+        index = item['frame_id']
+        if index == 0:
+            packed = first_frame_inputs(reader, item, first_labels, kind,
+                                        pipeline)
+        else:
             item = _with_video_info(reader, item)
             if index in anchors:
                 item.update({_LABEL_PATH_KEYS[kind]: anchors[index].labels,
                              'anchor': True,
                              'anchor_complete': anchors[index].complete})
-            yield pipeline(item)
+            packed = pipeline(item)
+        packed['inputs'] = pinned_for(packed['inputs'], device)
+        return packed
 
     pred_key = model.codec.pred_key
-    for packed in _prefetched(packed_frames(), prefetch):
-        sample = model.test_step(pseudo_collate([packed]))[0]
-        yield TrackedFrame(
-            name=sample.frame_name,
-            image=packed['inputs'].permute(1, 2, 0).numpy(),
-            pred=sample.get(pred_key).numpy(),
-            anchor=bool(sample.metainfo.get('anchor', False)))
+    queued = deque()
+    for frame in _prefetched(map(packed, reader), prefetch):
+        try:
+            with model.results_on_device():
+                sample = model.test_step(pseudo_collate([frame]))[0]
+        except BaseException:
+            while queued:
+                yield queued.popleft().finished()
+            raise
+        queued.append(
+            _FrameInFlight(frame, sample, HostCopy(sample.get(pred_key))))
+        while len(queued) > frames_in_flight:
+            yield queued.popleft().finished()
+    while queued:
+        yield queued.popleft().finished()
 
 
 def peak_rss_mib() -> float:

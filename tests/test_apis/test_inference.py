@@ -104,6 +104,89 @@ def test_inference_video_gives_each_frame_in_order(video):
     assert set(np.unique(frames[5].pred)) <= {0, 1, 2, 3}
 
 
+def logged_steps(model, log, fail_at=None):
+    """Has ``model.test_step`` log each frame it starts (and fail at one)."""
+    step = model.test_step
+
+    def logged(data):
+        frame_id = data['data_samples'][0].frame_id
+        log.append(('step', frame_id))
+        if frame_id == fail_at:
+            raise RuntimeError(f'frame {frame_id} broke')
+        return step(data)
+
+    model.test_step = logged
+
+
+@pytest.mark.parametrize('in_flight', [1, 3, 20])
+def test_frames_in_flight_keep_the_order_and_the_predictions(
+        video, in_flight):
+    """Frame t is handed out once frames up to t + in_flight have started
+    (or the video has ended), and nothing else changes."""
+    def frames(in_flight, log):
+        model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+        logged_steps(model, log)
+        out = []
+        for frame in inference_video(model, open_video(str(video['frames'])),
+                                     str(video['first']),
+                                     frames_in_flight=in_flight):
+            log.append(('yield', int(frame.name)))
+            out.append(frame)
+        return out
+
+    log = []
+    got, want = frames(in_flight, log), frames(0, [])
+    for t in range(8):
+        before = log[:log.index(('yield', t))]
+        assert ('step', min(t + in_flight, 7)) in before
+        assert ('step', t + in_flight + 1) not in before
+    assert [f.name for f in got] == [f.name for f in want]
+    for a, b in zip(got, want):
+        assert np.array_equal(a.pred, b.pred)
+        assert np.array_equal(a.image, b.image)
+    # Not the default on a CPU: there a frame's work is done when its call
+    # returns, and nothing would overlap.
+    log = []
+    frames(None, log)
+    assert log[:4] == [('step', 0), ('yield', 0), ('step', 1), ('yield', 1)]
+
+
+@pytest.mark.parametrize('in_flight', [0, 2])
+def test_frames_before_a_failing_frame_come_out_before_its_error(
+        video, in_flight):
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+    logged_steps(model, [], fail_at=5)
+    names = []
+    with pytest.raises(RuntimeError, match='frame 5 broke'):
+        for frame in inference_video(model, open_video(str(video['frames'])),
+                                     str(video['first']),
+                                     frames_in_flight=in_flight):
+            names.append(frame.name)
+    assert names == [f'{t:05d}' for t in range(5)]
+
+
+def test_a_consumer_may_stop_with_frames_in_flight(video):
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+    log = []
+    logged_steps(model, log)
+    frames = inference_video(model, open_video(str(video['frames'])),
+                             str(video['first']), frames_in_flight=2)
+    assert [next(frames).name for _ in range(3)] == ['00000', '00001',
+                                                     '00002']
+    frames.close()
+    assert log[-1] == ('step', 4)
+    # The model is left as it was: its predictions come to the host.
+    assert not model._results_on_device
+
+
+@pytest.mark.parametrize('value', [-1, 1.5, True, '1', float('nan')])
+def test_frames_in_flight_is_checked(video, value):
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+    with pytest.raises(ValueError, match='frames_in_flight'):
+        next(inference_video(model, open_video(str(video['frames'])),
+                             str(video['first']), frames_in_flight=value))
+
+
 def write_video(path, images, fourcc='mp4v', fps=12):
     """A video file of BGR frames."""
     h, w = images[0].shape[:2]

@@ -443,3 +443,78 @@ def test_mask_decoding_takes_the_first_of_equal_maxima():
                        F.interpolate(rand[None], size=(30, 40),
                                      mode='bilinear',
                                      align_corners=False)[0].argmax(0))
+
+
+class _HostCopyLog(torch.Tensor):
+    """A prediction that logs its copies to host memory."""
+    copies = []
+
+    def cpu(self, *args, **kwargs):
+        _HostCopyLog.copies.append(self.shape)
+        return super().cpu(*args, **kwargs)
+
+
+def test_results_on_device_leave_the_copy_to_the_caller(tracker, monkeypatch):
+    decode = tracker.codec.decode
+    monkeypatch.setattr(tracker.codec, 'decode',
+                        lambda *a: decode(*a).as_subclass(_HostCopyLog))
+    frames, samples = [], []
+    for t in range(3):
+        img, labels = scene(2 * t)
+        frames.append(img)
+        samples.append(BaseDataElement(metainfo=dict(
+            video='v', frame_id=t, video_length=3),
+            gt_seg_map=labels.to(torch.uint8)))
+    _HostCopyLog.copies.clear()
+    with tracker.results_on_device():
+        with tracker.results_on_device():
+            pass
+        out = tracker.predict(torch.stack(frames), samples)
+    assert _HostCopyLog.copies == []
+    assert type(out[2].pred_seg_map) is _HostCopyLog
+    # Outside, mmengine's contract: host tensors, copied by predict; also
+    # after an error inside.
+    with pytest.raises(RuntimeError, match='inside'):
+        with tracker.results_on_device():
+            raise RuntimeError('inside')
+    tracker.predict(torch.stack(frames), samples)
+    assert _HostCopyLog.copies == [(64, 80)] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_cuda_tracking_steps_never_wait_for_the_device(precision):
+    """Past its warm-up (cuDNN's choices, the kernels' first launches) a
+    frame's whole test step is queued without the host waiting for the
+    device: the pinned frame's copy, normalisation, encoder, match,
+    decoding and its prediction's copy back. Predictions as without."""
+    from sfc_plugin.utils.host_copy import HostCopy, pinned_for
+    device = torch.device('cuda')
+
+    def data(t):
+        img, labels = scene(2 * t, 96, 128)
+        frame = pinned_for((255 * img).to(torch.uint8), device)
+        sample = BaseDataElement(metainfo=dict(video='v', frame_id=t,
+                                               video_length=8))
+        if t == 0:
+            sample.gt_seg_map = labels.to(torch.uint8)
+        return dict(inputs=[frame], data_samples=[sample])
+
+    tracker = _resnet_tracker(precision).to(device)
+    with tracker.results_on_device():
+        for t in range(3):
+            tracker.test_step(data(t))
+        batches = [data(t) for t in range(3, 8)]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            copies = [HostCopy(tracker.test_step(batch)[0].pred_seg_map)
+                      for batch in batches]
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    got = [copy.wait() for copy in copies]
+    tracker = _resnet_tracker(precision).to(device)
+    want = [tracker.test_step(data(t))[0].pred_seg_map for t in range(8)]
+    for a, b in zip(got, want[3:]):
+        assert a.device.type == b.device.type == 'cpu'
+        assert torch.equal(a, b)

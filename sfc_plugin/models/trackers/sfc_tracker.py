@@ -1,4 +1,5 @@
-from typing import Dict, List, Optional, Tuple, Union
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,9 @@ class SFCTracker(BaseModel):
         label_codec (dict): Codec config. Defaults to ``MaskCodec``.
         data_preprocessor (dict, optional): Defaults to a
             :class:`VideoFramePreprocessor` (mmengine's ImgDataPreprocessor,
-            faster on single frames) with ImageNet statistics and BGR→RGB.
+            faster on single frames) with ImageNet statistics, BGR→RGB, and
+            non-blocking copies to the device (a pinned frame is then
+            queued without waiting for the previous frame's work).
         backend (dict, optional): Where the features are computed: None or
             ``dict(type='torch')`` for ``encoder`` itself, else a deployed
             encoder, ``dict(type='onnxruntime', model='x.onnx')`` or
@@ -120,7 +123,8 @@ class SFCTracker(BaseModel):
                 type='sfc_plugin.VideoFramePreprocessor',
                 mean=IMAGENET_MEAN,
                 std=IMAGENET_STD,
-                bgr_to_rgb=True)
+                bgr_to_rgb=True,
+                non_blocking=True)
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.encoder = MODELS.build(encoder)
@@ -147,6 +151,7 @@ class SFCTracker(BaseModel):
                                  'needs the MaskCodec')
             self.detector = MODELS.build(detector)
         self._image_size = None
+        self._results_on_device = False
         # Objects of the video being tracked in mmdet's form: instance ids
         # and classes, in the order of their label channels 1..N.
         self._instances = None
@@ -163,6 +168,25 @@ class SFCTracker(BaseModel):
             if param is not None:
                 self.backend.to(param.device)
         return module
+
+    @contextlib.contextmanager
+    def results_on_device(self) -> Iterator['SFCTracker']:
+        """Within it, :meth:`predict` leaves sfc_plugin's predictions on
+        the model's device.
+
+        Outside, each prediction is copied to host memory, as mmengine's
+        evaluators expect, and the copy waits for the device to finish the
+        frame. A caller that fetches the predictions itself, without waiting
+        (:class:`sfc_plugin.utils.host_copy.HostCopy`), can queue the next
+        frame meanwhile, as :func:`sfc_plugin.apis.inference_video` does.
+        mmdet's tracking results (:meth:`predict_tracks`) are always copied.
+        """
+        previous = self._results_on_device
+        self._results_on_device = True
+        try:
+            yield self
+        finally:
+            self._results_on_device = previous
 
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
@@ -280,8 +304,9 @@ class SFCTracker(BaseModel):
         marked ``anchor`` (meta key; ``anchor_complete`` for a complete
         anchor), whose labels are taken as given (:meth:`anchor`). Adds
         the codec's prediction (``pred_seg_map`` (H, W) uint8 ids, or
-        ``pred_joints`` (J, 2)). Keypoints are given and returned in
-        original image coordinates: a ``scale_factor`` (w, h) meta key
+        ``pred_joints`` (J, 2)), on the host, or on the model's device
+        within :meth:`results_on_device`. Keypoints are given and returned
+        in original image coordinates: a ``scale_factor`` (w, h) meta key
         (from a Resize transform) maps them to and from the network input.
 
         mmdet's form: ``inputs`` (N, T, 3, H, W) and ``TrackDataSample``
@@ -310,7 +335,8 @@ class SFCTracker(BaseModel):
                 pred = self.track(frame)
             if pred_key == 'pred_joints' and scale is not None:
                 pred = pred / pred.new_tensor(scale)
-            sample.set_field(pred.cpu(), pred_key)
+            sample.set_field(
+                pred if self._results_on_device else pred.cpu(), pred_key)
         return data_samples
 
     def _target(self, sample: BaseDataElement, frame: torch.Tensor,
