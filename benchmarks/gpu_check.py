@@ -18,7 +18,9 @@ Sections, in this order:
 - ``build``: ``python -m sfc_plugin.ops``, the native kernels built (CUDA
   too on a GPU) and loaded;
 - ``correctness``: the op's parametrised tests on the device (pytest on
-  ``tests/test_ops``, ``-k cuda``), and the native op in fp32, fp16 and
+  ``tests/test_ops``, ``-k cuda``; with them the CUDA tests that a
+  tracking step never makes the host wait for the device,
+  ``CORRECTNESS_TESTS``), and the native op in fp32, fp16 and
   bf16 (the last two on CUDA cores and on tensor cores) on the same cases
   (borders, ties, k beyond the window, T = 1, odd sizes) against the
   float64 brute-force definition of those tests, evaluated on the inputs
@@ -44,7 +46,10 @@ Sections, in this order:
   on CUDA; on CUDA bf16 once more with its matching on tensor cores,
   ``SFC_PLUGIN_TENSOR_CORES=1``), with the share of mask pixels equal to
   the fp32 run's; on CUDA first each config's encoder alone (eager, fp32
-  and bf16), the part of a frame that is not the match.
+  and bf16), the part of a frame that is not the match; then the tracking
+  loop alone (``benchmarks/tracking_overlap.py``, SFC bf16) with 0 and 1
+  frames in flight, what overlapping the host's work with the device's
+  gives.
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -380,6 +385,11 @@ def compare_dtype(impl: Callable, dtype, cases: dict, brute_force,
                 tolerance=tol, failures=failures)
 
 
+#: What the correctness section's pytest runs (with ``-k``).
+CORRECTNESS_TESTS = ('tests/test_ops', 'tests/test_utils/test_host_copy.py',
+                     'tests/test_models/test_sfc_tracker.py')
+
+
 def section_correctness(args) -> dict:
     """The op's own tests on the device, then fp32/fp16/bf16 against the
     definition, reusing the tests' cases, inputs and brute force."""
@@ -397,13 +407,14 @@ def section_correctness(args) -> dict:
     # CI's business. On CPU the C++ kernel's.
     select = ('cuda and not compile and not emulat' if cuda else
               'cpu-kernel')
-    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-           osp.join(REPO, 'tests', 'test_ops'), '-k', select]
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'
+           ] + [osp.join(REPO, path) for path in CORRECTNESS_TESTS
+                ] + ['-k', select]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     print(proc.stdout[-20000:] + proc.stderr[-5000:])
     counts = pytest_counts(proc.stdout)
     rows = [
-        row(f'pytest tests/test_ops -k "{select}"',
+        row(f'pytest {" ".join(CORRECTNESS_TESTS)} -k "{select}"',
             ', '.join(f'{n} {w}' for w, n in counts.items()) or 'no result',
             note='' if proc.returncode == 0 else
             f'exit status {proc.returncode}')
@@ -491,15 +502,18 @@ MATCH_SETTINGS = (('SFC k15 r15', 15, 15.0), ('FC k10 r12', 10, 12.0))
 
 
 def run_json_script(script: str, script_args: List[str], label: str,
-                    rows: list, errors: list):
-    """Runs ``benchmarks/SCRIPT ... --out FILE`` and prints its output;
-    returns (its JSON rows file, its exit status), or (None, status) with a
-    failed row and error for ``label`` when it wrote no file."""
+                    rows: list, errors: list,
+                    env: Optional[Dict[str, str]] = None):
+    """Runs ``benchmarks/SCRIPT ... --out FILE`` (with ``env`` added to the
+    environment) and prints its output; returns (its JSON rows file, its
+    exit status), or (None, status) with a failed row and error for
+    ``label`` when it wrote no file."""
     with tempfile.TemporaryDirectory() as tmp:
         out = osp.join(tmp, 'rows.json')
         cmd = [sys.executable, osp.join(HERE, script), *script_args,
                '--out', out]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                              env=dict(os.environ, **(env or {})))
         print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
         if not osp.exists(out):
             errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
@@ -703,26 +717,11 @@ def section_train(args) -> dict:
 
 
 def track_source(args, tmp: str):
-    """(frame folder, first mask, description): the shared blackswan
-    looped to the length asked for, or a generated video."""
-    from track_video import DAVIS2016, looped_folder
-    frames = 4 if args.quick else args.track_frames
-    data_root, sequence = DAVIS2016, 'blackswan'
-    what = f'DAVIS-2016 blackswan looped to {frames} frames, 854×480'
-    if args.quick or not osp.isdir(
-            osp.join(data_root, 'JPEGImages', '480p', sequence)):
-        from sfc_plugin.datasets import synthetic_video, write_davis_sequences
-        size = (96, 160) if args.quick else (480, 854)
-        data_root, sequence = osp.join(tmp, 'data'), 'generated'
-        write_davis_sequences(
-            data_root,
-            {sequence: synthetic_video(min(frames, 40), size=size)})
-        what = (f'generated video looped to {frames} frames, '
-                f'{size[1]}×{size[0]}')
-    folder = looped_folder(data_root, sequence, frames, tmp)
-    first = osp.join(data_root, 'Annotations', '480p', sequence,
-                     '00000.png')
-    return folder, first, what
+    """(frame folder, first mask, description) of the track section's
+    video (``track_video.tracking_source``)."""
+    from track_video import tracking_source
+    return tracking_source(4 if args.quick else args.track_frames, tmp,
+                           quick=args.quick)
 
 
 def track_runs(device: str):
@@ -771,10 +770,41 @@ def encoder_rows(args, details: dict) -> list:
     return rows
 
 
+def overlap_rows(args, details: dict, errors: list) -> list:
+    """``benchmarks/tracking_overlap.py``: the tracking loop alone with 0
+    and 1 frames in flight, side by side, for the goal's candidate (SFC,
+    bf16, matching on tensor cores on CUDA)."""
+    cuda = args.device.startswith('cuda')
+    label = 'sfc_davis.py bf16' + (' tensor cores' if cuda else '')
+    rows = []
+    script_args = ['--config', 'sfc_davis.py', '--precision', 'bf16',
+                   '--device', args.device, '--in-flight', '0', '1',
+                   '--frames', '4' if args.quick else '100',
+                   '--repeats', '1' if args.quick else '2']
+    result, status = run_json_script(
+        'tracking_overlap.py', script_args + (['--quick'] if args.quick
+                                              else []),
+        f'loop {label}', rows, errors,
+        env=dict(SFC_PLUGIN_TENSOR_CORES='1' if cuda else '0'))
+    if result is None:
+        return rows
+    details['overlap'] = result
+    for r in result['rows']:
+        rows.append(row(
+            f'loop {label}, {r["frames_in_flight"]} frames in flight',
+            r['frames_per_second'], 'frames/s',
+            note=f'{r["speed_up"]:.2f}× over 0 in flight' +
+            ('' if r['same_predictions'] else '; predictions DIFFER')))
+    if status:
+        errors.append(f'loop {label}: exit status {status}')
+    return rows
+
+
 def section_track(args) -> dict:
     """``tools/track.py`` per config, with and without the overlay, and at
     each reduced precision (its masks compared with fp32's); the figures
-    are the runs' own ``summary.json``."""
+    are the runs' own ``summary.json``. Then the loop alone with and
+    without a frame in flight (:func:`overlap_rows`)."""
     from track_video import agreement
     rows, details, errors = [], {}, []
     if args.device.startswith('cuda'):
@@ -826,6 +856,8 @@ def section_track(args) -> dict:
             rows.append(row(f'track.py {label}',
                             summary['frames_per_second'], 'frames/s',
                             goal=goal, note=note))
+    # Last: the goal's runs above come first if the section runs short.
+    rows += overlap_rows(args, details, errors)
     rows.insert(0, row('video', what))
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)

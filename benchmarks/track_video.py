@@ -49,6 +49,29 @@ def looped_folder(data_root: str, sequence: str, length: int,
     return folder
 
 
+def tracking_source(frames: int, tmp: str, quick: bool = False):
+    """(frame folder, first mask, description): the shared DAVIS-2016
+    blackswan looped to ``frames`` frames, or, where the shared data are
+    absent (a GPU machine) or with ``quick`` (96×160), a generated video
+    written under ``tmp`` and looped."""
+    data_root, sequence = DAVIS2016, 'blackswan'
+    what = f'DAVIS-2016 blackswan looped to {frames} frames, 854×480'
+    if quick or not osp.isdir(
+            osp.join(data_root, 'JPEGImages', '480p', sequence)):
+        from sfc_plugin.datasets import synthetic_video, write_davis_sequences
+        size = (96, 160) if quick else (480, 854)
+        data_root, sequence = osp.join(tmp, 'data'), 'generated'
+        write_davis_sequences(
+            data_root,
+            {sequence: synthetic_video(min(frames, 40), size=size)})
+        what = (f'generated video looped to {frames} frames, '
+                f'{size[1]}×{size[0]}')
+    folder = looped_folder(data_root, sequence, frames, tmp)
+    first = osp.join(data_root, 'Annotations', '480p', sequence,
+                     '00000.png')
+    return folder, first, what
+
+
 def writer_throughput(data_root: str, sequence: str, frames: int,
                       overlay: bool, out: str) -> float:
     """Frames/s TrackingResultsWriter sustains alone: the I/O ceiling of

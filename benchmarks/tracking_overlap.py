@@ -1,0 +1,123 @@
+"""Frames/s of the tracking loop with 0, 1, 2 ... frames in flight.
+
+``inference_video`` hands frame t out once ``frames_in_flight`` later frames
+are queued on the device: meanwhile its prediction comes back to the host
+(pinned memory, a CUDA event) and the host decodes, packs and queues the
+next frames instead of waiting. With 0 the host waits for every frame
+before it starts the next: the device idles while the host works, and the
+host while the device does. This times the loop alone (decoding, packing,
+the tracker, the predictions' way back; no result files) at each setting,
+side by side in one process, the settings alternating, best of
+``--repeats``, and checks that every setting gives the same predictions.
+
+    python benchmarks/tracking_overlap.py --config sfc_davis.py \
+        --precision bf16 --frames 150 --device cuda
+    SFC_PLUGIN_TENSOR_CORES=1 python benchmarks/tracking_overlap.py ...
+"""
+import argparse
+import hashlib
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+
+HERE = osp.dirname(osp.abspath(__file__))
+sys.path.insert(0, osp.dirname(HERE))  # this checkout's sfc_plugin
+
+import torch  # noqa: E402
+from track_video import tracking_source  # noqa: E402
+
+from sfc_plugin.apis import (  # noqa: E402
+    inference_video,
+    init_tracker,
+    tracker_config,
+)
+from sfc_plugin.datasets import open_video  # noqa: E402
+from sfc_plugin.ops import load_native_ops  # noqa: E402
+
+
+def timed_pass(model, source: str, first: str, in_flight: int):
+    """(frames/s, digest of every prediction) of one pass over the video.
+    """
+    digest = hashlib.sha256()
+    frames = 0
+    start = time.perf_counter()
+    for frame in inference_video(model, open_video(source), first,
+                                 frames_in_flight=in_flight):
+        digest.update(frame.pred.tobytes())
+        frames += 1
+    return frames / (time.perf_counter() - start), digest.hexdigest()
+
+
+def compare(model, source: str, first: str, settings, repeats: int):
+    """Rows per setting: best frames/s over ``repeats`` alternating passes,
+    the speed-up over the first setting, and whether its predictions
+    equal the first setting's."""
+    timed_pass(model, source, first, settings[0])  # warm-up
+    best, digests = {}, {}
+    for _ in range(repeats):
+        for in_flight in settings:
+            fps, digest = timed_pass(model, source, first, in_flight)
+            best[in_flight] = max(best.get(in_flight, 0.0), fps)
+            digests.setdefault(in_flight, set()).add(digest)
+    reference = settings[0]
+    return [dict(frames_in_flight=n, frames_per_second=best[n],
+                 speed_up=best[n] / best[reference],
+                 same_predictions=digests[n] == digests[reference]
+                 and len(digests[n]) == 1)
+            for n in settings]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--config', default='sfc_davis.py')
+    p.add_argument('--precision', default='fp32',
+                   choices=['fp32', 'bf16', 'fp16'])
+    p.add_argument('--device',
+                   default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--frames', type=int, default=150)
+    p.add_argument('--in-flight', type=int, nargs='+', default=[0, 1, 2],
+                   help='settings to compare, the first the reference')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--quick', action='store_true',
+                   help='a 96×160 generated video')
+    p.add_argument('--out', help='also write the rows as JSON here')
+    args = p.parse_args(argv)
+    if args.frames < 2 or args.repeats < 1 or min(args.in_flight) < 0:
+        p.error('need --frames >= 2, --repeats >= 1, --in-flight >= 0')
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix='tracking_overlap_') as tmp:
+        source, first, what = tracking_source(args.frames, tmp, args.quick)
+        model = init_tracker(
+            tracker_config(args.config, precision=args.precision),
+            args.device)
+        load_native_ops()
+        tensor_cores = os.environ.get('SFC_PLUGIN_TENSOR_CORES', '0')
+        print(f'{args.config} {args.precision} on {args.device} '
+              f'(SFC_PLUGIN_TENSOR_CORES={tensor_cores}), {what}, best of '
+              f'{args.repeats}, torch {torch.__version__}')
+        rows = compare(model, source, first, args.in_flight, args.repeats)
+    print('| frames in flight | frames/s | speed-up | same predictions |')
+    print('|---:|---:|---:|---|')
+    for r in rows:
+        print(f'| {r["frames_in_flight"]} | {r["frames_per_second"]:.2f} | '
+              f'{r["speed_up"]:.2f}× | '
+              f'{"yes" if r["same_predictions"] else "NO"} |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(config=args.config, precision=args.precision,
+                           device=args.device, video=what,
+                           tensor_cores=tensor_cores == '1', rows=rows),
+                      f, indent=1)
+    if not all(r['same_predictions'] for r in rows):
+        sys.exit('tracking_overlap: the settings disagree (see the table)')
+
+
+if __name__ == '__main__':
+    main()
