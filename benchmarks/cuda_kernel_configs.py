@@ -2,16 +2,18 @@
 
 The kernel is built in several configurations (query tile, keys per chunk,
 micro-tile per thread, prefetch, minimum blocks per multiprocessor, or
-tensor cores: see ``TileConfig`` and ``TensorCoreConfig`` in
-``ops/csrc/cuda/topk_window_match_kernel.cuh``); the op runs the first,
-``torch.ops.sfc._topk_window_neighbours_config`` any of them. This runs
-each on the same DAVIS 480p step as ``propagation_step.py`` (random
-unit-norm features, channels-last keys): the CUDA-core ones on float32
-features, each checked to return exactly the default's neighbours (every
-one computes a score with the same FMA sequence), and the tensor-core ones
-on bfloat16 features against the default on the same bfloat16 features
-(the share of equal neighbour indices, at least 99%: the tensor cores
-group the float32 sums their own way). It prints a Markdown table per C:
+tensor cores: see ``TileConfig``, ``TensorCoreConfig`` and
+``Tf32TensorCoreConfig`` in ``ops/csrc/cuda/topk_window_match_kernel.cuh``);
+the op runs the first, ``torch.ops.sfc._topk_window_neighbours_config``
+any of them. This runs each on the same DAVIS 480p step as
+``propagation_step.py`` (random unit-norm features, channels-last keys):
+the CUDA-core ones on float32 features, each checked to return exactly the
+default's neighbours (every one computes a score with the same FMA
+sequence); the 3xTF32 ones on float32 features too, and the 16-bit
+tensor-core ones on bfloat16 features, each against the default on the
+same features (the share of equal neighbour indices, at least 99%: the
+tensor cores group the float32 sums their own way; for 3xTF32 also the
+weights within 1e-4). It prints a Markdown table per C:
 ms per frame (best of ``--repeats``), the speed-up over the default on the
 same features, the scores the configuration's tiling computes (replayed by
 ``cuda_kernel_work.py``) and the rate that implies, and the time over the
@@ -39,7 +41,8 @@ from propagation_step import (
 from sfc_plugin.ops import native_ops_available
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
-                  r'(?:micro\d+x\d+(?:-prefetch)?|tensorcores-c\d+)-min\d+')
+                  r'(?:micro\d+x\d+(?:-prefetch)?|tensorcores-c\d+|'
+                  r'tf32x3-c\d+)-min\d+')
 
 
 def tiling(name: str):
@@ -90,6 +93,11 @@ def compare(args, device, configs, neighbours, rate: float) -> list:
             if tensor_cores:
                 ok = agreement >= 0.99
                 check = f'{100 * agreement:.2f}% of indices = default'
+            elif '-tf32x3-' in config:
+                error = (weights - base_weights).abs().max().item()
+                ok = agreement >= 0.99 and error <= 1e-4
+                check = (f'{100 * agreement:.2f}% of indices = default, '
+                         f'weights within {error:.1e}')
             else:
                 ok = (torch.equal(indices, base_indices)
                       and torch.equal(weights, base_weights))

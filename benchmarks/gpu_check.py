@@ -21,7 +21,8 @@ Sections, in this order:
   ``tests/test_ops``, ``-k cuda``; with them the CUDA tests that a
   tracking step never makes the host wait for the device,
   ``CORRECTNESS_TESTS``), and the native op in fp32, fp16 and
-  bf16 (the last two on CUDA cores and on tensor cores) on the same cases
+  bf16, each on CUDA cores and on tensor cores (fp32 in 3xTF32), on the
+  same cases
   (borders, ties, k beyond the window, T = 1, odd sizes) against the
   float64 brute-force definition of those tests, evaluated on the inputs
   rounded to each type;
@@ -31,10 +32,10 @@ Sections, in this order:
   eligible FLOPs at cuBLAS's fp32 rate; TF32 and bf16 rates shown too);
 - ``kernel_configs``: ``benchmarks/cuda_kernel_configs.py`` in both
   settings: every configuration the CUDA kernel is built in (tile, chunk,
-  micro-tile, prefetch; tensor cores for bf16) timed against the op's
-  default on the same inputs, the CUDA-core ones checked to return exactly
-  the default's neighbours, the tensor-core ones nearly (≥ 99% of
-  indices);
+  micro-tile, prefetch; tensor cores for bf16, 3xTF32 for fp32) timed
+  against the op's default on the same inputs, the CUDA-core ones checked
+  to return exactly the default's neighbours, the tensor-core ones nearly
+  (≥ 99% of indices);
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
   variants (bf16 autocast without GradScaler, fused Adam), the FLOPs of a
@@ -44,12 +45,12 @@ Sections, in this order:
   ``sfc_davis.py``, with and without the overlay video, in frames/s; and
   without it at each reduced precision of the torch path (bf16, and fp16
   on CUDA; on CUDA bf16 once more with its matching on tensor cores,
-  ``SFC_PLUGIN_TENSOR_CORES=1``), with the share of mask pixels equal to
-  the fp32 run's; on CUDA first each config's encoder alone (eager, fp32
-  and bf16), the part of a frame that is not the match; then the tracking
-  loop alone (``benchmarks/tracking_overlap.py``, SFC bf16) with 0 and 1
-  frames in flight, what overlapping the host's work with the device's
-  gives.
+  ``SFC_PLUGIN_TENSOR_CORES=1``, and SFC fp32 with its matching in
+  3xTF32), with the share of mask pixels equal to the fp32 run's; on
+  CUDA first each config's encoder alone (eager, fp32 and bf16), the
+  part of a frame that is not the match; then the tracking loop alone
+  (``benchmarks/tracking_overlap.py``, SFC bf16) with 0 and 1 frames in
+  flight, what overlapping the host's work with the device's gives.
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -424,15 +425,16 @@ def section_correctness(args) -> dict:
     # On a GPU a skipped CUDA test means the kernel was not reached.
     failed = (proc.returncode != 0 or not counts.get('passed')
               or (cuda and counts.get('skipped', 0) > 0))
-    # float16/bfloat16 twice on CUDA: on CUDA cores, then on tensor cores
-    # (SFC_PLUGIN_TENSOR_CORES, read by the op at every call).
+    # Each type twice on CUDA: on CUDA cores, then on tensor cores
+    # (SFC_PLUGIN_TENSOR_CORES, read by the op at every call; float32 in
+    # 3xTF32).
     runs = [(torch.float32, False), (torch.float16, False),
-            (torch.bfloat16, False), (torch.float16, True),
-            (torch.bfloat16, True)]
+            (torch.bfloat16, False), (torch.float32, True),
+            (torch.float16, True), (torch.bfloat16, True)]
     for dtype, tensor_cores in runs:
         name = str(dtype).split('.')[-1] + (' tensor cores' if tensor_cores
                                             else '')
-        if not cuda and dtype != torch.float32:
+        if not cuda and (tensor_cores or dtype != torch.float32):
             rows.append(row(f'native op {name} vs definition',
                             note=NO_CUDA))
             continue
@@ -728,7 +730,8 @@ def track_runs(device: str):
     """(config, overlay, precision, tensor cores) of each ``tools/track.py``
     run: fp32 with and without the overlay, then each reduced precision the
     device has without it (fp16 needs CUDA), and on CUDA bf16 again with
-    its matching on tensor cores (``SFC_PLUGIN_TENSOR_CORES=1``)."""
+    its matching on tensor cores (``SFC_PLUGIN_TENSOR_CORES=1``), and SFC
+    in fp32 with its matching in 3xTF32."""
     cuda = device.startswith('cuda')
     reduced = ('bf16', 'fp16') if cuda else ('bf16', )
     configs = ('fc_davis.py', 'sfc_davis.py')
@@ -736,7 +739,8 @@ def track_runs(device: str):
              for overlay in (True, False)] +
             [(config, False, precision, False) for config in configs
              for precision in reduced] +
-            [(config, False, 'bf16', True) for config in configs if cuda])
+            [(config, False, 'bf16', True) for config in configs if cuda] +
+            ([('sfc_davis.py', False, 'fp32', True)] if cuda else []))
 
 
 def encoder_rows(args, details: dict) -> list:
@@ -846,7 +850,8 @@ def section_track(args) -> dict:
             note = (f'{summary["frames"]} frames, peak RSS '
                     f'{summary["peak_rss_mib"]:.0f} MiB')
             reference = outs.get((config, False, 'fp32', False))
-            if precision != 'fp32' and reference is not None:
+            if (precision != 'fp32' or tensor_cores) and (
+                    reference is not None):
                 same = agreement(reference, out)
                 details[label]['pixels_equal_to_fp32'] = same
                 note += f', {100 * same:.3f}% of mask pixels = fp32'

@@ -32,7 +32,8 @@ dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
 
 Feature types: float32 and float64 everywhere; on CUDA also float16 and
 bfloat16 (float32 accumulation, on CUDA cores, or on tensor cores with
-``SFC_PLUGIN_TENSOR_CORES=1``). Reduced-precision features are matched
+``SFC_PLUGIN_TENSOR_CORES=1``, which also has float32 features matched on
+tensor cores in 3xTF32, to float32 accuracy). Reduced-precision features are matched
 with float32 accumulation (on CPU, bfloat16 on its exact bf16 values) and
 the softmax over the top-k runs in float32: on every device and in every
 form the weights of the neighbours functions are float32 for float16 and

@@ -2,7 +2,8 @@
 parametrised class of ``test_topk_window_match.py`` does not reach: frame
 groups and their merge on ties, several query tiles and channel chunks,
 reduced-precision features, agreement with the C++ CPU kernel, and the
-kernel's other configurations (``TileConfig``) against its default."""
+kernel's other configurations (``TileConfig``, ``TensorCoreConfig``,
+``Tf32TensorCoreConfig``) against its default or the definition."""
 import pytest
 import torch
 
@@ -156,6 +157,11 @@ def config_dtypes(config):
     return [torch.float32]
 
 
+def split_tf32(config):
+    """Whether a configuration sums float32 products in 3xTF32."""
+    return '-tf32x3-' in config
+
+
 @pytest.mark.parametrize('grouping', GROUPINGS)
 def test_every_config_gives_the_default_neighbours(grouping):
     """Partial tiles of every shape (H = 10, W = 19), a channel tail
@@ -164,13 +170,17 @@ def test_every_config_gives_the_default_neighbours(grouping):
     configuration returns the default's weights and indices on
     the same features exactly (CUDA cores: each score is the same FMA
     sequence; the emulated tensor cores sum exact products in the same
-    order), and the default gives the C++ CPU kernel's neighbours."""
+    order), and the default gives the C++ CPU kernel's neighbours. 3xTF32
+    drops a term of each product: test_split_tf32_configs_find_the_top_k.
+    """
     query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=1)
     ref_w, ref_i = topk_window_neighbours(query, keys, topk=9, radius=3.5,
                                           temperature=0.07,
                                           unrestricted_keys=1)
     default = {}
     for config in kernel_configs()[1:]:
+        if split_tf32(config):
+            continue
         for dtype in config_dtypes(config):
             args = (query.to(dtype), keys.to(dtype), 9, 3.5, 0.07, 1,
                     GROUPINGS[grouping])
@@ -197,6 +207,36 @@ def test_tensor_cores_with_aligned_channels():
                 assert torch.equal(weights, default[0]), (config, channels)
 
 
+@pytest.mark.parametrize('grouping', GROUPINGS)
+@pytest.mark.parametrize('channels', [37, 40, 64])
+def test_split_tf32_configs_find_the_top_k(channels, grouping):
+    """3xTF32 against the float64 definition on float32 features: the
+    chosen keys' affinities are the top k to float32 accuracy (one TF32
+    product alone would be off by about 1e-3), the weights their softmax;
+    a channel tail (37), a partial last slice (40) and aligned vector
+    loads (64)."""
+    t, h, w, topk, radius, temperature = 3, 10, 19, 9, 3.5, 0.07
+    query, keys, _ = random_inputs(41, t, channels, h, w, 1)
+    query, keys = query.float(), keys.float()
+    affinity, order, _ = definition(query.double(), keys.double(), topk,
+                                    radius, 1)
+    best = affinity.gather(1, order[:, :topk])
+    configs = [c for c in kernel_configs() if split_tf32(c)]
+    assert configs
+    for config in configs:
+        weights, indices = emulated_neighbours(
+            query[None], keys[None], topk, radius, temperature, 1,
+            GROUPINGS[grouping], config)
+        assert weights.dtype == torch.float32
+        got = affinity.gather(1, indices[0].reshape(h * w, topk))
+        torch.testing.assert_close(got, best, rtol=0, atol=1e-6,
+                                   msg=config)
+        torch.testing.assert_close(
+            weights[0].reshape(h * w, topk).double(),
+            torch.softmax(got / temperature, 1), rtol=0, atol=2e-5,
+            msg=config)
+
+
 @pytest.mark.parametrize('topk', [1, 17])
 def test_every_config_keeps_the_lower_key_index_on_ties(topk):
     for config in kernel_configs():
@@ -220,13 +260,18 @@ def test_an_unknown_config_is_refused_with_the_known_ones():
 
 
 def test_configs_refuse_the_types_they_are_not_built_for():
-    """CUDA-core alternatives are built for float32, tensor-core ones for
-    float16 and bfloat16 (to bound the build); the default serves every
-    type."""
+    """CUDA-core and 3xTF32 alternatives are built for float32, tensor-core
+    ones for float16 and bfloat16 (to bound the build); the default serves
+    every type."""
     query, keys, _ = random_inputs(3, 2, 4, 3, 3, 1)
     configs = kernel_configs()
     cuda_cores = next(c for c in configs[1:] if 'tensorcores' not in c)
     tensor_cores = next(c for c in configs if 'tensorcores' in c)
+    tf32 = next(c for c in configs if split_tf32(c))
+    with pytest.raises(ValueError, match=f"'{tf32}' is built for "
+                       'float32 features only, got BFloat16'):
+        emulated_neighbours(query[None].bfloat16(), keys[None].bfloat16(),
+                            2, 1.0, 0.1, 1, config=tf32)
     with pytest.raises(ValueError, match=f"'{cuda_cores}' is built for "
                        'float32 features only, got Double'):
         emulated_neighbours(query[None], keys[None], 2, 1.0, 0.1, 1,

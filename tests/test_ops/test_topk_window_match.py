@@ -291,7 +291,7 @@ def test_cuda_kernel_configs_give_the_ops_neighbours():
     args = (query, keys, 9, 3.5, 0.07, 1)
     weights, indices = torch.ops.sfc.topk_window_neighbours(*args)
     configs = [c for c in torch.ops.sfc._topk_window_kernel_configs()
-               if 'tensorcores' not in c]
+               if not tensor_core_config(c)]
     assert len(configs) >= 2
     for config in configs:
         got_w, got_i = torch.ops.sfc._topk_window_neighbours_config(
@@ -300,14 +300,26 @@ def test_cuda_kernel_configs_give_the_ops_neighbours():
         assert torch.equal(got_w, weights), config
 
 
+def tensor_core_config(config, dtype=None):
+    """Whether a CUDA kernel configuration scores on tensor cores (for
+    ``dtype`` features, if given): 16-bit MMA for float16 and bfloat16,
+    3xTF32 for float32."""
+    if '-tf32x3-' in config:
+        return dtype in (None, torch.float32)
+    return 'tensorcores' in config and dtype in (None, torch.float16,
+                                                 torch.bfloat16)
+
+
 @pytest.mark.parametrize('channels', [37, 64])
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16,
+                                   torch.float32])
 def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
-    """The tensor-core configurations on the device, against the float64
-    definition on the rounded features: the chosen keys' affinities are
-    the top k (the tensor cores group the float32 sums their own way, so
-    only a near-tie may pick a different key), and copies of frame 0 tie
-    exactly with it."""
+    """The tensor-core configurations on the device (16-bit MMA; 3xTF32
+    for float32), against the float64 definition on the rounded features:
+    the chosen keys' affinities are the top k (the tensor cores group the
+    float32 sums their own way, so only a near-tie may pick a different
+    key; 3xTF32 to float32 accuracy), and copies of frame 0 tie exactly
+    with it."""
     needs_tensor_cores()
     t, h, w, topk = 3, 10, 19, 9
     query, keys, _ = random_inputs(29, t, channels, h, w, 1)
@@ -316,7 +328,7 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
     affinity, order, _ = definition(query, keys, topk, 3.5, 1)
     best = affinity.gather(1, order[:, :topk])
     configs = [c for c in torch.ops.sfc._topk_window_kernel_configs()
-               if 'tensorcores' in c]
+               if tensor_core_config(c, dtype)]
     assert configs
     for config in configs:
         weights, indices = torch.ops.sfc._topk_window_neighbours_config(
@@ -324,8 +336,9 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
             topk, 3.5, 0.1, 1, config)
         assert weights.dtype == torch.float32
         got = affinity.gather(1, indices[0].reshape(h * w, topk).cpu())
-        torch.testing.assert_close(got, best, rtol=0, atol=1e-5,
-                                   msg=config)
+        torch.testing.assert_close(
+            got, best, rtol=0,
+            atol=1e-6 if dtype == torch.float32 else 1e-5, msg=config)
         expected = torch.softmax(got / 0.1, 1)
         torch.testing.assert_close(
             weights[0].reshape(h * w, topk).double().cpu(), expected,
@@ -341,14 +354,18 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
 
 def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
     """SFC_PLUGIN_TENSOR_CORES=1 has the op match bfloat16 features with
-    the first tensor-core configuration (float32 stays on CUDA cores); 0
-    or unset, the default configuration; anything else is refused."""
+    the first 16-bit tensor-core configuration and float32 ones with the
+    first 3xTF32 one (float64 stays on CUDA cores); 0 or unset, the
+    default configuration; anything else is refused."""
     needs_tensor_cores()
     query, keys, _ = random_inputs(31, 3, 64, 10, 19, 1, batch=1)
     bf16 = (query.to('cuda', torch.bfloat16), keys.to('cuda', torch.bfloat16))
     fp32 = (query.float().cuda(), keys.float().cuda())
+    fp64 = (query.cuda(), keys.cuda())
     configs = torch.ops.sfc._topk_window_kernel_configs()
-    tensor_cores = next(c for c in configs if 'tensorcores' in c)
+    tensor_cores = next(c for c in configs
+                        if tensor_core_config(c, torch.bfloat16))
+    tf32 = next(c for c in configs if tensor_core_config(c, torch.float32))
 
     def run(features, config=None):
         args = (*features, 9, 3.5, 0.07, 1)
@@ -356,11 +373,16 @@ def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
             return torch.ops.sfc.topk_window_neighbours(*args)
         return torch.ops.sfc._topk_window_neighbours_config(*args, config)
 
-    for value, expected in (('1', tensor_cores), ('0', configs[0])):
+    monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', '0')
+    fp64_default = run(fp64)
+    for value, bf16_config, fp32_config in (
+            ('1', tensor_cores, tf32), ('0', configs[0], configs[0])):
         monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
-        for got, want in zip(run(bf16), run(bf16, expected)):
+        for got, want in zip(run(bf16), run(bf16, bf16_config)):
             assert torch.equal(got, want), value
-        for got, want in zip(run(fp32), run(fp32, configs[0])):
+        for got, want in zip(run(fp32), run(fp32, fp32_config)):
+            assert torch.equal(got, want), value
+        for got, want in zip(run(fp64), fp64_default):
             assert torch.equal(got, want), value
     monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', 'yes')
     with pytest.raises(ValueError, match="SFC_PLUGIN_TENSOR_CORES must be "

@@ -51,6 +51,40 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// mma.sync.m16n8k8 with TF32 inputs and float32 accumulators, laid out as
+// the PTX ISA lays out its fragments, summed as mma_m16n8k16 is: each
+// lane's four outputs one product at a time in channel order. TF32 values
+// have 11 significant bits, so the products are exact in float32.
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4],
+                             const uint32_t (&b)[2]) {
+  uint32_t all_a[simt::kWarpSize][4], all_b[simt::kWarpSize][2];
+  simt::warp_gather(a, all_a);
+  simt::warp_gather(b, all_b);
+  // The hardware reads a TF32 operand's top 19 bits.
+  auto tf32 = [](uint32_t bits) {
+    float x;
+    bits &= 0xffffe000u;
+    std::memcpy(&x, &bits, sizeof(x));
+    return x;
+  };
+  // A(row, k): lane (row % 8) * 4 + k % 4, register (row >= 8) + 2 (k >=
+  // 4); B(k, col): lane col * 4 + k % 4, register k >= 4.
+  auto A = [&](int row, int k) {
+    return tf32(all_a[(row % 8) * 4 + k % 4][(row >= 8) + 2 * (k >= 4)]);
+  };
+  auto B = [&](int k, int col) {
+    return tf32(all_b[col * 4 + k % 4][k >= 4]);
+  };
+  const int lane = threadIdx.x % simt::kWarpSize;
+  for (int i = 0; i < 4; ++i) {
+    // D(row, col) as for m16n8k16.
+    const int row = lane / 4 + (i >= 2 ? 8 : 0), col = (lane % 4) * 2 + i % 2;
+    float sum = d[i];
+    for (int k = 0; k < 8; ++k) sum += A(row, k) * B(k, col);
+    d[i] = sum;
+  }
+}
+
 // The kernels as the CUDA build compiles them.
 #include "cuda/topk_window_match_kernel.cuh"
 

@@ -3,10 +3,12 @@
 // CPU emulation); this file launches them on the current stream of the
 // query's device, sized to that device.
 //
-// SFC_PLUGIN_TENSOR_CORES=1 has float16 and bfloat16 features matched on
-// tensor cores (TensorCoreDefaultConfig) where the device has them (sm_80
-// and later): an opt-in until GPU runs have shown it right and faster;
-// unset or 0, every type runs DefaultConfig on CUDA cores.
+// SFC_PLUGIN_TENSOR_CORES=1 has features matched on tensor cores where the
+// device has them (sm_80 and later): float16 and bfloat16 ones in their
+// type (TensorCoreDefaultConfig), float32 ones in 3xTF32
+// (Tf32TensorCoreDefaultConfig), float64 ones still on CUDA cores. An
+// opt-in until GPU runs have shown it right and faster; unset or 0, every
+// type runs DefaultConfig on CUDA cores.
 //
 // Also registers two private ops for benchmarks:
 // sfc::_topk_window_kernel_configs() lists the kernel configurations, and
@@ -113,14 +115,16 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys) {
   const auto type = query.scalar_type();
-  const bool tensor_cores =
-      (type == at::kHalf || type == at::kBFloat16) &&
-      tensor_cores_requested() &&
+  std::string config;
+  if (type != at::kDouble && tensor_cores_requested() &&
       device_attribute(cudaDevAttrComputeCapabilityMajor,
-                       query.device().index()) >= 8;
-  return neighbours_with_config(
-      query, keys, topk, radius, temperature, unrestricted_keys,
-      tensor_cores ? cuda_kernels::TensorCoreDefaultConfig::name() : "");
+                       query.device().index()) >= 8) {
+    config = type == at::kFloat
+                 ? cuda_kernels::Tf32TensorCoreDefaultConfig::name()
+                 : cuda_kernels::TensorCoreDefaultConfig::name();
+  }
+  return neighbours_with_config(query, keys, topk, radius, temperature,
+                                unrestricted_keys, config);
 }
 
 TORCH_LIBRARY_FRAGMENT(sfc, m) {

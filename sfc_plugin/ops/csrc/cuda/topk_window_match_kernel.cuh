@@ -14,14 +14,16 @@
 // time from shared-memory tiles stored channel-major, each thread
 // accumulating a micro-tile of queries × keys in registers (16-byte loads,
 // four values each); or, for float16/bfloat16 features, on tensor cores
-// (TensorCoreConfig, score_chunk_tensor_cores). The scores are then
+// (TensorCoreConfig, score_chunk_tensor_cores), and float32 features on
+// tensor cores too, each value split into two TF32 parts
+// (Tf32TensorCoreConfig, score_chunk_split_tf32). The scores are then
 // offered to each query's running top-k, kept sorted in shared memory, if
 // the key is in that query's own window. A score must beat the current
 // k-th strictly, so among equal affinities the lower index wins, as on
 // CPU. On CUDA cores every score is the same sequence of FMAs over the
 // channels, whichever configuration, slot or thread computes it, so equal
 // keys tie exactly and every CUDA-core configuration returns the same
-// neighbours; on tensor cores equal keys still tie exactly.
+// neighbours; on tensor cores (either kind) equal keys still tie exactly.
 //
 // The tiles alone give too few blocks to fill a GPU (480p: 210 tiles of
 // 4 × 8), so the frames are split into groups until the device holds a
@@ -91,6 +93,8 @@ struct TileShape {
   static constexpr int kTileQueries = TileRows * TileCols;
   static constexpr int kChunkKeys = ChunkKeys;
   static constexpr int kMinBlocks = MinBlocks;
+  // Float32 features split into two TF32 parts (Tf32TensorCoreConfig).
+  static constexpr bool kSplitTf32 = false;
 
   static_assert(ChunkKeys % 32 == 0,
                 "a chunk is offered one warp's 32 keys at a time");
@@ -169,15 +173,51 @@ struct TensorCoreConfig
   }
 };
 
+// Scores float32 features on tensor cores with float32 accuracy ("3xTF32",
+// sm_80 and later): each value x is split into big = tf32(x), its top 11
+// significant bits, and small = tf32(x - big), the next 11, and q·k is
+// summed from q_small·k_big + q_big·k_small + q_big·k_big by
+// mma.sync.m16n8k8 with TF32 inputs and float32 accumulators. The term
+// dropped, q_small·k_small, and small's rounding are about 2^-21 of each
+// product, against the 2^-24 of one FMA. Each warp computes a 16-query ×
+// 32-key block of a chunk's scores, from tiles that keep both parts
+// position-major. Like the 16-bit tensor-core configurations, it sums in
+// its own order (near-ties may order differently from the CUDA-core
+// kernel) and equal keys tie exactly. SliceChannels: channels per
+// shared-memory slice.
+template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
+          int MinBlocks>
+struct Tf32TensorCoreConfig
+    : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
+  using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
+  static constexpr bool kTensorCores = true;
+  static constexpr bool kSplitTf32 = true;
+  static constexpr int kSliceChannels = SliceChannels;
+  static constexpr int kQueryWarps = Shape::kTileQueries / 16;
+  static constexpr int kKeyWarps = ChunkKeys / 32;
+  static constexpr int kThreads = 32 * kQueryWarps * kKeyWarps;
+
+  static_assert(Shape::kTileQueries % 16 == 0,
+                "tiles are whole 16-query warp blocks");
+  static_assert(SliceChannels % 8 == 0, "slices are whole k8 steps");
+  static_assert(kThreads <= 1024, "at most 1024 threads");
+
+  static std::string name() {
+    return Shape::shape_name("tf32x3-c" + std::to_string(SliceChannels));
+  }
+};
+
 // The configuration the op runs.
 using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
-// What the op runs for float16/bfloat16 features when tensor cores are
-// asked for (SFC_PLUGIN_TENSOR_CORES=1, see topk_window_match_cuda.cu).
+// What the op runs when tensor cores are asked for
+// (SFC_PLUGIN_TENSOR_CORES=1, see topk_window_match_cuda.cu): for
+// float16/bfloat16 features, and for float32 ones.
 using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 64, 4>;
+using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 4>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
 // benchmark can time them against the default on one GPU in one run:
-// CUDA-core ones for float32 features, tensor-core ones for float16 and
-// bfloat16 (only those types, to bound the build).
+// CUDA-core and 3xTF32 ones for float32 features, 16-bit tensor-core ones
+// for float16 and bfloat16 (only those types, to bound the build).
 using AlternativeConfigs =
     std::tuple<TileConfig<4, 8, 64, 4, 4, true, 3>,
                TileConfig<4, 8, 128, 4, 8, false, 4>,
@@ -189,7 +229,10 @@ using AlternativeConfigs =
                TensorCoreConfig<4, 8, 64, 32, 4>,
                TensorCoreConfig<4, 8, 64, 128, 4>,
                TensorCoreConfig<8, 8, 64, 64, 2>,
-               TensorCoreConfig<4, 8, 128, 64, 2>>;
+               TensorCoreConfig<4, 8, 128, 64, 2>,
+               Tf32TensorCoreDefaultConfig,
+               Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2>>;
 
 // The configurations' names, the default first.
 inline std::vector<std::string> kernel_config_names() {
@@ -211,18 +254,36 @@ constexpr int kMmaPad = 8;
 // every query, or key). Tensor cores: position-major, the features' 16-bit
 // values as they are (row q holds the slice's channels of query q).
 template <typename Config, typename acc_t,
-          bool tensor_cores = Config::kTensorCores>
+          bool tensor_cores = Config::kTensorCores,
+          bool split_tf32 = Config::kSplitTf32>
 struct ChannelTiles {
   alignas(16) acc_t queries[kChunkChannels][Config::kTileQueries + kPad];
   alignas(16) acc_t keys[kChunkChannels][Config::kChunkKeys + kPad];
 };
 
 template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true> {
+struct ChannelTiles<Config, acc_t, true, false> {
   alignas(16) uint16_t queries[Config::kTileQueries]
                               [Config::kSliceChannels + kMmaPad];
   alignas(16) uint16_t keys[Config::kChunkKeys]
                            [Config::kSliceChannels + kMmaPad];
+};
+
+// 3xTF32: both parts of each float32 value, position-major. Rows 4 floats
+// longer than a multiple of 8 put the eight rows a fragment load reads on
+// distinct banks, and keep every row 16-byte aligned.
+constexpr int kTf32Pad = 4;
+
+template <typename Config, typename acc_t>
+struct ChannelTiles<Config, acc_t, true, true> {
+  alignas(16) float queries_big[Config::kTileQueries]
+                               [Config::kSliceChannels + kTf32Pad];
+  alignas(16) float queries_small[Config::kTileQueries]
+                                 [Config::kSliceChannels + kTf32Pad];
+  alignas(16) float keys_big[Config::kChunkKeys]
+                            [Config::kSliceChannels + kTf32Pad];
+  alignas(16) float keys_small[Config::kChunkKeys]
+                              [Config::kSliceChannels + kTf32Pad];
 };
 
 template <typename Config, typename acc_t>
@@ -556,6 +617,161 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
   __syncthreads();
 }
 
+// The bits of a float, and a float of bits (TF32 values are floats whose
+// 13 lowest mantissa bits are 0, passed to mma as such).
+__device__ __forceinline__ uint32_t float_bits(float x) {
+#if defined(__CUDACC__)
+  return __float_as_uint(x);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+#endif
+}
+
+__device__ __forceinline__ float bits_float(uint32_t bits) {
+#if defined(__CUDACC__)
+  return __uint_as_float(bits);
+#else
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+#endif
+}
+
+// x rounded to TF32 (its 13 lowest mantissa bits cleared) to nearest, ties
+// away from zero, as cvt.rna.tf32.f32 rounds; infinities and NaN kept. In
+// C++ rather than PTX, so that the tests' emulation splits as the GPU does.
+__device__ __forceinline__ float round_to_tf32(float x) {
+  uint32_t bits = float_bits(x);
+  if ((bits & 0x7f800000u) != 0x7f800000u)
+    bits = (bits + 0x1000u) & 0xffffe000u;
+  return bits_float(bits);
+}
+
+#if defined(__CUDACC__)
+// d += a · b for one 16 × 8 × 8 block of TF32 values (PTX fragment layouts
+// of mma.m16n8k8 with .tf32 inputs and .f32 accumulators). The tests' CPU
+// emulation provides its own before including this header.
+__device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4],
+                                                 const uint32_t (&a)[4],
+                                                 const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  // The host refuses tensor-core configurations below sm_80.
+  __trap();
+#endif
+}
+#endif
+
+// As score_chunk_cuda_cores, in 3xTF32 on tensor cores
+// (Tf32TensorCoreConfig; float32 features). Each value of a slice is split
+// once, as its tile is filled; warp w then computes queries m0 + [0, 16)
+// against keys n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8
+// keys.
+template <typename Config>
+__device__ __forceinline__ void score_chunk_split_tf32(
+    SharedLayout<Config, float>& smem, const float* __restrict__ query,
+    const float* __restrict__ batch_keys, int64_t channels, int64_t nk) {
+  constexpr int kTileQueries = Config::kTileQueries;
+  constexpr int kSlice = Config::kSliceChannels;
+  // 16-byte vectors of 4 channels per slice row.
+  constexpr int kRowVectors = kSlice / 4;
+  constexpr int kVectors = (kTileQueries + Config::kChunkKeys) * kRowVectors;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  // The fragments' groupID and threadID_in_group.
+  const int group = lane / 4, member = lane % 4;
+  const int m0 = (warp % Config::kQueryWarps) * 16;
+  const int n0 = (warp / Config::kQueryWarps) * 32;
+  auto& tiles = smem.tiles;
+  // Every position's slice starts 16-byte aligned: vector loads.
+  const bool aligned =
+      channels % 4 == 0 &&
+      (reinterpret_cast<uintptr_t>(query) |
+       reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
+  float acc[4][4] = {};
+  for (int64_t ch = 0; ch < channels; ch += kSlice) {
+    for (int v = tid; v < kVectors; v += Config::kThreads) {
+      const int row = v / kRowVectors, c = (v % kRowVectors) * 4;
+      const bool is_query = row < kTileQueries;
+      const int k = row - kTileQueries;
+      const int64_t offset =
+          is_query ? smem.query_offset[row]
+                   : (k < nk ? smem.key_flat[k] * channels : -1);
+      const float* src = is_query ? query : batch_keys;
+      float x[4], big[4], small[4];
+      if (offset >= 0 && aligned && ch + c + 4 <= channels) {
+        load4(src + offset + ch + c, x);
+      } else {
+        // Zeros add nothing.
+        for (int i = 0; i < 4; ++i)
+          x[i] = offset >= 0 && ch + c + i < channels
+                     ? src[offset + ch + c + i]
+                     : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        big[i] = round_to_tf32(x[i]);
+        small[i] = round_to_tf32(x[i] - big[i]);
+      }
+      store4(is_query ? &tiles.queries_big[row][c] : &tiles.keys_big[k][c],
+             big);
+      store4(is_query ? &tiles.queries_small[row][c]
+                      : &tiles.keys_small[k][c],
+             small);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k0 = 0; k0 < kSlice; k0 += 8) {
+      // A(row, k) of a0..a3: (group, member), (group + 8, member),
+      // (group, member + 4), (group + 8, member + 4).
+      const int qa = m0 + group, qb = qa + 8;
+      const int ka = k0 + member, kb = ka + 4;
+      const uint32_t a_big[4] = {
+          float_bits(tiles.queries_big[qa][ka]),
+          float_bits(tiles.queries_big[qb][ka]),
+          float_bits(tiles.queries_big[qa][kb]),
+          float_bits(tiles.queries_big[qb][kb])};
+      const uint32_t a_small[4] = {
+          float_bits(tiles.queries_small[qa][ka]),
+          float_bits(tiles.queries_small[qb][ka]),
+          float_bits(tiles.queries_small[qa][kb]),
+          float_bits(tiles.queries_small[qb][kb])};
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        // B(k, col) of b0, b1: (member, group), (member + 4, group).
+        const int n = n0 + nt * 8 + group;
+        const uint32_t b_big[2] = {float_bits(tiles.keys_big[n][ka]),
+                                   float_bits(tiles.keys_big[n][kb])};
+        const uint32_t b_small[2] = {float_bits(tiles.keys_small[n][ka]),
+                                     float_bits(tiles.keys_small[n][kb])};
+        // The small terms first, while the sum is small.
+        mma_m16n8k8_tf32(acc[nt], a_small, b_big);
+        mma_m16n8k8_tf32(acc[nt], a_big, b_small);
+        mma_m16n8k8_tf32(acc[nt], a_big, b_big);
+      }
+    }
+    __syncthreads();
+  }
+  // Accumulator fragments: rows group and group + 8, columns 2 member + {0,
+  // 1}.
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    float* upper = &smem.scores[m0 + group][n0 + nt * 8 + 2 * member];
+    float* lower = &smem.scores[m0 + group + 8][n0 + nt * 8 + 2 * member];
+    upper[0] = acc[nt][0];
+    upper[1] = acc[nt][1];
+    lower[0] = acc[nt][2];
+    lower[1] = acc[nt][3];
+  }
+  __syncthreads();
+}
+
 template <typename Config, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
     topk_window_kernel(
@@ -614,7 +830,10 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
       for (int slot = tid; slot < nk; slot += kThreads)
         describe(c0 + slot, slot);
       __syncthreads();
-      if constexpr (Config::kTensorCores)
+      if constexpr (Config::kSplitTf32)
+        score_chunk_split_tf32<Config>(smem, query, batch_keys, channels,
+                                       nk);
+      else if constexpr (Config::kTensorCores)
         score_chunk_tensor_cores<Config>(smem, query, batch_keys, channels,
                                          nk);
       else
@@ -810,7 +1029,7 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
   TORCH_CHECK_VALUE(!Config::kTensorCores || launch.has_tensor_cores(),
                     "topk_window_match: kernel configuration '",
                     Config::name(), "' needs tensor cores with bfloat16 "
-                    "(compute capability 8.0 or later)");
+                    "and TF32 (compute capability 8.0 or later)");
   const auto kernel = topk_window_kernel<Config, scalar_t, acc_t>;
   const int64_t shared = sizeof(SharedLayout<Config, acc_t>) +
                          Config::kTileQueries * problem.stored_topk *
@@ -876,12 +1095,19 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
 }
 
 // Launches an alternative configuration for the feature types it is built
-// for: float32 on CUDA cores, float16 and bfloat16 on tensor cores.
+// for: float32 on CUDA cores and in 3xTF32, float16 and bfloat16 on tensor
+// cores.
 template <typename Config, typename Launch>
 void launch_alternative(const MatchProblem& problem, int64_t max_shared_bytes,
                         Launch& launch) {
   const auto type = problem.query.scalar_type();
-  if constexpr (Config::kTensorCores) {
+  if constexpr (Config::kSplitTf32) {
+    TORCH_CHECK_VALUE(type == at::kFloat,
+                      "topk_window_match: kernel configuration '",
+                      Config::name(), "' is built for float32 features "
+                      "only, got ", type);
+    launch_tiled<Config, float>(problem, max_shared_bytes, launch);
+  } else if constexpr (Config::kTensorCores) {
     TORCH_CHECK_VALUE(type == at::kHalf || type == at::kBFloat16,
                       "topk_window_match: kernel configuration '",
                       Config::name(), "' takes float16 or bfloat16 "
