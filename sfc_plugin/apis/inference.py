@@ -10,6 +10,7 @@ other programs::
     for frame in inference_video(model, reader, '00000.png', 'mask'):
         ...  # frame.name, frame.image (BGR), frame.pred (H, W) ids
 """
+import contextlib
 import os
 import os.path as osp
 import queue
@@ -407,6 +408,25 @@ def inference_video(model,
         yield queued.popleft().finished()
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Within it, cuDNN picks each convolution's algorithm by timing the
+    candidates (``torch.backends.cudnn.benchmark``) if ``enabled``; the
+    setting is restored after.
+
+    A config's ``env_cfg.cudnn_benchmark`` is what mmengine's Runner applies
+    for the same config (``tools/test.py``); :func:`track_video` applies it
+    around its run. A video's frames all have one size, so each
+    convolution is timed once, on the first frame.
+    """
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -496,6 +516,8 @@ def track_video(source: str,
     and backend.
     Results are written as :class:`TrackingResultsWriter` describes, ending
     with ``summary.json``; a failed or interrupted run leaves none of them.
+    The config's ``env_cfg.cudnn_benchmark`` holds during the run
+    (:func:`cudnn_benchmark`), as it does under ``tools/test.py``.
 
     ``summary.json`` says what was done: ``source_frames`` (the source's
     frame count), ``frames`` (tracked and written), ``objects``,
@@ -575,7 +597,8 @@ def track_video(source: str,
     with TrackingResultsWriter(
             out_dir, kind, overlay=overlay,
             fps=getattr(reader, 'fps', None) or 24.0,
-            overwrite=overwrite, inputs=inputs) as writer:
+            overwrite=overwrite, inputs=inputs) as writer, cudnn_benchmark(
+                cfg.get('env_cfg', {}).get('cudnn_benchmark', False)):
         model = init_tracker(cfg, device)
         device = str(next(model.parameters()).device)
         # The matching kernels are compiled on first use (a visible, one-time

@@ -33,15 +33,14 @@ dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
 Feature types: float32 and float64 everywhere; on CUDA also float16 and
 bfloat16 (float32 accumulation, on CUDA cores, or on tensor cores with
 ``SFC_PLUGIN_TENSOR_CORES=1``, which also has float32 features matched on
-tensor cores in 3xTF32, to float32 accuracy). Reduced-precision features are matched
-with float32 accumulation (on CPU, bfloat16 on its exact bf16 values) and
-the softmax over the top-k runs in float32: on every device and in every
+tensor cores in 3xTF32, to float32 accuracy). Reduced-precision features are
+matched with float32 accumulation (on CPU, bfloat16 on its exact bf16 values)
+and the softmax over the top-k runs in float32: on every device and in every
 form the weights of the neighbours functions are float32 for float16 and
-bfloat16 features (:func:`neighbour_weights_dtype`; in the feature type
-they would carry errors of up to 0.2% into the labels), and the match
-functions' labels come out in ``key_labels``' dtype (float32 labels give
-float32 labels). The
-native CPU kernel scores bf16 with AVX512_BF16's ``vdpbf16ps`` where the
+bfloat16 features (:func:`neighbour_weights_dtype`; in the feature type they
+would carry errors of up to 0.2% into the labels), and the match functions'
+labels come out in ``key_labels``' dtype (float32 labels give float32 labels).
+The native CPU kernel scores bf16 with AVX512_BF16's ``vdpbf16ps`` where the
 CPU has it (checked at run time, see :func:`cpu_bf16_kernel`); elsewhere it
 widens the keys to float32 block by block and says so once with a warning.
 ``SFC_PLUGIN_DISABLE_BF16_DOT=1`` (read at every call) forces that float32

@@ -187,6 +187,29 @@ def test_frames_in_flight_is_checked(video, value):
                              str(video['first']), frames_in_flight=value))
 
 
+def test_the_configs_cudnn_benchmark_holds_during_the_run(
+        video, tmp_path, monkeypatch):
+    """env_cfg.cudnn_benchmark, as mmengine's Runner applies it for the
+    same config; the process's setting is restored after."""
+    import torch
+
+    import sfc_plugin.apis.inference as api
+    seen = []
+    inference = api.inference_video
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        yield from inference(*args, **kwargs)
+
+    monkeypatch.setattr(api, 'inference_video', spy)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    run(video, tmp_path / 'a', overlay=False)
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
+    run(video, tmp_path / 'b', overlay=False,
+        cfg_options={'env_cfg.cudnn_benchmark': False})
+    assert seen == [True, False]
+
+
 def write_video(path, images, fourcc='mp4v', fps=12):
     """A video file of BGR frames."""
     h, w = images[0].shape[:2]
