@@ -232,6 +232,7 @@ using AlternativeConfigs =
                TensorCoreConfig<4, 8, 128, 64, 2>,
                Tf32TensorCoreDefaultConfig,
                Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
+               Tf32TensorCoreConfig<4, 8, 128, 32, 2>,
                Tf32TensorCoreConfig<8, 8, 64, 32, 2>>;
 
 // The configurations' names, the default first.
