@@ -216,7 +216,9 @@ def test_split_tf32_configs_find_the_top_k(channels, grouping):
     chosen keys' affinities are the top k to float32 accuracy (one TF32
     product alone would be off by about 1e-3), the weights their softmax;
     a channel tail (37), a partial last slice (40) and aligned vector
-    loads (64)."""
+    loads (64). Every 3xTF32 configuration gives the same neighbours: a
+    score's products are accumulated in channel order whatever the tile
+    or slice."""
     t, h, w, topk, radius, temperature = 3, 10, 19, 9, 3.5, 0.07
     query, keys, _ = random_inputs(41, t, channels, h, w, 1)
     query, keys = query.float(), keys.float()
@@ -225,6 +227,7 @@ def test_split_tf32_configs_find_the_top_k(channels, grouping):
     best = affinity.gather(1, order[:, :topk])
     configs = [c for c in kernel_configs() if split_tf32(c)]
     assert configs
+    first = None
     for config in configs:
         weights, indices = emulated_neighbours(
             query[None], keys[None], topk, radius, temperature, 1,
@@ -237,6 +240,9 @@ def test_split_tf32_configs_find_the_top_k(channels, grouping):
             weights[0].reshape(h * w, topk).double(),
             torch.softmax(got / temperature, 1), rtol=0, atol=2e-5,
             msg=config)
+        first = first or (weights, indices)
+        assert torch.equal(indices, first[1]), config
+        assert torch.equal(weights, first[0]), config
 
 
 @pytest.mark.parametrize('topk', [1, 17])

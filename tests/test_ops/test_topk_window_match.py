@@ -318,8 +318,8 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
     for float32), against the float64 definition on the rounded features:
     the chosen keys' affinities are the top k (the tensor cores group the
     float32 sums their own way, so only a near-tie may pick a different
-    key; 3xTF32 to float32 accuracy), and copies of frame 0 tie exactly
-    with it."""
+    key; 3xTF32 to float32 accuracy, every 3xTF32 configuration the same
+    neighbours), and copies of frame 0 tie exactly with it."""
     needs_tensor_cores()
     t, h, w, topk = 3, 10, 19, 9
     query, keys, _ = random_inputs(29, t, channels, h, w, 1)
@@ -330,6 +330,7 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
     configs = [c for c in torch.ops.sfc._topk_window_kernel_configs()
                if tensor_core_config(c, dtype)]
     assert configs
+    first = None
     for config in configs:
         weights, indices = torch.ops.sfc._topk_window_neighbours_config(
             query[None].to('cuda', dtype), keys[None].to('cuda', dtype),
@@ -339,6 +340,10 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
         torch.testing.assert_close(
             got, best, rtol=0,
             atol=1e-6 if dtype == torch.float32 else 1e-5, msg=config)
+        if dtype == torch.float32:
+            first = first or (weights, indices)
+            assert torch.equal(indices, first[1]), config
+            assert torch.equal(weights, first[0]), config
         expected = torch.softmax(got / 0.1, 1)
         torch.testing.assert_close(
             weights[0].reshape(h * w, topk).double().cpu(), expected,
