@@ -121,11 +121,6 @@ struct TileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   static constexpr int kQueryThreads = Shape::kTileQueries / MicroQueries;
   static constexpr int kKeyThreads = ChunkKeys / MicroKeys;
   static constexpr int kThreads = kQueryThreads * kKeyThreads;
-  // Values of one channel slice each thread loads.
-  static constexpr int kQueryLoads =
-      (Shape::kTileQueries * kChunkChannels + kThreads - 1) / kThreads;
-  static constexpr int kKeyLoads =
-      (ChunkKeys * kChunkChannels + kThreads - 1) / kThreads;
 
   static_assert(MicroQueries % 4 == 0 && MicroKeys % 4 == 0,
                 "micro-tiles are read four values at a time");
@@ -151,13 +146,16 @@ struct TileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
 // kernel; equal keys still tie exactly (a score depends only on its
 // query's and key's values). SliceChannels: channels per shared-memory
 // slice (more: fewer barriers and more loads in flight per slice).
+// Prefetch: the next slice is loaded into registers while the block
+// computes the current one.
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
-          int MinBlocks>
+          int MinBlocks, bool Prefetch = false>
 struct TensorCoreConfig
     : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
   static constexpr bool kTensorCores = true;
   static constexpr int kSliceChannels = SliceChannels;
+  static constexpr bool kPrefetch = Prefetch;
   // Warps along the tile's queries (16 each) and the chunk's keys (32).
   static constexpr int kQueryWarps = Shape::kTileQueries / 16;
   static constexpr int kKeyWarps = ChunkKeys / 32;
@@ -169,7 +167,8 @@ struct TensorCoreConfig
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
   static std::string name() {
-    return Shape::shape_name("tensorcores-c" + std::to_string(SliceChannels));
+    return Shape::shape_name("tensorcores-c" + std::to_string(SliceChannels) +
+                             (Prefetch ? "-prefetch" : ""));
   }
 };
 
@@ -184,15 +183,16 @@ struct TensorCoreConfig
 // position-major. Like the 16-bit tensor-core configurations, it sums in
 // its own order (near-ties may order differently from the CUDA-core
 // kernel) and equal keys tie exactly. SliceChannels: channels per
-// shared-memory slice.
+// shared-memory slice; Prefetch as for TensorCoreConfig.
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
-          int MinBlocks>
+          int MinBlocks, bool Prefetch = false>
 struct Tf32TensorCoreConfig
     : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
   static constexpr bool kTensorCores = true;
   static constexpr bool kSplitTf32 = true;
   static constexpr int kSliceChannels = SliceChannels;
+  static constexpr bool kPrefetch = Prefetch;
   static constexpr int kQueryWarps = Shape::kTileQueries / 16;
   static constexpr int kKeyWarps = ChunkKeys / 32;
   static constexpr int kThreads = 32 * kQueryWarps * kKeyWarps;
@@ -203,7 +203,8 @@ struct Tf32TensorCoreConfig
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
   static std::string name() {
-    return Shape::shape_name("tf32x3-c" + std::to_string(SliceChannels));
+    return Shape::shape_name("tf32x3-c" + std::to_string(SliceChannels) +
+                             (Prefetch ? "-prefetch" : ""));
   }
 };
 
@@ -230,10 +231,12 @@ using AlternativeConfigs =
                TensorCoreConfig<4, 8, 64, 128, 4>,
                TensorCoreConfig<8, 8, 64, 64, 2>,
                TensorCoreConfig<4, 8, 128, 64, 2>,
+               TensorCoreConfig<4, 8, 64, 64, 4, true>,
                Tf32TensorCoreDefaultConfig,
                Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
                Tf32TensorCoreConfig<4, 8, 128, 32, 2>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2>>;
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2>,
+               Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>>;
 
 // The configurations' names, the default first.
 inline std::vector<std::string> kernel_config_names() {
@@ -359,6 +362,62 @@ __device__ __forceinline__ int micro_slot(int m, int i) {
   return (i / 4) * (threads * 4) + m * 4 + i % 4;
 }
 
+// Registers holding a 16-byte piece of a slice, for the tensor-core tiles.
+struct Bits8 {
+  alignas(16) uint16_t bits[8];
+};
+struct Floats4 {
+  alignas(16) float values[4];
+};
+
+// A chunk's loop over its channel slices, the same for every way of
+// scoring: the block fills the slice's tiles, kVectors pieces of kThreads
+// at a time (load(v, ch) reads piece v of the slice at channel ch from
+// global memory into Registers, store(v, registers) puts it in the
+// tiles), waits,
+// runs compute(), and waits again before the tiles are refilled. With
+// Prefetch the next slice's loads are issued right after the first
+// barrier, into registers, so they are in flight while the block computes.
+template <int kThreads, int kVectors, bool Prefetch, typename Registers,
+          typename Load, typename Store, typename Compute>
+__device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
+                                               Load&& load, Store&& store,
+                                               Compute&& compute) {
+  constexpr int kLoads = (kVectors + kThreads - 1) / kThreads;
+  const int tid = threadIdx.x;
+#if defined(__CUDA_ARCH__)
+  // Lets the compiler tell, for each staged piece, which part of the slice
+  // (which branch of `load`) it is: pieces of one kind stay in registers.
+  __builtin_assume(tid < kThreads);
+#endif
+  Registers staged[Prefetch ? kLoads : 1];
+  auto stage = [&](int64_t ch) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int v = tid + i * kThreads;
+      if (v < kVectors) staged[i] = load(v, ch);
+    }
+  };
+  if constexpr (Prefetch) stage(0);
+  for (int64_t ch = 0; ch < channels; ch += slice) {
+    if constexpr (Prefetch) {
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int v = tid + i * kThreads;
+        if (v < kVectors) store(v, staged[i]);
+      }
+      __syncthreads();
+      // Into registers: the tiles are rewritten after the barrier below.
+      if (ch + slice < channels) stage(ch + slice);
+    } else {
+      for (int v = tid; v < kVectors; v += kThreads) store(v, load(v, ch));
+      __syncthreads();
+    }
+    compute();
+    __syncthreads();
+  }
+}
+
 // The scores of the tile's queries against the chunk's first nk keys
 // (smem.key_flat), on CUDA cores, into smem.scores; ends at a barrier.
 // Each score is one FMA per channel in channel order.
@@ -375,66 +434,34 @@ __device__ __forceinline__ void score_chunk_cuda_cores(
   const int mk = tid % Config::kKeyThreads;
 
   // A channel slice of the tile's queries and of the chunk's first nk keys
-  // is kSliceQueries + kSliceKeys values: value e of either part is
-  // channel e % kChunkChannels of query (key) e / kChunkChannels, so that
-  // consecutive threads read consecutive channels of one position
-  // (coalesced) and store them down a column of the channel-major tile.
+  // is kSliceQueries + kSliceKeys values, the queries' first: value e of
+  // either part is channel e % kChunkChannels of query (key)
+  // e / kChunkChannels, so that consecutive threads read consecutive
+  // channels of one position (coalesced) and store them down a column of
+  // the channel-major tile.
   constexpr int kSliceQueries = Config::kTileQueries * kChunkChannels;
   constexpr int kSliceKeys = Config::kChunkKeys * kChunkChannels;
-  auto query_value = [&](int e, int64_t ch) {
-    const int q = e / kChunkChannels, c = e % kChunkChannels;
-    const int64_t offset = smem.query_offset[q];
-    return (offset >= 0 && ch + c < channels)
-               ? static_cast<acc_t>(query[offset + ch + c])
-               : acc_t(0);
-  };
-  auto key_value = [&](int e, int64_t ch) {
+  auto load = [&](int e, int64_t ch) {
+    if (e < kSliceQueries) {
+      const int q = e / kChunkChannels, c = e % kChunkChannels;
+      const int64_t offset = smem.query_offset[q];
+      return (offset >= 0 && ch + c < channels)
+                 ? static_cast<acc_t>(query[offset + ch + c])
+                 : acc_t(0);
+    }
+    e -= kSliceQueries;
     const int k = e / kChunkChannels, c = e % kChunkChannels;
     return (k < nk && ch + c < channels)
                ? static_cast<acc_t>(
                      batch_keys[smem.key_flat[k] * channels + ch + c])
                : acc_t(0);
   };
-  auto put_query = [&](int e, acc_t v) {
-    smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = v;
-  };
-  auto put_key = [&](int e, acc_t v) {
-    smem.tiles.keys[e % kChunkChannels][e / kChunkChannels] = v;
-  };
-  // Without prefetch: global memory straight to the tiles.
-  auto fill_slice = [&](int64_t ch) {
-    for (int e = tid; e < kSliceQueries; e += kThreads)
-      put_query(e, query_value(e, ch));
-    for (int e = tid; e < kSliceKeys; e += kThreads)
-      put_key(e, key_value(e, ch));
-  };
-  // With prefetch: into registers first (load_slice), stored to the tiles
-  // once the block is done with the previous slice (store_slice).
-  acc_t staged_queries[Config::kPrefetch ? Config::kQueryLoads : 1];
-  acc_t staged_keys[Config::kPrefetch ? Config::kKeyLoads : 1];
-  auto load_slice = [&](int64_t ch) {
-#pragma unroll
-    for (int i = 0; i < Config::kQueryLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceQueries) staged_queries[i] = query_value(e, ch);
-    }
-#pragma unroll
-    for (int i = 0; i < Config::kKeyLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceKeys) staged_keys[i] = key_value(e, ch);
-    }
-  };
-  auto store_slice = [&] {
-#pragma unroll
-    for (int i = 0; i < Config::kQueryLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceQueries) put_query(e, staged_queries[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < Config::kKeyLoads; ++i) {
-      const int e = tid + i * kThreads;
-      if (e < kSliceKeys) put_key(e, staged_keys[i]);
-    }
+  auto store = [&](int e, const acc_t& value) {
+    if (e < kSliceQueries)
+      smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = value;
+    else
+      smem.tiles.keys[(e - kSliceQueries) % kChunkChannels]
+                     [(e - kSliceQueries) / kChunkChannels] = value;
   };
 
   acc_t acc[kMicroQueries][kMicroKeys];
@@ -442,18 +469,7 @@ __device__ __forceinline__ void score_chunk_cuda_cores(
   for (int i = 0; i < kMicroQueries; ++i)
 #pragma unroll
     for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
-  if constexpr (Config::kPrefetch) load_slice(0);
-  for (int64_t ch = 0; ch < channels; ch += kChunkChannels) {
-    if constexpr (Config::kPrefetch) {
-      store_slice();
-      __syncthreads();
-      // Loads in flight while the block computes (into registers: the
-      // tiles are rewritten after the barrier below).
-      if (ch + kChunkChannels < channels) load_slice(ch + kChunkChannels);
-    } else {
-      fill_slice(ch);
-      __syncthreads();
-    }
+  auto compute = [&] {
 #pragma unroll 4
     for (int c = 0; c < kChunkChannels; ++c) {
       acc_t qv[kMicroQueries], kv[kMicroKeys];
@@ -470,8 +486,9 @@ __device__ __forceinline__ void score_chunk_cuda_cores(
 #pragma unroll
         for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
     }
-    __syncthreads();
-  }
+  };
+  for_each_slice<kThreads, kSliceQueries + kSliceKeys, Config::kPrefetch,
+                 acc_t>(channels, kChunkChannels, load, store, compute);
   // The scores take the tiles' place: every thread is past the last
   // slice's barrier.
 #pragma unroll
@@ -565,29 +582,44 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
       channels % 8 == 0 &&
       (reinterpret_cast<uintptr_t>(query) |
        reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
-  float acc[4][4] = {};
-  for (int64_t ch = 0; ch < channels; ch += kSlice) {
-    for (int v = tid; v < kVectors; v += Config::kThreads) {
-      const int row = v / kRowVectors, c = (v % kRowVectors) * 8;
-      const bool is_query = row < kTileQueries;
+  // Piece v of a slice: 8 channels of one query (key) row.
+  auto locate = [&](int v, int64_t& offset, uint16_t*& tile) {
+    const int row = v / kRowVectors, c = (v % kRowVectors) * 8;
+    if (row < kTileQueries) {
+      offset = smem.query_offset[row];
+      tile = &smem.tiles.queries[row][c];
+    } else {
       const int k = row - kTileQueries;
-      const int64_t offset =
-          is_query ? smem.query_offset[row]
-                   : (k < nk ? smem.key_flat[k] * channels : -1);
-      const uint16_t* src = is_query ? query_bits : key_bits;
-      uint16_t* dst = is_query ? &smem.tiles.queries[row][c]
-                               : &smem.tiles.keys[k][c];
-      if (offset >= 0 && aligned && ch + c + 8 <= channels) {
-        copy8(dst, src + offset + ch + c);
-      } else {
-        // Zero bits are +0 in both types: padding adds nothing.
-        for (int i = 0; i < 8; ++i)
-          dst[i] = offset >= 0 && ch + c + i < channels
-                       ? src[offset + ch + c + i]
-                       : uint16_t(0);
-      }
+      offset = k < nk ? smem.key_flat[k] * channels : -1;
+      tile = &smem.tiles.keys[k][c];
     }
-    __syncthreads();
+    return row < kTileQueries ? query_bits : key_bits;
+  };
+  auto load = [&](int v, int64_t ch) {
+    Bits8 piece;
+    int64_t offset;
+    uint16_t* tile;
+    const uint16_t* src = locate(v, offset, tile);
+    const int64_t start = ch + (v % kRowVectors) * 8;
+    if (offset >= 0 && aligned && start + 8 <= channels) {
+      copy8(piece.bits, src + offset + start);
+    } else {
+      // Zero bits are +0 in both types: padding adds nothing.
+      for (int i = 0; i < 8; ++i)
+        piece.bits[i] = offset >= 0 && start + i < channels
+                            ? src[offset + start + i]
+                            : uint16_t(0);
+    }
+    return piece;
+  };
+  auto store = [&](int v, const Bits8& piece) {
+    int64_t offset;
+    uint16_t* tile;
+    locate(v, offset, tile);
+    copy8(tile, piece.bits);
+  };
+  float acc[4][4] = {};
+  auto compute = [&] {
 #pragma unroll
     for (int k0 = 0; k0 < kSlice; k0 += 16) {
       const uint32_t a[4] = {
@@ -603,8 +635,9 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
         mma_m16n8k16(acc[nt], a, b, scalar_t());
       }
     }
-    __syncthreads();
-  }
+  };
+  for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Bits8>(
+      channels, kSlice, load, store, compute);
   // Accumulator fragments: rows group and group + 8, columns pair + {0, 1}.
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt) {
@@ -695,38 +728,45 @@ __device__ __forceinline__ void score_chunk_split_tf32(
       channels % 4 == 0 &&
       (reinterpret_cast<uintptr_t>(query) |
        reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
-  float acc[4][4] = {};
-  for (int64_t ch = 0; ch < channels; ch += kSlice) {
-    for (int v = tid; v < kVectors; v += Config::kThreads) {
-      const int row = v / kRowVectors, c = (v % kRowVectors) * 4;
-      const bool is_query = row < kTileQueries;
-      const int k = row - kTileQueries;
-      const int64_t offset =
-          is_query ? smem.query_offset[row]
-                   : (k < nk ? smem.key_flat[k] * channels : -1);
-      const float* src = is_query ? query : batch_keys;
-      float x[4], big[4], small[4];
-      if (offset >= 0 && aligned && ch + c + 4 <= channels) {
-        load4(src + offset + ch + c, x);
-      } else {
-        // Zeros add nothing.
-        for (int i = 0; i < 4; ++i)
-          x[i] = offset >= 0 && ch + c + i < channels
-                     ? src[offset + ch + c + i]
-                     : 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        big[i] = round_to_tf32(x[i]);
-        small[i] = round_to_tf32(x[i] - big[i]);
-      }
-      store4(is_query ? &tiles.queries_big[row][c] : &tiles.keys_big[k][c],
-             big);
-      store4(is_query ? &tiles.queries_small[row][c]
-                      : &tiles.keys_small[k][c],
-             small);
+  // Piece v of a slice: 4 channels of one query (key) row.
+  auto load = [&](int v, int64_t ch) {
+    Floats4 piece;
+    const int row = v / kRowVectors;
+    const int64_t start = ch + (v % kRowVectors) * 4;
+    const int k = row - kTileQueries;
+    const int64_t offset =
+        row < kTileQueries ? smem.query_offset[row]
+                           : (k < nk ? smem.key_flat[k] * channels : -1);
+    const float* src = row < kTileQueries ? query : batch_keys;
+    if (offset >= 0 && aligned && start + 4 <= channels) {
+      load4(src + offset + start, piece.values);
+    } else {
+      // Zeros add nothing.
+      for (int i = 0; i < 4; ++i)
+        piece.values[i] = offset >= 0 && start + i < channels
+                              ? src[offset + start + i]
+                              : 0.f;
     }
-    __syncthreads();
+    return piece;
+  };
+  auto store = [&](int v, const Floats4& piece) {
+    const int row = v / kRowVectors, c = (v % kRowVectors) * 4;
+    float big[4], small[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      big[i] = round_to_tf32(piece.values[i]);
+      small[i] = round_to_tf32(piece.values[i] - big[i]);
+    }
+    const int k = row - kTileQueries;
+    store4(row < kTileQueries ? &tiles.queries_big[row][c]
+                              : &tiles.keys_big[k][c],
+           big);
+    store4(row < kTileQueries ? &tiles.queries_small[row][c]
+                              : &tiles.keys_small[k][c],
+           small);
+  };
+  float acc[4][4] = {};
+  auto compute = [&] {
 #pragma unroll
     for (int k0 = 0; k0 < kSlice; k0 += 8) {
       // A(row, k) of a0..a3: (group, member), (group + 8, member),
@@ -757,8 +797,9 @@ __device__ __forceinline__ void score_chunk_split_tf32(
         mma_m16n8k8_tf32(acc[nt], a_big, b_big);
       }
     }
-    __syncthreads();
-  }
+  };
+  for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Floats4>(
+      channels, kSlice, load, store, compute);
   // Accumulator fragments: rows group and group + 8, columns 2 member + {0,
   // 1}.
 #pragma unroll
