@@ -137,21 +137,19 @@ struct TileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   }
 };
 
-// Scores on tensor cores, for float16 and bfloat16 features: each warp
-// computes a 16-query × 32-key block of a chunk's scores with
-// mma.sync.m16n8k16 (float32 accumulation; sm_80 and later), from tiles
-// that keep the features' 16-bit values position-major. A score's channel
-// sums are then grouped as the tensor core adds them rather than one FMA
-// at a time, so near-ties may order differently from the CUDA-core
-// kernel; equal keys still tie exactly (a score depends only on its
-// query's and key's values). SliceChannels: channels per shared-memory
-// slice (more: fewer barriers and more loads in flight per slice).
-// Prefetch: the next slice is loaded into registers while the block
-// computes the current one.
+// What the tensor-core configurations share: each warp computes a
+// 16-query × 32-key block of a chunk's scores with mma.sync (float32
+// accumulation; sm_80 and later), KStep channels per instruction, from
+// position-major tiles of SliceChannels channels per shared-memory slice
+// (more: fewer barriers and more loads in flight per slice). Prefetch: the
+// next slice is loaded into registers while the block computes the
+// current one. A score's channel sums are grouped as the tensor cores add
+// them rather than one FMA at a time, so near-ties may order differently
+// from the CUDA-core kernel; equal keys still tie exactly (a score depends
+// only on its query's and key's values).
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
-          int MinBlocks, bool Prefetch = false>
-struct TensorCoreConfig
-    : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
+          int MinBlocks, bool Prefetch, int KStep>
+struct MmaTileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
   static constexpr bool kTensorCores = true;
   static constexpr int kSliceChannels = SliceChannels;
@@ -163,48 +161,43 @@ struct TensorCoreConfig
 
   static_assert(Shape::kTileQueries % 16 == 0,
                 "tiles are whole 16-query warp blocks");
-  static_assert(SliceChannels % 16 == 0, "slices are whole k16 steps");
+  static_assert(SliceChannels % KStep == 0,
+                "slices are whole steps of the instruction");
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
-  static std::string name() {
-    return Shape::shape_name("tensorcores-c" + std::to_string(SliceChannels) +
+  static std::string mma_name(const std::string& scoring) {
+    return Shape::shape_name(scoring + "-c" + std::to_string(SliceChannels) +
                              (Prefetch ? "-prefetch" : ""));
   }
 };
 
-// Scores float32 features on tensor cores with float32 accuracy ("3xTF32",
-// sm_80 and later): each value x is split into big = tf32(x), its top 11
-// significant bits, and small = tf32(x - big), the next 11, and q·k is
-// summed from q_small·k_big + q_big·k_small + q_big·k_big by
-// mma.sync.m16n8k8 with TF32 inputs and float32 accumulators. The term
-// dropped, q_small·k_small, and small's rounding are about 2^-21 of each
-// product, against the 2^-24 of one FMA. Each warp computes a 16-query ×
-// 32-key block of a chunk's scores, from tiles that keep both parts
-// position-major. Like the 16-bit tensor-core configurations, it sums in
-// its own order (near-ties may order differently from the CUDA-core
-// kernel) and equal keys tie exactly. SliceChannels: channels per
-// shared-memory slice; Prefetch as for TensorCoreConfig.
+// Scores float16 and bfloat16 features on tensor cores
+// (mma.sync.m16n8k16), from tiles of their 16-bit values as they are.
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
           int MinBlocks, bool Prefetch = false>
-struct Tf32TensorCoreConfig
-    : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
-  using Shape = TileShape<TileRows, TileCols, ChunkKeys, MinBlocks>;
-  static constexpr bool kTensorCores = true;
-  static constexpr bool kSplitTf32 = true;
-  static constexpr int kSliceChannels = SliceChannels;
-  static constexpr bool kPrefetch = Prefetch;
-  static constexpr int kQueryWarps = Shape::kTileQueries / 16;
-  static constexpr int kKeyWarps = ChunkKeys / 32;
-  static constexpr int kThreads = 32 * kQueryWarps * kKeyWarps;
-
-  static_assert(Shape::kTileQueries % 16 == 0,
-                "tiles are whole 16-query warp blocks");
-  static_assert(SliceChannels % 8 == 0, "slices are whole k8 steps");
-  static_assert(kThreads <= 1024, "at most 1024 threads");
-
+struct TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
+                                        SliceChannels, MinBlocks, Prefetch,
+                                        16> {
   static std::string name() {
-    return Shape::shape_name("tf32x3-c" + std::to_string(SliceChannels) +
-                             (Prefetch ? "-prefetch" : ""));
+    return TensorCoreConfig::mma_name("tensorcores");
+  }
+};
+
+// Scores float32 features on tensor cores with float32 accuracy ("3xTF32"):
+// each value x is split into big = tf32(x), its top 11 significant bits,
+// and small = tf32(x - big), the next 11, and q·k is summed from
+// q_small·k_big + q_big·k_small + q_big·k_big by mma.sync.m16n8k8 with TF32
+// inputs. The term dropped, q_small·k_small, and small's rounding are
+// about 2^-21 of each product, against the 2^-24 of one FMA. The tiles
+// keep both parts.
+template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
+          int MinBlocks, bool Prefetch = false>
+struct Tf32TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
+                                            SliceChannels, MinBlocks,
+                                            Prefetch, 8> {
+  static constexpr bool kSplitTf32 = true;
+  static std::string name() {
+    return Tf32TensorCoreConfig::mma_name("tf32x3");
   }
 };
 
@@ -558,6 +551,28 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4],
 #undef SFC_MMA_M16N8K16
 #endif
 
+// A warp's 16 × 32 block of scores from its four m16n8 accumulator
+// fragments (rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) + {0, 1}
+// of each 8 columns) into smem.scores, rows from m0 and columns from n0;
+// ends at a barrier.
+template <typename Config>
+__device__ __forceinline__ void store_mma_scores(
+    SharedLayout<Config, float>& smem, const float (&acc)[4][4], int m0,
+    int n0) {
+  const int lane = threadIdx.x % 32;
+  const int row = m0 + lane / 4, col = n0 + (lane % 4) * 2;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    float* upper = &smem.scores[row][col + nt * 8];
+    float* lower = &smem.scores[row + 8][col + nt * 8];
+    upper[0] = acc[nt][0];
+    upper[1] = acc[nt][1];
+    lower[0] = acc[nt][2];
+    lower[1] = acc[nt][3];
+  }
+  __syncthreads();
+}
+
 // As score_chunk_cuda_cores, on tensor cores (TensorCoreConfig; float16 and
 // bfloat16 features). Warp w computes queries m0 + [0, 16) against keys
 // n0 + [0, 32): four m16n8k16 blocks per 16 channels.
@@ -638,49 +653,27 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
   };
   for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Bits8>(
       channels, kSlice, load, store, compute);
-  // Accumulator fragments: rows group and group + 8, columns pair + {0, 1}.
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-    float* upper = &smem.scores[m0 + group][n0 + nt * 8 + pair];
-    float* lower = &smem.scores[m0 + group + 8][n0 + nt * 8 + pair];
-    upper[0] = acc[nt][0];
-    upper[1] = acc[nt][1];
-    lower[0] = acc[nt][2];
-    lower[1] = acc[nt][3];
-  }
-  __syncthreads();
+  store_mma_scores(smem, acc, m0, n0);
 }
 
-// The bits of a float, and a float of bits (TF32 values are floats whose
-// 13 lowest mantissa bits are 0, passed to mma as such).
-__device__ __forceinline__ uint32_t float_bits(float x) {
-#if defined(__CUDACC__)
-  return __float_as_uint(x);
-#else
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bits;
-#endif
-}
-
-__device__ __forceinline__ float bits_float(uint32_t bits) {
-#if defined(__CUDACC__)
-  return __uint_as_float(bits);
-#else
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-#endif
+// The bits of x as a To (TF32 values are floats whose 13 lowest mantissa
+// bits are 0, passed to mma as their bits).
+template <typename To, typename From>
+__device__ __forceinline__ To bit_cast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: sizes differ");
+  To y;
+  std::memcpy(&y, &x, sizeof(y));
+  return y;
 }
 
 // x rounded to TF32 (its 13 lowest mantissa bits cleared) to nearest, ties
 // away from zero, as cvt.rna.tf32.f32 rounds; infinities and NaN kept. In
 // C++ rather than PTX, so that the tests' emulation splits as the GPU does.
 __device__ __forceinline__ float round_to_tf32(float x) {
-  uint32_t bits = float_bits(x);
+  uint32_t bits = bit_cast<uint32_t>(x);
   if ((bits & 0x7f800000u) != 0x7f800000u)
     bits = (bits + 0x1000u) & 0xffffe000u;
-  return bits_float(bits);
+  return bit_cast<float>(bits);
 }
 
 #if defined(__CUDACC__)
@@ -774,23 +767,23 @@ __device__ __forceinline__ void score_chunk_split_tf32(
       const int qa = m0 + group, qb = qa + 8;
       const int ka = k0 + member, kb = ka + 4;
       const uint32_t a_big[4] = {
-          float_bits(tiles.queries_big[qa][ka]),
-          float_bits(tiles.queries_big[qb][ka]),
-          float_bits(tiles.queries_big[qa][kb]),
-          float_bits(tiles.queries_big[qb][kb])};
+          bit_cast<uint32_t>(tiles.queries_big[qa][ka]),
+          bit_cast<uint32_t>(tiles.queries_big[qb][ka]),
+          bit_cast<uint32_t>(tiles.queries_big[qa][kb]),
+          bit_cast<uint32_t>(tiles.queries_big[qb][kb])};
       const uint32_t a_small[4] = {
-          float_bits(tiles.queries_small[qa][ka]),
-          float_bits(tiles.queries_small[qb][ka]),
-          float_bits(tiles.queries_small[qa][kb]),
-          float_bits(tiles.queries_small[qb][kb])};
+          bit_cast<uint32_t>(tiles.queries_small[qa][ka]),
+          bit_cast<uint32_t>(tiles.queries_small[qb][ka]),
+          bit_cast<uint32_t>(tiles.queries_small[qa][kb]),
+          bit_cast<uint32_t>(tiles.queries_small[qb][kb])};
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         // B(k, col) of b0, b1: (member, group), (member + 4, group).
         const int n = n0 + nt * 8 + group;
-        const uint32_t b_big[2] = {float_bits(tiles.keys_big[n][ka]),
-                                   float_bits(tiles.keys_big[n][kb])};
-        const uint32_t b_small[2] = {float_bits(tiles.keys_small[n][ka]),
-                                     float_bits(tiles.keys_small[n][kb])};
+        const uint32_t b_big[2] = {bit_cast<uint32_t>(tiles.keys_big[n][ka]),
+                                   bit_cast<uint32_t>(tiles.keys_big[n][kb])};
+        const uint32_t b_small[2] = {bit_cast<uint32_t>(tiles.keys_small[n][ka]),
+                                     bit_cast<uint32_t>(tiles.keys_small[n][kb])};
         // The small terms first, while the sum is small.
         mma_m16n8k8_tf32(acc[nt], a_small, b_big);
         mma_m16n8k8_tf32(acc[nt], a_big, b_small);
@@ -800,18 +793,7 @@ __device__ __forceinline__ void score_chunk_split_tf32(
   };
   for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Floats4>(
       channels, kSlice, load, store, compute);
-  // Accumulator fragments: rows group and group + 8, columns 2 member + {0,
-  // 1}.
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-    float* upper = &smem.scores[m0 + group][n0 + nt * 8 + 2 * member];
-    float* lower = &smem.scores[m0 + group + 8][n0 + nt * 8 + 2 * member];
-    upper[0] = acc[nt][0];
-    upper[1] = acc[nt][1];
-    lower[0] = acc[nt][2];
-    lower[1] = acc[nt][3];
-  }
-  __syncthreads();
+  store_mma_scores(smem, acc, m0, n0);
 }
 
 template <typename Config, typename scalar_t, typename acc_t>
