@@ -392,18 +392,23 @@ def inference_video(model,
 
     pred_key = model.codec.pred_key
     queued = deque()
-    for frame in _prefetched(map(packed, reader), prefetch):
-        try:
+    try:
+        for frame in _prefetched(map(packed, reader), prefetch):
             with model.results_on_device():
                 sample = model.test_step(pseudo_collate([frame]))[0]
-        except BaseException:
-            while queued:
+            queued.append(
+                _FrameInFlight(frame, sample, HostCopy(sample.get(pred_key))))
+            while len(queued) > frames_in_flight:
                 yield queued.popleft().finished()
-            raise
-        queued.append(
-            _FrameInFlight(frame, sample, HostCopy(sample.get(pred_key))))
-        while len(queued) > frames_in_flight:
+    except GeneratorExit:
+        raise  # the consumer stopped: nothing more to hand out
+    except BaseException:
+        # A frame that cannot be read or tracked: the frames before it are
+        # handed out first, as without frames in flight (a consumer that
+        # wanted only those, like track_video's max_frames, never sees it).
+        while queued:
             yield queued.popleft().finished()
+        raise
     while queued:
         yield queued.popleft().finished()
 

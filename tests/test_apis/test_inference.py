@@ -165,6 +165,44 @@ def test_frames_before_a_failing_frame_come_out_before_its_error(
     assert names == [f'{t:05d}' for t in range(5)]
 
 
+class BreaksAt:
+    """A frame source that cannot be read from frame ``index`` on."""
+
+    def __init__(self, reader, index):
+        self._reader, self._index = reader, index
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+    def __iter__(self):
+        for item in self._reader:
+            if item['frame_id'] == self._index:
+                raise RuntimeError(f'frame {self._index} is unreadable')
+            yield item
+
+
+@pytest.mark.parametrize('in_flight', [0, 2])
+def test_frames_before_an_unreadable_frame_come_out_before_its_error(
+        video, in_flight):
+    """And a consumer that stops before it never sees the error (what
+    track_video's max_frames relies on), whatever is in flight."""
+    model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
+
+    def frames():
+        return inference_video(
+            model, BreaksAt(open_video(str(video['frames'])), 5),
+            str(video['first']), frames_in_flight=in_flight)
+
+    names = []
+    with pytest.raises(RuntimeError, match='frame 5 is unreadable'):
+        for frame in frames():
+            names.append(frame.name)
+    assert names == [f'{t:05d}' for t in range(5)]
+    stream = frames()
+    assert [next(stream).name for _ in range(5)] == names
+    stream.close()
+
+
 def test_a_consumer_may_stop_with_frames_in_flight(video):
     model = init_tracker(tracker_config('fc_davis.py'), 'cpu')
     log = []
