@@ -138,6 +138,19 @@ def test_reduced_precision_copy_follows_the_weights():
         encoder.backbone.layer2[0].bn1.running_mean.add_(1)
         assert cache(encoder, torch.bfloat16) is not renewed
         assert_close(cache(encoder, torch.bfloat16)(images), expected())
+        # A replaced parameter, and a replaced submodule.
+        kept = cache(encoder, torch.bfloat16)
+        conv = encoder.backbone.layer1[0].conv2
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+        assert cache(encoder, torch.bfloat16) is not kept
+        assert_close(cache(encoder, torch.bfloat16)(images), expected())
+        kept = cache(encoder, torch.bfloat16)
+        old = encoder.backbone.layer2[0].conv1
+        encoder.backbone.layer2[0].conv1 = nn.Conv2d(
+            old.in_channels, old.out_channels, old.kernel_size, old.stride,
+            old.padding, bias=False).eval()
+        assert cache(encoder, torch.bfloat16) is not kept
+        assert_close(cache(encoder, torch.bfloat16)(images), expected())
     # Another type; and a dropped copy is made again.
     assert cache(encoder, torch.float16) is not cache(encoder, torch.bfloat16)
     kept = cache(encoder, torch.bfloat16)

@@ -3,7 +3,7 @@ the convolutions, weights cast once, the stem's max-pool without indices."""
 import copy
 import itertools
 import logging
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,22 @@ def _without_pool_indices(module: nn.Module) -> nn.Module:
     return module
 
 
+def _weights(module: nn.Module) -> Iterator[torch.Tensor]:
+    """Every parameter and buffer of ``module`` and of its submodules, by a
+    plain walk over their dicts: ``parameters()`` and ``buffers()`` build a
+    name and check a set for every tensor, four times the cost, and this
+    runs at every frame."""
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        for tensor in itertools.chain(current._parameters.values(),
+                                      current._buffers.values()):
+            if tensor is not None:
+                yield tensor
+        stack.extend(child for child in current._modules.values()
+                     if child is not None)
+
+
 class ReducedPrecisionEncoder:
     """An encoder's folded copy (:func:`fold_batch_norms`) in a reduced
     type, channels-last, on the CPU with its stem max-pools without an index
@@ -128,7 +144,8 @@ class ReducedPrecisionEncoder:
 
     A change is seen from each parameter's and buffer's storage, version
     counter (bumped by every in-place write: ``load_state_dict``, optimiser
-    steps, running statistics), type and device; the owner also calls
+    steps, running statistics), type and device, and from the module tree
+    (a replaced submodule or parameter); the owner also calls
     :meth:`invalidate` when it is moved or cast.
     """
 
@@ -142,9 +159,8 @@ class ReducedPrecisionEncoder:
 
     def __call__(self, encoder: nn.Module, dtype: torch.dtype) -> nn.Module:
         """The folded copy of ``encoder`` (in eval mode) in ``dtype``."""
-        key = (dtype, ) + tuple(
-            (t.data_ptr(), t._version, t.dtype, t.device)
-            for t in itertools.chain(encoder.parameters(), encoder.buffers()))
+        key = (dtype, ) + tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                                for t in _weights(encoder))
         if key != self._key:
             self.invalidate()  # the old copy goes before the new one comes
             folded = fold_batch_norms(encoder)
