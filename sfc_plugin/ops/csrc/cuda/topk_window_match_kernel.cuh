@@ -355,12 +355,12 @@ __device__ __forceinline__ int micro_slot(int m, int i) {
   return (i / 4) * (threads * 4) + m * 4 + i % 4;
 }
 
-// Registers holding a 16-byte piece of a slice, for the tensor-core tiles.
-struct Bits8 {
-  alignas(16) uint16_t bits[8];
-};
-struct Floats4 {
-  alignas(16) float values[4];
+// Registers holding a 16-byte piece of a slice for the tensor-core tiles:
+// 8 channels of 16-bit features, or 4 of float32.
+template <typename T>
+struct Piece {
+  static constexpr int kChannels = 16 / sizeof(T);
+  alignas(16) T values[kChannels];
 };
 
 // A chunk's loop over its channel slices, the same for every way of
@@ -506,13 +506,59 @@ __device__ __forceinline__ uint32_t load_pair(const uint16_t* p) {
 #endif
 }
 
-// Eight 16-bit values, 16-byte aligned at both ends.
-__device__ __forceinline__ void copy8(uint16_t* dst, const uint16_t* src) {
+// 16 bytes, 16-byte aligned at both ends.
+template <typename T>
+__device__ __forceinline__ void copy16(T* dst, const T* src) {
 #if defined(__CUDACC__)
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
 #else
-  std::memcpy(dst, src, 8 * sizeof(uint16_t));
+  std::memcpy(dst, src, 16);
 #endif
+}
+
+// Piece v of a slice for the tensor-core tiles, the slice starting at
+// channel ch: Piece<T>::kChannels channels of row v / (slice /
+// kChannels), the tile's queries first, then the chunk's first nk keys.
+// Read with one 16-byte load where the features allow it (`aligned`: every
+// position's channels start 16-byte aligned), else value by value;
+// channels past C, and rows outside the map or past nk, are zeros (T is
+// float, or uint16_t for the 16-bit types, whose zero bits are +0: they add
+// nothing).
+template <typename Config, typename T>
+__device__ __forceinline__ Piece<T> load_piece(
+    const SharedLayout<Config, float>& smem, const T* query,
+    const T* batch_keys, int64_t channels, int64_t nk, bool aligned, int v,
+    int64_t ch) {
+  constexpr int kChannels = Piece<T>::kChannels;
+  constexpr int kRowPieces = Config::kSliceChannels / kChannels;
+  const int row = v / kRowPieces, k = row - Config::kTileQueries;
+  const int64_t start = ch + (v % kRowPieces) * kChannels;
+  const bool is_query = row < Config::kTileQueries;
+  const int64_t offset =
+      is_query ? smem.query_offset[row]
+               : (k < nk ? smem.key_flat[k] * channels : -1);
+  const T* src = is_query ? query : batch_keys;
+  Piece<T> piece;
+  if (offset >= 0 && aligned && start + kChannels <= channels) {
+    copy16(piece.values, src + offset + start);
+  } else {
+    for (int i = 0; i < kChannels; ++i)
+      piece.values[i] = offset >= 0 && start + i < channels
+                            ? src[offset + start + i]
+                            : T(0);
+  }
+  return piece;
+}
+
+// Whether every position's features of `channels` values of T, from these
+// two base addresses, start 16-byte aligned (load_piece's 16-byte loads).
+template <typename T>
+__device__ __forceinline__ bool rows_aligned(const T* query,
+                                             const T* batch_keys,
+                                             int64_t channels) {
+  return channels % Piece<T>::kChannels == 0 &&
+         (reinterpret_cast<uintptr_t>(query) |
+          reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
 }
 
 #if defined(__CUDACC__)
@@ -580,11 +626,9 @@ template <typename Config, typename scalar_t>
 __device__ __forceinline__ void score_chunk_tensor_cores(
     SharedLayout<Config, float>& smem, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
-  constexpr int kTileQueries = Config::kTileQueries;
-  constexpr int kSlice = Config::kSliceChannels;
-  // 16-byte vectors of 8 channels per slice row.
-  constexpr int kRowVectors = kSlice / 8;
-  constexpr int kVectors = (kTileQueries + Config::kChunkKeys) * kRowVectors;
+  constexpr int kRowPieces = Config::kSliceChannels / 8;
+  constexpr int kPieces =
+      (Config::kTileQueries + Config::kChunkKeys) * kRowPieces;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   // The fragments' groupID and 2 * threadID_in_group.
   const int group = lane / 4, pair = (lane % 4) * 2;
@@ -592,51 +636,22 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
   const int n0 = (warp / Config::kQueryWarps) * 32;
   const auto* query_bits = reinterpret_cast<const uint16_t*>(query);
   const auto* key_bits = reinterpret_cast<const uint16_t*>(batch_keys);
-  // Every position's slice starts 16-byte aligned: vector loads.
-  const bool aligned =
-      channels % 8 == 0 &&
-      (reinterpret_cast<uintptr_t>(query) |
-       reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
-  // Piece v of a slice: 8 channels of one query (key) row.
-  auto locate = [&](int v, int64_t& offset, uint16_t*& tile) {
-    const int row = v / kRowVectors, c = (v % kRowVectors) * 8;
-    if (row < kTileQueries) {
-      offset = smem.query_offset[row];
-      tile = &smem.tiles.queries[row][c];
-    } else {
-      const int k = row - kTileQueries;
-      offset = k < nk ? smem.key_flat[k] * channels : -1;
-      tile = &smem.tiles.keys[k][c];
-    }
-    return row < kTileQueries ? query_bits : key_bits;
-  };
+  const bool aligned = rows_aligned(query_bits, key_bits, channels);
   auto load = [&](int v, int64_t ch) {
-    Bits8 piece;
-    int64_t offset;
-    uint16_t* tile;
-    const uint16_t* src = locate(v, offset, tile);
-    const int64_t start = ch + (v % kRowVectors) * 8;
-    if (offset >= 0 && aligned && start + 8 <= channels) {
-      copy8(piece.bits, src + offset + start);
-    } else {
-      // Zero bits are +0 in both types: padding adds nothing.
-      for (int i = 0; i < 8; ++i)
-        piece.bits[i] = offset >= 0 && start + i < channels
-                            ? src[offset + start + i]
-                            : uint16_t(0);
-    }
-    return piece;
+    return load_piece(smem, query_bits, key_bits, channels, nk, aligned, v,
+                      ch);
   };
-  auto store = [&](int v, const Bits8& piece) {
-    int64_t offset;
-    uint16_t* tile;
-    locate(v, offset, tile);
-    copy8(tile, piece.bits);
+  auto store = [&](int v, const Piece<uint16_t>& piece) {
+    const int row = v / kRowPieces, c = (v % kRowPieces) * 8;
+    copy16(row < Config::kTileQueries
+               ? &smem.tiles.queries[row][c]
+               : &smem.tiles.keys[row - Config::kTileQueries][c],
+           piece.values);
   };
   float acc[4][4] = {};
   auto compute = [&] {
 #pragma unroll
-    for (int k0 = 0; k0 < kSlice; k0 += 16) {
+    for (int k0 = 0; k0 < Config::kSliceChannels; k0 += 16) {
       const uint32_t a[4] = {
           load_pair(&smem.tiles.queries[m0 + group][k0 + pair]),
           load_pair(&smem.tiles.queries[m0 + group + 8][k0 + pair]),
@@ -651,8 +666,9 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
       }
     }
   };
-  for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Bits8>(
-      channels, kSlice, load, store, compute);
+  for_each_slice<Config::kThreads, kPieces, Config::kPrefetch,
+                 Piece<uint16_t>>(channels, Config::kSliceChannels, load,
+                                  store, compute);
   store_mma_scores(smem, acc, m0, n0);
 }
 
@@ -707,43 +723,20 @@ __device__ __forceinline__ void score_chunk_split_tf32(
     const float* __restrict__ batch_keys, int64_t channels, int64_t nk) {
   constexpr int kTileQueries = Config::kTileQueries;
   constexpr int kSlice = Config::kSliceChannels;
-  // 16-byte vectors of 4 channels per slice row.
-  constexpr int kRowVectors = kSlice / 4;
-  constexpr int kVectors = (kTileQueries + Config::kChunkKeys) * kRowVectors;
+  constexpr int kRowPieces = kSlice / 4;
+  constexpr int kPieces = (kTileQueries + Config::kChunkKeys) * kRowPieces;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   // The fragments' groupID and threadID_in_group.
   const int group = lane / 4, member = lane % 4;
   const int m0 = (warp % Config::kQueryWarps) * 16;
   const int n0 = (warp / Config::kQueryWarps) * 32;
   auto& tiles = smem.tiles;
-  // Every position's slice starts 16-byte aligned: vector loads.
-  const bool aligned =
-      channels % 4 == 0 &&
-      (reinterpret_cast<uintptr_t>(query) |
-       reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
-  // Piece v of a slice: 4 channels of one query (key) row.
+  const bool aligned = rows_aligned(query, batch_keys, channels);
   auto load = [&](int v, int64_t ch) {
-    Floats4 piece;
-    const int row = v / kRowVectors;
-    const int64_t start = ch + (v % kRowVectors) * 4;
-    const int k = row - kTileQueries;
-    const int64_t offset =
-        row < kTileQueries ? smem.query_offset[row]
-                           : (k < nk ? smem.key_flat[k] * channels : -1);
-    const float* src = row < kTileQueries ? query : batch_keys;
-    if (offset >= 0 && aligned && start + 4 <= channels) {
-      load4(src + offset + start, piece.values);
-    } else {
-      // Zeros add nothing.
-      for (int i = 0; i < 4; ++i)
-        piece.values[i] = offset >= 0 && start + i < channels
-                              ? src[offset + start + i]
-                              : 0.f;
-    }
-    return piece;
+    return load_piece(smem, query, batch_keys, channels, nk, aligned, v, ch);
   };
-  auto store = [&](int v, const Floats4& piece) {
-    const int row = v / kRowVectors, c = (v % kRowVectors) * 4;
+  auto store = [&](int v, const Piece<float>& piece) {
+    const int row = v / kRowPieces, c = (v % kRowPieces) * 4;
     float big[4], small[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -791,8 +784,8 @@ __device__ __forceinline__ void score_chunk_split_tf32(
       }
     }
   };
-  for_each_slice<Config::kThreads, kVectors, Config::kPrefetch, Floats4>(
-      channels, kSlice, load, store, compute);
+  for_each_slice<Config::kThreads, kPieces, Config::kPrefetch,
+                 Piece<float>>(channels, kSlice, load, store, compute);
   store_mma_scores(smem, acc, m0, n0);
 }
 
