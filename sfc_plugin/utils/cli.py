@@ -25,10 +25,11 @@ from mmengine.config import DictAction
 DEBUG_ENV = 'SFC_PLUGIN_DEBUG'
 
 #: Exceptions that a user's input causes: reported in one line. Anything
-#: else is reported in one line too, marked as unexpected.
+#: else is reported in one line too, marked as unexpected. MemoryError:
+#: settings or inputs too large for the host (sfc_plugin.utils.memory).
 USER_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError,
                ImportError, RuntimeError, SyntaxError, AssertionError,
-               NotImplementedError)
+               NotImplementedError, MemoryError)
 
 
 def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
