@@ -256,6 +256,47 @@ def test_absurd_topk_is_bounded():
         topk_window_match(query, keys, labels, topk=2**40, **kw), all_keys)
 
 
+def test_absurd_topk_tracks_as_the_keys_a_position_sees(
+        clip, tmp_path, python, repo, subprocess_env):
+    """topk = 10**9 once grew track.py to the machine's memory and had it
+    killed at 480p: the match now sizes its lists by the keys a position
+    can see, and the masks are those of that topk."""
+    from sfc_plugin.ops import most_eligible_keys
+    proc = track(python, repo, subprocess_env, clip['frames'], clip['first'],
+                 '--out', tmp_path / 'huge', '--no-overlay', '--cfg-options',
+                 'model.propagator.topk=1000000000',
+                 'model.propagator.radius=3', timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # fc_davis: 1 + 20 key frames on 8 x 14 feature maps; radius 3.
+    bound = most_eligible_keys(21, 8, 14, 3.0, 1)
+    assert bound == 8 * 14 + 20 * 25  # dy² + dx² < 9: 25 offsets
+    track_video(clip['frames'], clip['first'], tmp_path / 'bound',
+                cfg_options={'model.propagator.topk': bound,
+                             'model.propagator.radius': 3},
+                overlay=False, progress=False)
+    for t in range(FRAMES):
+        name = f'{t:05d}.png'
+        assert np.array_equal(np.array(Image.open(tmp_path / 'huge' / name)),
+                              np.array(Image.open(tmp_path / 'bound' / name)))
+
+
+def test_buffers_the_host_cannot_hold_are_named(clip, tmp_path,
+                                                monkeypatch):
+    """context_frames = 3000 at 480p once filled 19.6 GB of a 23 GB machine
+    (a little more and the system kills the run): buffers beyond the
+    memory left are refused before they are allocated, naming the setting,
+    and the run leaves nothing."""
+    from sfc_plugin.utils import memory
+    from sfc_plugin.utils.cli import USER_ERRORS
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2**20)
+    with pytest.raises(memory.HostMemoryError,
+                       match='context_frames=20') as err:
+        track_video(clip['frames'], clip['first'], tmp_path / 'o',
+                    overlay=False, progress=False)
+    assert isinstance(err.value, USER_ERRORS)  # one line, no "unexpected"
+    assert looks_complete(tmp_path) == [] and not (tmp_path / 'o').exists()
+
+
 def test_export_forms_validate_and_stay_bounded():
     from sfc_plugin.deploy import PropagationStep
     from sfc_plugin.ops import (

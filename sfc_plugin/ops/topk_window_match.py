@@ -22,9 +22,15 @@ PyTorch forms keep whichever ``torch.topk`` returns.
 
 Edge cases, the same in every checked implementation: ``radius=inf`` (or
 any radius >= H + W, which every offset in the frame is within) means no
-window. A ``topk`` above the T·H·W keys gives the result of ``topk`` =
-T·H·W in the match functions (the rest would be padding of weight 0) and
-is refused by the neighbours functions, whose output has ``topk`` slots.
+window. A ``topk`` above the most keys a position can see
+(:func:`most_eligible_keys`: every key of the unrestricted frames and a
+window's worth of each other frame, at most T·H·W) gives the result of
+``topk`` = that number in the match functions (the rest would be padding
+of weight 0), and one above T·H·W is refused by the neighbours functions,
+whose output has ``topk`` slots. On the host, a call whose top-k lists
+would not fit in the memory left is refused with a ``MemoryError`` naming
+``topk`` (:func:`~sfc_plugin.utils.memory.check_host_allocation`) instead
+of being killed by the system.
 An empty batch (B = 0) gives an empty result; C, H, W or K of 0 is refused,
 and so are a ``topk`` or ``unrestricted_keys`` that is not an integer and
 a non-finite temperature. Finite features whose dot products overflow the
@@ -47,6 +53,7 @@ widens the keys to float32 block by block and says so once with a warning.
 path. The pure-PyTorch forms widen bf16 CPU features to float32 up front: a
 bf16 matmul would round every affinity to 8 significant bits.
 """
+import functools
 import math
 import numbers
 import operator
@@ -55,18 +62,33 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from sfc_plugin.utils.memory import check_host_allocation
+
 from .extension import native_ops_available, neighbour_weights_dtype
 
 #: Affinity rows processed at once by the dense baseline are capped so that
 #: one chunk of the (queries × keys) affinity stays near this many bytes.
 CHUNK_BYTES = 128 * 2**20
+#: The label aggregation sums the top-k slots in blocks that keep its
+#: gathered (positions × slots × K) labels near this many bytes.
+AGGREGATE_BYTES = 64 * 2**20
+#: Host allocations of a call (its top-k lists) from this size on are
+#: checked against the memory left: below it, a check per frame would cost
+#: more than it could ever save.
+HOST_CHECK_BYTES = 64 * 2**20
+#: Query rows whose top-k lists each thread of the native CPU kernel holds
+#: (``kRows`` in csrc/cpu), and the vector top-k's minimum of slots per
+#: list (``kVectorTopK``): its working memory, for the check above.
+_CPU_KERNEL_ROWS = 16
+_CPU_KERNEL_MIN_SLOTS = 16
 #: Feature types the CPU implementations take.
 CPU_FEATURE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 #: Reasons for the float32 path of bf16 on CPU already warned about.
 _bf16_notices = set()
 
 
-def check_integer(owner: str, name: str, value) -> int:
+def check_integer(owner: str, name: str, value, low: Optional[int] = None,
+                  high: Optional[int] = None, why: str = '') -> int:
     """``value`` as an ``int``, or a ``ValueError`` naming ``name``.
 
     Python and numpy integers and 0-dim integer tensors pass; bool, float
@@ -77,6 +99,8 @@ def check_integer(owner: str, name: str, value) -> int:
         owner (str): Who checks, the start of the message.
         name (str): The argument's name.
         value: The argument.
+        low, high (int, optional): Inclusive bounds, if any.
+        why (str): Said after a bound, e.g. ``' (preallocated)'``.
 
     Returns:
         int: ``value``.
@@ -84,14 +108,22 @@ def check_integer(owner: str, name: str, value) -> int:
     # bool is an int to Python, and 0-dim bool tensors have an __index__.
     is_bool = isinstance(value, bool) or str(getattr(
         value, 'dtype', '')) in ('bool', 'torch.bool')
+    number = None
     if not is_bool:
         try:
-            return operator.index(value)
+            number = operator.index(value)
         except TypeError:
             pass
-    raise ValueError(
-        f'{owner}: {name} must be an integer, got {value!r} '
-        f'({type(value).__name__})')
+    if number is None:
+        raise ValueError(
+            f'{owner}: {name} must be an integer, got {value!r} '
+            f'({type(value).__name__})')
+    if (low is not None and number < low) or (high is not None
+                                              and number > high):
+        bound = (f'>= {low}' if high is None else
+                 f'<= {high}' if low is None else f'in [{low}, {high}]')
+        raise ValueError(f'{owner}: {name} must be {bound}{why}, got {number}')
+    return number
 
 
 def check_real(owner: str, name: str, value) -> float:
@@ -134,9 +166,7 @@ def check_match_settings(owner: str, topk, radius,
     Returns:
         tuple: ``topk`` (int), ``radius`` and ``temperature`` (float).
     """
-    topk = check_integer(owner, 'topk', topk)
-    if topk < 1:
-        raise ValueError(f'{owner}: topk must be >= 1, got {topk}')
+    topk = check_integer(owner, 'topk', topk, low=1)
     radius = check_real(owner, 'radius', radius)
     if not radius >= 0:
         raise ValueError(
@@ -146,6 +176,79 @@ def check_match_settings(owner: str, topk, radius,
         raise ValueError(f'{owner}: temperature must be a finite number > 0, '
                          f'got {temperature}')
     return topk, radius, temperature
+
+
+@functools.lru_cache(maxsize=64)
+def _window_keys(height: int, width: int, radius: float) -> int:
+    """Upper bound on the keys of one restricted H × W frame within the
+    window of any one query position: per key row |dy| < H, the offsets
+    with dx² < radius² - dy², at most W of them, at most H·W in all.
+    Cached: the tracker asks for the same frame size at every frame."""
+    radius = min(radius, float(height + width))
+    count = 0
+    for dy in range(-(height - 1), height):
+        rest = radius * radius - dy * dy
+        if rest > 0:
+            # The largest dx with dx² < rest, as the kernels' tables have
+            # it (window_half_widths in csrc).
+            half = int(math.sqrt(rest))
+            while half > 0 and half * half >= rest:
+                half -= 1
+            while (half + 1) * (half + 1) < rest:
+                half += 1
+            count += min(2 * half + 1, width)
+    return min(count, height * width)
+
+
+def most_eligible_keys(frames: int, height: int, width: int, radius: float,
+                       unrestricted_keys: int) -> int:
+    """An upper bound on the eligible keys of a query position (exact where
+    the window fits in the frame): all H·W keys of each unrestricted frame,
+    and a window's worth of each other frame.
+
+    A match with ``topk`` above it has the result of ``topk`` = this bound,
+    so the match functions clamp to it: padding slots cost memory (12
+    bytes per position and slot) and nothing else.
+
+    Args:
+        frames (int): Key frames T.
+        height, width (int): Feature map size.
+        radius (float): Window radius (``inf``: no window).
+        unrestricted_keys (int): Leading frames without a window, in
+            [0, T].
+
+    Returns:
+        int: At most T·H·W.
+    """
+    restricted = frames - unrestricted_keys
+    return (unrestricted_keys * height * width +
+            restricted * _window_keys(height, width, radius))
+
+
+def top_k_memory(batch: int, height: int, width: int, topk: int,
+                 dtype: torch.dtype, native_cpu: bool) -> int:
+    """Bytes of the top-k lists a call builds: its (B, H, W, topk) weights
+    and int64 indices, plus, in the native CPU kernel, each thread's lists
+    for a run of query rows.
+
+    Args:
+        batch, height, width (int): Query positions B·H·W.
+        topk (int): Slots per position.
+        dtype (torch.dtype): Feature type.
+        native_cpu (bool): Whether the native CPU kernel runs the call.
+
+    Returns:
+        int: Bytes.
+    """
+    weight_bytes = torch.finfo(neighbour_weights_dtype(dtype)).bits // 8
+    total = batch * height * width * topk * (weight_bytes + 8)
+    if native_cpu:
+        # Scores are float32 but for float64 features.
+        score_bytes = 8 if dtype == torch.float64 else 4
+        lists = min(torch.get_num_threads(), batch * height) * min(
+            _CPU_KERNEL_ROWS, height) * width
+        total += lists * max(topk, _CPU_KERNEL_MIN_SLOTS) * (score_bytes + 8)
+    return total
 
 
 class _Args(NamedTuple):
@@ -164,8 +267,10 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
 
     ``key_labels`` is None for the neighbours functions: their output has
     ``topk`` slots per position, so a ``topk`` above the T·H·W keys is
-    refused. The match functions clamp it to T·H·W instead (the extra
-    slots would be padding of weight 0: same result, no huge allocation).
+    refused. The match functions clamp it to :func:`most_eligible_keys`
+    instead (the extra slots would be padding of weight 0: same result, no
+    huge allocation). On the host, top-k lists that the memory left cannot
+    hold are refused before they are allocated.
     A radius above H + W is capped there: every offset in the frame
     already lies within it, and ``inf`` must not reach integer arithmetic.
     """
@@ -232,8 +337,24 @@ def _check(query: torch.Tensor, keys: torch.Tensor,
     if keys.dtype != query.dtype:
         raise ValueError(f'topk_window_match: query is {query.dtype} but '
                          f'keys are {keys.dtype}')
+    asked = topk
+    if key_labels is not None:
+        topk = max(1, min(topk, most_eligible_keys(
+            frames, height, width, radius, unrestricted_keys)))
+    if query.device.type == 'cpu':
+        batch = query.shape[0] if batched else 1
+        nbytes = top_k_memory(batch, height, width, topk, query.dtype,
+                              native_ops_available(query.device))
+        if nbytes >= HOST_CHECK_BYTES:
+            clamped = f'; a position sees at most {topk} keys' if (
+                topk < asked) else ''
+            check_host_allocation(
+                'topk_window_match', nbytes,
+                f'the top-{topk} lists of {batch * height * width} query '
+                f'positions (topk={asked}{clamped})',
+                'lower topk, the radius or the frame size')
     return _Args(batched=batched,
-                 topk=min(topk, num_keys),
+                 topk=topk,
                  radius=min(radius, float(height + width)),
                  temperature=temperature,
                  unrestricted_keys=unrestricted_keys)
@@ -343,11 +464,23 @@ def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
     topk = indices.shape[-1]
     # Sizes spelt out: a -1 cannot be inferred from an empty batch.
     labels = key_labels.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, k)
-    valid = indices >= 0
-    rows = indices.clamp(min=0).reshape(b, h * w * topk, 1).expand(-1, -1, k)
-    chosen = labels.gather(1, rows).view(b, h * w, topk, k)
-    wts = torch.where(valid, weights, 0).to(key_labels.dtype)
-    out = (chosen * wts.view(b, h * w, topk, 1)).sum(2)
+    # Slots in blocks: the gathered labels of all topk slots at once would
+    # take K times the lists' memory (gigabytes for a large topk). The
+    # protocols' k fits one block; exporters trace one block.
+    block = topk
+    if not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+        block = max(1, AGGREGATE_BYTES //
+                    max(1, b * h * w * k * key_labels.element_size()))
+    out = None
+    for start in range(0, topk, block):
+        slots = min(block, topk - start)
+        idx = indices[..., start:start + slots]
+        rows = idx.clamp(min=0).reshape(b, h * w * slots, 1).expand(-1, -1, k)
+        chosen = labels.gather(1, rows).view(b, h * w, slots, k)
+        wts = torch.where(idx >= 0, weights[..., start:start + slots],
+                          0).to(key_labels.dtype)
+        part = (chosen * wts.reshape(b, h * w, slots, 1)).sum(2)
+        out = part if out is None else out + part
     return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
@@ -421,9 +554,10 @@ def topk_window_match_decomposed(query: torch.Tensor,
             :func:`topk_window_match`.
 
     Settings are validated as the op's are (an infinite radius means no
-    window). ``topk`` beyond the T·H·W keys only adds padding: run eagerly
-    it is clamped, so that an absurd k allocates nothing, while an export
-    keeps it, since the graph pads at run time for whatever T·H·W it gets.
+    window). ``topk`` beyond the keys a position can see only adds padding:
+    run eagerly it is clamped (:func:`most_eligible_keys`), so that an
+    absurd k allocates nothing, while an export keeps it, since the graph
+    pads at run time for whatever T·H·W it gets.
 
     Returns:
         Tensor: (B, K, H, W).
@@ -432,7 +566,9 @@ def topk_window_match_decomposed(query: torch.Tensor,
         'topk_window_match_decomposed', topk, radius, temperature)
     b, c, h, w = query.shape
     if not torch.onnx.is_in_onnx_export():
-        topk = min(topk, keys.shape[1] * h * w)
+        frames = keys.shape[1]
+        topk = max(1, min(topk, most_eligible_keys(
+            frames, h, w, radius, min(max(unrestricted_keys, 0), frames))))
     weights, idx = _dense_neighbours(
         query.reshape(b, c, h * w).transpose(1, 2),
         _positions(h, w, query.device), keys, topk, radius, temperature,

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from sfc_plugin.models import LabelPropagator
 from sfc_plugin.ops import window_mask
+from sfc_plugin.utils import memory
 
 
 def dense_reference(feats, labels0, topk, radius, m, temperature,
@@ -69,6 +70,39 @@ def test_memory_is_bounded_by_the_context():
         prop.step(F.normalize(torch.randn(8, 3, 3), dim=0))
     assert prop._feats.shape[0] == 5
     assert (prop._feats.data_ptr(), prop._labels.data_ptr()) == buffers
+
+
+def test_buffers_beyond_the_host_memory_are_refused(monkeypatch):
+    """1 + context_frames frames are preallocated (and filled): a size the
+    host cannot hold is refused before allocation with the setting named,
+    where the system would kill the process; the propagator keeps the
+    video it had. Anchors and new objects grow the buffers and are checked
+    the same way."""
+    prop = LabelPropagator(context_frames=4, max_anchors=2)
+    feat = F.normalize(torch.randn(8, 3, 3), dim=0)
+    prop.init(feat, torch.rand(2, 3, 3))
+    # 5 frames of 8 float32 channels and 2 label channels at 3 x 3: 1800 B.
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 1799)
+    big = LabelPropagator(context_frames=4)
+    with pytest.raises(
+            memory.HostMemoryError,
+            match=r'^LabelPropagator\.init: 5 key frames of \(3, 3\) features '
+            r'and labels \(1 \+ context_frames=4 \+ 0 anchors\) need 1\.8 '
+            r'KiB of host memory, but 1\.8 KiB is available; lower '
+            r'context_frames \(or max_anchors\), or the frame size$'):
+        big.init(feat, torch.rand(2, 3, 3))
+    with pytest.raises(memory.HostMemoryError, match='context_frames'):
+        prop.init(feat, torch.rand(2, 3, 3))
+    with pytest.raises(memory.HostMemoryError,
+                       match=r'^LabelPropagator\.anchor: 6 key frames .*'
+                       r'1 anchors\)'):
+        prop.anchor(feat, torch.rand(2, 3, 3))
+    with pytest.raises(memory.HostMemoryError, match='LabelPropagator.anchor'):
+        prop.anchor(feat, torch.rand(3, 3, 3))  # a new object
+    assert prop.num_anchors == 0 and prop._feats.shape[0] == 5
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 1800)
+    LabelPropagator(context_frames=4).init(feat, torch.rand(2, 3, 3))
+    prop.step(feat)
 
 
 def test_misuse_is_reported():

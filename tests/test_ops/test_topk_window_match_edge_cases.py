@@ -9,20 +9,26 @@ passes.
 """
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from sfc_plugin.ops import (
+    most_eligible_keys,
     topk_window_match,
     topk_window_match_dense,
     topk_window_match_reference,
     topk_window_neighbours,
     topk_window_neighbours_reference,
 )
+from sfc_plugin.utils import memory
 
 from .test_topk_window_match import brute_force, needs_native, random_inputs
+
+# The module, not the function of the same name that sfc_plugin.ops exports.
+topk_window_match_module = sys.modules['sfc_plugin.ops.topk_window_match']
 
 
 def op_match(query, keys, key_labels, *, topk, radius, temperature,
@@ -184,6 +190,103 @@ def test_topk_above_the_keys_is_refused_for_neighbours(impl, topk):
     # Frame 0 (20 keys) and the query's own position in frames 1 and 2.
     assert (indices[..., :22] >= 0).all() and (indices[..., 22:] == -1).all()
     assert (weights[..., 22:] == 0).all()
+
+
+def eligible_counts(height, width, radius):
+    """Eligible keys of one restricted frame for each query position,
+    counted straight from the definition."""
+    ys, xs = np.mgrid[:height, :width]
+    return [int(((ys - y)**2 + (xs - x)**2 < radius**2).sum())
+            for y in range(height) for x in range(width)]
+
+
+@pytest.mark.parametrize('radius', [0.0, 0.5, 1.0, 1.5, math.sqrt(2), 2.5,
+                                    3.0, 12.0, math.inf])
+@pytest.mark.parametrize('height,width', [(1, 1), (1, 7), (5, 3), (9, 9),
+                                          (11, 30)])
+def test_most_eligible_keys_bounds_every_position(height, width, radius):
+    """The bound the match functions clamp topk to: never below a
+    position's eligible keys (that would drop neighbours), and exact where
+    the window fits in the frame."""
+    most = max(eligible_counts(height, width, radius))
+    window = most_eligible_keys(1, height, width, radius, 0)
+    assert window >= most
+    if math.isinf(radius) or 2 * math.ceil(radius) + 1 <= min(height, width):
+        assert window == most
+    for frames, free in ((3, 0), (3, 1), (3, 3)):
+        assert most_eligible_keys(frames, height, width, radius, free) == (
+            free * height * width + (frames - free) * window)
+
+
+@pytest.mark.parametrize('impl', ['match', 'match-reference', 'match-dense'])
+def test_huge_topk_is_clamped_to_the_keys_a_position_sees(impl):
+    """Before any allocation: the top-k lists are sized by the 38 keys a
+    position can see (frame 0's 20 and a 9-key window in each of frames 1
+    and 2), not by topk or the 60 keys, and the result is topk = 38's."""
+    query, keys, labels = inputs(seed=3)
+    kw = dict(radius=1.5, temperature=0.1, unrestricted_keys=1)
+    assert most_eligible_keys(3, 4, 5, 1.5, 1) == 38
+    got = call(impl, query, keys, labels, topk=10**12, **kw)
+    assert torch.equal(got, call(impl, query, keys, labels, topk=38, **kw))
+    torch.testing.assert_close(
+        got[1], brute_force(query[1], keys[1], labels[1], 38, 1.5, 0.1, 1),
+        rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('impl', PYTHON)
+def test_top_k_lists_beyond_the_host_memory_are_refused(impl, monkeypatch):
+    """The lists are checked against the memory left before they are
+    allocated (here with 1 MiB left and no threshold): a MemoryError naming
+    topk, instead of the system's OOM killer."""
+    monkeypatch.setattr(topk_window_match_module, 'HOST_CHECK_BYTES', 0)
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2**20)
+    query, keys, labels = inputs(seed=4, h=40, w=50)
+    kw = dict(radius=1.5, temperature=0.1, unrestricted_keys=1)
+    if impl in MATCH:
+        topk, lists = 10**6, (r'2018 lists of 4000 query positions '
+                              r'\(topk=1000000; a position sees at most 2018 '
+                              r'keys\)')
+    else:
+        topk, lists = 2000, (r'2000 lists of 4000 query positions '
+                             r'\(topk=2000\)')
+    with pytest.raises(
+            memory.HostMemoryError,
+            match=(rf'^topk_window_match: the top-{lists} need .* MiB of '
+                   r'host memory, but 1.0 MiB is available; lower topk')):
+        call(impl, query, keys, labels, topk=topk, **kw)
+    # Small lists are not checked at all: the check costs a file read.
+    monkeypatch.setattr(topk_window_match_module, 'HOST_CHECK_BYTES',
+                        10 * 2**20)
+    call(impl, query, keys, labels, topk=3, **kw)
+
+
+def dense_float64(query, keys, labels, topk, temperature):
+    """Labels of an unwindowed match (every key frame unrestricted), as
+    one float64 matrix product, top-k and softmax."""
+    b, t, c, h, w = keys.shape
+    q = query.double().reshape(b, c, h * w).transpose(1, 2)
+    k = keys.double().permute(0, 1, 3, 4, 2).reshape(b, t * h * w, c)
+    lab = labels.double().permute(0, 1, 3, 4, 2).reshape(b, t * h * w, -1)
+    vals, idx = (q @ k.transpose(1, 2) / temperature).topk(topk, dim=-1)
+    wts = torch.softmax(vals, -1)
+    out = (wts[..., None] * lab[torch.arange(b)[:, None, None], idx]).sum(2)
+    return out.transpose(1, 2).reshape(b, -1, h, w)
+
+
+@pytest.mark.parametrize('impl', ['match', 'match-op', 'match-reference'])
+def test_labels_are_summed_in_blocks_of_slots(impl, monkeypatch):
+    """A large topk's labels are gathered a block of slots at a time (all
+    at once they took K times the lists' memory): the sum is the same.
+    Here 600 slots of 40 × 50 positions and 16 labels (125 KiB a slot) make
+    two blocks of the native kernels' 64 MiB; the reference is set to
+    blocks of 7 slots."""
+    monkeypatch.setattr(topk_window_match_module, 'AGGREGATE_BYTES',
+                        7 * 40 * 50 * 16 * 8)
+    query, keys, labels = random_inputs(5, 1, 8, 40, 50, 16, batch=1)
+    kw = dict(radius=2.0, temperature=0.1, unrestricted_keys=1)
+    got = call(impl, query, keys, labels, topk=600, **kw)
+    torch.testing.assert_close(got, dense_float64(query, keys, labels, 600,
+                                                  0.1), rtol=0, atol=1e-12)
 
 
 _brute_force_no_window = {}

@@ -8,6 +8,7 @@ from sfc_plugin.ops import (
     topk_window_match,
 )
 from sfc_plugin.registry import MODELS
+from sfc_plugin.utils.memory import check_host_allocation
 
 
 @MODELS.register_module()
@@ -22,7 +23,10 @@ class LabelPropagator:
     ``radius``, frame 0 unrestricted unless ``restrict_first_frame``.
 
     Only the 1 + m context frames are held, in preallocated buffers, so
-    memory does not grow with the video length. The short-term slots form a
+    memory does not grow with the video length. On the host, buffers that
+    the memory left cannot hold (a huge ``context_frames`` or frame) are
+    refused with a ``MemoryError`` naming the setting before they are
+    allocated. The short-term slots form a
     ring: the order of key frames does not change a joint top-k.
 
     Anchors (:meth:`anchor`) are later frames whose labels someone gave (a
@@ -76,20 +80,15 @@ class LabelPropagator:
         # model is built, not at the first frame of a video.
         self.topk, self.radius, self.temperature = check_match_settings(
             owner, topk, radius, temperature)
-        context_frames = check_integer(owner, 'context_frames',
-                                       context_frames)
-        if not 0 <= context_frames <= self.MAX_CONTEXT_FRAMES:
-            raise ValueError(
-                f'{owner}: context_frames must be in [0, '
-                f'{self.MAX_CONTEXT_FRAMES}] (1 + context_frames frames of '
-                f'features and labels are preallocated), got {context_frames}')
+        context_frames = check_integer(
+            owner, 'context_frames', context_frames, 0,
+            self.MAX_CONTEXT_FRAMES, ' (1 + context_frames frames of '
+            'features and labels are preallocated)')
         if not isinstance(restrict_first_frame, bool):
             raise ValueError(f'{owner}: restrict_first_frame must be a bool, '
                              f'got {restrict_first_frame!r}')
-        max_anchors = check_integer(owner, 'max_anchors', max_anchors)
-        if not 0 <= max_anchors <= self.MAX_ANCHORS:
-            raise ValueError(f'{owner}: max_anchors must be in [0, '
-                             f'{self.MAX_ANCHORS}], got {max_anchors}')
+        max_anchors = check_integer(owner, 'max_anchors', max_anchors, 0,
+                                    self.MAX_ANCHORS)
         self.context_frames = context_frames
         self.restrict_first_frame = restrict_first_frame
         self.max_anchors = max_anchors
@@ -126,13 +125,9 @@ class LabelPropagator:
                 resolution (one channel per class, background included).
         """
         _check_labelled_frame('init', 'frame 0', feat, labels)
-        slots = 1 + self.context_frames
-        # Channels-last: topk_window_match reads windows of positions as
-        # C-contiguous rows, so this layout spares it a copy of all keys.
-        self._feats = torch.empty((slots, *feat.shape), dtype=feat.dtype,
-                                  device=feat.device,
-                                  memory_format=torch.channels_last)
-        self._labels = labels.new_empty((slots, *labels.shape))
+        self._feats, self._labels = self._new_buffers(
+            'init', 1 + self.context_frames, feat, labels.shape[0],
+            labels.dtype)
         self._feats.copy_(feat.expand_as(self._feats))
         self._labels.copy_(labels.expand_as(self._labels))
         self._anchors = 0
@@ -192,8 +187,9 @@ class LabelPropagator:
             raise ValueError(f'LabelPropagator.anchor: ended channels {bad} '
                              f'are not objects of 1..{channels - 1}')
         if channels > self.num_channels:
-            grown = self._labels.new_zeros(
-                (self._labels.shape[0], channels, *self._labels.shape[2:]))
+            _, grown = self._new_buffers('anchor', self._labels.shape[0],
+                                         None, channels, self._labels.dtype)
+            grown.zero_()
             grown[:, :self.num_channels] = self._labels
             self._labels = grown
         padded = self._labels.new_zeros((channels, *labels.shape[1:]))
@@ -237,11 +233,9 @@ class LabelPropagator:
         # One more slot before the short-term ring (anchors are rare: the
         # buffers are rebuilt, not preallocated for max_anchors).
         slot = 1 + self._anchors
-        feats = torch.empty((self._feats.shape[0] + 1, *feat.shape),
-                            dtype=self._feats.dtype, device=feat.device,
-                            memory_format=torch.channels_last)
-        labels_buf = self._labels.new_empty(
-            (self._labels.shape[0] + 1, *self._labels.shape[1:]))
+        feats, labels_buf = self._new_buffers(
+            'anchor', self._feats.shape[0] + 1, feat, self.num_channels,
+            self._labels.dtype)
         for new, old in ((feats, self._feats), (labels_buf, self._labels)):
             new[:slot] = old[:slot]
             new[slot + 1:] = old[slot:]
@@ -249,6 +243,43 @@ class LabelPropagator:
         labels_buf[slot].copy_(labels)
         self._feats, self._labels = feats, labels_buf
         self._anchors += 1
+
+    def _new_buffers(self, method: str, slots: int,
+                     feat: Optional[torch.Tensor], channels: int,
+                     label_dtype: torch.dtype):
+        """Uninitialised key-frame buffers, checked against the host memory
+        left first: ``slots`` frames of features like ``feat`` (none if
+        ``feat`` is None: the labels of the frames held) and of
+        ``channels`` label channels.
+
+        Returns:
+            tuple: features (slots, C, h, w), channels-last, or None;
+            labels (slots, channels, h, w).
+        """
+        like = self._labels[0, 0] if feat is None else feat[0]
+        frame_bytes = channels * like.numel() * torch.empty(
+            (), dtype=label_dtype).element_size()
+        if feat is not None:
+            frame_bytes += feat.numel() * feat.element_size()
+        if like.device.type == 'cpu':
+            anchors = slots - 1 - self.context_frames
+            check_host_allocation(
+                f'LabelPropagator.{method}', slots * frame_bytes,
+                f'{slots} key frames of {tuple(like.shape)} features and '
+                f'labels (1 + context_frames={self.context_frames} + '
+                f'{anchors} anchors)',
+                'lower context_frames (or max_anchors), or the frame size')
+        feats = None
+        if feat is not None:
+            # Channels-last: topk_window_match reads windows of positions
+            # as C-contiguous rows, so this layout spares it a copy of all
+            # keys.
+            feats = torch.empty((slots, *feat.shape), dtype=feat.dtype,
+                                device=feat.device,
+                                memory_format=torch.channels_last)
+        labels = torch.empty((slots, channels, *like.shape),
+                             dtype=label_dtype, device=like.device)
+        return feats, labels
 
     def _remember(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
         """The frame just labelled becomes short-term memory."""

@@ -207,6 +207,12 @@ inline at::Tensor keys_channels_last(const at::Tensor& keys) {
   return keys.permute({0, 1, 3, 4, 2}).contiguous();
 }
 
+// Bytes of gathered labels (positions x slots x K) that the aggregation
+// holds at once: it sums the top-k slots in blocks of this size, since all
+// slots at once would take K times the top-k lists' memory (gigabytes for
+// a large topk). The protocols' k fits in one block.
+constexpr int64_t kAggregateBytes = int64_t{64} << 20;
+
 // Weighted sum of the chosen keys' labels: out[b, :, q] =
 // sum_j weights[b, q, j] * labels[b, indices[b, q, j], :]; index -1 is
 // padding. Shared by every device: it is a gather and a reduction over k,
@@ -224,17 +230,25 @@ inline at::Tensor aggregate_labels(const at::Tensor& weights,
   // out: a -1 cannot be inferred from an empty batch.
   auto labels = key_labels.permute({0, 1, 3, 4, 2}).reshape(
       {batch, frames * height * width, num_labels});
-  auto valid = indices.ge(0);
-  auto rows = indices.clamp_min(0)
-                  .reshape({batch, height * width * topk, 1})
-                  .expand(
-      {batch, height * width * topk, num_labels});
-  auto chosen = labels.gather(1, rows).view(
-      {batch, height * width, topk, num_labels});
-  auto w = weights.masked_fill(valid.logical_not(), 0)
-               .to(key_labels.scalar_type())
-               .view({batch, height * width, topk, 1});
-  auto out = (chosen * w).sum(2);
+  const int64_t slot_bytes = std::max<int64_t>(
+      1, batch * height * width * num_labels * key_labels.element_size());
+  const int64_t block = std::max<int64_t>(1, kAggregateBytes / slot_bytes);
+  at::Tensor out;
+  for (int64_t start = 0; start < topk; start += block) {
+    const int64_t slots = std::min(block, topk - start);
+    auto idx = indices.narrow(3, start, slots);
+    auto rows = idx.clamp_min(0)
+                    .reshape({batch, height * width * slots, 1})
+                    .expand({batch, height * width * slots, num_labels});
+    auto chosen = labels.gather(1, rows).view(
+        {batch, height * width, slots, num_labels});
+    auto w = weights.narrow(3, start, slots)
+                 .masked_fill(idx.lt(0), 0)
+                 .to(key_labels.scalar_type())
+                 .reshape({batch, height * width, slots, 1});
+    auto part = (chosen * w).sum(2);
+    out = start == 0 ? part : out + part;
+  }
   return out.view({batch, height, width, num_labels})
       .permute({0, 3, 1, 2})
       .contiguous();
