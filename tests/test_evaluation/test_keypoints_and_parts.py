@@ -1,3 +1,4 @@
+import math
 import subprocess
 
 import cv2
@@ -78,6 +79,41 @@ def test_mask_codec_classes():
         0] == 20
     with pytest.raises(ValueError, match='out of range'):
         MaskCodec(num_classes=2).encode(labels, (1, 1), (2, 2))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_classes=0), r'num_classes must be in \[2, 256\]'),
+    (dict(num_classes=10**9), r'num_classes must be in \[2, 256\]'),
+    (dict(num_classes=2.5), 'num_classes must be an integer'),
+    (dict(num_classes='20'), 'num_classes must be an integer'),
+])
+def test_mask_codec_refuses_bad_class_counts(kwargs, match):
+    """num_classes sizes a one-hot map per pixel: 10**9 of them once asked
+    for terabytes at the first frame."""
+    with pytest.raises(ValueError, match=f'^MaskCodec: {match}'):
+        MaskCodec(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(sigma=0), 'sigma must be a finite number > 0'),
+    (dict(sigma=math.nan), 'sigma must be a finite number > 0'),
+    (dict(sigma=math.inf), 'sigma must be a finite number > 0'),
+    (dict(sigma='wide'), 'sigma must be a real number'),
+    (dict(stride=0), 'stride must be >= 1'),
+    (dict(stride=2.5), 'stride must be an integer'),
+    (dict(topk=0), 'topk must be >= 1'),
+    (dict(topk=2.5), 'topk must be an integer'),
+    (dict(topk=None), 'topk must be an integer'),
+])
+def test_keypoint_codec_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=f'^KeypointCodec: {match}'):
+        KeypointCodec(**kwargs)
+
+
+def test_keypoint_codec_decodes_with_topk_beyond_the_grid():
+    codec = KeypointCodec(topk=10**12)
+    soft = codec.encode(torch.tensor([[20.0, 30.0]]), (4, 4), (32, 32))
+    assert torch.isfinite(codec.decode(soft, (32, 32))).all()
 
 
 def test_pck_hand_built():

@@ -1,9 +1,11 @@
 """Between a task's labels and the soft label maps that are propagated."""
+import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from sfc_plugin.ops import check_integer, check_real
 from sfc_plugin.registry import TASK_UTILS
 
 
@@ -24,7 +26,15 @@ class MaskCodec:
     target_key = 'gt_seg_map'
     pred_key = 'pred_seg_map'
 
+    #: Label maps are 8-bit images: ids 0..255.
+    MAX_CLASSES = 256
+
     def __init__(self, num_classes: Optional[int] = None):
+        if num_classes is not None:
+            # Encoding allocates num_classes channels per pixel.
+            num_classes = check_integer(
+                'MaskCodec', 'num_classes', num_classes, 2, self.MAX_CLASSES,
+                ' (background included; label maps are 8-bit)')
         self.num_classes = num_classes
 
     def encode(self, labels: torch.Tensor, feat_size: Tuple[int, int],
@@ -77,12 +87,14 @@ class KeypointCodec:
     pred_key = 'pred_joints'
 
     def __init__(self, sigma: float = 0.5, stride: int = 8, topk: int = 3):
-        if sigma <= 0 or stride < 1 or topk < 1:
-            raise ValueError('KeypointCodec: need sigma > 0, stride >= 1, '
-                             f'topk >= 1; got {sigma}, {stride}, {topk}')
+        owner = 'KeypointCodec'
+        sigma = check_real(owner, 'sigma', sigma)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f'{owner}: sigma must be a finite number > 0, '
+                             f'got {sigma}')
         self.sigma = sigma
-        self.stride = stride
-        self.topk = topk
+        self.stride = check_integer(owner, 'stride', stride, low=1)
+        self.topk = check_integer(owner, 'topk', topk, low=1)
 
     def to_feature(self, xy: torch.Tensor) -> torch.Tensor:
         return (xy + 0.5) / self.stride - 0.5
