@@ -16,6 +16,7 @@ are supported by the same code.
 """
 import argparse
 import json
+import math
 import os.path as osp
 import sys
 import time
@@ -25,6 +26,9 @@ import numpy as np
 import onnx
 
 Shape = Tuple[int, ...]
+#: Largest --workspace (GiB): TensorRT caps the pool at the GPU's memory
+#: anyway, and larger values overflow its size_t.
+MAX_WORKSPACE_GIB = 1024
 DEFAULT_OUT_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
                            'trt_engines')
 
@@ -201,6 +205,15 @@ def parse_args(argv=None):
     from sfc_plugin.utils.cli import add_debug_argument
     add_debug_argument(p)
     args = p.parse_args(argv)
+    # Checked here, before TensorRT is looked for: a bad value is the
+    # user's to fix whatever the machine has.
+    if not (math.isfinite(args.workspace)
+            and 0 < args.workspace <= MAX_WORKSPACE_GIB):
+        p.error(f'--workspace must be in (0, {MAX_WORKSPACE_GIB}] GiB, got '
+                f'{args.workspace:g}')
+    if args.atol is not None and not (math.isfinite(args.atol)
+                                      and args.atol >= 0):
+        p.error(f'--atol must be a finite number >= 0, got {args.atol:g}')
     if args.fp16:
         p.error('--fp16: the engine takes the ONNX model\'s precision '
                 '(TensorRT builds strongly typed networks); build from an '
@@ -263,7 +276,8 @@ def main(argv=None):
             {n: torch.from_numpy(v) for n, v in feeds.items()})
         diffs = [float(np.abs(got[n].cpu().double().numpy() - e).max())
                  for n, e in expected.items()]
-        atol = args.atol or (2e-2 if precision == 'fp16' else 1e-3)
+        atol = args.atol if args.atol is not None else (
+            2e-2 if precision == 'fp16' else 1e-3)
         check = dict(max_abs_diff=diffs, atol=atol, passed=max(diffs) <= atol)
         if not check['passed']:
             raise RuntimeError(

@@ -8,6 +8,7 @@ reproduced PyTorch's features on real frames: the ``.onnx`` file and its
 JSON report appear together, after the check, or not at all.
 """
 import copy
+import math
 import os
 import os.path as osp
 import platform
@@ -26,7 +27,14 @@ from sfc_plugin.registry import MODELS
 from sfc_plugin.utils.config import apply_checkpoint
 from sfc_plugin.utils.fileio import atomic_output, sha256
 
-from .onnx_export import MIN_OPSET, ExportError, export_onnx, settle_report
+from .onnx_export import (
+    MIN_OPSET,
+    ExportError,
+    check_opset,
+    export_onnx,
+    settle_report,
+    written_opset,
+)
 from .onnxruntime_ops import onnxruntime_session
 
 #: Which encoder of a config to export: the config's own (FC, semantic or
@@ -34,6 +42,9 @@ from .onnxruntime_ops import onnxruntime_session
 PARTS = ('full', 'fc', 'semantic')
 #: Default tolerance on features (max abs difference) per precision.
 DEFAULT_ATOL = {'fp32': 1e-4, 'fp16': 1e-2}
+#: Largest side of the example frames: they only trace the graph and check
+#: it (an 8192-pixel side already takes tens of GB through a ResNet).
+MAX_EXAMPLE_SIDE = 4096
 
 
 def encoder_config(cfg: Config, part: str = 'full') -> dict:
@@ -99,6 +110,17 @@ def load_frames(paths: Sequence[str],
     Returns:
         tuple: (B, 3, H, W) float32 images and their files.
     """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ExportError(f'num_frames must be an integer >= 1, got {limit!r}')
+    if size is not None:
+        size = tuple(size)
+        if len(size) != 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool)
+                and 1 <= s <= MAX_EXAMPLE_SIDE for s in size):
+            raise ExportError(
+                f'size must be two integers (H, W) in [1, {MAX_EXAMPLE_SIDE}]'
+                f' (example frames: the exported model takes any size unless'
+                f' static), got {size!r}')
     files = []
     for p in paths:
         if osp.isdir(p):
@@ -205,8 +227,10 @@ def export_encoder(cfg: Config,
     """
     precision = 'fp16' if fp16 else 'fp32'
     atol = DEFAULT_ATOL[precision] if atol is None else atol
-    if opset < MIN_OPSET:
-        raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol)
+            and atol >= 0):
+        raise ExportError(f'atol must be a finite number >= 0, got {atol!r}')
+    opset = check_opset(opset)
     if not out.endswith('.onnx'):
         raise ExportError(f'out must end with .onnx, got "{out}"')
     images, files = load_frames(frames, num_frames, size)
@@ -225,7 +249,8 @@ def export_encoder(cfg: Config,
         report = dict(
             config=cfg.filename, part=part,
             encoder=encoder_config(cfg, part).get('type'),
-            precision=precision, opset=opset, dynamic=dynamic, frames=files,
+            precision=precision, opset=written_opset(tmp), dynamic=dynamic,
+            frames=files,
             exporter='dynamo',
             atol=atol, passed=check['max_abs_diff'] <= atol, **check,
             versions=_versions(),

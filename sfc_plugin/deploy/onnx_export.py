@@ -10,6 +10,8 @@ from torch import nn
 from sfc_plugin.utils.fileio import write_json
 
 MIN_OPSET = 17
+#: The dynamo exporter writes opset 18 or newer: 17 gives 18.
+DYNAMO_MIN_OPSET = 18
 
 
 class ExportError(RuntimeError):
@@ -82,16 +84,17 @@ def export_onnx(module: nn.Module,
         path (str): Output file.
         input_names, output_names (Sequence[str]): Graph I/O names.
         dynamic_axes (dict, optional): name -> {axis: axis name}.
-        opset (int): At least 17 (the dynamo exporter writes 18 or newer
-            and converts down where asked). Defaults to 17.
+        opset (int): At least 17; the dynamo exporter writes 18 for 17
+            (:func:`written_opset` tells what a file holds). Defaults to
+            17.
         exporter (str): 'dynamo' (default) or 'torchscript'.
 
     Raises:
-        ExportError: ``opset`` below 17, an unknown exporter, or onnxscript
-            missing for the dynamo exporter.
+        ExportError: ``opset`` below 17, an unknown exporter, onnxscript
+            missing for the dynamo exporter, or a file of another opset
+            than asked (an opset the exporter cannot convert to).
     """
-    if opset < MIN_OPSET:
-        raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
+    opset = check_opset(opset)
     if exporter not in EXPORTERS:
         raise ExportError(f'exporter must be one of {EXPORTERS}, got '
                           f'{exporter!r}')
@@ -101,6 +104,7 @@ def export_onnx(module: nn.Module,
                           output_names=list(output_names),
                           opset_version=opset, dynamic_axes=dynamic_axes,
                           dynamo=False)
+        _check_written_opset(path, opset)
         return path
     try:
         import onnxscript  # noqa: F401 (the dynamo exporter's backend)
@@ -111,8 +115,42 @@ def export_onnx(module: nn.Module,
         torch.onnx.export(module, inputs, path,
                           input_names=list(input_names),
                           output_names=list(output_names),
-                          opset_version=max(opset, 18),
+                          opset_version=max(opset, DYNAMO_MIN_OPSET),
                           dynamic_shapes=_dynamic_shapes(
                               inputs, input_names, dynamic_axes),
                           dynamo=True, external_data=False, verbose=False)
+    _check_written_opset(path, max(opset, DYNAMO_MIN_OPSET))
     return path
+
+
+def written_opset(path: str) -> int:
+    """The default-domain opset of the ONNX file at ``path``, what a
+    report records (not the opset asked for)."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in ('',
+                                                                     'ai.onnx')]
+    if not versions:
+        raise ExportError(f'"{path}" imports no default-domain opset')
+    return versions[0]
+
+
+def _check_written_opset(path: str, asked: int) -> None:
+    """The dynamo exporter converts to an opset it cannot reach by leaving
+    the graph at its own (a warning in its log): an export of opset 1000
+    wrote 18. Such a file is refused, not reported as the opset asked."""
+    written = written_opset(path)
+    if written != asked:
+        raise ExportError(
+            f'opset {asked} asked, but the exporter wrote opset {written} '
+            f'(torch {torch.__version__} cannot convert to {asked}; choose '
+            f'an opset from {MIN_OPSET} to one it supports)')
+
+
+def check_opset(opset) -> int:
+    """``opset`` as an int >= :data:`MIN_OPSET`, or an ExportError."""
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ExportError(f'opset must be an integer, got {opset!r}')
+    if opset < MIN_OPSET:
+        raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
+    return opset

@@ -13,7 +13,7 @@ from sfc_plugin.ops import (
 from sfc_plugin.ops.onnx import register_onnx_symbolic
 from sfc_plugin.utils.fileio import atomic_output, sha256
 
-from .onnx_export import MIN_OPSET, export_onnx, settle_report
+from .onnx_export import MIN_OPSET, export_onnx, settle_report, written_opset
 
 FORMS = ('custom', 'decomposed')
 INPUT_NAMES = ('query', 'keys', 'key_labels')
@@ -232,7 +232,8 @@ def export_checked_step(cfg,
         decided = diff.masked_fill(ambiguous[:, None], 0).max().item()
         report = dict(step=repr(step), form=form, frames=files,
                       precision='fp16' if dtype == torch.float16 else 'fp32',
-                      encoder=encoder_onnx, opset=opset, atol=atol,
+                      encoder=encoder_onnx, opset=written_opset(tmp),
+                      atol=atol,
                       input_shapes=[list(x.shape) for x in inputs],
                       max_abs_diff=diff.max().item(),
                       mean_abs_diff=diff.mean().item(),

@@ -1,5 +1,6 @@
 """Encoder export: ONNX Runtime reproduces PyTorch on the shared frames."""
 import json
+import math
 import subprocess
 
 import pytest
@@ -13,6 +14,7 @@ from sfc_plugin.deploy import (
     load_frames,
     onnxruntime_session,
 )
+from sfc_plugin.deploy.onnx_export import written_opset
 from sfc_plugin.models.backbones import ResNet
 from sfc_plugin.utils import register_all_modules
 
@@ -84,7 +86,7 @@ def test_disagreement_writes_nothing_that_looks_complete(repo, frames,
                                                          tmp_path):
     with pytest.raises(ExportError, match='disagrees'):
         export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'a.onnx'),
-                       frames, size=SIZE, atol=0.0 - 1.0)
+                       frames, size=SIZE, atol=0.0)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ['a.failed.json']
 
@@ -105,6 +107,13 @@ def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
     (dict(opset=13), 'opset must be >= 17'),
     (dict(checkpoint='/no/such.pth'), 'checkpoint not found'),
     (dict(frames=['/no/such/dir']), 'no such file or folder'),
+    (dict(opset=2.5), 'opset must be an integer'),
+    (dict(size=(0, 5)), r'size must be two integers \(H, W\) in \[1, 4096\]'),
+    (dict(size=(100000, 100000)), r'size must be two integers'),
+    (dict(size=(64.5, 64)), r'size must be two integers'),
+    (dict(num_frames=0), 'num_frames must be an integer >= 1'),
+    (dict(atol=math.nan), 'atol must be a finite number >= 0'),
+    (dict(atol=-1.0), 'atol must be a finite number >= 0'),
 ])
 def test_bad_arguments_fail_before_export(repo, frames, tmp_path, kwargs,
                                           match):
@@ -114,6 +123,23 @@ def test_bad_arguments_fail_before_export(repo, frames, tmp_path, kwargs,
         export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'x.onnx'),
                        **args)
     assert not list(tmp_path.iterdir())
+
+
+def test_reports_record_the_opset_written(repo, frames, tmp_path):
+    """The dynamo exporter writes opset 18 for the default 17, and could
+    not convert to 1000 at all: it wrote 18 while the report said 1000.
+    Reports now hold the file's own opset, and a file of another opset than
+    asked is refused."""
+    out = tmp_path / 'enc.onnx'
+    report = export_encoder(config(repo, 'fc_davis.py'), str(out), frames,
+                            size=SIZE)
+    assert report['opset'] == written_opset(str(out)) == 18
+    with pytest.raises(ExportError, match='opset 1000 asked, but the '
+                       'exporter wrote opset 18'):
+        export_encoder(config(repo, 'fc_davis.py'),
+                       str(tmp_path / 'x.onnx'), frames, size=SIZE,
+                       opset=1000)
+    assert not list(tmp_path.glob('x*'))
 
 
 def test_to_onnx_cli_with_propagation_step(repo, frames, tmp_path, python,

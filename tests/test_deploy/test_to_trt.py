@@ -1,6 +1,7 @@
 """export/to_trt.py: everything that can be checked without TensorRT is
 checked before it is needed; without it, one clear message."""
 import importlib.util
+import re
 import subprocess
 
 import pytest
@@ -56,6 +57,23 @@ def test_bad_profiles_fail_before_tensorrt(repo, python, subprocess_env,
                                            step_onnx, shapes, match):
     proc = run(repo, python, subprocess_env, step_onnx, *shapes)
     assert proc.returncode != 0 and match in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize('option, value, match', [
+    ('--workspace', 'nan', r'--workspace must be in \(0, 1024\] GiB, got nan'),
+    ('--workspace', '0', r'--workspace must be in \(0, 1024\] GiB, got 0'),
+    ('--workspace', '-1', r'--workspace must be in'),
+    ('--workspace', '1e30', r'--workspace must be in'),
+    ('--atol', 'nan', r'--atol must be a finite number >= 0, got nan'),
+    ('--atol', '-0.5', r'--atol must be a finite number >= 0'),
+])
+def test_bad_numbers_fail_before_tensorrt(repo, python, subprocess_env,
+                                          step_onnx, tmp_path, option, value,
+                                          match):
+    proc = run(repo, python, subprocess_env, step_onnx, *GOOD, '--out-dir',
+               str(tmp_path), option, value)
+    assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stderr
+    assert 'Traceback' not in proc.stderr and not list(tmp_path.iterdir())
 
 
 def test_not_an_onnx_file(repo, python, subprocess_env, tmp_path):
