@@ -116,6 +116,42 @@ def test_keypoint_codec_decodes_with_topk_beyond_the_grid():
     assert torch.isfinite(codec.decode(soft, (32, 32))).all()
 
 
+@pytest.mark.parametrize('block_bytes', [1, 3 * 4 * 37 * 53, 2**30])
+def test_mask_codec_encodes_ids_in_blocks_exactly(monkeypatch, block_bytes):
+    """A block of ids at a time (one, three, all): the values the one-hot
+    of every id at once gave, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 21, (37, 53), generator=gen, dtype=torch.uint8)
+    once = torch.nn.functional.interpolate(
+        torch.nn.functional.one_hot(labels.long(), 21).permute(
+            2, 0, 1).float()[None], size=(5, 7), mode='bilinear',
+        align_corners=False)[0]
+    monkeypatch.setattr(MaskCodec, 'ONE_HOT_BYTES', block_bytes)
+    got = MaskCodec().encode(labels, (5, 7), (37, 53))
+    assert torch.equal(got, once)
+    assert torch.equal(MaskCodec(num_classes=30).encode(labels, (5, 7),
+                                                        (37, 53))[:21], once)
+
+
+def test_mask_codec_refuses_negative_ids():
+    with pytest.raises(ValueError, match='label ids must be >= 0, got -1'):
+        MaskCodec().encode(torch.tensor([[0, -1]]), (1, 1), (1, 2))
+
+
+def test_keypoint_heat_maps_beyond_the_host_memory_are_refused(monkeypatch):
+    from sfc_plugin.utils import memory
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2**20)
+    codec = KeypointCodec()
+    joints = torch.rand(2000, 2) * 100
+    with pytest.raises(memory.HostMemoryError,
+                       match=r'^KeypointCodec: the heat maps of 2000 '
+                       r'keypoints on the 16×16 feature grid need 5\.9 MiB'
+                       r'.*; track fewer keypoints$'):
+        codec.encode(joints, (16, 16), (128, 128))
+    assert codec.encode(joints[:10], (16, 16), (128, 128)).shape == (11, 16,
+                                                                     16)
+
+
 def test_pck_hand_built():
     gt = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 20.0]])  # bbox 10 × 20
     pred = gt + np.array([[1.0, 0.0], [0.0, 3.0], [5.0, 0.0]])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from sfc_plugin.ops import check_integer, check_real
 from sfc_plugin.registry import TASK_UTILS
+from sfc_plugin.utils.memory import check_host_allocation
 
 
 @TASK_UTILS.register_module()
@@ -28,6 +29,8 @@ class MaskCodec:
 
     #: Label maps are 8-bit images: ids 0..255.
     MAX_CLASSES = 256
+    #: Bytes of full-resolution one-hot maps encoded at once.
+    ONE_HOT_BYTES = 64 * 2**20
 
     def __init__(self, num_classes: Optional[int] = None):
         if num_classes is not None:
@@ -42,16 +45,29 @@ class MaskCodec:
         if tuple(labels.shape) != tuple(image_size):
             raise ValueError(f'MaskCodec: labels {tuple(labels.shape)} and '
                              f'frame {tuple(image_size)} differ in size')
-        num = int(labels.max()) + 1
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0:
+            raise ValueError(f'MaskCodec: label ids must be >= 0, got {low}')
+        num = high + 1
         if self.num_classes is not None:
             if num > self.num_classes:
                 raise ValueError(f'MaskCodec: label id {num - 1} is out of '
                                  f'range for num_classes={self.num_classes}')
             num = self.num_classes
-        onehot = F.one_hot(labels.long(), num).permute(2, 0, 1).float()
-        return F.interpolate(
-            onehot[None], size=feat_size, mode='bilinear',
-            align_corners=False)[0]
+        # One-hot maps at image resolution, a block of ids at a time: all
+        # 255 of a 4K frame at once took 25 GB. Each block is laid out as
+        # the one-hot of all ids was (channels last), so that the resize
+        # runs the same kernel and gives the same values.
+        ids = torch.arange(num, device=labels.device)
+        block = max(1, self.ONE_HOT_BYTES // (4 * labels.numel()))
+        maps = []
+        for start in range(0, num, block):
+            onehot = (labels[..., None] == ids[start:start + block]).permute(
+                2, 0, 1).float()
+            maps.append(F.interpolate(onehot[None], size=feat_size,
+                                      mode='bilinear',
+                                      align_corners=False)[0])
+        return maps[0] if len(maps) == 1 else torch.cat(maps)
 
     def decode(self, soft: torch.Tensor,
                image_size: Tuple[int, int]) -> torch.Tensor:
@@ -108,6 +124,13 @@ class KeypointCodec:
             raise ValueError('KeypointCodec: joints must be (J, 2) (x, y), '
                              f'got {tuple(joints.shape)}')
         h, w = feat_size
+        if joints.device.type == 'cpu':
+            # Squared distances, Gaussians and the result: three maps a
+            # keypoint.
+            check_host_allocation(
+                'KeypointCodec', 3 * (joints.shape[0] + 1) * h * w * 4,
+                f'the heat maps of {joints.shape[0]} keypoints on the '
+                f'{h}×{w} feature grid', 'track fewer keypoints')
         uv = self.to_feature(joints.float())
         v, u = torch.meshgrid(
             torch.arange(h, dtype=torch.float32, device=joints.device),
