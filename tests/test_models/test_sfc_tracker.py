@@ -1,3 +1,6 @@
+import json
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,6 +75,51 @@ def test_predict_over_a_video_batch(tracker):
     assert torch.equal(out[0].pred_seg_map, scene(0)[1].to(torch.uint8))
     assert out[2].pred_seg_map.dtype == torch.uint8
     assert (out[2].pred_seg_map == scene(4)[1]).float().mean() > 0.9
+
+
+def test_frames_too_large_to_encode_are_refused(tracker, monkeypatch):
+    """A frame whose encoding the host memory left cannot hold is refused
+    at frame 0, naming its size, before the encoder runs."""
+    from sfc_plugin.utils import memory
+    frame0, labels0 = scene(0)
+    # PixelEncoder: 3 channels per 8 x 8 cell; frame 3 x 64 x 80 float32.
+    need = 64 * 80 * (8 * 3 / 64 + 3) * 4
+    monkeypatch.setattr(memory, 'available_host_memory',
+                        lambda: int(need) - 1)
+    with pytest.raises(memory.HostMemoryError,
+                       match=r'^SFCTracker: encoding 80×64 frames with '
+                       r'PixelEncoder need 67\.5 KiB of host memory, .*; '
+                       r'downscale the video'):
+        tracker.init(frame0, labels0)
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: int(need))
+    tracker.init(frame0, labels0)
+
+
+@pytest.mark.parametrize('config', ['fc_davis.py', 'sfc_davis.py'])
+def test_encoder_memory_estimate_bounds_its_measured_peak(
+        config, python, subprocess_env):
+    """The estimate the check above uses is above what a 1080p frame's
+    encoding takes (peak RSS of a fresh process, random weights)."""
+    code = f"""
+import json, resource, torch
+from sfc_plugin.apis import init_tracker, tracker_config
+from sfc_plugin.models.trackers.sfc_tracker import _activations_per_pixel
+model = init_tracker(tracker_config({config!r}), 'cpu')
+per_pixel = _activations_per_pixel(model.encoder)
+frame = torch.randn(1, 3, 1080, 1920)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with torch.no_grad():
+    model.encoder(frame)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(dict(measured=peak - base + frame.numel() * 4,
+                      estimate=1080 * 1920 * 4 * (
+                          model.PEAK_ACTIVATIONS * per_pixel + 3))))
+"""
+    proc = subprocess.run([python, '-c', code], env=subprocess_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.splitlines()[-1])
+    assert figures['measured'] <= figures['estimate'], figures
 
 
 def test_misuse_is_reported(tracker):
