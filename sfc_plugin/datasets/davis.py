@@ -8,7 +8,7 @@ from PIL import Image
 from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import DATASETS
 
-from .utils import is_image_file, read_list_file
+from .utils import IMAGE_READ_ERRORS, is_image_file, read_list_file
 from .video_frame_dataset import VideoFrameDataset
 
 #: Image formats whose compression changes pixel values: ids read from them
@@ -45,7 +45,7 @@ def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
         with Image.open(path) as img:
             mode, file_format = img.mode, img.format
             arr = np.array(img)
-    except (OSError, ValueError) as err:
+    except IMAGE_READ_ERRORS as err:
         raise OSError(f'Cannot read annotation "{path}": {err}') from err
     if file_format in LOSSY_FORMATS:
         raise ValueError(

@@ -1,6 +1,12 @@
 import os.path as osp
 from typing import List
 
+from PIL import Image
+
+#: What reading an image with PIL raises for a file that is not one, or
+#: one too large to decode (its decompression-bomb guard, 179 MP).
+IMAGE_READ_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 

@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 import cv2
 from PIL import Image
 
-from .utils import is_image_file
+from .utils import IMAGE_READ_ERRORS, is_image_file
 
 # FFmpeg logs every damaged macroblock of a corrupt video (thousands of
 # lines); the reader reports a video that cannot be decoded to its end
@@ -93,7 +93,7 @@ class FrameFolderReader:
             try:
                 with Image.open(path) as img:
                     this = (img.height, img.width)
-            except (OSError, ValueError) as err:
+            except IMAGE_READ_ERRORS as err:
                 raise OSError(f'Cannot read frame "{path}": {err}') from err
             if size is None:
                 size, first = this, name

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from sfc_plugin.datasets import DAVISDataset
+from sfc_plugin.datasets.utils import IMAGE_READ_ERRORS
 
 from .metrics import DAVISMetric
 
@@ -61,8 +62,11 @@ def evaluate_davis_results(results_dir: str,
             raise FileNotFoundError(
                 f'Results of "{info["video"]}" lack frame {name}: "{path}" '
                 'not found')
-        with Image.open(path) as img:
-            pred = np.array(img)
+        try:
+            with Image.open(path) as img:
+                pred = np.array(img)
+        except IMAGE_READ_ERRORS as err:
+            raise OSError(f'Cannot read result "{path}": {err}') from err
         if pred.ndim != 2:
             raise ValueError(f'Result "{path}" is not a palette or 8-bit '
                              'grey image of object ids')

@@ -87,6 +87,24 @@ def test_frame_folder_errors_name_the_folder_or_file(tmp_path):
         FrameFolderReader(str(folder))
 
 
+def test_images_beyond_pils_pixel_limit_are_named(tmp_path, monkeypatch):
+    """PIL refuses images of more than 2 x MAX_IMAGE_PIXELS (179 MP by
+    default) with its own exception type, which once reached the user as an
+    unexpected error: frames and labels that large are read errors naming
+    the file. (The limit is lowered here, to 24 x 32 / 2 pixels.)"""
+    from PIL import Image
+
+    from sfc_plugin.datasets import read_object_mask
+    folder = write_frames(tmp_path / 's', ['00000.jpg'])
+    cv2.imwrite(str(tmp_path / 'first.png'), np.zeros((24, 32), np.uint8))
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 24 * 32 // 4)
+    with pytest.raises(OSError, match=r'Cannot read frame .*00000\.jpg.*'
+                       'decompression bomb'):
+        FrameFolderReader(str(folder))
+    with pytest.raises(OSError, match=r'Cannot read annotation .*first\.png'):
+        read_object_mask(str(tmp_path / 'first.png'))
+
+
 def test_video_file_frames_are_decoded_in_order(tmp_path):
     frames, _ = synthetic_video(6, (48, 64), 2, seed=1)
     path = write_video(tmp_path / 'clip.mp4', frames)
