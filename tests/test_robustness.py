@@ -280,18 +280,27 @@ def test_absurd_topk_tracks_as_the_keys_a_position_sees(
                               np.array(Image.open(tmp_path / 'bound' / name)))
 
 
-def test_buffers_the_host_cannot_hold_are_named(clip, tmp_path,
-                                                monkeypatch):
+@pytest.mark.parametrize('left, match', [
+    (8 * 2**20, r'LabelPropagator\.init: 101 key frames \(1 \+ '
+     r'context_frames=100'),
+    (2**20, r'SFCTracker: encoding 112×64 frames'),
+])
+def test_what_the_host_cannot_hold_is_named(clip, tmp_path, monkeypatch,
+                                            left, match):
     """context_frames = 3000 at 480p once filled 19.6 GB of a 23 GB machine
-    (a little more and the system kills the run): buffers beyond the
-    memory left are refused before they are allocated, naming the setting,
-    and the run leaves nothing."""
+    (a little more and the system kills the run), and a 12000 x 12000 video
+    was at 14 GB and 20 CPU minutes into frame 0 when stopped: buffers and
+    frames
+    beyond the memory left are refused before they are allocated, naming
+    the setting or the size, and the run leaves nothing. (Here the memory
+    left is 8 MiB, then 1 MiB; the context buffers need 11.7 MiB, the
+    encoder 3.6 MiB.)"""
     from sfc_plugin.utils import memory
     from sfc_plugin.utils.cli import USER_ERRORS
-    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2**20)
-    with pytest.raises(memory.HostMemoryError,
-                       match='context_frames=20') as err:
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: left)
+    with pytest.raises(memory.HostMemoryError, match=match) as err:
         track_video(clip['frames'], clip['first'], tmp_path / 'o',
+                    cfg_options={'model.propagator.context_frames': 100},
                     overlay=False, progress=False)
     assert isinstance(err.value, USER_ERRORS)  # one line, no "unexpected"
     assert looks_complete(tmp_path) == [] and not (tmp_path / 'o').exists()

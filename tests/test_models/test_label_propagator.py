@@ -86,16 +86,17 @@ def test_buffers_beyond_the_host_memory_are_refused(monkeypatch):
     big = LabelPropagator(context_frames=4)
     with pytest.raises(
             memory.HostMemoryError,
-            match=r'^LabelPropagator\.init: 5 key frames of \(3, 3\) features '
-            r'and labels \(1 \+ context_frames=4 \+ 0 anchors\) need 1\.8 '
-            r'KiB of host memory, but 1\.8 KiB is available; lower '
-            r'context_frames \(or max_anchors\), or the frame size$'):
+            match=r'^LabelPropagator\.init: 5 key frames \(1 \+ '
+            r'context_frames=4 \+ 0 anchors\) of \(3, 3\) features and 2 '
+            r'label channels need 1\.8 KiB of host memory, but 1\.8 KiB is '
+            r'available; lower context_frames \(or max_anchors\), track '
+            r'fewer objects or keypoints, or downscale the video$'):
         big.init(feat, torch.rand(2, 3, 3))
     with pytest.raises(memory.HostMemoryError, match='context_frames'):
         prop.init(feat, torch.rand(2, 3, 3))
     with pytest.raises(memory.HostMemoryError,
-                       match=r'^LabelPropagator\.anchor: 6 key frames .*'
-                       r'1 anchors\)'):
+                       match=r'^LabelPropagator\.anchor: 6 key frames '
+                       r'\(1 \+ context_frames=4 \+ 1 anchors\)'):
         prop.anchor(feat, torch.rand(2, 3, 3))
     with pytest.raises(memory.HostMemoryError, match='LabelPropagator.anchor'):
         prop.anchor(feat, torch.rand(3, 3, 3))  # a new object

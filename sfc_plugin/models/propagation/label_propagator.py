@@ -265,10 +265,11 @@ class LabelPropagator:
             anchors = slots - 1 - self.context_frames
             check_host_allocation(
                 f'LabelPropagator.{method}', slots * frame_bytes,
-                f'{slots} key frames of {tuple(like.shape)} features and '
-                f'labels (1 + context_frames={self.context_frames} + '
-                f'{anchors} anchors)',
-                'lower context_frames (or max_anchors), or the frame size')
+                f'{slots} key frames (1 + context_frames='
+                f'{self.context_frames} + {anchors} anchors) of '
+                f'{tuple(like.shape)} features and {channels} label channels',
+                'lower context_frames (or max_anchors), track fewer objects '
+                'or keypoints, or downscale the video')
         feats = None
         if feat is not None:
             # Channels-last: topk_window_match reads windows of positions
