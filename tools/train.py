@@ -17,6 +17,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 # A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
+from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import RUNNERS
 from sfc_plugin.utils import config as config_io
 from sfc_plugin.utils.cli import (
@@ -191,9 +192,20 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg)
 
 
+def check_train_loop(cfg: Config) -> None:
+    """The loop's lengths are integers >= 1: mmengine took max_iters=0 or
+    -5 as a run that trains nothing and succeeds, and NaN as a failed int
+    conversion naming no setting."""
+    for key in ('max_iters', 'max_epochs', 'val_interval'):
+        if key in (cfg.get('train_cfg') or {}):
+            check_integer('config', f'train_cfg.{key}', cfg.train_cfg[key],
+                          low=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = merge_args(load_config(args), args)
+    check_train_loop(cfg)
     check_outputs(cfg, 'train')
     runner = build_runner(cfg)
     runner.train()

@@ -98,6 +98,13 @@ def test_pack_multi_view_inputs():
     (dict(ratio=(0, 1)), 'ratio'),
     (dict(flip_prob=2), 'flip_prob'),
     (dict(interpolation='lanczos9'), 'interpolation'),
+    # 100000 once reached OpenCV, which failed to allocate 30 GB.
+    (dict(size=100000), r'size must be in \[1, 4096\], got 100000'),
+    (dict(size=(64, 2.5)), 'size must be an integer'),
+    (dict(size=12.5), r'size must be an int or \(h, w\), got 12\.5'),
+    (dict(size=(1, 2, 3)), r'size must be an int or \(h, w\)'),
+    (dict(max_attempts=-1), r'max_attempts must be in \[0, 1000\]'),
+    (dict(max_attempts=2.5), 'max_attempts must be an integer'),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -148,6 +148,23 @@ def test_unknown_type_is_named(python, repo, tmp_path, subprocess_env):
         proc.stderr
 
 
+@pytest.mark.parametrize('option, message', [
+    # 0 and -5 trained nothing and succeeded; NaN failed naming no setting.
+    ('train_cfg.max_iters=0', 'train_cfg.max_iters must be >= 1, got 0'),
+    ('train_cfg.max_iters=-5', 'train_cfg.max_iters must be >= 1, got -5'),
+    ('train_cfg.max_iters=nan', 'train_cfg.max_iters must be an integer'),
+    ('train_cfg.val_interval=0.5',
+     'train_cfg.val_interval must be an integer'),
+])
+def test_loop_lengths_are_checked(python, repo, tmp_path, subprocess_env,
+                                  option, message):
+    proc = train(python, repo, subprocess_env, tmp_path, options=[option],
+                 check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f'train.py: error: config: {message}' in proc.stderr
+    assert not (tmp_path / 'iter_1.pth').exists()
+
+
 def test_missing_frame_folder_is_named(python, repo, tmp_path,
                                        subprocess_env):
     cmd = [

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 
+from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import TRANSFORMS
 
 _INTERPOLATIONS = dict(
@@ -91,6 +92,9 @@ class TwoViewRandomResizedCrop(BaseTransform):
             Defaults to 'bilinear'.
     """
 
+    #: Largest side of a view.
+    MAX_SIZE = 4096
+
     def __init__(self,
                  size: Union[int, Sequence[int]] = 256,
                  scale: Tuple[float, float] = (0.0, 1.0),
@@ -98,10 +102,19 @@ class TwoViewRandomResizedCrop(BaseTransform):
                  flip_prob: float = 0.0,
                  max_attempts: int = 10,
                  interpolation: str = 'bilinear'):
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError('TwoViewRandomResizedCrop: size must be a '
-                             f'positive int or (h, w), got {size}')
+        owner = 'TwoViewRandomResizedCrop'
+        pair = (size, size) if isinstance(size, int) else tuple(
+            size) if isinstance(size, (tuple, list)) else ()
+        if len(pair) != 2:
+            raise ValueError(f'{owner}: size must be an int or (h, w), got '
+                             f'{size!r}')
+        # Crops are the training batch: 96 pairs of 4096² views already
+        # take 19 GB.
+        size = tuple(
+            check_integer(owner, 'size', side, 1, self.MAX_SIZE)
+            for side in pair)
+        max_attempts = check_integer(owner, 'max_attempts', max_attempts, 0,
+                                     1000)
         if not 0.0 <= scale[0] <= scale[1] <= 1.0:
             raise ValueError('TwoViewRandomResizedCrop: need 0 <= scale[0] <= '
                              f'scale[1] <= 1, got {scale}')
