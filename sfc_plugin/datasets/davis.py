@@ -19,8 +19,11 @@ LOSSY_FORMATS = ('JPEG', 'MPO', 'JPEG2000', 'WEBP')
 MAX_OBJECT_ID = 255
 
 
-def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
-    """Reads a DAVIS annotation as an (H, W) uint8 map of object ids.
+def read_object_mask(path: str,
+                     mask_format: str = 'auto',
+                     what: str = 'Annotation') -> np.ndarray:
+    """Reads a DAVIS annotation (or a result in its format) as an (H, W)
+    uint8 map of object ids.
 
     Args:
         path (str): PNG file.
@@ -28,6 +31,8 @@ def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
             ids), 'binary' (DAVIS-2016: 8-bit {0, 255}, one object) or 'auto'
             (palette images as ids; grey images holding only 0 and 255 as
             binary, other grey images as ids). Defaults to 'auto'.
+        what (str): What the file is, in messages. Defaults to
+            'Annotation'.
 
     Returns:
         np.ndarray: (H, W) uint8, 0 for background.
@@ -46,18 +51,18 @@ def read_object_mask(path: str, mask_format: str = 'auto') -> np.ndarray:
             mode, file_format = img.mode, img.format
             arr = np.array(img)
     except IMAGE_READ_ERRORS as err:
-        raise OSError(f'Cannot read annotation "{path}": {err}') from err
+        raise OSError(f'Cannot read {what.lower()} "{path}": {err}') from err
     if file_format in LOSSY_FORMATS:
         raise ValueError(
-            f'Annotation "{path}" is a {file_format} file: lossy compression '
+            f'{what} "{path}" is a {file_format} file: lossy compression '
             'turns object ids into noise along every boundary; save the '
             'labels as PNG')
     if arr.ndim == 3:
-        raise ValueError(f'Annotation "{path}" is a colour image ({mode}); '
+        raise ValueError(f'{what} "{path}" is a colour image ({mode}); '
                          'expected a palette or 8-bit grey PNG')
     if arr.size and int(arr.max()) > MAX_OBJECT_ID:
         raise ValueError(
-            f'Annotation "{path}" holds id {int(arr.max())}: ids above '
+            f'{what} "{path}" holds id {int(arr.max())}: ids above '
             f'{MAX_OBJECT_ID} are not supported (results are 8-bit palette '
             'PNGs, DAVIS\'s format); renumber the objects 1-255')
     binary = mask_format == 'binary' or (

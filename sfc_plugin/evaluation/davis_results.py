@@ -2,11 +2,7 @@
 import os.path as osp
 from typing import Dict, Optional, Sequence
 
-import numpy as np
-from PIL import Image
-
-from sfc_plugin.datasets import DAVISDataset
-from sfc_plugin.datasets.utils import IMAGE_READ_ERRORS
+from sfc_plugin.datasets import DAVISDataset, read_object_mask
 
 from .metrics import DAVISMetric
 
@@ -19,10 +15,14 @@ def evaluate_davis_results(results_dir: str,
     """Scores ``results_dir/<sequence>/<frame>.png`` against DAVIS.
 
     Masks are read as the official davis2017-evaluation toolkit reads
-    results (``np.array(Image.open(path))``: the palette indices are the
-    object ids) and scored by :class:`DAVISMetric`, the toolkit's protocol;
-    so a folder this function scores is one the toolkit reads, and
-    ``tools/track.py`` run on each sequence gives what ``mim test`` gives.
+    results (the palette indices are the object ids) and scored by
+    :class:`DAVISMetric`, the toolkit's protocol; so a folder this function
+    scores is one the toolkit reads, and ``tools/track.py`` run on each
+    sequence gives what ``mim test`` gives. Results are read as the
+    annotations are (:func:`~sfc_plugin.datasets.read_object_mask`): an
+    8-bit grey image holding only 0 and 255 is one object, as DAVIS-2016's
+    masks are, not object 255 (DAVIS-2016's own masks, given as results,
+    once scored 0).
 
     Args:
         results_dir (str): One folder per sequence, one PNG per frame.
@@ -40,8 +40,9 @@ def evaluate_davis_results(results_dir: str,
 
     Raises:
         FileNotFoundError: A frame's result is missing (named).
-        ValueError: A result that is not a single-channel image, or a
-            sequence not in the list.
+        OSError: A result that cannot be read as an image.
+        ValueError: A result that is not a palette or grey PNG of ids, or
+            a sequence not in the list.
     """
     dataset = DAVISDataset(
         data_root=data_root, ann_file=ann_file, serialize_data=False)
@@ -62,13 +63,7 @@ def evaluate_davis_results(results_dir: str,
             raise FileNotFoundError(
                 f'Results of "{info["video"]}" lack frame {name}: "{path}" '
                 'not found')
-        try:
-            with Image.open(path) as img:
-                pred = np.array(img)
-        except IMAGE_READ_ERRORS as err:
-            raise OSError(f'Cannot read result "{path}": {err}') from err
-        if pred.ndim != 2:
-            raise ValueError(f'Result "{path}" is not a palette or 8-bit '
-                             'grey image of object ids')
+        pred = read_object_mask(path, info.get('mask_format', 'auto'),
+                                what='Result')
         metric.process(None, [dict(info, pred_seg_map=pred)])
     return metric.compute_metrics(metric.results)

@@ -1,6 +1,7 @@
 import csv
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -215,6 +216,29 @@ def test_results_missing_a_frame_are_named(repo, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"\['w'\] are not in"):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt', sequences=['w'])
+
+
+def test_davis2016_masks_score_as_results(davis2016, tmp_path):
+    """DAVIS-2016's {0, 255} masks given as results are one object, as its
+    annotations are (they once scored J&F 0: object 255 against object 1);
+    what the results folder cannot hold is named."""
+    results = tmp_path / 'r' / 'blackswan'
+    shutil.copytree(davis2016 / 'Annotations' / '480p' / 'blackswan',
+                    results)
+    scores = evaluate_davis_results(str(tmp_path / 'r'), str(davis2016),
+                                    'ImageSets/val.txt',
+                                    sequences=['blackswan'])
+    assert scores['J&F-Mean'] == 1.0
+    cv2.imwrite(str(results / '00003.png'), np.zeros((480, 854, 3),
+                                                     np.uint8) + 40)
+    with pytest.raises(ValueError, match=r'^Result ".*00003\.png" is a '
+                       'colour image'):
+        evaluate_davis_results(str(tmp_path / 'r'), str(davis2016),
+                               'ImageSets/val.txt', sequences=['blackswan'])
+    (results / '00003.png').write_bytes(b'not a png')
+    with pytest.raises(OSError, match=r'^Cannot read result ".*00003\.png"'):
+        evaluate_davis_results(str(tmp_path / 'r'), str(davis2016),
+                               'ImageSets/val.txt', sequences=['blackswan'])
 
 
 @pytest.mark.parametrize('config, maps', [
