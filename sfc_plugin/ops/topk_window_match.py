@@ -81,6 +81,11 @@ HOST_CHECK_BYTES = 64 * 2**20
 #: list (``kVectorTopK``): its working memory, for the check above.
 _CPU_KERNEL_ROWS = 16
 _CPU_KERNEL_MIN_SLOTS = 16
+#: Smallest softmax temperature: affinities (at most 1 in magnitude for
+#: unit-norm features) divided by less overflow float32, and 1e-40 once
+#: made every weight NaN (blamed on the labels). The kernels' own check
+#: (csrc: kMinTemperature) is the same.
+MIN_TEMPERATURE = 1e-30
 #: Feature types the CPU implementations take.
 CPU_FEATURE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 #: Reasons for the float32 path of bf16 on CPU already warned about.
@@ -161,7 +166,7 @@ def check_match_settings(owner: str, topk, radius,
         owner (str): Who checks, the start of the messages.
         topk: An integer >= 1.
         radius: A real number >= 0; ``inf`` means no window.
-        temperature: A finite real number > 0.
+        temperature: A finite real number >= :data:`MIN_TEMPERATURE`.
 
     Returns:
         tuple: ``topk`` (int), ``radius`` and ``temperature`` (float).
@@ -172,9 +177,11 @@ def check_match_settings(owner: str, topk, radius,
         raise ValueError(
             f'{owner}: radius must be >= 0 (inf: no window), got {radius}')
     temperature = check_real(owner, 'temperature', temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f'{owner}: temperature must be a finite number > 0, '
-                         f'got {temperature}')
+    if not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        raise ValueError(
+            f'{owner}: temperature must be a finite number >= '
+            f'{MIN_TEMPERATURE:g} (smaller ones overflow the float32 '
+            f'softmax), got {temperature}')
     return topk, radius, temperature
 
 

@@ -95,9 +95,11 @@ def test_mask_codec_refuses_bad_class_counts(kwargs, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(sigma=0), 'sigma must be a finite number > 0'),
-    (dict(sigma=math.nan), 'sigma must be a finite number > 0'),
-    (dict(sigma=math.inf), 'sigma must be a finite number > 0'),
+    (dict(sigma=0), 'sigma must be a finite number >= 0.001'),
+    (dict(sigma=math.nan), 'sigma must be a finite number >= 0.001'),
+    (dict(sigma=math.inf), 'sigma must be a finite number >= 0.001'),
+    # Its square underflowed: NaN heat maps, blamed on the labels.
+    (dict(sigma=1e-200), 'sigma must be a finite number >= 0.001'),
     (dict(sigma='wide'), 'sigma must be a real number'),
     (dict(stride=0), 'stride must be >= 1'),
     (dict(stride=2.5), 'stride must be an integer'),

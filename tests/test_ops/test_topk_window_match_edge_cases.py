@@ -142,6 +142,9 @@ def test_integer_like_settings_are_accepted(impl):
     (dict(temperature=math.inf), 'temperature must be a finite number'),
     (dict(temperature=math.nan), 'temperature must be a finite number'),
     (dict(temperature=-0.1), 'temperature must be a finite number'),
+    # 1e-40 gave NaN weights, blamed on the labels.
+    (dict(temperature=1e-40), 'temperature must be a finite number >= 1e-30'),
+    (dict(temperature=5e-324), 'temperature must be a finite number'),
     (dict(unrestricted_keys=1.0), 'unrestricted_keys must be an integer'),
     (dict(unrestricted_keys=True), 'unrestricted_keys must be an integer'),
     (dict(unrestricted_keys=None), 'unrestricted_keys must be an integer'),
@@ -157,11 +160,23 @@ def test_settings_of_the_wrong_type_or_range_are_named(impl, kwargs, match):
     (dict(temperature=math.nan), 'temperature must be a finite number'),
     (dict(radius=math.nan), 'radius must be >= 0'),
     (dict(topk=0), 'topk must be >= 1'),
+    (dict(temperature=1e-40), 'temperature must be a finite number >= 1e-30'),
 ])
 @pytest.mark.parametrize('impl', ['match-op', 'neighbours-op'])
 def test_native_ops_check_their_settings(impl, kwargs, match):
     with pytest.raises(ValueError, match=f'^topk_window_match: {match}'):
         call(impl, *inputs(), **kwargs)
+
+
+@pytest.mark.parametrize('impl', MATCH)
+def test_smallest_temperature_is_a_hard_argmax(impl):
+    """At the smallest temperature every form's softmax is finite and puts
+    all weight on the best key: the labels of topk = 1."""
+    query, keys, labels = inputs(seed=6)
+    kw = dict(radius=2.0, unrestricted_keys=1)
+    got = call(impl, query, keys, labels, topk=5, temperature=1e-30, **kw)
+    top1 = call(impl, query, keys, labels, topk=1, temperature=0.1, **kw)
+    assert torch.equal(got, top1)
 
 
 @pytest.mark.parametrize('impl', MATCH)

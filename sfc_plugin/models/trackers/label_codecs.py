@@ -101,13 +101,17 @@ class KeypointCodec:
 
     target_key = 'gt_joints'
     pred_key = 'pred_joints'
+    #: Narrowest Gaussian, in feature pixels.
+    MIN_SIGMA = 1e-3
 
     def __init__(self, sigma: float = 0.5, stride: int = 8, topk: int = 3):
         owner = 'KeypointCodec'
         sigma = check_real(owner, 'sigma', sigma)
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f'{owner}: sigma must be a finite number > 0, '
-                             f'got {sigma}')
+        if not (math.isfinite(sigma) and sigma >= self.MIN_SIGMA):
+            raise ValueError(
+                f'{owner}: sigma must be a finite number >= {self.MIN_SIGMA:g}'
+                f' feature pixels (narrower Gaussians are points, and below '
+                f'1e-154 the heat maps are NaN), got {sigma}')
         self.sigma = sigma
         self.stride = check_integer(owner, 'stride', stride, low=1)
         self.topk = check_integer(owner, 'topk', topk, low=1)

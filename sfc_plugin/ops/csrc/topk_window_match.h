@@ -114,6 +114,10 @@ inline int64_t num_keys(const at::Tensor& keys) {
   return keys.size(1) * keys.size(3) * keys.size(4);
 }
 
+// Smallest softmax temperature (MIN_TEMPERATURE in Python): below it,
+// affinities divided by it overflow float32.
+constexpr double kMinTemperature = 1e-30;
+
 // Checks shared by both ops; the Python wrapper gives friendlier messages
 // first, these guard direct torch.ops callers.
 inline void check_common_args(const at::Tensor& query, const at::Tensor& keys,
@@ -147,9 +151,10 @@ inline void check_common_args(const at::Tensor& query, const at::Tensor& keys,
                     "topk_window_match: radius must be >= 0 (inf: no "
                     "window), got ",
                     radius);
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= kMinTemperature,
                     "topk_window_match: temperature must be a finite number "
-                    "> 0, got ",
+                    ">= 1e-30 (smaller ones overflow the float32 softmax), "
+                    "got ",
                     temperature);
   TORCH_CHECK_VALUE(unrestricted_keys >= 0 && unrestricted_keys <= keys.size(1),
                     "topk_window_match: unrestricted_keys must be in [0, T=",
