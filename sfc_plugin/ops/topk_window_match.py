@@ -468,26 +468,30 @@ def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
         Tensor: (B, K, H, W) in ``key_labels``' dtype.
     """
     b, t, k, h, w = key_labels.shape
-    topk = indices.shape[-1]
     # Sizes spelt out: a -1 cannot be inferred from an empty batch.
     labels = key_labels.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, k)
-    # Slots in blocks: the gathered labels of all topk slots at once would
-    # take K times the lists' memory (gigabytes for a large topk). The
-    # protocols' k fits one block; exporters trace one block.
-    block = topk
-    if not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-        block = max(1, AGGREGATE_BYTES //
-                    max(1, b * h * w * k * key_labels.element_size()))
-    out = None
-    for start in range(0, topk, block):
-        slots = min(block, topk - start)
-        idx = indices[..., start:start + slots]
+
+    def weighted_sum(wts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        slots = idx.shape[-1]
         rows = idx.clamp(min=0).reshape(b, h * w * slots, 1).expand(-1, -1, k)
         chosen = labels.gather(1, rows).view(b, h * w, slots, k)
-        wts = torch.where(idx >= 0, weights[..., start:start + slots],
-                          0).to(key_labels.dtype)
-        part = (chosen * wts.reshape(b, h * w, slots, 1)).sum(2)
-        out = part if out is None else out + part
+        wts = torch.where(idx >= 0, wts, 0).to(key_labels.dtype)
+        return (chosen * wts.reshape(b, h * w, slots, 1)).sum(2)
+
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        # A traced graph takes any topk at run time: one block.
+        out = weighted_sum(weights, indices)
+    else:
+        # Slots in blocks: the gathered labels of all topk slots at once
+        # would take K times the lists' memory (gigabytes for a large
+        # topk). The protocols' k fits one block.
+        topk = indices.shape[-1]
+        block = max(1, AGGREGATE_BYTES //
+                    max(1, b * h * w * k * key_labels.element_size()))
+        out = weighted_sum(weights[..., :block], indices[..., :block])
+        for start in range(block, topk, block):
+            out += weighted_sum(weights[..., start:start + block],
+                                indices[..., start:start + block])
     return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
