@@ -481,6 +481,20 @@ def test_backend_with_its_own_checkpoint_is_recorded(clip, exported,
     assert len(record['exported_from']['sha256']) == 64
 
 
+def test_backend_exported_from_another_config_is_refused(
+        clip, exported, tmp_path, python, repo, subprocess_env):
+    """An FC model under sfc_davis.py once tracked with SFC's propagation
+    settings and recorded sfc_davis.py as its config."""
+    proc = track(python, repo, subprocess_env, clip['frames'], clip['first'],
+                 '--out', tmp_path / 'out', '--no-overlay', '--config',
+                 'sfc_davis.py', '--backend', 'onnxruntime',
+                 '--backend-model', exported['model'])
+    assert_one_line_error(proc, 'track.py', '256-channel features',
+                          'FusedCorrespondenceEncoder) has 1280',
+                          'track with the config it was exported from')
+    assert looks_complete(tmp_path) == []
+
+
 # -- User errors: one line naming the file or argument ---------------------
 
 @pytest.fixture()

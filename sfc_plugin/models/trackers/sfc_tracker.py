@@ -231,6 +231,17 @@ class SFCTracker(BaseModel):
         if self.backend is None and frame.device.type == 'cpu':
             self._check_encoder_memory(frame)
         feat = self.extract_feat(frame)
+        expected = getattr(self.encoder, 'out_channels', None)
+        if self.backend is not None and expected not in (None,
+                                                         feat.shape[0]):
+            # Its propagation settings are the config's, tuned for the
+            # config's features (an FC model under sfc_davis.py once ran).
+            raise ValueError(
+                f'SFCTracker: the backend model gives {feat.shape[0]}-channel '
+                f'features, but the config\'s encoder '
+                f'({type(self.encoder).__name__}) has {expected}: the model '
+                'was exported from another config or part; track with the '
+                'config it was exported from')
         image_size = tuple(frame.shape[-2:])
         soft = self.codec.encode(labels, tuple(feat.shape[-2:]), image_size)
         # Labels stay float32 at any precision: K channels, cheap, and the
