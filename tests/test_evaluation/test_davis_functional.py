@@ -55,6 +55,35 @@ def test_boundary_tolerance():
     assert boundary_tolerance((480, 854)) == 8
     assert boundary_tolerance((10, 10)) == 1
     assert boundary_tolerance((480, 854), bound_th=3) == 3
+    # Beyond the diagonal (979 px) every pixel is reached already.
+    assert boundary_tolerance((480, 854), bound_th=1e9) == 980
+    assert boundary_tolerance((480, 854), bound_th=0.5) == 490
+
+
+@pytest.mark.parametrize('radius', [33, 40, 57, 100, 200])
+def test_large_tolerances_dilate_as_the_disk_does(radius):
+    """Above 32 px boundaries are dilated through a distance transform (a
+    disk of 500 px took minutes a frame): the same pixels as the disk
+    dilation, on random boundaries of odd sizes, dense and sparse."""
+    import cv2
+
+    from sfc_plugin.evaluation.functional.davis import _dilate, _disk
+    rng = np.random.default_rng(radius)
+    for _ in range(6):
+        h, w = rng.integers(20, 150, 2)
+        boundary = rng.random((h, w)) < rng.choice([0.001, 0.01, 0.1])
+        disk = cv2.dilate(boundary.astype(np.uint8), _disk(radius))
+        assert np.array_equal(_dilate(boundary, radius), disk.astype(bool))
+    empty = np.zeros((30, 40), bool)
+    assert not _dilate(empty, radius).any()
+
+
+def test_boundary_f_measure_with_large_tolerances():
+    """The two boundaries are at most 515 px from each other."""
+    a, b = square(480, 854, 50, 50, 100), square(480, 854, 300, 500, 100)
+    assert boundary_f_measure(a, b, bound_th=1e9) == 1.0
+    assert boundary_f_measure(a, b, bound_th=600) == 1.0
+    assert boundary_f_measure(a, b, bound_th=500) < 1.0
 
 
 def test_boundary_f_measure_cases():

@@ -308,3 +308,15 @@ def test_results_never_go_over_the_data(two_videos, inside):
     with pytest.raises(ValueError, match='DAVISMetric output_dir'):
         DAVISMetric(output_dir=str(root / inside)).process({}, samples)
     assert sorted(p.relative_to(root) for p in root.rglob('*')) == before
+
+
+@pytest.mark.parametrize('bound_th, match', [
+    # NaN failed as "cannot convert float NaN to integer"; -1 scored.
+    (float('nan'), 'bound_th must be a finite number >= 0'),
+    (-1, 'bound_th must be a finite number >= 0'),
+    (float('inf'), 'bound_th must be a finite number >= 0'),
+    ('0.008', 'bound_th must be a real number'),
+])
+def test_bad_boundary_tolerance_is_named(bound_th, match):
+    with pytest.raises(ValueError, match=f'^DAVISMetric: {match}'):
+        DAVISMetric(bound_th=bound_th)

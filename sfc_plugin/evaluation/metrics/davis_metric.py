@@ -1,5 +1,6 @@
 import csv
 import io
+import math
 import os
 import os.path as osp
 from collections import defaultdict
@@ -17,6 +18,7 @@ from sfc_plugin.datasets.davis import (
     first_frame_object_count,
     read_object_mask,
 )
+from sfc_plugin.ops import check_real
 from sfc_plugin.registry import METRICS
 from sfc_plugin.utils.fileio import (
     check_output_location,
@@ -193,6 +195,11 @@ class DAVISMetric(BaseMetric):
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        bound_th = check_real('DAVISMetric', 'bound_th', bound_th)
+        if not (math.isfinite(bound_th) and bound_th >= 0):
+            raise ValueError('DAVISMetric: bound_th must be a finite number '
+                             '>= 0 (a fraction of the image diagonal below '
+                             f'1, pixels from 1 on), got {bound_th}')
         self.output_dir = output_dir
         self.split = split
         self.bound_th = bound_th
