@@ -62,9 +62,10 @@ def test_boundary_tolerance():
 
 @pytest.mark.parametrize('radius', [33, 40, 57, 100, 200])
 def test_large_tolerances_dilate_as_the_disk_does(radius):
-    """Above 32 px boundaries are dilated through a distance transform (a
-    disk of 500 px took minutes a frame): the same pixels as the disk
-    dilation, on random boundaries of odd sizes, dense and sparse."""
+    """Above 32 px boundaries are dilated through a distance transform (the
+    disk's cost grows as r²: 0.44 s a mask at 200 px): the same pixels as
+    the disk dilation, on random boundaries of odd sizes, dense and
+    sparse."""
     import cv2
 
     from sfc_plugin.evaluation.functional.davis import _dilate, _disk
