@@ -60,7 +60,12 @@ def positive_mask(boxes1: torch.Tensor,
     """
     c1, d1 = cell_centers(boxes1, size1)
     c2, d2 = cell_centers(boxes2, size2)
-    dist = torch.cdist(c1, c2, compute_mode='donot_use_mm_for_euclid_dist')
+    # The exact distances torch.cdist's direct mode gives, written out: its
+    # CUDA kernel took 133 of a 230 ms training step on an H200 (60% of the
+    # GPU's time) for these 2-D points.
+    dx = c1[..., 0, None] - c2[..., None, :, 0]
+    dy = c1[..., 1, None] - c2[..., None, :, 1]
+    dist = (dx * dx + dy * dy).sqrt()
     # Compared as dist < r·diag instead of dist / diag < r, so a degenerate
     # (zero-size) crop yields no positives rather than 0/0.
     return dist < radius * torch.maximum(d1, d2)[:, None, None]
