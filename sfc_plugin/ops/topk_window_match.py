@@ -247,7 +247,7 @@ def top_k_memory(batch: int, height: int, width: int, topk: int,
     Returns:
         int: Bytes.
     """
-    weight_bytes = torch.finfo(neighbour_weights_dtype(dtype)).bits // 8
+    weight_bytes = neighbour_weights_dtype(dtype).itemsize
     total = batch * height * width * topk * (weight_bytes + 8)
     if native_cpu:
         # Scores are float32 but for float64 features.

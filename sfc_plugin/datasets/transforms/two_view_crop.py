@@ -103,8 +103,12 @@ class TwoViewRandomResizedCrop(BaseTransform):
                  max_attempts: int = 10,
                  interpolation: str = 'bilinear'):
         owner = 'TwoViewRandomResizedCrop'
-        pair = (size, size) if isinstance(size, int) else tuple(
-            size) if isinstance(size, (tuple, list)) else ()
+        if isinstance(size, int):
+            pair = (size, size)
+        elif isinstance(size, (tuple, list)):
+            pair = tuple(size)
+        else:
+            pair = ()
         if len(pair) != 2:
             raise ValueError(f'{owner}: size must be an int or (h, w), got '
                              f'{size!r}')

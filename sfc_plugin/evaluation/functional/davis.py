@@ -61,11 +61,11 @@ def boundary_tolerance(shape: Sequence[int], bound_th: float = 0.008) -> int:
     ``bound_th`` itself when it is >= 1 (8 px at 480p); at most the
     diagonal, which already reaches every pixel (1e9 once asked for a
     disk of 4e18 pixels)."""
-    diagonal = int(math.ceil(math.hypot(shape[-2], shape[-1])))
+    length = math.hypot(shape[-2], shape[-1])
+    diagonal = int(math.ceil(length))
     if bound_th >= 1:
         return min(int(bound_th), diagonal)
-    return min(int(math.ceil(bound_th * math.hypot(shape[-2], shape[-1]))),
-               diagonal)
+    return min(int(math.ceil(bound_th * length)), diagonal)
 
 
 #: Radii above which boundaries are dilated through a distance transform:

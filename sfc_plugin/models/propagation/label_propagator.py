@@ -26,8 +26,8 @@ class LabelPropagator:
     memory does not grow with the video length. On the host, buffers that
     the memory left cannot hold (a huge ``context_frames`` or frame) are
     refused with a ``MemoryError`` naming the setting before they are
-    allocated. The short-term slots form a
-    ring: the order of key frames does not change a joint top-k.
+    allocated. The short-term slots form a ring: the order of key frames
+    does not change a joint top-k.
 
     Anchors (:meth:`anchor`) are later frames whose labels someone gave (a
     corrected frame, objects entering the scene): such a frame's labels
@@ -257,8 +257,7 @@ class LabelPropagator:
             labels (slots, channels, h, w).
         """
         like = self._labels[0, 0] if feat is None else feat[0]
-        frame_bytes = channels * like.numel() * torch.empty(
-            (), dtype=label_dtype).element_size()
+        frame_bytes = channels * like.numel() * label_dtype.itemsize
         if feat is not None:
             frame_bytes += feat.numel() * feat.element_size()
         if like.device.type == 'cpu':

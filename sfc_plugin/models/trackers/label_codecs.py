@@ -55,9 +55,9 @@ class MaskCodec:
                                  f'range for num_classes={self.num_classes}')
             num = self.num_classes
         # One-hot maps at image resolution, a block of ids at a time: all
-        # 255 of a 4K frame at once took 25 GB. Each block is laid out as
-        # the one-hot of all ids was (channels last), so that the resize
-        # runs the same kernel and gives the same values.
+        # 255 of a 4K frame at once would take about 25 GB. Each block is
+        # laid out as the one-hot of all ids was (channels last), so that
+        # the resize runs the same kernel and gives the same values.
         ids = torch.arange(num, device=labels.device)
         block = max(1, self.ONE_HOT_BYTES // (4 * labels.numel()))
         maps = []
@@ -132,7 +132,8 @@ class KeypointCodec:
             # Squared distances, Gaussians and the result: three maps a
             # keypoint.
             check_host_allocation(
-                'KeypointCodec', 3 * (joints.shape[0] + 1) * h * w * 4,
+                'KeypointCodec',
+                3 * (joints.shape[0] + 1) * h * w * torch.float32.itemsize,
                 f'the heat maps of {joints.shape[0]} keypoints on the '
                 f'{h}×{w} feature grid', 'track fewer keypoints')
         uv = self.to_feature(joints.float())
