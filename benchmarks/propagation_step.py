@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sfc_plugin.ops import (
     cpu_bf16_kernel,
+    cuda_kernel_config,
     native_ops_available,
     topk_window_match,
     topk_window_match_dense,
@@ -194,6 +195,9 @@ def main():
             f'CPU, {torch.get_num_threads()} threads')
     if device.type == 'cpu' and 'native-bf16' in args.impl:
         name += f', bf16 kernel: {cpu_bf16_kernel()}'
+    if device.type == 'cuda' and 'native' in args.impl:
+        name += (f'; native runs {cuda_kernel_config(torch.float32, device)}'
+                 f', bf16 {cuda_kernel_config(torch.bfloat16, device)}')
     print(f'torch {torch.__version__}, {name}; {args.height}×{args.width}, '
           f'T={args.frames}, k={args.topk}, r\'={args.radius}, best of '
           f'{args.repeats}; {pairs / 1e6:.1f} M eligible pairs; fp32 '

@@ -38,10 +38,10 @@ Environment:
     ``SFC_PLUGIN_DISABLE_BF16_DOT=1``: the CPU kernel scores bfloat16
     features through float32 even where the CPU has AVX512_BF16 (read at
     every call; for tests and comparisons).
-    ``SFC_PLUGIN_TENSOR_CORES=1``: the CUDA kernel scores float16 and
-    bfloat16 features on tensor cores, and float32 ones there too in
-    3xTF32 (float32 accuracy; sm_80 and later; read at every call; an
-    opt-in until GPU runs have validated and timed it).
+    ``SFC_PLUGIN_TENSOR_CORES=0``: the CUDA kernel scores every feature
+    type on CUDA cores (read at every call). Unset or 1, it scores float16
+    and bfloat16 features on tensor cores, and float32 ones there too in
+    3xTF32 (float32 accuracy), on sm_80 and later.
 
 ``python -m sfc_plugin.ops`` builds ahead of time and reports the result.
 

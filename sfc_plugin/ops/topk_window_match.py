@@ -37,9 +37,10 @@ a non-finite temperature. Finite features whose dot products overflow the
 dtype (the op expects unit-norm features) raise a ``ValueError`` saying so.
 
 Feature types: float32 and float64 everywhere; on CUDA also float16 and
-bfloat16 (float32 accumulation, on CUDA cores, or on tensor cores with
-``SFC_PLUGIN_TENSOR_CORES=1``, which also has float32 features matched on
-tensor cores in 3xTF32, to float32 accuracy). Reduced-precision features are
+bfloat16 (float32 accumulation). On sm_80 and later the CUDA kernel matches
+float16, bfloat16 and float32 features on tensor cores, float32 in 3xTF32, to
+float32 accuracy; ``SFC_PLUGIN_TENSOR_CORES=0`` keeps them on CUDA cores
+(:func:`cuda_kernel_config` names what runs). Reduced-precision features are
 matched with float32 accumulation (on CPU, bfloat16 on its exact bf16 values)
 and the softmax over the top-k runs in float32: on every device and in every
 form the weights of the neighbours functions are float32 for float16 and
@@ -58,7 +59,7 @@ import math
 import numbers
 import operator
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -393,6 +394,43 @@ def cpu_bf16_kernel() -> str:
         return f'reference ({native_ops_status()})'
     reason = torch.ops.sfc._cpu_bf16_fallback_reason()
     return f'float32 ({reason})' if reason else 'avx512_bf16'
+
+
+def cuda_kernel_config(dtype: torch.dtype,
+                       device: Union[str, torch.device] = 'cuda') -> str:
+    """The configuration of the CUDA kernel that matches ``dtype`` features
+    on ``device`` in this process.
+
+    Read at every call of the op: the device's compute capability and
+    ``SFC_PLUGIN_TENSOR_CORES``. On sm_80 and later float16 and bfloat16
+    features run a 16-bit tensor-core configuration
+    (``...-tensorcores-...``) and float32 ones a 3xTF32 one
+    (``...-tf32x3-...``); float64 features, older devices and
+    ``SFC_PLUGIN_TENSOR_CORES=0`` the CUDA-core default
+    (``...-micro...``).
+
+    Args:
+        dtype (torch.dtype): The features' type.
+        device (str | torch.device): A CUDA device. Defaults to 'cuda'.
+
+    Returns:
+        str: The configuration's name, as
+        ``torch.ops.sfc._topk_window_kernel_configs()`` lists it.
+
+    Raises:
+        RuntimeError: The CUDA kernel is not loaded (no CUDA device, or
+            its build failed: the message says which).
+        ValueError: ``device`` is not a CUDA device, or
+            ``SFC_PLUGIN_TENSOR_CORES`` is neither 0 nor 1.
+    """
+    device = torch.device(device)
+    if device.type != 'cuda':
+        raise ValueError(f'cuda_kernel_config: {device} is not a CUDA device')
+    if not native_ops_available(device):
+        from .extension import native_ops_status
+        raise RuntimeError(f'cuda_kernel_config: no CUDA kernel loaded '
+                           f'({native_ops_status()})')
+    return torch.ops.sfc._topk_window_op_config(dtype, device)
 
 
 def _notice_cpu_bf16(query: torch.Tensor) -> None:

@@ -41,7 +41,7 @@ def test_every_config_is_timed_and_checked(capsys):
             assert r['check'] == ('100.00% of indices = default'
                                   if tensor_cores else 'same as default')
     out = capsys.readouterr().out
-    assert out.count('| 4x8-keys64-micro4x4-min8 |') == 1
+    assert out.count('| 4x8-keys64-micro4x4-prefetch-min3 |') == 1
 
 
 def test_a_config_that_disagrees_is_reported(capsys):

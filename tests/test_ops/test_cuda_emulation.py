@@ -9,7 +9,11 @@ import torch
 
 from sfc_plugin.ops import topk_window_neighbours
 
-from .cuda_emulation import emulated_neighbours, kernel_configs
+from .cuda_emulation import (
+    emulated_neighbours,
+    kernel_configs,
+    load_emulation,
+)
 from .test_topk_window_match import (
     check_many_ties,
     definition,
@@ -147,7 +151,46 @@ def test_kernel_configs_are_listed_default_first():
     are unique."""
     configs = kernel_configs()
     assert len(configs) == len(set(configs)) >= 2
-    assert configs[0] == '4x8-keys64-micro4x4-min8'
+    assert configs[0] == '4x8-keys64-micro4x4-prefetch-min3'
+
+
+def test_the_op_runs_tensor_cores_by_default(monkeypatch):
+    """What the CUDA op runs: on sm_80 and later, 16-bit features on the
+    first 16-bit tensor-core configuration and float32 ones on the first
+    3xTF32 one, unless SFC_PLUGIN_TENSOR_CORES=0; float64 features and
+    older devices on the default (CUDA cores); any other value of the
+    variable is refused."""
+    load_emulation()
+    configs = kernel_configs()
+    tensor_cores = next(c for c in configs if 'tensorcores' in c)
+    tf32 = next(c for c in configs if split_tf32(c))
+    op_config = torch.ops.sfc_emulation.op_config
+    for value in (None, '1', '0'):
+        if value is None:
+            monkeypatch.delenv('SFC_PLUGIN_TENSOR_CORES', raising=False)
+        else:
+            monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
+        on = value != '0'
+        for major in (7, 8, 9, 10):
+            want = {
+                torch.float16: tensor_cores,
+                torch.bfloat16: tensor_cores,
+                torch.float32: tf32,
+                torch.float64: configs[0],
+            } if on and major >= 8 else dict.fromkeys(
+                (torch.float16, torch.bfloat16, torch.float32,
+                 torch.float64), configs[0])
+            for dtype, config in want.items():
+                assert op_config(dtype, major) == config, (value, major,
+                                                          dtype)
+    for value in ('yes', '', ' 1', 'true'):
+        monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
+        if value == '':  # set but empty reads as unset
+            assert op_config(torch.float32, 9) == tf32
+            continue
+        with pytest.raises(ValueError, match='SFC_PLUGIN_TENSOR_CORES must '
+                           f"be 0 or 1, got '{value}'"):
+            op_config(torch.float32, 9)
 
 
 def config_dtypes(config):
@@ -262,7 +305,7 @@ def test_every_config_keeps_the_lower_key_index_on_ties(topk):
 def test_an_unknown_config_is_refused_with_the_known_ones():
     query, keys, _ = random_inputs(3, 2, 4, 3, 3, 1)
     with pytest.raises(ValueError, match=r"unknown kernel configuration "
-                       r"'2x2'; known: 4x8-keys64-micro4x4-min8, "):
+                       r"'2x2'; known: 4x8-keys64-micro4x4-prefetch-min3, "):
         emulated_neighbours(query[None].float(), keys[None].float(), 2, 1.0,
                             0.1, 1, config='2x2')
 

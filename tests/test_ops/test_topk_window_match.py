@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sfc_plugin.ops import (
+    cuda_kernel_config,
     native_ops_available,
     neighbour_weights_dtype,
     topk_window_match,
@@ -357,11 +358,12 @@ def test_cuda_tensor_core_configs_find_the_top_k(dtype, channels):
             assert originals[row, col] in flat[row, :col], config
 
 
-def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
-    """SFC_PLUGIN_TENSOR_CORES=1 has the op match bfloat16 features with
-    the first 16-bit tensor-core configuration and float32 ones with the
-    first 3xTF32 one (float64 stays on CUDA cores); 0 or unset, the
-    default configuration; anything else is refused."""
+def test_cuda_tensor_cores_are_the_default(monkeypatch):
+    """On this device (sm_80 or later) the op matches bfloat16 features
+    with the first 16-bit tensor-core configuration and float32 ones with
+    the first 3xTF32 one, float64 on CUDA cores, as
+    sfc::_topk_window_op_config says; SFC_PLUGIN_TENSOR_CORES=0 puts every
+    type on the CUDA-core default; anything but 0 or 1 is refused."""
     needs_tensor_cores()
     query, keys, _ = random_inputs(31, 3, 64, 10, 19, 1, batch=1)
     bf16 = (query.to('cuda', torch.bfloat16), keys.to('cuda', torch.bfloat16))
@@ -381,18 +383,51 @@ def test_cuda_tensor_cores_are_an_opt_in(monkeypatch):
     monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', '0')
     fp64_default = run(fp64)
     for value, bf16_config, fp32_config in (
-            ('1', tensor_cores, tf32), ('0', configs[0], configs[0])):
-        monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
-        for got, want in zip(run(bf16), run(bf16, bf16_config)):
-            assert torch.equal(got, want), value
-        for got, want in zip(run(fp32), run(fp32, fp32_config)):
-            assert torch.equal(got, want), value
-        for got, want in zip(run(fp64), fp64_default):
-            assert torch.equal(got, want), value
+            (None, tensor_cores, tf32), ('1', tensor_cores, tf32),
+            ('0', configs[0], configs[0])):
+        if value is None:
+            monkeypatch.delenv('SFC_PLUGIN_TENSOR_CORES', raising=False)
+        else:
+            monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', value)
+        for features, config in ((bf16, bf16_config), (fp32, fp32_config),
+                                 (fp64, configs[0])):
+            dtype, device = features[0].dtype, features[0].device
+            assert torch.ops.sfc._topk_window_op_config(
+                dtype, device) == config, (value, dtype)
+            # The configurations but the default are built for 16-bit or
+            # float32 features only.
+            want = (fp64_default if dtype == torch.float64 else
+                    run(features, config))
+            for got, expected in zip(run(features), want):
+                assert torch.equal(got, expected), (value, dtype)
     monkeypatch.setenv('SFC_PLUGIN_TENSOR_CORES', 'yes')
     with pytest.raises(ValueError, match="SFC_PLUGIN_TENSOR_CORES must be "
                        "0 or 1, got 'yes'"):
         run(bf16)
+    with pytest.raises(ValueError, match='for CUDA devices, got cpu'):
+        torch.ops.sfc._topk_window_op_config(torch.float32,
+                                             torch.device('cpu'))
+
+
+def test_cuda_kernel_config_names_what_runs():
+    """cuda_kernel_config says which CUDA kernel configuration matches a
+    feature type: the op's own choice where the CUDA kernel is loaded; a
+    CPU device is refused, and without the CUDA kernel the error says
+    what is loaded instead."""
+    with pytest.raises(ValueError, match='cpu is not a CUDA device'):
+        cuda_kernel_config(torch.float32, 'cpu')
+    if not (torch.cuda.is_available() and native_ops_available('cuda')):
+        with pytest.raises(RuntimeError, match=r'no CUDA kernel loaded \('
+                           r'native kernels'):
+            cuda_kernel_config(torch.float32)
+        return
+    configs = torch.ops.sfc._topk_window_kernel_configs()
+    for dtype in (torch.float16, torch.bfloat16, torch.float32,
+                  torch.float64):
+        name = cuda_kernel_config(dtype)
+        assert name in configs
+        assert name == torch.ops.sfc._topk_window_op_config(
+            dtype, torch.device('cuda', torch.cuda.current_device()))
 
 
 @pytest.mark.parametrize('channels', [3, 37, 64])

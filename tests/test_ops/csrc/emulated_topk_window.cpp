@@ -133,6 +133,14 @@ TORCH_LIBRARY(sfc_emulation, m) {
   m.def("kernel_configs() -> str[]", [] {
     return sfc_plugin::ops::cuda_kernels::kernel_config_names();
   });
+  // What the CUDA op runs for `dtype` features on an sm_{compute_major}x
+  // device, SFC_PLUGIN_TENSOR_CORES as it is now.
+  m.def("op_config(ScalarType dtype, int compute_major) -> str",
+        [](c10::ScalarType dtype, int64_t compute_major) {
+          namespace kernels = sfc_plugin::ops::cuda_kernels;
+          return kernels::op_config_name(dtype, compute_major,
+                                         kernels::tensor_cores_allowed());
+        });
 }
 
 TORCH_LIBRARY_IMPL(sfc_emulation, CPU, m) {

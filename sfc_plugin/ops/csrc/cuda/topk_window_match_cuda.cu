@@ -3,22 +3,22 @@
 // CPU emulation); this file launches them on the current stream of the
 // query's device, sized to that device.
 //
-// SFC_PLUGIN_TENSOR_CORES=1 has features matched on tensor cores where the
-// device has them (sm_80 and later): float16 and bfloat16 ones in their
-// type (TensorCoreDefaultConfig), float32 ones in 3xTF32
-// (Tf32TensorCoreDefaultConfig), float64 ones still on CUDA cores. An
-// opt-in until GPU runs have shown it right and faster; unset or 0, every
-// type runs DefaultConfig on CUDA cores.
+// Features are matched on tensor cores where the device has them (sm_80
+// and later): float16 and bfloat16 ones in their type
+// (TensorCoreDefaultConfig), float32 ones in 3xTF32
+// (Tf32TensorCoreDefaultConfig); float64 ones, older devices, and every
+// type under SFC_PLUGIN_TENSOR_CORES=0 run DefaultConfig on CUDA cores
+// (cuda_kernels::op_config_name).
 //
-// Also registers two private ops for benchmarks:
-// sfc::_topk_window_kernel_configs() lists the kernel configurations, and
-// sfc::_topk_window_neighbours_config runs the op with one of them.
+// Also registers three private ops for benchmarks and tests:
+// sfc::_topk_window_kernel_configs() lists the kernel configurations,
+// sfc::_topk_window_neighbours_config runs the op with one of them, and
+// sfc::_topk_window_op_config(dtype, device) names the one the op runs.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "topk_window_match_kernel.cuh"
@@ -98,15 +98,14 @@ std::tuple<at::Tensor, at::Tensor> neighbours_config_op(
                                 unrestricted_keys, std::string(config));
 }
 
-// Whether SFC_PLUGIN_TENSOR_CORES asks for tensor cores (read at every
-// call, so a process may switch it).
-bool tensor_cores_requested() {
-  const char* value = std::getenv("SFC_PLUGIN_TENSOR_CORES");
-  const std::string text = value ? value : "";
-  TORCH_CHECK_VALUE(text.empty() || text == "0" || text == "1",
-                    "SFC_PLUGIN_TENSOR_CORES must be 0 or 1, got '", text,
-                    "'");
-  return text == "1";
+std::string op_config(at::ScalarType type, c10::Device device) {
+  TORCH_CHECK_VALUE(device.is_cuda(), "topk_window_match: the CUDA kernel "
+                    "configurations are for CUDA devices, got ", device);
+  const int index =
+      device.has_index() ? device.index() : c10::cuda::current_device();
+  return cuda_kernels::op_config_name(
+      type, device_attribute(cudaDevAttrComputeCapabilityMajor, index),
+      cuda_kernels::tensor_cores_allowed());
 }
 
 }  // namespace
@@ -114,17 +113,9 @@ bool tensor_cores_requested() {
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys) {
-  const auto type = query.scalar_type();
-  std::string config;
-  if (type != at::kDouble && tensor_cores_requested() &&
-      device_attribute(cudaDevAttrComputeCapabilityMajor,
-                       query.device().index()) >= 8) {
-    config = type == at::kFloat
-                 ? cuda_kernels::Tf32TensorCoreDefaultConfig::name()
-                 : cuda_kernels::TensorCoreDefaultConfig::name();
-  }
   return neighbours_with_config(query, keys, topk, radius, temperature,
-                                unrestricted_keys, config);
+                                unrestricted_keys,
+                                op_config(query.scalar_type(), query.device()));
 }
 
 TORCH_LIBRARY_FRAGMENT(sfc, m) {
@@ -134,6 +125,8 @@ TORCH_LIBRARY_FRAGMENT(sfc, m) {
       "_topk_window_neighbours_config(Tensor query, Tensor keys, int topk, "
       "float radius, float temperature, int unrestricted_keys, str config) "
       "-> (Tensor weights, Tensor indices)");
+  m.def("_topk_window_op_config(ScalarType dtype, Device device) -> str",
+        &op_config);
 }
 
 TORCH_LIBRARY_IMPL(sfc, CUDA, m) {

@@ -45,6 +45,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -201,35 +202,64 @@ struct Tf32TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
   }
 };
 
-// The configuration the op runs.
-using DefaultConfig = TileConfig<4, 8, 64, 4, 4, false, 8>;
-// What the op runs when tensor cores are asked for
-// (SFC_PLUGIN_TENSOR_CORES=1, see topk_window_match_cuda.cu): for
-// float16/bfloat16 features, and for float32 ones.
-using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 64, 4>;
-using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 4>;
+// What the op runs (op_config_name): on CUDA cores, for every feature type
+// on any device; on tensor cores (sm_80 and later, unless
+// SFC_PLUGIN_TENSOR_CORES=0), for float16/bfloat16 features, and for
+// float32 ones in 3xTF32. Each is the fastest of its kind on an H200 over
+// the four cases timed (both DAVIS settings, C = 256 and 1280: the
+// geometric mean of its speed-ups; BENCHMARKS.md, "GPU check on an H200,
+// second run"); every CUDA-core configuration returns the same neighbours.
+using DefaultConfig = TileConfig<4, 8, 64, 4, 4, true, 3>;
+using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 64, 4, true>;
+using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
-// benchmark can time them against the default on one GPU in one run:
+// benchmark can time them against the defaults on one GPU in one run:
 // CUDA-core and 3xTF32 ones for float32 features, 16-bit tensor-core ones
 // for float16 and bfloat16 (only those types, to bound the build).
 using AlternativeConfigs =
-    std::tuple<TileConfig<4, 8, 64, 4, 4, true, 3>,
+    std::tuple<TileConfig<4, 8, 64, 4, 4, false, 8>,
                TileConfig<4, 8, 128, 4, 8, false, 4>,
                TileConfig<4, 8, 128, 4, 8, true, 2>,
                TileConfig<8, 8, 64, 8, 4, true, 2>,
                TileConfig<8, 8, 128, 8, 8, false, 2>,
                TileConfig<8, 16, 128, 8, 8, true, 1>,
                TensorCoreDefaultConfig,
+               TensorCoreConfig<4, 8, 64, 64, 4>,
                TensorCoreConfig<4, 8, 64, 32, 4>,
                TensorCoreConfig<4, 8, 64, 128, 4>,
                TensorCoreConfig<8, 8, 64, 64, 2>,
                TensorCoreConfig<4, 8, 128, 64, 2>,
-               TensorCoreConfig<4, 8, 64, 64, 4, true>,
                Tf32TensorCoreDefaultConfig,
+               Tf32TensorCoreConfig<4, 8, 64, 32, 4>,
                Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
                Tf32TensorCoreConfig<4, 8, 128, 32, 2>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2>,
-               Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>>;
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2>>;
+
+// Whether SFC_PLUGIN_TENSOR_CORES lets the op use tensor cores: unset or
+// 1, yes; 0, no (every type on CUDA cores). Read at every call, so that a
+// process may switch it.
+inline bool tensor_cores_allowed() {
+  const char* value = std::getenv("SFC_PLUGIN_TENSOR_CORES");
+  const std::string text = value ? value : "";
+  TORCH_CHECK_VALUE(text.empty() || text == "0" || text == "1",
+                    "SFC_PLUGIN_TENSOR_CORES must be 0 or 1, got '", text,
+                    "'");
+  return text != "0";
+}
+
+// The configuration the op runs for features of `type` on a device of
+// compute capability `compute_major`.x: tensor cores where the device has
+// them (mma.sync in bfloat16 and TF32 needs sm_80) and `tensor_cores` (see
+// tensor_cores_allowed); float64 features always on CUDA cores.
+inline std::string op_config_name(at::ScalarType type, int64_t compute_major,
+                                  bool tensor_cores) {
+  if (tensor_cores && compute_major >= 8) {
+    if (type == at::kHalf || type == at::kBFloat16)
+      return TensorCoreDefaultConfig::name();
+    if (type == at::kFloat) return Tf32TensorCoreDefaultConfig::name();
+  }
+  return DefaultConfig::name();
+}
 
 // The configurations' names, the default first.
 inline std::vector<std::string> kernel_config_names() {
