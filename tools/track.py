@@ -195,8 +195,12 @@ def report(summary: dict, out_dir: str) -> None:
               '(seeded; a baseline: give --checkpoint for the real thing).')
     of = (f' of {summary["source_frames"]}'
           if summary.get('source_frames') else '')
+    after_first = summary.get('frames_per_second_after_first')
+    steady = (f', {after_first:.2f} after the first frame\'s '
+              f'{summary["first_frame_seconds"]:.2f} s'
+              if after_first else '')
     print(f'Tracked {summary["frames"]}{of} frames at '
-          f'{summary["frames_per_second"]:.2f} frames/s on '
+          f'{summary["frames_per_second"]:.2f} frames/s{steady} on '
           f'{summary["device"]} (peak RSS {summary["peak_rss_mib"]:.0f} '
           f'MiB): {what}, summary.json in {out_dir}')
     anchors = summary.get('anchors') or {}

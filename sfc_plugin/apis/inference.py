@@ -529,7 +529,11 @@ def track_video(source: str,
     ``weights`` (checkpoints with their SHA-256, or 'random init'), and
     ``complete``: true only when every frame of the source was tracked
     (false after ``max_frames`` or an accepted truncated source, with
-    ``incomplete_reason``).
+    ``incomplete_reason``). Its speed: ``seconds`` and
+    ``frames_per_second`` from the first frame read to the last handed to
+    the writer (after the model is built), ``first_frame_seconds`` until
+    the first frame's labels, where the run's one-time costs fall, and
+    ``frames_per_second_after_first``, the rate a longer video tends to.
 
     Args:
         source (str | PathLike): Frame folder or video file.
@@ -617,8 +621,15 @@ def track_video(source: str,
         frames = inference_video(model, reader, first_labels, kind,
                                  num_classes, anchors=anchors)
         count, anchored = 0, []
+        # A run's one-time costs (cuDNN's algorithm search, CUDA's lazy
+        # module loading, the reduced-precision encoder copy) land on its
+        # first frame: the summary also gives the rate after it.
+        first_out = last_out = None
         for frame in frames:
             writer.write(frame.name, frame.image, frame.pred, frame.anchor)
+            last_out = time.perf_counter()
+            if first_out is None:
+                first_out = last_out
             if frame.anchor:
                 anchored.append(frame.name)
             count += 1
@@ -673,6 +684,11 @@ def track_video(source: str,
                                 if a.complete)),
             seconds=round(seconds, 3),
             frames_per_second=round(count / seconds, 3) if seconds else None,
+            first_frame_seconds=None if first_out is None else round(
+                first_out - start, 3),
+            frames_per_second_after_first=round(
+                (count - 1) / (last_out - first_out), 3)
+            if count > 1 and last_out > first_out else None,
             peak_rss_mib=round(peak_rss_mib(), 1),
             sfc_plugin=sfc_plugin.__version__,
             torch=torch.__version__,
