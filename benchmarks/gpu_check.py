@@ -44,11 +44,13 @@ Sections, in this order:
   blackswan looped, or a generated video) for ``fc_davis.py`` and
   ``sfc_davis.py``, with and without the overlay video, in frames/s; and
   without it at each reduced precision of the torch path (bf16, and fp16
-  on CUDA; on CUDA bf16 once more with its matching on tensor cores,
-  ``SFC_PLUGIN_TENSOR_CORES=1``, and SFC fp32 with its matching in
-  3xTF32), with the share of mask pixels equal to the fp32 run's; on
-  CUDA first each config's encoder alone (eager, fp32 and bf16), the
-  part of a frame that is not the match; then the tracking loop alone
+  on CUDA; on CUDA SFC fp32 and bf16 once more with their matching on
+  CUDA cores, ``SFC_PLUGIN_TENSOR_CORES=0``, instead of the default
+  tensor cores), with the share of mask pixels equal to the fp32 run's,
+  the rate after the first frame (where the one-time costs fall) and
+  the matching kernel; on CUDA first each config's encoder alone as the
+  tracker runs it, the part of a frame that is not the match; then the
+  tracking loop alone
   (``benchmarks/tracking_overlap.py``, SFC bf16) with 0 and 1 frames in
   flight, what overlapping the host's work with the device's gives.
 
@@ -63,6 +65,7 @@ size for a smoke run; on CPU (``--device cpu``) what needs CUDA (fp16/bf16
 kernels, TF32/bf16 rates, AMP) says ``skipped: no CUDA``.
 """
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -78,7 +81,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
@@ -97,6 +100,23 @@ GOALS = {
     'train_its': ('≥ 5 it/s', lambda v: v >= 5),
     'sfc_fps_no_overlay': ('≥ 100 frames/s', lambda v: v >= 100),
 }
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """Within it, these environment variables have these values (the op
+    reads ``SFC_PLUGIN_TENSOR_CORES`` at every call); the previous ones,
+    or their absence, come back after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # --------------------------------------------------------------------------
@@ -119,6 +139,15 @@ def judge(r: dict, quick: bool, device: str) -> str:
         return 'not judged (quick / CPU run)'
     text, test = GOALS[r['goal']]
     return 'met' if test(r['value']) else 'NOT met'
+
+
+def kernel_label(name: str, width: int = 70) -> str:
+    """A profiled kernel's name, short enough for a table: without the
+    return type and the namespaces that say nothing there."""
+    for noise in ('void ', 'sfc_plugin::ops::cuda_kernels::',
+                  'at::native::', '(anonymous namespace)::'):
+        name = name.replace(noise, '')
+    return name[:width]
 
 
 def fmt(value) -> str:
@@ -426,8 +455,8 @@ def section_correctness(args) -> dict:
     failed = (proc.returncode != 0 or not counts.get('passed')
               or (cuda and counts.get('skipped', 0) > 0))
     # Each type twice on CUDA: on CUDA cores, then on tensor cores
-    # (SFC_PLUGIN_TENSOR_CORES, read by the op at every call; float32 in
-    # 3xTF32).
+    # (SFC_PLUGIN_TENSOR_CORES 0 and 1, read by the op at every call;
+    # float32 in 3xTF32).
     runs = [(torch.float32, False), (torch.float16, False),
             (torch.bfloat16, False), (torch.float32, True),
             (torch.float16, True), (torch.bfloat16, True)]
@@ -438,12 +467,10 @@ def section_correctness(args) -> dict:
             rows.append(row(f'native op {name} vs definition',
                             note=NO_CUDA))
             continue
-        os.environ['SFC_PLUGIN_TENSOR_CORES'] = '1' if tensor_cores else '0'
-        try:
+        with environment(
+                SFC_PLUGIN_TENSOR_CORES='1' if tensor_cores else '0'):
             result = compare_dtype(native_impl(args.device, dtype), dtype,
                                    CASES, brute_force, random_inputs)
-        finally:
-            os.environ['SFC_PLUGIN_TENSOR_CORES'] = '0'
         details[name] = result
         failed |= result['passed'] != result['total']
         rows.append(row(
@@ -710,9 +737,10 @@ def section_train(args) -> dict:
                             note=f'of a {prof["wall_ms"]:.1f} ms step '
                             '(torch.profiler)'))
             for name, ms, launches, share in prof['kernels'][:6]:
-                rows.append(row(f'kernel {name[:70]}', ms, 'ms/step',
+                rows.append(row(f'kernel {kernel_label(name)}', ms,
+                                'ms/step',
                                 note=f'{100 * share:.1f}% of busy, '
-                                f'{launches} launches'))
+                                f'{launches:.0f} launches'))
         except Exception as e:
             rows.append(row('GPU profile', note=f'failed: {e}'))
     return dict(rows=rows, details=details)
@@ -727,11 +755,11 @@ def track_source(args, tmp: str):
 
 
 def track_runs(device: str):
-    """(config, overlay, precision, tensor cores) of each ``tools/track.py``
+    """(config, overlay, precision, CUDA cores) of each ``tools/track.py``
     run: fp32 with and without the overlay, then each reduced precision the
-    device has without it (fp16 needs CUDA), and on CUDA bf16 again with
-    its matching on tensor cores (``SFC_PLUGIN_TENSOR_CORES=1``), and SFC
-    in fp32 with its matching in 3xTF32."""
+    device has without it (fp16 needs CUDA); on CUDA, where the matching
+    runs on tensor cores by default (sm_80+), SFC in fp32 and bf16 once
+    more on CUDA cores (``SFC_PLUGIN_TENSOR_CORES=0``), to compare."""
     cuda = device.startswith('cuda')
     reduced = ('bf16', 'fp16') if cuda else ('bf16', )
     configs = ('fc_davis.py', 'sfc_davis.py')
@@ -739,57 +767,54 @@ def track_runs(device: str):
              for overlay in (True, False)] +
             [(config, False, precision, False) for config in configs
              for precision in reduced] +
-            [(config, False, 'bf16', True) for config in configs if cuda] +
-            ([('sfc_davis.py', False, 'fp32', True)] if cuda else []))
+            ([('sfc_davis.py', False, precision, True)
+              for precision in ('fp32', 'bf16')] if cuda else []))
 
 
 def encoder_rows(args, details: dict) -> list:
-    """Each tracking config's encoder alone on one 480p frame, eager, in
-    fp32 and bf16 (``backbone_latency.best_time``): the share of a frame
-    that is not the match."""
+    """Each tracking config's encoder alone on one 480p frame as the
+    tracker runs it (``SFCTracker.extract_feat``: fp32 eager; bf16 and
+    fp16 from the folded channels-last copy), timed by
+    ``backbone_latency.best_time``: the share of a frame that is not the
+    match."""
     import torch
     from backbone_latency import best_time
-    from mmengine.config import Config
 
-    from sfc_plugin.deploy import build_encoder
-    from sfc_plugin.utils import register_all_modules
-    register_all_modules()
+    from sfc_plugin.apis import init_tracker, tracker_config
     device = torch.device(args.device)
     size = (96, 160) if args.quick else (480, 854)
-    frame = torch.randn(1, 3, *size, device=device)
+    frame = torch.randn(3, *size, device=device)
     rows = []
     for config in ('fc_davis.py', 'sfc_davis.py'):
-        encoder = build_encoder(
-            Config.fromfile(osp.join(REPO, 'configs', config))).to(device)
-        encoder.eval()
-        for dtype, name in ((torch.float32, 'fp32'),
-                            (torch.bfloat16, 'bf16')):
-            model = encoder.to(dtype)
-            seconds = best_time(lambda x, m=model, d=dtype: m(x.to(d)),
+        for precision in ('fp32', 'bf16') + (
+                ('fp16', ) if device.type == 'cuda' else ()):
+            tracker = init_tracker(
+                tracker_config(config, precision=precision), device)
+            seconds = best_time(lambda x, t=tracker: t.extract_feat(x),
                                 frame, 3 if args.quick else 20, device)
-            details[f'encoder {config} {name}'] = seconds
-            rows.append(row(f'encoder {config} {name} (eager)',
+            details[f'encoder {config} {precision}'] = seconds
+            rows.append(row(f'encoder {config} {precision} (as tracked)',
                             1e3 * seconds, 'ms/frame',
                             note=f'{size[1]}×{size[0]}'))
+            del tracker
     return rows
 
 
 def overlap_rows(args, details: dict, errors: list) -> list:
     """``benchmarks/tracking_overlap.py``: the tracking loop alone with 0
     and 1 frames in flight, side by side, for the goal's candidate (SFC,
-    bf16, matching on tensor cores on CUDA)."""
-    cuda = args.device.startswith('cuda')
-    label = 'sfc_davis.py bf16' + (' tensor cores' if cuda else '')
+    bf16; its matching on tensor cores on CUDA, the default)."""
+    label = 'sfc_davis.py bf16'
     rows = []
     script_args = ['--config', 'sfc_davis.py', '--precision', 'bf16',
                    '--device', args.device, '--in-flight', '0', '1',
                    '--frames', '4' if args.quick else '100',
-                   '--repeats', '1' if args.quick else '2']
+                   '--repeats', '1' if args.quick else '2', '--profile']
     result, status = run_json_script(
         'tracking_overlap.py', script_args + (['--quick'] if args.quick
                                               else []),
         f'loop {label}', rows, errors,
-        env=dict(SFC_PLUGIN_TENSOR_CORES='1' if cuda else '0'))
+        env=dict(SFC_PLUGIN_TENSOR_CORES='1'))
     if result is None:
         return rows
     details['overlap'] = result
@@ -797,8 +822,22 @@ def overlap_rows(args, details: dict, errors: list) -> list:
         rows.append(row(
             f'loop {label}, {r["frames_in_flight"]} frames in flight',
             r['frames_per_second'], 'frames/s',
-            note=f'{r["speed_up"]:.2f}× over 0 in flight' +
+            note=f'matching {result["matching_kernel"]}; '
+            f'{r["speed_up"]:.2f}× over 0 in flight' +
             ('' if r['same_predictions'] else '; predictions DIFFER')))
+    profile = result.get('profile')
+    if profile:
+        busy = profile['busy_ms']
+        rows.append(row(
+            f'loop {label}, per frame at 1 in flight', profile['wall_ms'],
+            'ms', note=(f'GPU busy {busy:.2f} ms, ' if busy is not None
+                        else '') + f'{profile["host_ops"]:.0f} host '
+            'operators (torch.profiler)'))
+        for name, ms, launches, share in profile['kernels'][:8]:
+            rows.append(row(f'loop kernel {kernel_label(name)}', ms,
+                            'ms/frame',
+                            note=f'{100 * share:.1f}% of busy, '
+                            f'{launches:.1f} launches'))
     if status:
         errors.append(f'loop {label}: exit status {status}')
     return rows
@@ -809,7 +848,7 @@ def section_track(args) -> dict:
     each reduced precision (its masks compared with fp32's); the figures
     are the runs' own ``summary.json``. Then the loop alone with and
     without a frame in flight (:func:`overlap_rows`)."""
-    from track_video import agreement
+    from track_video import agreement, matching_kernel
     rows, details, errors = [], {}, []
     if args.device.startswith('cuda'):
         try:
@@ -820,37 +859,45 @@ def section_track(args) -> dict:
         frames, first, what = track_source(args, tmp)
         details['video'] = what
         outs = {}
-        for config, overlay, precision, tensor_cores in track_runs(
+        for config, overlay, precision, cuda_cores in track_runs(
                 args.device):
             label = ' '.join([config] + (
                 [] if precision == 'fp32' else [precision]) + (
-                    ['tensor cores'] if tensor_cores else []) + [
+                    ['CUDA cores'] if cuda_cores else []) + [
                     'with' if overlay else 'without', 'overlay'])
             out = osp.join(tmp, f'{config}_{overlay}_{precision}_'
-                           f'{tensor_cores}')
+                           f'{cuda_cores}')
             cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
                    frames, first, '--out', out, '--config', config,
                    '--device', args.device, '--precision', precision,
                    '--quiet'] + ([] if overlay else ['--no-overlay'])
-            env = dict(os.environ,
-                       SFC_PLUGIN_TENSOR_CORES='1' if tensor_cores else '0')
+            # Explicit either way: the default (1) must not be whatever
+            # this process was started with.
+            tensor_cores = '0' if cuda_cores else '1'
+            env = dict(os.environ, SFC_PLUGIN_TENSOR_CORES=tensor_cores)
+            with environment(SFC_PLUGIN_TENSOR_CORES=tensor_cores):
+                kernel = matching_kernel(args.device, precision)
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   cwd=REPO, env=env)
-            prefix = 'SFC_PLUGIN_TENSOR_CORES=1 ' if tensor_cores else ''
+            prefix = 'SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else ''
             print(f'$ {prefix}{" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
             if proc.returncode:
                 errors.append(f'{label}: ' + (
                     proc.stderr.strip().splitlines() or ['?'])[-1])
                 rows.append(row(label, note='failed: see the log'))
                 continue
-            outs[config, overlay, precision, tensor_cores] = out
+            outs[config, overlay, precision, cuda_cores] = out
             with open(osp.join(out, 'summary.json')) as f:
                 summary = json.load(f)
-            details[label] = summary
-            note = (f'{summary["frames"]} frames, peak RSS '
+            details[label] = dict(summary, matching_kernel=kernel)
+            after_first = summary.get('frames_per_second_after_first')
+            note = (f'{summary["frames"]} frames' + (
+                f', {after_first:.1f} frames/s after the first frame\'s '
+                f'{summary["first_frame_seconds"]:.2f} s'
+                if after_first else '') + f', matching {kernel}, peak RSS '
                     f'{summary["peak_rss_mib"]:.0f} MiB')
             reference = outs.get((config, False, 'fp32', False))
-            if (precision != 'fp32' or tensor_cores) and (
+            if (precision != 'fp32' or cuda_cores) and (
                     reference is not None):
                 same = agreement(reference, out)
                 details[label]['pixels_equal_to_fp32'] = same

@@ -9,15 +9,18 @@ host while the device does. This times the loop alone (decoding, packing,
 the tracker, the predictions' way back; no result files) at each setting,
 side by side in one process, the settings alternating, best of
 ``--repeats``, and checks that every setting gives the same predictions.
+``--profile`` then profiles one more pass at the last setting
+(``device_profile``): per frame, the wall time, the time the GPU is busy,
+the operators the host dispatches, and the kernels that take the GPU's
+time: where a frame's time goes outside the match.
 
     python benchmarks/tracking_overlap.py --config sfc_davis.py \
         --precision bf16 --frames 150 --device cuda
-    SFC_PLUGIN_TENSOR_CORES=1 python benchmarks/tracking_overlap.py ...
+    SFC_PLUGIN_TENSOR_CORES=0 python benchmarks/tracking_overlap.py ...
 """
 import argparse
 import hashlib
 import json
-import os
 import os.path as osp
 import sys
 import tempfile
@@ -27,7 +30,8 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))  # this checkout's sfc_plugin
 
 import torch  # noqa: E402
-from track_video import tracking_source  # noqa: E402
+from device_profile import device_profile  # noqa: E402
+from track_video import matching_kernel, tracking_source  # noqa: E402
 
 from sfc_plugin.apis import (  # noqa: E402
     inference_video,
@@ -83,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--quick', action='store_true',
                    help='a 96×160 generated video')
+    p.add_argument('--profile', action='store_true',
+                   help='profile a pass at the last --in-flight setting')
     p.add_argument('--out', help='also write the rows as JSON here')
     args = p.parse_args(argv)
     if args.frames < 2 or args.repeats < 1 or min(args.in_flight) < 0:
@@ -98,22 +104,40 @@ def main(argv=None) -> None:
             tracker_config(args.config, precision=args.precision),
             args.device)
         load_native_ops()
-        tensor_cores = os.environ.get('SFC_PLUGIN_TENSOR_CORES', '0')
-        print(f'{args.config} {args.precision} on {args.device} '
-              f'(SFC_PLUGIN_TENSOR_CORES={tensor_cores}), {what}, best of '
-              f'{args.repeats}, torch {torch.__version__}')
+        kernel = matching_kernel(args.device, args.precision)
+        print(f'{args.config} {args.precision} on {args.device} (matching '
+              f'{kernel}), {what}, best of {args.repeats}, torch '
+              f'{torch.__version__}')
         rows = compare(model, source, first, args.in_flight, args.repeats)
+        profile = None
+        if args.profile:
+            profile = device_profile(
+                lambda: timed_pass(model, source, first, args.in_flight[-1]),
+                args.frames, args.device)
     print('| frames in flight | frames/s | speed-up | same predictions |')
     print('|---:|---:|---:|---|')
     for r in rows:
         print(f'| {r["frames_in_flight"]} | {r["frames_per_second"]:.2f} | '
               f'{r["speed_up"]:.2f}× | '
               f'{"yes" if r["same_predictions"] else "NO"} |')
+    if profile is not None:
+        busy = profile['busy_ms']
+        print(f'\nper frame at {args.in_flight[-1]} in flight: '
+              f'{profile["wall_ms"]:.2f} ms, GPU busy '
+              f'{"-" if busy is None else f"{busy:.2f} ms"}, '
+              f'{profile["host_ops"]:.0f} host operators')
+        if profile['kernels']:
+            print('| kernel | ms/frame | launches/frame | share of busy |')
+            print('|---|---:|---:|---:|')
+            for name, ms, n, share in profile['kernels']:
+                print(f'| `{name[:90]}` | {ms:.3f} | {n:.1f} | '
+                      f'{100 * share:.1f}% |')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(config=args.config, precision=args.precision,
                            device=args.device, video=what,
-                           tensor_cores=tensor_cores == '1', rows=rows),
+                           matching_kernel=kernel, rows=rows,
+                           profile=profile),
                       f, indent=1)
     if not all(r['same_predictions'] for r in rows):
         sys.exit('tracking_overlap: the settings disagree (see the table)')

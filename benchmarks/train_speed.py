@@ -25,9 +25,9 @@ import logging
 import os.path as osp
 import platform
 import time
-from collections import defaultdict
 
 import torch
+from device_profile import device_profile
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
@@ -145,37 +145,18 @@ def step_flops(cfg, batch_size, args) -> float:
 
 def profile_kernels(cfg, batch_size, args, steps=3, top=15):
     """The GPU's share of a step and its busiest kernels, over ``steps``
-    steps after a warm-up: dict(busy_ms, wall_ms per step, kernels=[(name,
-    ms per step, launches per step, share of busy time)])."""
-    from torch.profiler import ProfilerActivity, profile
+    steps after a warm-up (:func:`device_profile.device_profile`, per
+    step)."""
     model, optim_wrapper, context = build(cfg, args)
     data = make_batch(batch_size, args.crop)
-    for _ in range(2):
-        with context():
-            model.train_step(data, optim_wrapper)
-    torch.cuda.synchronize()
-    # CPU activity too: the kernels are reported as the device events of
-    # the CPU ops that launched them.
-    with profile(activities=[ProfilerActivity.CPU,
-                             ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        for _ in range(steps):
+
+    def run(n):
+        for _ in range(n):
             with context():
                 model.train_step(data, optim_wrapper)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-    total_us, launches = defaultdict(float), defaultdict(int)
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            total_us[event.name] += event.time_range.elapsed_us()
-            launches[event.name] += 1
-    busy_us = sum(total_us.values())
-    kernels = [(name, us / 1e3 / steps, launches[name] // steps,
-                us / busy_us if busy_us else 0.0)
-               for name, us in sorted(total_us.items(),
-                                      key=lambda kv: -kv[1])[:top]]
-    return dict(busy_ms=busy_us / 1e3 / steps, wall_ms=1e3 * wall / steps,
-                kernels=kernels)
+
+    run(2)
+    return device_profile(lambda: run(steps), steps, args.device, top)
 
 
 def main():
@@ -215,7 +196,7 @@ def main():
             print('| kernel | ms/step | launches/step | share of busy |')
             print('|---|---:|---:|---:|')
             for name, ms, n, share in prof['kernels']:
-                print(f'| `{name[:90]}` | {ms:.2f} | {n} | '
+                print(f'| `{name[:90]}` | {ms:.2f} | {n:.0f} | '
                       f'{100 * share:.1f}% |')
 
 

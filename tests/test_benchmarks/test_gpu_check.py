@@ -62,8 +62,9 @@ def test_sigterm_reports_what_was_measured_and_ends_the_section(tmp_path):
 
 
 def test_encoder_rows_time_each_config_in_fp32_and_bf16():
-    """The track section's encoder timings (run on CUDA only), here on CPU
-    at the quick size: a row and a detail per config and precision."""
+    """The track section's encoder timings as the tracker runs them (on
+    CUDA only, with fp16 there too), here on CPU at the quick size: a row
+    and a detail per config and precision."""
     import argparse
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
@@ -71,8 +72,78 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
     rows = gpu_check.encoder_rows(
         argparse.Namespace(device='cpu', quick=True), details)
     assert [r['figure'] for r in rows] == [
-        f'encoder {config} {dtype} (eager)'
+        f'encoder {config} {dtype} (as tracked)'
         for config in ('fc_davis.py', 'sfc_davis.py')
         for dtype in ('fp32', 'bf16')]
     assert all(r['value'] > 0 and r['unit'] == 'ms/frame' for r in rows)
     assert len(details) == 4
+
+
+def test_track_runs_compare_cuda_cores_on_cuda_only():
+    """The track section's tools/track.py runs: on CUDA the defaults
+    (tensor cores) for every precision, and SFC fp32 and bf16 once more on
+    CUDA cores; on CPU no fp16 and no CUDA-core runs."""
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    cuda = gpu_check.track_runs('cuda')
+    cpu = gpu_check.track_runs('cpu')
+    assert len(cuda) == len(set(cuda)) == 10
+    assert [r for r in cuda if r[3]] == [('sfc_davis.py', False, 'fp32',
+                                          True),
+                                         ('sfc_davis.py', False, 'bf16',
+                                          True)]
+    assert cpu == [r for r in cuda if not r[3] and r[2] != 'fp16']
+    # What matches on CPU is named without a CUDA kernel.
+    from track_video import matching_kernel
+    assert matching_kernel('cpu', 'fp32') == 'CPU kernel'
+    assert matching_kernel('cpu', 'bf16').startswith('CPU kernel, bf16 as ')
+
+
+def test_environment_restores_the_variables(monkeypatch):
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    monkeypatch.delenv('SFC_PLUGIN_TENSOR_CORES', raising=False)
+    monkeypatch.setenv('SFC_TEST_KEEP', 'a')
+    with pytest.raises(KeyError):
+        with gpu_check.environment(SFC_PLUGIN_TENSOR_CORES='0',
+                                   SFC_TEST_KEEP='b'):
+            assert os.environ['SFC_PLUGIN_TENSOR_CORES'] == '0'
+            assert os.environ['SFC_TEST_KEEP'] == 'b'
+            raise KeyError('inside')
+    assert 'SFC_PLUGIN_TENSOR_CORES' not in os.environ
+    assert os.environ['SFC_TEST_KEEP'] == 'a'
+
+
+def test_overlap_rows_run_the_loop_with_its_profile():
+    """The track section's last rows (benchmarks/tracking_overlap.py in a
+    child process), here on CPU at the quick size: a row per setting with
+    the predictions agreeing and the matching kernel named, then the
+    profiled frame's time and host operators (no kernels on the CPU)."""
+    import argparse
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    details, errors = {}, []
+    rows = gpu_check.overlap_rows(
+        argparse.Namespace(device='cpu', quick=True), details, errors)
+    assert errors == []
+    figures = [r['figure'] for r in rows]
+    assert figures == [
+        'loop sfc_davis.py bf16, 0 frames in flight',
+        'loop sfc_davis.py bf16, 1 frames in flight',
+        'loop sfc_davis.py bf16, per frame at 1 in flight'
+    ]
+    assert all(r['value'] > 0 for r in rows)
+    assert rows[1]['note'].startswith('matching CPU kernel, bf16 as ')
+    assert 'DIFFER' not in rows[1]['note']
+    assert rows[2]['note'].endswith('host operators (torch.profiler)')
+    assert details['overlap']['profile']['host_ops'] > 50
+
+
+def test_kernel_labels_drop_what_says_nothing():
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    assert gpu_check.kernel_label(
+        'void sfc_plugin::ops::cuda_kernels::topk_window_kernel<float>'
+        '(float const*)') == 'topk_window_kernel<float>(float const*)'
+    assert gpu_check.kernel_label('void at::native::(anonymous namespace)::'
+                                  'relu_kernel', width=4) == 'relu'

@@ -3,7 +3,6 @@ run for real only on a GPU, checked here where they can be."""
 import argparse
 import os.path as osp
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,40 +57,13 @@ def test_the_fused_variant_asks_adam_for_its_fused_kernel(cfg, monkeypatch):
     assert 'fused' not in cfg.optim_wrapper['optimizer']
 
 
-def test_the_profile_sums_each_kernel_over_the_steps(cfg, monkeypatch):
-    """What the profile does with the profiler's events: device events
-    summed by name and divided by the steps, CPU events left out, the
-    busiest first with their share of the busy time."""
-    cuda = torch.autograd.DeviceType.CUDA
-    cpu = torch.autograd.DeviceType.CPU
-
-    def event(name, us, device_type=cuda):
-        return SimpleNamespace(
-            name=name, device_type=device_type,
-            time_range=SimpleNamespace(elapsed_us=lambda: us))
-
-    events = [event('gemm', 300.0), event('bn', 50.0), event('gemm', 300.0),
-              event('aten::conv2d', 9999.0, cpu), event('relu', 125.0),
-              event('relu', 125.0)]
-
-    class FakeProfile:
-
-        def __init__(self, activities):
-            assert torch.profiler.ProfilerActivity.CUDA in activities
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def events(self):
-            return events
-
-    monkeypatch.setattr(torch.profiler, 'profile', FakeProfile)
-    monkeypatch.setattr(torch.cuda, 'synchronize', lambda: None)
+def test_the_profile_is_per_step(cfg):
+    """profile_kernels profiles ``steps`` real training steps after a
+    warm-up (here on the CPU: no kernels, the host's operators per step)."""
     prof = train_speed.profile_kernels(cfg, 2, options(), steps=2, top=2)
-    assert prof['busy_ms'] == pytest.approx(0.45)
-    assert prof['kernels'] == [('gemm', 0.3, 1, pytest.approx(600 / 900)),
-                               ('relu', 0.125, 1, pytest.approx(250 / 900))]
-    assert prof['wall_ms'] > 0
+    assert prof['wall_ms'] > 0 and prof['busy_ms'] is None
+    assert prof['kernels'] == []
+    # Two forwards of each network, the loss and the backward: hundreds of
+    # operators a step, the same count each step.
+    assert prof['host_ops'] > 100 and prof['host_ops'] == int(
+        prof['host_ops'])

@@ -1,0 +1,75 @@
+"""benchmarks/device_profile.py: what it makes of the profiler's events
+(faked for CUDA, which this machine lacks) and of a real CPU run."""
+import os.path as osp
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+from device_profile import device_profile  # noqa: E402
+
+CUDA = torch.autograd.DeviceType.CUDA
+CPU = torch.autograd.DeviceType.CPU
+
+
+def event(name, us=0.0, device_type=CUDA, parent=None):
+    return SimpleNamespace(
+        name=name, device_type=device_type, cpu_parent=parent,
+        time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+
+def test_kernels_are_summed_by_name_per_unit(monkeypatch):
+    """Device events summed by name and divided by the units, the busiest
+    first with their share of the busy time; the host's operators counted
+    where no operator encloses them."""
+    conv = event('aten::conv2d', device_type=CPU)
+    events = [event('gemm', 300.0), event('bn', 50.0), event('gemm', 300.0),
+              conv, event('aten::convolution', device_type=CPU, parent=conv),
+              event('aten::add', device_type=CPU),
+              event('cudaLaunchKernel', device_type=CPU),
+              event('relu', 125.0), event('relu', 125.0)]
+    seen = {}
+
+    class FakeProfile:
+
+        def __init__(self, activities):
+            seen['activities'] = activities
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+
+    monkeypatch.setattr(torch.profiler, 'profile', FakeProfile)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: None)
+    calls = []
+    prof = device_profile(lambda: calls.append(1), 2, 'cuda', top=2)
+    assert calls == [1]
+    assert torch.profiler.ProfilerActivity.CUDA in seen['activities']
+    assert prof['busy_ms'] == pytest.approx(0.45)
+    assert prof['kernels'] == [['gemm', 0.3, 1, pytest.approx(600 / 900)],
+                               ['relu', 0.125, 1, pytest.approx(250 / 900)]]
+    assert prof['host_ops'] == 1  # conv2d and add, over 2 units
+    assert prof['wall_ms'] >= 0
+
+
+def test_a_cpu_run_counts_the_host_operators():
+    x = torch.randn(8, 8)
+
+    def work():
+        for _ in range(3):
+            (x @ x).relu_().sum()
+
+    prof = device_profile(work, 3, 'cpu')
+    assert prof['busy_ms'] is None and prof['kernels'] == []
+    assert prof['host_ops'] == 3  # matmul, relu_, sum per unit
+    assert prof['wall_ms'] > 0
+    with pytest.raises(ValueError, match='units must be >= 1, got 0'):
+        device_profile(work, 0, 'cpu')
