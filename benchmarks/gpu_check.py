@@ -150,6 +150,22 @@ def kernel_label(name: str, width: int = 70) -> str:
     return name[:width]
 
 
+def profile_rows(profile: dict, what: str, unit: str, top: int) -> list:
+    """Rows of a ``device_profile`` result: the wall time per ``unit``
+    with the GPU's busy time and the host's operators, then the ``top``
+    busiest kernels."""
+    busy = profile['busy_ms']
+    rows = [row(f'{what}: time per {unit}', profile['wall_ms'], 'ms',
+                note=(f'GPU busy {busy:.2f} ms, ' if busy is not None else
+                      '') + f'{profile["host_ops"]:.0f} host operators '
+                '(torch.profiler)')]
+    for name, ms, launches, share in profile['kernels'][:top]:
+        rows.append(row(f'kernel {kernel_label(name)}', ms, f'ms/{unit}',
+                        note=f'{100 * share:.1f}% of busy, '
+                        f'{launches:.1f} launches'))
+    return rows
+
+
 def fmt(value) -> str:
     if isinstance(value, float):
         if value == 0 or 0.01 <= abs(value) < 1e5:
@@ -733,14 +749,7 @@ def section_train(args) -> dict:
         try:
             prof = profile_kernels(cfg, batch, opts)
             details['profile'] = prof
-            rows.append(row('GPU busy per step', prof['busy_ms'], 'ms',
-                            note=f'of a {prof["wall_ms"]:.1f} ms step '
-                            '(torch.profiler)'))
-            for name, ms, launches, share in prof['kernels'][:6]:
-                rows.append(row(f'kernel {kernel_label(name)}', ms,
-                                'ms/step',
-                                note=f'{100 * share:.1f}% of busy, '
-                                f'{launches:.0f} launches'))
+            rows += profile_rows(prof, 'train step', 'step', 6)
         except Exception as e:
             rows.append(row('GPU profile', note=f'failed: {e}'))
     return dict(rows=rows, details=details)
@@ -825,19 +834,9 @@ def overlap_rows(args, details: dict, errors: list) -> list:
             note=f'matching {result["matching_kernel"]}; '
             f'{r["speed_up"]:.2f}× over 0 in flight' +
             ('' if r['same_predictions'] else '; predictions DIFFER')))
-    profile = result.get('profile')
-    if profile:
-        busy = profile['busy_ms']
-        rows.append(row(
-            f'loop {label}, per frame at 1 in flight', profile['wall_ms'],
-            'ms', note=(f'GPU busy {busy:.2f} ms, ' if busy is not None
-                        else '') + f'{profile["host_ops"]:.0f} host '
-            'operators (torch.profiler)'))
-        for name, ms, launches, share in profile['kernels'][:8]:
-            rows.append(row(f'loop kernel {kernel_label(name)}', ms,
-                            'ms/frame',
-                            note=f'{100 * share:.1f}% of busy, '
-                            f'{launches:.1f} launches'))
+    if result.get('profile'):
+        rows += profile_rows(result['profile'],
+                             f'loop {label} at 1 in flight', 'frame', 8)
     if status:
         errors.append(f'loop {label}: exit status {status}')
     return rows

@@ -130,7 +130,7 @@ def test_overlap_rows_run_the_loop_with_its_profile():
     assert figures == [
         'loop sfc_davis.py bf16, 0 frames in flight',
         'loop sfc_davis.py bf16, 1 frames in flight',
-        'loop sfc_davis.py bf16, per frame at 1 in flight'
+        'loop sfc_davis.py bf16 at 1 in flight: time per frame'
     ]
     assert all(r['value'] > 0 for r in rows)
     assert rows[1]['note'].startswith('matching CPU kernel, bf16 as ')
