@@ -165,6 +165,31 @@ def test_loop_lengths_are_checked(python, repo, tmp_path, subprocess_env,
     assert not (tmp_path / 'iter_1.pth').exists()
 
 
+@pytest.mark.parametrize('option, message', [
+    ('train_dataloader.batch_size=100000',
+     'train: batch_size=100000 at '),
+    ('train_dataloader.num_workers=1000000',
+     'num_workers=1000000 and the CPU training step'),
+    ('train_dataloader.batch_size=2.5',
+     'train: train_dataloader.batch_size must be an integer, got 2.5'),
+    ('train_dataloader.num_workers=-1',
+     'train: train_dataloader.num_workers must be >= 0, got -1'),
+])
+def test_a_loader_the_host_cannot_hold_is_refused(python, repo, tmp_path,
+                                                  subprocess_env, option,
+                                                  message):
+    """Before any worker starts: one line naming the setting, no
+    checkpoint, instead of a run the system kills."""
+    proc = train(python, repo, subprocess_env, tmp_path, options=[option],
+                 check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith('train.py: error: '), proc.stderr[-2000:]
+    assert message in error
+    assert 'Traceback' not in proc.stderr
+    assert not list(tmp_path.glob('*.pth'))
+
+
 def test_missing_frame_folder_is_named(python, repo, tmp_path,
                                        subprocess_env):
     cmd = [

@@ -4,7 +4,9 @@ from typing import Callable, Union
 
 import torch
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader
 
+from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import RUNNERS
 
 from .checkpoint import (
@@ -12,6 +14,7 @@ from .checkpoint import (
     encode_message_hub,
     explain_unpickling_error,
 )
+from .training_memory import check_training_memory
 
 #: What ``resume`` reads from a checkpoint besides the weights.
 RESUME_KEYS = ('meta', 'state_dict', 'message_hub', 'optimizer')
@@ -30,8 +33,36 @@ class SFCRunner(Runner):
       hold every weight of the model (when resuming) is refused with an
       error that names the file and the missing keys, before any training.
 
+    * Before the training loop starts its data workers, the host memory
+      the batches in flight and (for a model on the CPU) the training
+      steps need is checked against what is left
+      (:func:`~sfc_plugin.engine.runner.training_memory.check_training_memory`):
+      a batch size the host cannot hold is an error naming it, not a run
+      killed by the system.
+
     Select it in a config with ``runner_type = 'SFCRunner'``.
     """
+
+    def train(self) -> torch.nn.Module:
+        # The loader is built here (mmengine's loop takes a built one as
+        # it is) so that its first sample sizes the check before the
+        # loop's iterator starts the workers.
+        if isinstance(self._train_dataloader, dict) and (
+                self._train_loop is not None):
+            # Named as the config names them (torch's DataLoader would say
+            # "batch_size", and nothing at all of num_workers=1e9).
+            for key, low in (('batch_size', 1), ('num_workers', 0)):
+                if key in self._train_dataloader:
+                    check_integer('train', f'train_dataloader.{key}',
+                                  self._train_dataloader[key], low=low)
+            self._train_dataloader = self.build_dataloader(
+                self._train_dataloader,
+                seed=self.seed,
+                diff_rank_seed=self._randomness_cfg.get(
+                    'diff_rank_seed', False))
+        if isinstance(self._train_dataloader, DataLoader):
+            check_training_memory(self.model, self._train_dataloader)
+        return super().train()
 
     def load_checkpoint(self,
                         filename: str,
