@@ -132,6 +132,24 @@ def test_checkpoint_with_missing_keys_is_named(trained, python, repo,
     assert 'broken.pth": it lacks message_hub' in proc.stderr
 
 
+@pytest.mark.parametrize('how', ['--resume', 'load_from'])
+def test_a_cut_checkpoint_is_named(trained, python, repo, tmp_path, how):
+    """A checkpoint cut short (a copy interrupted, a full disk) is one
+    line naming it, whether resumed from or loaded."""
+    work_dir, _, env = trained
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes((work_dir / 'iter_2.pth').read_bytes()[:50000])
+    extra, options = ((['--resume', str(cut)], []) if how == '--resume' else
+                      ([], [f'load_from={cut}']))
+    proc = train(python, repo, env, tmp_path / 'w', *extra,
+                 options=['train_cfg.max_iters=3'] + options, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'train.py: error: Checkpoint "{cut}" is not a PyTorch checkpoint '
+        '(neither a whole torch.save archive nor a pickle: another kind of '
+        'file, or one cut short)')
+
+
 def test_missing_checkpoint_is_named(python, repo, tmp_path,
                                      subprocess_env):
     proc = train(python, repo, subprocess_env, tmp_path, '--resume',

@@ -1,8 +1,6 @@
-from .checkpoint import (
-                         decode_message_hub,
-                         encode_message_hub,
-                         explain_unpickling_error,
-)
+from sfc_plugin.utils.checkpoint import explain_unpickling_error
+
+from .checkpoint import decode_message_hub, encode_message_hub
 from .runner import SFCRunner
 
 __all__ = [

@@ -12,7 +12,6 @@ as plain data (tensors, numbers, strings) and turns it back into
 ``HistoryBuffer`` objects on load, so its checkpoints load with
 ``weights_only=True`` and nothing allow-listed.
 """
-import pickle
 from typing import Any
 
 import numpy as np
@@ -64,17 +63,3 @@ def decode_message_hub(checkpoint: dict) -> None:
     """Undoes :func:`encode_message_hub`, in place."""
     if 'message_hub' in checkpoint:
         checkpoint['message_hub'] = _from_plain(checkpoint['message_hub'])
-
-
-def explain_unpickling_error(filename: str,
-                             err: pickle.UnpicklingError) -> RuntimeError:
-    """A clear error for a checkpoint that ``weights_only`` refuses."""
-    reason = next((line.strip() for line in str(err).splitlines()
-                   if 'Unsupported global' in line), str(err).splitlines()[0])
-    return RuntimeError(
-        f'Cannot load checkpoint "{filename}" with torch.load('
-        'weights_only=True): it holds objects other than tensors and plain '
-        'data (a checkpoint written by plain mmengine pickles its message '
-        'hub; sfc_plugin\'s SFCRunner writes loadable ones). Only if you '
-        'trust the file, re-save its "state_dict" and load that. '
-        f'torch said: {reason}')

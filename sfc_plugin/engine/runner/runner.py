@@ -8,12 +8,12 @@ from torch.utils.data import DataLoader
 
 from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import RUNNERS
-
-from .checkpoint import (
-    decode_message_hub,
-    encode_message_hub,
+from sfc_plugin.utils.checkpoint import (
     explain_unpickling_error,
+    read_checkpoint,
 )
+
+from .checkpoint import decode_message_hub, encode_message_hub
 from .training_memory import check_training_memory
 
 #: What ``resume`` reads from a checkpoint besides the weights.
@@ -69,8 +69,10 @@ class SFCRunner(Runner):
                         map_location: Union[str, Callable] = 'cpu',
                         strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):
-        if '://' not in filename and not osp.isfile(filename):
-            raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
+        if '://' not in filename:
+            # A missing, foreign, cut or unsafe file, named (torch's reader
+            # names none); mapped, so its tensors are not read twice.
+            read_checkpoint(filename, mmap=True)
         # Resuming continues one run: every weight must be there.
         strict = strict or self._resume
         try:
@@ -108,11 +110,7 @@ class SFCRunner(Runner):
         if not osp.isfile(filename):
             raise FileNotFoundError(
                 f'Cannot resume: checkpoint file not found: "{filename}"')
-        try:
-            checkpoint = torch.load(
-                filename, map_location='cpu', weights_only=True, mmap=True)
-        except pickle.UnpicklingError as err:
-            raise explain_unpickling_error(filename, err) from err
+        checkpoint = read_checkpoint(filename, mmap=True)
         missing = [k for k in RESUME_KEYS if k not in checkpoint]
         if missing:
             raise KeyError(

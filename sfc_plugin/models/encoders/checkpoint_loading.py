@@ -9,13 +9,12 @@ the prefix under which the checkpoint holds every weight of the backbone is
 searched for; online encoders win over momentum/target copies.
 """
 import os
-import os.path as osp
-import pickle
-import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from sfc_plugin.utils.checkpoint import read_checkpoint
 
 
 class CheckpointKeyError(KeyError):
@@ -69,41 +68,6 @@ def find_prefix(model_keys: List[str], ckpt_keys: List[str]
     ranked = [(prefix, missing) for _, prefix, missing in examined]
     chosen = ranked[0][0] if ranked and not ranked[0][1] else None
     return chosen, ranked
-
-
-def read_checkpoint(filename: str):
-    """``torch.load(weights_only=True)`` of a checkpoint, to the CPU, with
-    errors that name the file.
-
-    Raises:
-        FileNotFoundError: No such file.
-        RuntimeError: It holds objects other than tensors and plain data.
-        ValueError: It is not a PyTorch checkpoint at all (a text file, an
-            empty or cut file).
-    """
-    filename = os.fspath(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
-    with open(filename, 'rb') as f:
-        head = f.read(1)
-    # torch.save writes a zip archive (or, before torch 1.6, a pickle, whose
-    # first byte is the protocol marker 0x80).
-    if not zipfile.is_zipfile(filename) and head != b'\x80':
-        raise ValueError(f'Checkpoint "{filename}" is not a PyTorch '
-                         'checkpoint (neither a torch.save archive nor a '
-                         'pickle)')
-    try:
-        return torch.load(filename, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        from sfc_plugin.engine.runner import explain_unpickling_error
-        raise explain_unpickling_error(filename, err) from err
-    except (KeyError, EOFError, ValueError, RuntimeError, IndexError,
-            TypeError, AttributeError) as err:
-        # torch's own messages for these say nothing useful ("101").
-        raise ValueError(
-            f'Checkpoint "{filename}" is not a PyTorch checkpoint (empty, '
-            f'cut short, or another kind of file): torch.load failed with '
-            f'{type(err).__name__}: {err}') from None
 
 
 def check_finite_weights(state: Dict[str, torch.Tensor],

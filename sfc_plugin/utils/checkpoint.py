@@ -1,0 +1,98 @@
+"""Reading checkpoints from elsewhere: ``torch.load(weights_only=True)``,
+with errors that name the file and say what is wrong with it.
+
+Every reader of the package goes through here: the encoders' and the
+detector's weights, and the runner's ``load_from`` and ``resume``.
+"""
+import os
+import os.path as osp
+import pickle
+import zipfile
+
+import torch
+
+#: What torch's readers raise on an empty, cut or foreign file (their own
+#: messages say little: "101", "failed finding central directory").
+UNREADABLE_ERRORS = (KeyError, EOFError, ValueError, RuntimeError,
+                     IndexError, TypeError, AttributeError)
+
+
+def check_checkpoint_file(filename: str) -> None:
+    """Refuses a path that is no file, or a file that is no PyTorch
+    checkpoint (``torch.save`` writes a zip archive, before torch 1.6 a
+    pickle, whose first byte is the protocol marker 0x80).
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Neither a whole zip archive nor a pickle.
+    """
+    filename = os.fspath(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
+    with open(filename, 'rb') as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(filename) and head != b'\x80':
+        raise ValueError(f'Checkpoint "{filename}" is not a PyTorch '
+                         'checkpoint (neither a whole torch.save archive nor '
+                         'a pickle: another kind of file, or one cut short)')
+
+
+def _reason(err: Exception) -> str:
+    """The line of torch's message that says what it met: the weights-only
+    unpickler's "Unsupported ..." line, else the first."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line[line.index('Unsupported'):] for line in lines
+                 if 'Unsupported' in line),
+                lines[0] if lines else type(err).__name__)
+
+
+def explain_unpickling_error(filename: str,
+                             err: pickle.UnpicklingError) -> Exception:
+    """A clear error for a checkpoint that ``weights_only`` refuses: a
+    RuntimeError for objects other than tensors and plain data ("Unsupported
+    global"), else that of :func:`unreadable_checkpoint_error`."""
+    reason = _reason(err)
+    if not reason.startswith('Unsupported global'):
+        return unreadable_checkpoint_error(filename, err)
+    return RuntimeError(
+        f'Cannot load checkpoint "{filename}" with torch.load('
+        'weights_only=True): it holds objects other than tensors and plain '
+        'data (a checkpoint written by plain mmengine pickles its message '
+        'hub; sfc_plugin\'s SFCRunner writes loadable ones). Only if you '
+        'trust the file, re-save its "state_dict" and load that. '
+        f'torch said: {reason}')
+
+
+def unreadable_checkpoint_error(filename: str,
+                                err: Exception) -> ValueError:
+    """A clear error for a checkpoint file that torch cannot read."""
+    return ValueError(
+        f'Checkpoint "{filename}" is not a readable PyTorch checkpoint '
+        f'(empty, cut short, or another kind of file): torch.load failed '
+        f'with {type(err).__name__}: {_reason(err)}')
+
+
+def read_checkpoint(filename: str, mmap: bool = False):
+    """``torch.load(weights_only=True)`` of a checkpoint, to the CPU, with
+    errors that name the file.
+
+    Args:
+        filename (str): The checkpoint.
+        mmap (bool): Map the file's tensors instead of reading them (a zip
+            archive only; a legacy pickle is read). Defaults to False.
+
+    Raises:
+        FileNotFoundError: No such file.
+        RuntimeError: It holds objects other than tensors and plain data.
+        ValueError: It is not a PyTorch checkpoint at all (a text file, an
+            empty or cut file).
+    """
+    filename = os.fspath(filename)
+    check_checkpoint_file(filename)
+    try:
+        return torch.load(filename, map_location='cpu', weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(filename))
+    except pickle.UnpicklingError as err:
+        raise explain_unpickling_error(filename, err) from err
+    except UNREADABLE_ERRORS as err:
+        raise unreadable_checkpoint_error(filename, err) from None
