@@ -391,9 +391,14 @@ def test_max_frames_records_the_source_length(clip, tmp_path, python, repo,
     assert 'Incomplete:' in proc.stderr
 
 
-@pytest.mark.parametrize('value', [0, -3, 2.5, True, '4'])
-def test_max_frames_must_be_a_positive_integer(clip, tmp_path, value):
-    with pytest.raises(ValueError, match='max_frames must be an integer'):
+@pytest.mark.parametrize('value, message', [
+    (0, r'must be >= 1 \(or None for all frames\), got 0'),
+    (-3, r'must be >= 1 \(or None for all frames\), got -3'),
+    (2.5, 'must be an integer'), (True, 'must be an integer'),
+    ('4', 'must be an integer')])
+def test_max_frames_must_be_a_positive_integer(clip, tmp_path, value,
+                                               message):
+    with pytest.raises(ValueError, match='track_video: max_frames ' + message):
         track_video(clip['frames'], clip['first'], tmp_path / 'o',
                     max_frames=value, overlay=False, progress=False)
     assert not (tmp_path / 'o').exists()

@@ -16,8 +16,6 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-# A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
-from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import RUNNERS
 from sfc_plugin.utils import config as config_io
 from sfc_plugin.utils.cli import (
@@ -26,6 +24,9 @@ from sfc_plugin.utils.cli import (
     run_tool,
 )
 from sfc_plugin.utils.fileio import check_output_location, is_within
+
+# A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
+from sfc_plugin.utils.validation import check_integer
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ import sfc_plugin
 from sfc_plugin.datasets import open_video
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.datasets.video_reader import VideoReader
-from sfc_plugin.ops import check_integer, load_native_ops
+from sfc_plugin.ops import load_native_ops
 from sfc_plugin.registry import MODELS, TRANSFORMS
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
@@ -38,6 +38,7 @@ from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.host_copy import HostCopy, pinned_for
 from sfc_plugin.utils.progress import FrameProgressBar
 from sfc_plugin.utils.threads import lower_thread_priority
+from sfc_plugin.utils.validation import check_integer
 
 from .anchors import AnchorsArg, anchor_inputs, resolve_anchors
 from .results_writer import TrackingResultsWriter
@@ -475,11 +476,8 @@ def weights_record(cfg: Config) -> dict:
 def _checked_max_frames(max_frames) -> Optional[int]:
     if max_frames is None:
         return None
-    count = check_integer('track_video', 'max_frames', max_frames)
-    if count < 1:
-        raise ValueError('track_video: max_frames must be an integer >= 1 '
-                         f'(or None for all frames), got {count}')
-    return count
+    return check_integer('track_video', 'max_frames', max_frames, low=1,
+                         why=' (or None for all frames)')
 
 
 def _label_count(kind: str, packed: dict, num_classes: Optional[int]) -> int:

@@ -5,8 +5,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import DATASETS
+from sfc_plugin.utils.validation import check_integer
 
 from .utils import IMAGE_READ_ERRORS, is_image_file, read_list_file
 from .video_frame_dataset import VideoFrameDataset

@@ -26,6 +26,7 @@ from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils.config import apply_checkpoint
 from sfc_plugin.utils.fileio import atomic_output, sha256
+from sfc_plugin.utils.validation import check_integer
 
 from .onnx_export import (
     MIN_OPSET,
@@ -110,8 +111,8 @@ def load_frames(paths: Sequence[str],
     Returns:
         tuple: (B, 3, H, W) float32 images and their files.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ExportError(f'num_frames must be an integer >= 1, got {limit!r}')
+    limit = check_integer('export', 'num_frames', limit, low=1,
+                          error=ExportError)
     if size is not None:
         size = tuple(size)
         if len(size) != 2 or not all(

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sfc_plugin.utils.fileio import write_json
+from sfc_plugin.utils.validation import check_integer
 
 MIN_OPSET = 17
 #: The dynamo exporter writes opset 18 or newer: 17 gives 18.
@@ -149,8 +150,5 @@ def _check_written_opset(path: str, asked: int) -> None:
 
 def check_opset(opset) -> int:
     """``opset`` as an int >= :data:`MIN_OPSET`, or an ExportError."""
-    if isinstance(opset, bool) or not isinstance(opset, int):
-        raise ExportError(f'opset must be an integer, got {opset!r}')
-    if opset < MIN_OPSET:
-        raise ExportError(f'opset must be >= {MIN_OPSET}, got {opset}')
-    return opset
+    return check_integer('export', 'opset', opset, low=MIN_OPSET,
+                         error=ExportError)

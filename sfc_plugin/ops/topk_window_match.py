@@ -56,14 +56,13 @@ bf16 matmul would round every affinity to 8 significant bits.
 """
 import functools
 import math
-import numbers
-import operator
 import warnings
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from sfc_plugin.utils.memory import check_host_allocation
+from sfc_plugin.utils.validation import check_integer, check_real
 
 from .extension import native_ops_available, neighbour_weights_dtype
 
@@ -91,70 +90,6 @@ MIN_TEMPERATURE = 1e-30
 CPU_FEATURE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 #: Reasons for the float32 path of bf16 on CPU already warned about.
 _bf16_notices = set()
-
-
-def check_integer(owner: str, name: str, value, low: Optional[int] = None,
-                  high: Optional[int] = None, why: str = '') -> int:
-    """``value`` as an ``int``, or a ``ValueError`` naming ``name``.
-
-    Python and numpy integers and 0-dim integer tensors pass; bool, float
-    (even 2.0), str, None and the rest do not: a silent ``int()`` would
-    turn 2.7 into 2 and ``True`` into 1.
-
-    Args:
-        owner (str): Who checks, the start of the message.
-        name (str): The argument's name.
-        value: The argument.
-        low, high (int, optional): Inclusive bounds, if any.
-        why (str): Said after a bound, e.g. ``' (preallocated)'``.
-
-    Returns:
-        int: ``value``.
-    """
-    # bool is an int to Python, and 0-dim bool tensors have an __index__.
-    is_bool = isinstance(value, bool) or str(getattr(
-        value, 'dtype', '')) in ('bool', 'torch.bool')
-    number = None
-    if not is_bool:
-        try:
-            number = operator.index(value)
-        except TypeError:
-            pass
-    if number is None:
-        raise ValueError(
-            f'{owner}: {name} must be an integer, got {value!r} '
-            f'({type(value).__name__})')
-    if (low is not None and number < low) or (high is not None
-                                              and number > high):
-        bound = (f'>= {low}' if high is None else
-                 f'<= {high}' if low is None else f'in [{low}, {high}]')
-        raise ValueError(f'{owner}: {name} must be {bound}{why}, got {number}')
-    return number
-
-
-def check_real(owner: str, name: str, value) -> float:
-    """``value`` as a ``float``, or a ``ValueError`` naming ``name``.
-
-    Python and numpy reals and 0-dim real tensors pass (their range is
-    the caller's to check); bool, str, None and the rest do not.
-
-    Args:
-        owner (str): Who checks, the start of the message.
-        name (str): The argument's name.
-        value: The argument.
-
-    Returns:
-        float: ``value``.
-    """
-    number = value
-    if (isinstance(value, torch.Tensor) and value.dim() == 0
-            and not value.dtype.is_complex and value.dtype != torch.bool):
-        number = value.item()
-    if isinstance(number, numbers.Real) and not isinstance(number, bool):
-        return float(number)
-    raise ValueError(
-        f'{owner}: {name} must be a real number, got {value!r} '
-        f'({type(value).__name__})')
 
 
 def check_match_settings(owner: str, topk, radius,

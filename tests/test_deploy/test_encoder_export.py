@@ -111,7 +111,7 @@ def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
     (dict(size=(0, 5)), r'size must be two integers \(H, W\) in \[1, 4096\]'),
     (dict(size=(100000, 100000)), r'size must be two integers'),
     (dict(size=(64.5, 64)), r'size must be two integers'),
-    (dict(num_frames=0), 'num_frames must be an integer >= 1'),
+    (dict(num_frames=0), 'export: num_frames must be >= 1, got 0'),
     (dict(atol=math.nan), 'atol must be a finite number >= 0'),
     (dict(atol=-1.0), 'atol must be a finite number >= 0'),
 ])

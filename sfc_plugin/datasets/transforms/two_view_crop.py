@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
 
-from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import TRANSFORMS
+from sfc_plugin.utils.validation import check_integer
 
 _INTERPOLATIONS = dict(
     nearest=cv2.INTER_NEAREST, bilinear=cv2.INTER_LINEAR,

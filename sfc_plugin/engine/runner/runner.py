@@ -6,12 +6,12 @@ import torch
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader
 
-from sfc_plugin.ops import check_integer
 from sfc_plugin.registry import RUNNERS
 from sfc_plugin.utils.checkpoint import (
     explain_unpickling_error,
     read_checkpoint,
 )
+from sfc_plugin.utils.validation import check_integer
 
 from .checkpoint import decode_message_hub, encode_message_hub
 from .training_memory import check_training_memory

@@ -21,9 +21,9 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader
 
-from sfc_plugin.ops import check_integer
 from sfc_plugin.utils import memory
 from sfc_plugin.utils.memory import check_host_allocation, format_bytes
+from sfc_plugin.utils.validation import check_integer
 
 #: What a CPU training step holds beyond the tensors its forward keeps for
 #: the backward (the gradients in flight, the optimiser's temporaries), as

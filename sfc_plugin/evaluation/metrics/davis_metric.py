@@ -18,13 +18,13 @@ from sfc_plugin.datasets.davis import (
     first_frame_object_count,
     read_object_mask,
 )
-from sfc_plugin.ops import check_real
 from sfc_plugin.registry import METRICS
 from sfc_plugin.utils.fileio import (
     check_output_location,
     save_palette_png,
     write_text,
 )
+from sfc_plugin.utils.validation import check_real
 
 from ..functional import (
     boundary_f_measure,

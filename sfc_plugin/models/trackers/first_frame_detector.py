@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from sfc_plugin.ops import check_integer, check_real
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils.optional import require_mmdet
+from sfc_plugin.utils.validation import check_integer, check_real
 
 from ..encoders.checkpoint_loading import read_checkpoint, state_dict_of
 
@@ -60,10 +60,8 @@ class FirstFrameDetector(nn.Module):
         if not 0 <= score_thr <= 1:  # NaN included
             raise ValueError(f'{owner}: score_thr must be in [0, 1], got '
                              f'{score_thr!r}')
-        max_objects = check_integer(owner, 'max_objects', max_objects)
-        if not 1 <= max_objects <= 255:
-            raise ValueError(f'{owner}: max_objects must be an integer in '
-                             f'[1, 255], got {max_objects!r}')
+        max_objects = check_integer(owner, 'max_objects', max_objects, 1,
+                                    255, ' (a palette PNG holds 255 ids)')
         require_mmdet('FirstFrameDetector')
         from mmengine.config import Config
         from mmengine.hub import get_config

@@ -5,9 +5,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from sfc_plugin.ops import check_integer, check_real
 from sfc_plugin.registry import TASK_UTILS
 from sfc_plugin.utils.memory import check_host_allocation
+from sfc_plugin.utils.validation import check_integer, check_real
 
 
 @TASK_UTILS.register_module()

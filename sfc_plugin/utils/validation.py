@@ -1,0 +1,81 @@
+"""Checks of the scalar settings a user gives (config values, arguments):
+the value in its type, or an error naming the setting.
+
+Kept below every other module so that datasets, models, the runner and the
+tools share one set of rules and messages.
+"""
+import numbers
+import operator
+from typing import Optional, Type
+
+import torch
+
+
+def check_integer(owner: str,
+                  name: str,
+                  value,
+                  low: Optional[int] = None,
+                  high: Optional[int] = None,
+                  why: str = '',
+                  error: Type[Exception] = ValueError) -> int:
+    """``value`` as an ``int``, or an ``error`` naming ``name``.
+
+    Python and numpy integers and 0-dim integer tensors pass; bool, float
+    (even 2.0), str, None and the rest do not: a silent ``int()`` would
+    turn 2.7 into 2 and ``True`` into 1.
+
+    Args:
+        owner (str): Who checks, the start of the message.
+        name (str): The argument's name.
+        value: The argument.
+        low, high (int, optional): Inclusive bounds, if any.
+        why (str): Said after a bound, e.g. ``' (preallocated)'``.
+        error (type): The exception raised. Defaults to ValueError.
+
+    Returns:
+        int: ``value``.
+    """
+    # bool is an int to Python, and 0-dim bool tensors have an __index__.
+    is_bool = isinstance(value, bool) or str(getattr(
+        value, 'dtype', '')) in ('bool', 'torch.bool')
+    number = None
+    if not is_bool:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+    if number is None:
+        raise error(
+            f'{owner}: {name} must be an integer, got {value!r} '
+            f'({type(value).__name__})')
+    if (low is not None and number < low) or (high is not None
+                                              and number > high):
+        bound = (f'>= {low}' if high is None else
+                 f'<= {high}' if low is None else f'in [{low}, {high}]')
+        raise error(f'{owner}: {name} must be {bound}{why}, got {number}')
+    return number
+
+
+def check_real(owner: str, name: str, value) -> float:
+    """``value`` as a ``float``, or a ``ValueError`` naming ``name``.
+
+    Python and numpy reals and 0-dim real tensors pass (their range is
+    the caller's to check); bool, str, None and the rest do not.
+
+    Args:
+        owner (str): Who checks, the start of the message.
+        name (str): The argument's name.
+        value: The argument.
+
+    Returns:
+        float: ``value``.
+    """
+    number = value
+    if (isinstance(value, torch.Tensor) and value.dim() == 0
+            and not value.dtype.is_complex and value.dtype != torch.bool):
+        number = value.item()
+    if isinstance(number, numbers.Real) and not isinstance(number, bool):
+        return float(number)
+    raise ValueError(
+        f'{owner}: {name} must be a real number, got {value!r} '
+        f'({type(value).__name__})')
