@@ -229,11 +229,13 @@ using AlternativeConfigs =
                TensorCoreConfig<4, 8, 64, 128, 4>,
                TensorCoreConfig<8, 8, 64, 64, 2>,
                TensorCoreConfig<4, 8, 128, 64, 2>,
+               TensorCoreConfig<8, 8, 64, 64, 2, true>,
                Tf32TensorCoreDefaultConfig,
                Tf32TensorCoreConfig<4, 8, 64, 32, 4>,
                Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
                Tf32TensorCoreConfig<4, 8, 128, 32, 2>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2>>;
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2>,
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>>;
 
 // Whether SFC_PLUGIN_TENSOR_CORES lets the op use tensor cores: unset or
 // 1, yes; 0, no (every type on CUDA cores). Read at every call, so that a
