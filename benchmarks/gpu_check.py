@@ -847,7 +847,7 @@ def section_track(args) -> dict:
     each reduced precision (its masks compared with fp32's); the figures
     are the runs' own ``summary.json``. Then the loop alone with and
     without a frame in flight (:func:`overlap_rows`)."""
-    from track_video import agreement, matching_kernel
+    from track_video import agreement
     rows, details, errors = [], {}, []
     if args.device.startswith('cuda'):
         try:
@@ -874,8 +874,6 @@ def section_track(args) -> dict:
             # this process was started with.
             tensor_cores = '0' if cuda_cores else '1'
             env = dict(os.environ, SFC_PLUGIN_TENSOR_CORES=tensor_cores)
-            with environment(SFC_PLUGIN_TENSOR_CORES=tensor_cores):
-                kernel = matching_kernel(args.device, precision)
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   cwd=REPO, env=env)
             prefix = 'SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else ''
@@ -888,12 +886,13 @@ def section_track(args) -> dict:
             outs[config, overlay, precision, cuda_cores] = out
             with open(osp.join(out, 'summary.json')) as f:
                 summary = json.load(f)
-            details[label] = dict(summary, matching_kernel=kernel)
+            details[label] = summary
             after_first = summary.get('frames_per_second_after_first')
             note = (f'{summary["frames"]} frames' + (
                 f', {after_first:.1f} frames/s after the first frame\'s '
                 f'{summary["first_frame_seconds"]:.2f} s'
-                if after_first else '') + f', matching {kernel}, peak RSS '
+                if after_first else '') +
+                    f', matching {summary["matching_kernel"]}, peak RSS '
                     f'{summary["peak_rss_mib"]:.0f} MiB')
             reference = outs.get((config, False, 'fp32', False))
             if (precision != 'fp32' or cuda_cores) and (

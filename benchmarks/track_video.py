@@ -49,24 +49,6 @@ def looped_folder(data_root: str, sequence: str, length: int,
     return folder
 
 
-def matching_kernel(device: str, precision: str) -> str:
-    """What matches the features of a ``precision`` run on ``device``, as
-    the op would choose in this process (``cuda_kernel_config``), or why
-    it cannot say."""
-    import torch
-
-    from sfc_plugin.ops import cpu_bf16_kernel, cuda_kernel_config
-    dtype = dict(fp32=torch.float32, bf16=torch.bfloat16,
-                 fp16=torch.float16)[precision]
-    if not device.startswith('cuda'):
-        return (f'CPU kernel, bf16 as {cpu_bf16_kernel()}'
-                if dtype == torch.bfloat16 else 'CPU kernel')
-    try:
-        return cuda_kernel_config(dtype, device)
-    except (RuntimeError, ValueError) as err:
-        return f'unknown ({err})'
-
-
 def tracking_source(frames: int, tmp: str, quick: bool = False):
     """(frame folder, first mask, description): the shared DAVIS-2016
     blackswan looped to ``frames`` frames, or, where the shared data are

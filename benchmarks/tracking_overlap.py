@@ -31,7 +31,7 @@ sys.path.insert(0, osp.dirname(HERE))  # this checkout's sfc_plugin
 
 import torch  # noqa: E402
 from device_profile import device_profile  # noqa: E402
-from track_video import matching_kernel, tracking_source  # noqa: E402
+from track_video import tracking_source  # noqa: E402
 
 from sfc_plugin.apis import (  # noqa: E402
     inference_video,
@@ -39,7 +39,7 @@ from sfc_plugin.apis import (  # noqa: E402
     tracker_config,
 )
 from sfc_plugin.datasets import open_video  # noqa: E402
-from sfc_plugin.ops import load_native_ops  # noqa: E402
+from sfc_plugin.ops import load_native_ops, matching_kernel  # noqa: E402
 
 
 def timed_pass(model, source: str, first: str, in_flight: int):
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
             tracker_config(args.config, precision=args.precision),
             args.device)
         load_native_ops()
-        kernel = matching_kernel(args.device, args.precision)
+        kernel = matching_kernel(model.feature_dtype, args.device)
         print(f'{args.config} {args.precision} on {args.device} (matching '
               f'{kernel}), {what}, best of {args.repeats}, torch '
               f'{torch.__version__}')

@@ -30,7 +30,7 @@ import sfc_plugin
 from sfc_plugin.datasets import open_video
 from sfc_plugin.datasets.utils import is_image_file
 from sfc_plugin.datasets.video_reader import VideoReader
-from sfc_plugin.ops import load_native_ops
+from sfc_plugin.ops import load_native_ops, matching_kernel
 from sfc_plugin.registry import MODELS, TRANSFORMS
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
@@ -531,7 +531,9 @@ def track_video(source: str,
     ``frames_per_second`` from the first frame read to the last handed to
     the writer (after the model is built), ``first_frame_seconds`` until
     the first frame's labels, where the run's one-time costs fall, and
-    ``frames_per_second_after_first``, the rate a longer video tends to.
+    ``frames_per_second_after_first``, the rate a longer video tends to;
+    ``matching_kernel`` names what matched the features
+    (:func:`~sfc_plugin.ops.matching_kernel`).
 
     Args:
         source (str | PathLike): Frame folder or video file.
@@ -670,6 +672,7 @@ def track_video(source: str,
             backend=cfg.model.get('backend') or dict(type='torch'),
             precision=cfg.model.get('precision', 'fp32'),
             device=device,
+            matching_kernel=matching_kernel(model.feature_dtype, device),
             propagator={
                 k: cfg.model.propagator.get(k)
                 for k in ('topk', 'radius', 'context_frames', 'temperature')

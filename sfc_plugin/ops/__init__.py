@@ -11,6 +11,7 @@ from .topk_window_match import (
                                 check_real,
                                 cpu_bf16_kernel,
                                 cuda_kernel_config,
+                                matching_kernel,
                                 most_eligible_keys,
                                 topk_window_match,
                                 topk_window_match_decomposed,
@@ -24,7 +25,8 @@ from .topk_window_match import (
 __all__ = [
     'aggregate_labels', 'check_integer', 'check_match_settings', 'check_real',
     'cpu_bf16_kernel', 'cuda_kernel_config', 'load_native_ops',
-    'most_eligible_keys', 'native_ops_available', 'neighbour_weights_dtype',
+    'matching_kernel', 'most_eligible_keys', 'native_ops_available',
+    'neighbour_weights_dtype',
     'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',
     'topk_window_match_dense', 'topk_window_match_reference',
     'topk_window_neighbours', 'topk_window_neighbours_reference',

@@ -368,6 +368,25 @@ def cuda_kernel_config(dtype: torch.dtype,
     return torch.ops.sfc._topk_window_op_config(dtype, device)
 
 
+def matching_kernel(dtype: torch.dtype,
+                    device: Union[str, torch.device]) -> str:
+    """What matches ``dtype`` features on ``device`` in this process, in
+    words: ``'CUDA <configuration>'`` (:func:`cuda_kernel_config`), ``'CPU
+    kernel'`` (for bfloat16 with how it scores them, see
+    :func:`cpu_bf16_kernel`), or ``'pure PyTorch (<why>)'`` where no native
+    kernel serves the device. Near-ties may order differently from one to
+    another, so a result records it (``summary.json``)."""
+    device = torch.device(device)
+    if not native_ops_available(device):
+        from .extension import native_ops_status
+        return f'pure PyTorch ({native_ops_status()})'
+    if device.type == 'cuda':
+        return f'CUDA {cuda_kernel_config(dtype, device)}'
+    if dtype == torch.bfloat16:
+        return f'CPU kernel, bf16 as {cpu_bf16_kernel()}'
+    return 'CPU kernel'
+
+
 def _notice_cpu_bf16(query: torch.Tensor) -> None:
     """Warns once per reason where the native CPU kernel cannot use
     ``vdpbf16ps`` for bf16 features."""

@@ -4,6 +4,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sfc_plugin.apis import (
@@ -20,6 +21,7 @@ from sfc_plugin.datasets import (
     write_davis_sequences,
 )
 from sfc_plugin.evaluation import evaluate_davis_results
+from sfc_plugin.ops import matching_kernel
 from sfc_plugin.utils.fileio import save_palette_png
 
 
@@ -68,6 +70,8 @@ def test_tracking_writes_davis_results_and_a_summary(video, tmp_path):
     # The first frame's one-time costs apart: it ends before the whole run,
     # and the 7 frames after it take the rest of the time at most.
     assert 0 < summary['first_frame_seconds'] < summary['seconds']
+    assert summary['matching_kernel'] == matching_kernel(torch.float32,
+                                                         'cpu')
     assert summary['frames_per_second_after_first'] >= 7 / (
         summary['seconds'] - summary['first_frame_seconds']) * 0.99
     overlay = cv2.VideoCapture(str(out / 'overlay.mp4'))

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from sfc_plugin.ops import (
+    cpu_bf16_kernel,
     cuda_kernel_config,
+    matching_kernel,
     native_ops_available,
     neighbour_weights_dtype,
     topk_window_match,
@@ -407,6 +409,23 @@ def test_cuda_tensor_cores_are_the_default(monkeypatch):
     with pytest.raises(ValueError, match='for CUDA devices, got cpu'):
         torch.ops.sfc._topk_window_op_config(torch.float32,
                                              torch.device('cpu'))
+
+
+def test_matching_kernel_names_what_matches():
+    """In words, per device and feature type: the CPU kernel (bf16 with
+    how it scores them), a CUDA configuration, or the pure-PyTorch path
+    with the reason."""
+    if not native_ops_available('cpu'):
+        assert matching_kernel(torch.float32, 'cpu').startswith(
+            'pure PyTorch (native kernels ')
+        return
+    assert matching_kernel(torch.float32, 'cpu') == 'CPU kernel'
+    assert matching_kernel(torch.float64, 'cpu') == 'CPU kernel'
+    assert matching_kernel(torch.bfloat16, 'cpu') == (
+        f'CPU kernel, bf16 as {cpu_bf16_kernel()}')
+    if torch.cuda.is_available() and native_ops_available('cuda'):
+        assert matching_kernel(torch.float32, 'cuda') == (
+            f'CUDA {cuda_kernel_config(torch.float32)}')
 
 
 def test_cuda_kernel_config_names_what_runs():

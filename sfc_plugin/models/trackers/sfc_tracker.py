@@ -196,6 +196,14 @@ class SFCTracker(BaseModel):
         finally:
             self._results_on_device = previous
 
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """The type of the features matched: the ``precision``'s, float32
+        from a deployed backend (which returns float32 whatever its
+        export's precision)."""
+        return (torch.float32 if self.backend is not None else
+                self.PRECISIONS[self.precision])
+
     @torch.no_grad()
     def extract_feat(self, frame: torch.Tensor) -> torch.Tensor:
         """(C, h, w) unit-norm features of one normalised (3, H, W) frame,
