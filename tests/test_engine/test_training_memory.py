@@ -119,3 +119,18 @@ def test_bad_loader_settings_are_named(cfg, model, settings, message):
         object.__setattr__(dl, key, value)  # past DataLoader's own checks
     with pytest.raises(ValueError, match=message):
         check_training_memory(model, dl, processes=1)
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, 1),
+    ({'LOCAL_WORLD_SIZE': '4'}, 4),
+    ({'SLURM_NTASKS_PER_NODE': '8(x2)'}, 8),
+    ({'LOCAL_WORLD_SIZE': '2', 'SLURM_NTASKS_PER_NODE': '8'}, 2),
+    ({'LOCAL_WORLD_SIZE': 'x', 'SLURM_NTASKS_PER_NODE': '0'}, 1),
+])
+def test_local_processes_from_the_launchers(monkeypatch, env, expected):
+    for name in ('LOCAL_WORLD_SIZE', 'SLURM_NTASKS_PER_NODE'):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert training_memory.local_processes() == expected

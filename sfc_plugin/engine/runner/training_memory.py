@@ -13,6 +13,7 @@ sample of the dataset and two probe forwards of a copy of the model.
 import copy
 import os
 import random
+import re
 from typing import Optional
 
 import numpy as np
@@ -94,9 +95,14 @@ def _batch_bytes(batch) -> int:
 
 def local_processes() -> int:
     """Training processes on this host: torchrun's ``LOCAL_WORLD_SIZE``,
-    else 1 (each process checks its own share against what is left)."""
-    value = os.environ.get('LOCAL_WORLD_SIZE', '1')
-    return int(value) if value.isdigit() and int(value) > 0 else 1
+    else slurm's ``SLURM_NTASKS_PER_NODE`` (``4``, or ``4(x2)`` for two
+    nodes of 4), else 1. Each process checks the whole host's need against
+    what is left, since they all draw on it."""
+    for name in ('LOCAL_WORLD_SIZE', 'SLURM_NTASKS_PER_NODE'):
+        match = re.match(r'\s*(\d+)', os.environ.get(name, ''))
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1))
+    return 1
 
 
 def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
