@@ -134,3 +134,19 @@ def test_local_processes_from_the_launchers(monkeypatch, env, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert training_memory.local_processes() == expected
+
+
+def test_a_loader_without_a_sample_is_not_sized(model):
+    """An iterable dataset has no first sample, and an empty one's error is
+    its own: neither is probed."""
+
+    class Stream(torch.utils.data.IterableDataset):
+
+        def __iter__(self):
+            return iter([])
+
+    for dataset in (Stream(), []):
+        estimate = check_training_memory(
+            model, torch.utils.data.DataLoader(dataset, batch_size=2),
+            processes=1)
+        assert estimate['total'] == 0

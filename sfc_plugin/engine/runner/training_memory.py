@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from sfc_plugin.utils import memory
 from sfc_plugin.utils.memory import check_host_allocation, format_bytes
@@ -125,6 +125,9 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
         processes (int, optional): Training processes on this host.
             Defaults to :func:`local_processes`.
 
+    An iterable or empty dataset is not checked (no sample to size a batch
+    from).
+
     Returns:
         dict: The estimate, logged: ``data`` and ``step`` bytes per process
         (step 0 for a model off the CPU), ``processes``, the ``total``
@@ -143,8 +146,14 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
                             dataloader.num_workers, low=0)
     processes = local_processes() if processes is None else processes
     module = model.module if is_model_wrapper(model) else model
+    dataset = dataloader.dataset
+    if isinstance(dataset, IterableDataset) or len(dataset) == 0:
+        # Nothing to size a batch from (an empty dataset is the dataset's
+        # or the sampler's error to report).
+        return dict(data=0, step=0, processes=processes, total=0,
+                    available=memory.available_host_memory())
     with _random_state_kept():
-        sample = dataloader.dataset[0]
+        sample = dataset[0]
     one = dataloader.collate_fn([sample])
     batches = 1 + int(dataloader.pin_memory) + (
         workers * (dataloader.prefetch_factor or 2) if workers else 0)
@@ -163,7 +172,8 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
     total = processes * (fixed + per_sample * batch_size)
     left = memory.available_host_memory()
     if left is not None and total > left:
-        fits = int((left / processes - fixed) // per_sample)
+        fits = int((left / processes - fixed) // per_sample) if (
+            per_sample) else 0
         hint = (f'at most {fits} fit' if fits >= 1 else
                 'not even 1 fits with these settings')
         step = ' and the CPU training step' if on_cpu else ''
