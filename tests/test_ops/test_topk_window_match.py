@@ -460,27 +460,47 @@ def test_native_ties_across_unrestricted_and_restricted_frames(dtype,
     check_frame_copies_follow_frame_0(dtype, channels, 9, 11, radius=100.0)
 
 
-@pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40])
+@pytest.mark.parametrize('topk', [1, 9, 15, 16, 17, 40, 200, 201, 260])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_many_ties_keep_the_lower_key_index(dtype, topk):
     """Features in steps of 1/4 score exactly, with ties everywhere; for k
-    around 16 (the float top-k's vector insertion) and past it, the kept
-    keys are the first k by (affinity, then lower flat index)."""
+    around 16 (the float top-k's vector insertion), around 200 (past which
+    the top-k collects into a heap) and past them, the kept keys are the
+    first k by (affinity, then lower flat index)."""
     needs_native('cpu')
-    check_many_ties(topk_window_neighbours, dtype, topk)
+    size = {} if topk <= 40 else dict(h=12, w=20, radius=4.5)
+    check_many_ties(topk_window_neighbours, dtype, topk, **size)
 
 
-def check_many_ties(neighbours, dtype, topk):
+@pytest.mark.parametrize('topk', [150, 201, 500])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.bfloat16])
+def test_large_topk_equals_the_reference(dtype, topk):
+    """Around and past 200 neighbours (the heap): the reference's
+    neighbours in its order, k up to beyond the keys a position sees (the
+    rest padding)."""
+    needs_native('cpu')
+    query, keys, _ = random_inputs(27, 3, 8, 12, 15, 1)
+    query, keys = query.to(dtype), keys.to(dtype)
+    kw = dict(topk=topk, radius=3.0, temperature=0.1, unrestricted_keys=1)
+    weights, indices = topk_window_neighbours(query, keys, **kw)
+    ref_w, ref_i = topk_window_neighbours_reference(query, keys, **kw)
+    assert torch.equal(indices, ref_i)
+    torch.testing.assert_close(weights, ref_w)
+
+
+def check_many_ties(neighbours, dtype, topk, h=6, w=7, radius=2.5):
     """``neighbours(query, keys, topk=, radius=, temperature=,
     unrestricted_keys=)`` on features in steps of 1/4, which score exactly
-    and tie everywhere: the first k keys by (affinity, then flat index)."""
-    t, c, h, w = 4, 16, 6, 7
+    and tie everywhere: the first k keys by (affinity, then flat index).
+    ``topk`` at most the keys a corner position sees."""
+    t, c = 4, 16
     query, keys, _ = random_inputs(14, t, c, h, w, 1)
     query, keys = ((x * 4).round() / 4 for x in (query, keys))
     weights, indices = neighbours(
-        query.to(dtype), keys.to(dtype), topk=topk, radius=2.5,
+        query.to(dtype), keys.to(dtype), topk=topk, radius=radius,
         temperature=0.5, unrestricted_keys=1)
-    affinity, order, _ = definition(query, keys, topk, 2.5, 1)
+    affinity, order, _ = definition(query, keys, topk, radius, 1)
     order = order[:, :topk]
     assert torch.equal(indices.reshape(h * w, topk), order)
     expected = torch.softmax(affinity.gather(1, order) / 0.5, 1)
