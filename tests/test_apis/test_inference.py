@@ -68,12 +68,13 @@ def test_tracking_writes_davis_results_and_a_summary(video, tmp_path):
                                          context_frames=20, temperature=0.05)
     assert summary['frames_per_second'] > 0 and summary['peak_rss_mib'] > 0
     # The first frame's one-time costs apart: it ends before the whole run,
-    # and the 7 frames after it take the rest of the time at most.
+    # and the 7 frames after it take the rest of the time at most (both
+    # times are rounded to the millisecond).
     assert 0 < summary['first_frame_seconds'] < summary['seconds']
+    assert summary['frames_per_second_after_first'] + 0.001 >= 7 / (
+        summary['seconds'] - summary['first_frame_seconds'] + 0.0011)
     assert summary['matching_kernel'] == matching_kernel(torch.float32,
                                                          'cpu')
-    assert summary['frames_per_second_after_first'] >= 7 / (
-        summary['seconds'] - summary['first_frame_seconds']) * 0.99
     overlay = cv2.VideoCapture(str(out / 'overlay.mp4'))
     assert overlay.get(cv2.CAP_PROP_FRAME_COUNT) == 8
     assert overlay.get(cv2.CAP_PROP_FRAME_WIDTH) == 112
