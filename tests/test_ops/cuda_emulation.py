@@ -42,15 +42,25 @@ def load_emulation() -> None:
 
 
 def emulated_neighbours(query, keys, topk, radius, temperature,
-                        unrestricted_keys, target_blocks=1, config=''):
+                        unrestricted_keys, target_blocks=1, config='',
+                        fallback=False, shared_bytes=0):
     """``torch.ops.sfc.topk_window_neighbours`` as the CUDA kernels compute
     it, on batched CPU tensors. ``target_blocks`` 1 keeps every frame in
     one group; a large one splits the frames into groups of one frame.
-    ``config`` names a kernel configuration (empty: the op's default)."""
+    ``config`` names a kernel configuration (empty: the CUDA-core
+    default); with ``fallback``, as the op treats its own choice: one
+    whose blocks do not fit ``shared_bytes`` of shared memory (0: an
+    H100's 227 KiB) gives way to the default."""
     load_emulation()
     return torch.ops.sfc_emulation.topk_window_neighbours(
         query, keys, topk, radius, temperature, unrestricted_keys,
-        target_blocks, config)
+        target_blocks, config, fallback, shared_bytes)
+
+
+def config_shared_bytes(config, stored_topk):
+    """Shared memory of one block of ``config`` (float accumulation)."""
+    load_emulation()
+    return torch.ops.sfc_emulation.config_shared_bytes(config, stored_topk)
 
 
 def kernel_configs():

@@ -10,6 +10,7 @@ import torch
 from sfc_plugin.ops import topk_window_neighbours
 
 from .cuda_emulation import (
+    config_shared_bytes,
     emulated_neighbours,
     kernel_configs,
     load_emulation,
@@ -191,6 +192,37 @@ def test_the_op_runs_tensor_cores_by_default(monkeypatch):
         with pytest.raises(ValueError, match='SFC_PLUGIN_TENSOR_CORES must '
                            f"be 0 or 1, got '{value}'"):
             op_config(torch.float32, 9)
+
+
+def test_a_tensor_core_default_that_does_not_fit_gives_way(monkeypatch):
+    """Where a block's shared memory cannot hold the 3xTF32 tiles beside the
+    top-k lists (99 KiB on sm_86/sm_89 at a large topk) but can hold the
+    CUDA-core ones, the op's own choice falls back to the CUDA-core
+    default, same neighbours; a configuration asked for by name is an
+    error naming its need instead."""
+    configs = kernel_configs()
+    tf32 = next(c for c in configs if split_tf32(c))
+    topk = 9
+    need, default_need = (config_shared_bytes(c, topk)
+                          for c in (tf32, configs[0]))
+    assert need > default_need
+    query, keys, _ = random_inputs(8, 3, 37, 10, 19, 1, batch=1)
+    query, keys = query.float(), keys.float()
+    args = (query, keys, topk, 3.5, 0.07, 1)
+    between = (need + default_need) // 2
+    default = emulated_neighbours(*args)
+    fallen_back = emulated_neighbours(*args, config=tf32, fallback=True,
+                                      shared_bytes=between)
+    assert all(torch.equal(a, b) for a, b in zip(fallen_back, default))
+    with pytest.raises(ValueError, match=f'topk=9 in Float needs '
+                       f'{need // 1024} KiB of shared memory per block; '
+                       f'this GPU offers {between // 1024} KiB'):
+        emulated_neighbours(*args, config=tf32, shared_bytes=between)
+    # Where it fits, the choice stands.
+    kept = emulated_neighbours(*args, config=tf32, fallback=True,
+                               shared_bytes=need)
+    named = emulated_neighbours(*args, config=tf32)
+    assert all(torch.equal(a, b) for a, b in zip(kept, named))
 
 
 def config_dtypes(config):

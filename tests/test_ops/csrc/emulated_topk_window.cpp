@@ -117,10 +117,13 @@ constexpr int64_t kSharedBytes = 227 * 1024;
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_emulated(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys,
-    int64_t target_blocks, c10::string_view config) {
+    int64_t target_blocks, c10::string_view config, bool fallback,
+    int64_t shared_bytes) {
   return sfc_plugin::ops::cuda_kernels::topk_window_neighbours_tiled(
       query, keys, topk, radius, temperature, unrestricted_keys,
-      std::string(config), kSharedBytes, EmulatedLaunch{target_blocks});
+      std::string(config), fallback,
+      shared_bytes > 0 ? shared_bytes : kSharedBytes,
+      EmulatedLaunch{target_blocks});
 }
 
 }  // namespace
@@ -129,7 +132,15 @@ TORCH_LIBRARY(sfc_emulation, m) {
   m.def(
       "topk_window_neighbours(Tensor query, Tensor keys, int topk, "
       "float radius, float temperature, int unrestricted_keys, "
-      "int target_blocks, str config='') -> (Tensor, Tensor)");
+      "int target_blocks, str config='', bool fallback=False, "
+      "int shared_bytes=0) -> (Tensor, Tensor)");
+  // A block's shared memory in a configuration (empty: the default) at a
+  // number of kept neighbours.
+  m.def("config_shared_bytes(str config, int stored_topk) -> int",
+        [](c10::string_view config, int64_t stored_topk) {
+          return sfc_plugin::ops::cuda_kernels::config_shared_bytes(
+              std::string(config), stored_topk);
+        });
   m.def("kernel_configs() -> str[]", [] {
     return sfc_plugin::ops::cuda_kernels::kernel_config_names();
   });

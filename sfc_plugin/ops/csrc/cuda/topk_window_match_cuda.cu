@@ -79,11 +79,12 @@ int device_attribute(cudaDeviceAttr attribute, int device) {
 std::tuple<at::Tensor, at::Tensor> neighbours_with_config(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys,
-    const std::string& config) {
+    const std::string& config, bool fallback) {
   const c10::cuda::CUDAGuard guard(query.device());
   const int device = query.device().index();
   return cuda_kernels::topk_window_neighbours_tiled(
       query, keys, topk, radius, temperature, unrestricted_keys, config,
+      fallback,
       device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
       CudaLaunch{c10::cuda::getCurrentCUDAStream(),
                  device_attribute(cudaDevAttrMultiProcessorCount, device),
@@ -95,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor> neighbours_config_op(
     double radius, double temperature, int64_t unrestricted_keys,
     c10::string_view config) {
   return neighbours_with_config(query, keys, topk, radius, temperature,
-                                unrestricted_keys, std::string(config));
+                                unrestricted_keys, std::string(config),
+                                /*fallback=*/false);
 }
 
 std::string op_config(at::ScalarType type, c10::Device device) {
@@ -113,9 +115,9 @@ std::string op_config(at::ScalarType type, c10::Device device) {
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_cuda(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys) {
-  return neighbours_with_config(query, keys, topk, radius, temperature,
-                                unrestricted_keys,
-                                op_config(query.scalar_type(), query.device()));
+  return neighbours_with_config(
+      query, keys, topk, radius, temperature, unrestricted_keys,
+      op_config(query.scalar_type(), query.device()), /*fallback=*/true);
 }
 
 TORCH_LIBRARY_FRAGMENT(sfc, m) {

@@ -1068,6 +1068,30 @@ struct MatchProblem {
   at::Tensor weights, indices;  // (B, H, W, topk)
 };
 
+// Shared memory of one block of Config: its tiles, and the tile's top-k
+// lists of `stored_topk` entries.
+template <typename Config, typename acc_t>
+int64_t block_shared_bytes(int64_t stored_topk) {
+  return static_cast<int64_t>(sizeof(SharedLayout<Config, acc_t>)) +
+         Config::kTileQueries * stored_topk *
+             static_cast<int64_t>(sizeof(acc_t) + sizeof(int64_t));
+}
+
+// block_shared_bytes of the configuration named `config` (empty: the
+// default) for float, float16 or bfloat16 features (float accumulation).
+inline int64_t config_shared_bytes(const std::string& config,
+                                   int64_t stored_topk) {
+  int64_t bytes = block_shared_bytes<DefaultConfig, float>(stored_topk);
+  std::apply([&](auto... alternative) {
+    ((config == decltype(alternative)::name()
+          ? (void)(bytes = block_shared_bytes<decltype(alternative), float>(
+                       stored_topk))
+          : void()),
+     ...);
+  }, AlternativeConfigs{});
+  return bytes;
+}
+
 // Launches one configuration's kernels on `problem`, scalar_t its features'
 // type. `launch` runs a kernel (see topk_window_neighbours_tiled) and tells
 // how many of its blocks the device holds at once.
@@ -1080,9 +1104,8 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
                     Config::name(), "' needs tensor cores with bfloat16 "
                     "and TF32 (compute capability 8.0 or later)");
   const auto kernel = topk_window_kernel<Config, scalar_t, acc_t>;
-  const int64_t shared = sizeof(SharedLayout<Config, acc_t>) +
-                         Config::kTileQueries * problem.stored_topk *
-                             (sizeof(acc_t) + sizeof(int64_t));
+  const int64_t shared =
+      block_shared_bytes<Config, acc_t>(problem.stored_topk);
   // Checked here rather than left to the launch, whose error names neither
   // the cause nor the way out.
   TORCH_CHECK_VALUE(
@@ -1185,16 +1208,19 @@ void launch_alternative(const MatchProblem& problem, int64_t max_shared_bytes,
 // `launch.to_device(host)` copies a host tensor to the features' device
 // without waiting for the stream (a tracker queues its next frame's
 // encoder while this one's match runs); `max_shared_bytes` is what one
-// block may have.
+// block may have. With `fallback`, a `config` whose blocks need more shared
+// memory than that at this topk gives way to DefaultConfig (the op's own
+// choice, op_config_name); without, it is an error naming the need (a
+// configuration asked for by name).
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
     const at::Tensor& query, const at::Tensor& keys, int64_t topk,
     double radius, double temperature, int64_t unrestricted_keys,
-    const std::string& config, int64_t max_shared_bytes, Launch&& launch) {
+    const std::string& config, bool fallback, int64_t max_shared_bytes,
+    Launch&& launch) {
   check_neighbours_args(query, keys, topk, radius, temperature,
                         unrestricted_keys);
-  const bool default_config =
-      config.empty() || config == DefaultConfig::name();
+  bool default_config = config.empty() || config == DefaultConfig::name();
   const auto names = kernel_config_names();
   if (!default_config &&
       std::find(names.begin(), names.end(), config) == names.end()) {
@@ -1222,6 +1248,12 @@ std::tuple<at::Tensor, at::Tensor> topk_window_neighbours_tiled(
                     "topk_window_match: the CUDA kernel keeps at most ",
                     kMaxTopk, " neighbours per position, got topk=", topk,
                     "; run this call on CPU");
+  // The 3xTF32 tiles hold two parts of each value: at a large topk they
+  // may not fit beside the top-k lists where the CUDA-core tiles do (99
+  // KiB a block on sm_86 and sm_89).
+  if (fallback && !default_config &&
+      config_shared_bytes(config, stored_topk) > max_shared_bytes)
+    default_config = true;
 
   auto weights = at::empty(
       {batch, height, width, topk},
