@@ -69,3 +69,13 @@ def device_profile(run: Callable[[], None], units: int, device,
     return dict(wall_ms=1e3 * wall / units, host_ops=host_ops / units,
                 busy_ms=busy_us / 1e3 / units if cuda else None,
                 kernels=kernels)
+
+
+def print_kernel_table(profile: dict, unit: str) -> None:
+    """Prints a :func:`device_profile` result's kernels as a Markdown table,
+    per ``unit`` ('step', 'frame')."""
+    print(f'| kernel | ms/{unit} | launches/{unit} | share of busy |')
+    print('|---|---:|---:|---:|')
+    for name, ms, launches, share in profile['kernels']:
+        print(f'| `{name[:90]}` | {ms:.3f} | {launches:.1f} | '
+              f'{100 * share:.1f}% |')

@@ -30,7 +30,10 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))  # this checkout's sfc_plugin
 
 import torch  # noqa: E402
-from device_profile import device_profile  # noqa: E402
+from device_profile import (  # noqa: E402
+    device_profile,
+    print_kernel_table,
+)
 from track_video import tracking_source  # noqa: E402
 
 from sfc_plugin.apis import (  # noqa: E402
@@ -127,11 +130,7 @@ def main(argv=None) -> None:
               f'{"-" if busy is None else f"{busy:.2f} ms"}, '
               f'{profile["host_ops"]:.0f} host operators')
         if profile['kernels']:
-            print('| kernel | ms/frame | launches/frame | share of busy |')
-            print('|---|---:|---:|---:|')
-            for name, ms, n, share in profile['kernels']:
-                print(f'| `{name[:90]}` | {ms:.3f} | {n:.1f} | '
-                      f'{100 * share:.1f}% |')
+            print_kernel_table(profile, 'frame')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(config=args.config, precision=args.precision,

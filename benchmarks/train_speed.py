@@ -27,7 +27,7 @@ import platform
 import time
 
 import torch
-from device_profile import device_profile
+from device_profile import device_profile, print_kernel_table
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
@@ -193,11 +193,7 @@ def main():
             prof = profile_kernels(cfg, batch_size, args)
             print(f'GPU busy {prof["busy_ms"]:.1f} ms of a '
                   f'{prof["wall_ms"]:.1f} ms step')
-            print('| kernel | ms/step | launches/step | share of busy |')
-            print('|---|---:|---:|---:|')
-            for name, ms, n, share in prof['kernels']:
-                print(f'| `{name[:90]}` | {ms:.2f} | {n:.0f} | '
-                      f'{100 * share:.1f}% |')
+            print_kernel_table(prof, 'step')
 
 
 if __name__ == '__main__':

@@ -17,10 +17,13 @@ UNREADABLE_ERRORS = (KeyError, EOFError, ValueError, RuntimeError,
                      IndexError, TypeError, AttributeError)
 
 
-def check_checkpoint_file(filename: str) -> None:
+def check_checkpoint_file(filename: str) -> bool:
     """Refuses a path that is no file, or a file that is no PyTorch
     checkpoint (``torch.save`` writes a zip archive, before torch 1.6 a
     pickle, whose first byte is the protocol marker 0x80).
+
+    Returns:
+        bool: Whether it is a zip archive (else a legacy pickle).
 
     Raises:
         FileNotFoundError: No such file.
@@ -31,10 +34,12 @@ def check_checkpoint_file(filename: str) -> None:
         raise FileNotFoundError(f'Checkpoint file not found: "{filename}"')
     with open(filename, 'rb') as f:
         head = f.read(1)
-    if not zipfile.is_zipfile(filename) and head != b'\x80':
+    is_zip = zipfile.is_zipfile(filename)
+    if not is_zip and head != b'\x80':
         raise ValueError(f'Checkpoint "{filename}" is not a PyTorch '
                          'checkpoint (neither a whole torch.save archive nor '
                          'a pickle: another kind of file, or one cut short)')
+    return is_zip
 
 
 def _reason(err: Exception) -> str:
@@ -88,10 +93,10 @@ def read_checkpoint(filename: str, mmap: bool = False):
             empty or cut file).
     """
     filename = os.fspath(filename)
-    check_checkpoint_file(filename)
+    is_zip = check_checkpoint_file(filename)
     try:
         return torch.load(filename, map_location='cpu', weights_only=True,
-                          mmap=mmap and zipfile.is_zipfile(filename))
+                          mmap=mmap and is_zip)
     except pickle.UnpicklingError as err:
         raise explain_unpickling_error(filename, err) from err
     except UNREADABLE_ERRORS as err:

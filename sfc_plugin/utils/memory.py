@@ -161,6 +161,13 @@ def check_host_allocation(owner: str, nbytes: int, what: str,
     """
     left = available_host_memory()
     if left is not None and nbytes > left:
-        raise HostMemoryError(
-            f'{owner}: {what} need {format_bytes(nbytes)} of host memory, '
-            f'but {format_bytes(left)} is available; {remedy}')
+        raise host_memory_error(owner, nbytes, left, what, remedy)
+
+
+def host_memory_error(owner: str, nbytes: int, left: int, what: str,
+                      remedy: str) -> HostMemoryError:
+    """The error of :func:`check_host_allocation`, for a caller that has
+    read the memory left itself (to say in ``remedy`` what would fit)."""
+    return HostMemoryError(
+        f'{owner}: {what} need {format_bytes(nbytes)} of host memory, but '
+        f'{format_bytes(left)} is available; {remedy}')

@@ -73,3 +73,14 @@ def test_a_cpu_run_counts_the_host_operators():
     assert prof['wall_ms'] > 0
     with pytest.raises(ValueError, match='units must be >= 1, got 0'):
         device_profile(work, 0, 'cpu')
+
+
+def test_the_kernel_table_has_a_row_per_kernel(capsys):
+    from device_profile import print_kernel_table
+    print_kernel_table(dict(kernels=[['gemm', 0.3, 1.0, 0.5],
+                                     ['relu', 0.125, 2.5, 0.25]]), 'frame')
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ('| kernel | ms/frame | launches/frame | share of '
+                        'busy |')
+    assert lines[2:] == ['| `gemm` | 0.300 | 1.0 | 50.0% |',
+                         '| `relu` | 0.125 | 2.5 | 25.0% |']

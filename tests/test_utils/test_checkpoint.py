@@ -79,7 +79,11 @@ def test_objects_other_than_tensors_are_refused_by_name(tmp_path):
 
 
 def test_check_checkpoint_file_reads_only_the_head(good, tmp_path):
-    check_checkpoint_file(good)
+    assert check_checkpoint_file(good) is True  # a zip archive
+    legacy = tmp_path / 'legacy.pth'
+    torch.save(dict(w=torch.ones(2)), legacy,
+               _use_new_zipfile_serialization=False)
+    assert check_checkpoint_file(legacy) is False  # a pickle
     with pytest.raises(ValueError, match='neither a whole torch.save archive '
                        'nor a pickle: another kind of file, or one cut short'):
         check_checkpoint_file(write(tmp_path / 'x.pth', b'PK\x03\x04junk'))

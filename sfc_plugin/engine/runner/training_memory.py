@@ -7,14 +7,15 @@ run later, a signal death with no message (``batch_size=96`` on a CPU with
 16 GB; ``batch_size=100000`` anywhere). So before the loop starts, the
 batches in flight and, for a model on the CPU, the tensors one training
 step keeps for its backward are set against the memory left
-(:func:`~sfc_plugin.utils.memory.check_host_allocation`), from one real
+(:func:`~sfc_plugin.utils.memory.available_host_memory`), from one real
 sample of the dataset and two probe forwards of a copy of the model.
 """
+import contextlib
 import copy
 import os
 import random
 import re
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader, IterableDataset
 
 from sfc_plugin.utils import memory
-from sfc_plugin.utils.memory import check_host_allocation, format_bytes
+from sfc_plugin.utils.memory import format_bytes, host_memory_error
 from sfc_plugin.utils.validation import check_integer
 
 #: What a CPU training step holds beyond the tensors its forward keeps for
@@ -64,19 +65,16 @@ def saved_tensor_bytes(model: torch.nn.Module, data) -> int:
     return total
 
 
-class _random_state_kept:
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
     """Python's, NumPy's and torch's random generators as they were."""
-
-    def __enter__(self):
-        self._python = random.getstate()
-        self._numpy = np.random.get_state()
-        self._torch = torch.random.get_rng_state()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        random.setstate(self._python)
-        np.random.set_state(self._numpy)
-        torch.random.set_rng_state(self._torch)
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 def _batch_bytes(batch) -> int:
@@ -179,8 +177,8 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
         step = ' and the CPU training step' if on_cpu else ''
         hosts = f', × {processes} processes on this host' if (
             processes > 1) else ''
-        check_host_allocation(
-            owner, int(total),
+        raise host_memory_error(
+            owner, int(total), left,
             f'batch_size={batch_size} at {format_bytes(per_sample)} a '
             f'sample ({batches} batches in flight{step}) and '
             f'{format_bytes(fixed)} besides (num_workers={workers}{step})'
