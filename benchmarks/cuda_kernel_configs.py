@@ -4,20 +4,23 @@ The kernel is built in several configurations (query tile, keys per chunk,
 micro-tile per thread, prefetch, minimum blocks per multiprocessor, or
 tensor cores: see ``TileConfig``, ``TensorCoreConfig`` and
 ``Tf32TensorCoreConfig`` in ``ops/csrc/cuda/topk_window_match_kernel.cuh``);
-the op runs the first, ``torch.ops.sfc._topk_window_neighbours_config``
-any of them. This runs each on the same DAVIS 480p step as
+the first is the CUDA-core default (the op's choice for float64, before
+sm_80, or with ``SFC_PLUGIN_TENSOR_CORES=0``; ``op_config_name`` names the
+op's choice otherwise), ``torch.ops.sfc._topk_window_neighbours_config``
+runs any of them. This runs each on the same DAVIS 480p step as
 ``propagation_step.py`` (random unit-norm features, channels-last keys):
 the CUDA-core ones on float32 features, each checked to return exactly the
-default's neighbours (every one computes a score with the same FMA
+CUDA-core default's neighbours (every one computes a score with the same FMA
 sequence); the 3xTF32 ones on float32 features too, and the 16-bit
-tensor-core ones on bfloat16 features, each against the default on the
-same features (the share of equal neighbour indices, at least 99%: the
+tensor-core ones on bfloat16 features, each against the CUDA-core default
+on the same features (the share of equal neighbour indices, at least 99%: the
 tensor cores group the float32 sums their own way; for 3xTF32 also the
 weights within 1e-4). It prints a Markdown table per C:
-ms per frame (best of ``--repeats``), the speed-up over the default on the
-same features, the scores the configuration's tiling computes (replayed by
-``cuda_kernel_work.py``) and the rate that implies, and the time over the
-fp32 floor (eligible FLOPs at this GPU's cuBLAS fp32 rate).
+ms per frame (best of ``--repeats``), the speed-up over the CUDA-core
+default on the same features, the scores the configuration's tiling
+computes (replayed by ``cuda_kernel_work.py``) and the rate that implies,
+and the time over the fp32 floor (eligible FLOPs at this GPU's cuBLAS
+fp32 rate).
 
     python benchmarks/cuda_kernel_configs.py --device cuda
     python benchmarks/cuda_kernel_configs.py --device cuda --topk 10 \\
@@ -65,8 +68,9 @@ def time_config(neighbours, config: str, query, keys, args) -> tuple:
 
 
 def compare(args, device, configs, neighbours, rate: float) -> list:
-    """Times every configuration (the default first) for each C and prints
-    the tables; returns their rows. ``rate`` is the fp32 matmul GFLOP/s."""
+    """Times every configuration (the CUDA-core default first) for each C
+    and prints the tables; returns their rows. ``rate`` is the fp32 matmul
+    GFLOP/s."""
     eligible = eligible_pairs(args)
     half = half_widths(args.radius, args.height, args.width)
     rows = []
@@ -75,7 +79,8 @@ def compare(args, device, configs, neighbours, rate: float) -> list:
         query, keys = query[None], keys[None]
         floor = 2 * channels * eligible / rate / 1e9
         print(f'\nC = {channels}: fp32 floor {1e3 * floor:.2f} ms')
-        print('| configuration | features | ms/frame | vs default | computed '
+        print('| configuration | features | ms/frame | vs CUDA-core default | '
+              'computed '
               '(M) | computed TFLOP/s | × fp32 floor | check |')
         print('|---|---|---:|---:|---:|---:|---:|---|')
         default = {}
@@ -92,16 +97,17 @@ def compare(args, device, configs, neighbours, rate: float) -> list:
             agreement = (indices == base_indices).float().mean().item()
             if tensor_cores:
                 ok = agreement >= 0.99
-                check = f'{100 * agreement:.2f}% of indices = default'
+                check = f'{100 * agreement:.2f}% of indices = CUDA cores'
             elif '-tf32x3-' in config:
                 error = (weights - base_weights).abs().max().item()
                 ok = agreement >= 0.99 and error <= 1e-4
-                check = (f'{100 * agreement:.2f}% of indices = default, '
+                check = (f'{100 * agreement:.2f}% of indices = CUDA cores, '
                          f'weights within {error:.1e}')
             else:
                 ok = (torch.equal(indices, base_indices)
                       and torch.equal(weights, base_weights))
-                check = 'same as default' if ok else 'NOT the default\'s'
+                check = ('same as the CUDA-core default' if ok else
+                         'NOT the CUDA-core default\'s')
             rows_, cols, chunk = tiling(config)
             computed = computed_pairs(half, args.height, args.width,
                                       args.frames, 1, rows_, cols, True,

@@ -33,8 +33,8 @@ Sections, in this order:
 - ``kernel_configs``: ``benchmarks/cuda_kernel_configs.py`` in both
   settings: every configuration the CUDA kernel is built in (tile, chunk,
   micro-tile, prefetch; tensor cores for bf16, 3xTF32 for fp32) timed
-  against the op's default on the same inputs, the CUDA-core ones checked
-  to return exactly the default's neighbours, the tensor-core ones nearly
+  against the CUDA-core default on the same inputs, the CUDA-core ones
+  checked to return exactly its neighbours, the tensor-core ones nearly
   (≥ 99% of indices);
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
@@ -128,6 +128,19 @@ def row(figure: str, value=None, unit: str = '', note: str = '',
     """One line of the table. ``value`` None means not measured (``note``
     says why); ``goal`` names an entry of :data:`GOALS`."""
     return dict(figure=figure, value=value, unit=unit, note=note, goal=goal)
+
+
+def save_progress(args, rows: list, details: dict) -> None:
+    """Saves what a section has measured so far beside its result file
+    (``RESULT.partial``, replaced whole), so that a section killed at its
+    timeout still reports it (:func:`run_section`). A no-op outside a
+    section's child."""
+    if not getattr(args, 'result', None):
+        return
+    partial = args.result + '.partial'
+    with open(partial + '.tmp', 'w') as f:
+        json.dump(dict(rows=rows, details=details), f, default=str)
+    os.replace(partial + '.tmp', partial)
 
 
 def judge(r: dict, quick: bool, device: str) -> str:
@@ -629,6 +642,7 @@ def section_op_speed(args) -> dict:
             rows.append(row(f'{at}: native / fp32 floor',
                             native['seconds'] / floor, '×', goal=goal,
                             note=f'floors: {floors}'))
+        save_progress(args, rows, details)
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
     return dict(rows=rows, details=details)
@@ -654,7 +668,7 @@ def fastest_rows(label: str, topk: int, runs: List[dict]) -> list:
                 f'{label}, C={channels}, {features}: fastest '
                 f'{best["config"]} / fp32 floor', best['vs_floor'], '×',
                 goal=goal, note=f'{1e3 * best["seconds"]:.2f} ms/frame, '
-                f'{best["speedup"]:.2f}× the default'))
+                f'{best["speedup"]:.2f}× the CUDA-core default'))
     return rows
 
 
@@ -679,16 +693,17 @@ def section_kernel_configs(args) -> dict:
         details[label] = run
         if code:
             errors.append(f'{label}: a configuration disagrees with the '
-                          'default')
+                          'CUDA-core default')
         rows += fastest_rows(label, topk, run['rows'])
         for r in run['rows']:
             rows.append(row(
                 f'{label}, C={r["channels"]}: {r["config"]} '
                 f'({r["features"]})', 1e3 * r['seconds'], 'ms/frame',
-                note=f'{r["speedup"]:.2f}× the default, '
+                note=f'{r["speedup"]:.2f}× the CUDA-core default, '
                 f'{r["vs_floor"]:.1f}× the fp32 floor, '
                 f'{r["computed_tflops"]:.1f} TFLOP/s computed; '
                 f'{r["check"]}'))
+        save_progress(args, rows, details)
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
     return dict(rows=rows, details=details)
@@ -765,19 +780,23 @@ def track_source(args, tmp: str):
 
 def track_runs(device: str):
     """(config, overlay, precision, CUDA cores) of each ``tools/track.py``
-    run: fp32 with and without the overlay, then each reduced precision the
-    device has without it (fp16 needs CUDA); on CUDA, where the matching
-    runs on tensor cores by default (sm_80+), SFC in fp32 and bf16 once
-    more on CUDA cores (``SFC_PLUGIN_TENSOR_CORES=0``), to compare."""
+    run, the goal's first (SFC without the overlay; fp32 first, the others'
+    reference): fp32 with and without the overlay, then each reduced
+    precision the device has without it (fp16 needs CUDA); on CUDA, where
+    the matching runs on tensor cores by default (sm_80+), SFC in fp32 and
+    bf16 once more on CUDA cores (``SFC_PLUGIN_TENSOR_CORES=0``), to
+    compare."""
     cuda = device.startswith('cuda')
-    reduced = ('bf16', 'fp16') if cuda else ('bf16', )
-    configs = ('fc_davis.py', 'sfc_davis.py')
-    return ([(config, overlay, 'fp32', False) for config in configs
-             for overlay in (True, False)] +
-            [(config, False, precision, False) for config in configs
-             for precision in reduced] +
-            ([('sfc_davis.py', False, precision, True)
-              for precision in ('fp32', 'bf16')] if cuda else []))
+    precisions = ('fp32', 'bf16', 'fp16') if cuda else ('fp32', 'bf16')
+    goal = [('sfc_davis.py', False, precision, False)
+            for precision in precisions]
+    if cuda:
+        goal += [('sfc_davis.py', False, precision, True)
+                 for precision in ('fp32', 'bf16')]
+    return goal + [('fc_davis.py', False, precision, False)
+                   for precision in precisions] + [
+                       (config, True, 'fp32', False)
+                       for config in ('sfc_davis.py', 'fc_davis.py')]
 
 
 def encoder_rows(args, details: dict) -> list:
@@ -842,73 +861,85 @@ def overlap_rows(args, details: dict, errors: list) -> list:
     return rows
 
 
+def track_row(args, tmp: str, frames: str, first: str, outs: dict,
+              run: tuple, details: dict, errors: list) -> dict:
+    """One ``tools/track.py`` run of :func:`track_runs` (``run``), in a
+    folder of ``tmp``; its row from its own ``summary.json``, the masks of
+    a reduced precision or of CUDA cores compared with the fp32 run's
+    (``outs``: the finished runs' folders)."""
+    from track_video import agreement
+    config, overlay, precision, cuda_cores = run
+    label = ' '.join([config] + ([] if precision == 'fp32' else [precision])
+                     + (['CUDA cores'] if cuda_cores else []) +
+                     ['with' if overlay else 'without', 'overlay'])
+    out = osp.join(tmp, f'{config}_{overlay}_{precision}_{cuda_cores}')
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'), frames,
+           first, '--out', out, '--config', config, '--device', args.device,
+           '--precision', precision, '--quiet'] + (
+               [] if overlay else ['--no-overlay'])
+    # Explicit either way: the default (1) must not be whatever this
+    # process was started with.
+    env = dict(os.environ,
+               SFC_PLUGIN_TENSOR_CORES='0' if cuda_cores else '1')
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                          env=env)
+    prefix = 'SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else ''
+    print(f'$ {prefix}{" ".join(cmd)}\n{proc.stdout}{proc.stderr}',
+          flush=True)
+    if proc.returncode:
+        errors.append(f'{label}: ' + (proc.stderr.strip().splitlines()
+                                      or ['?'])[-1])
+        return row(label, note='failed: see the log')
+    outs[run] = out
+    with open(osp.join(out, 'summary.json')) as f:
+        summary = json.load(f)
+    details[label] = summary
+    after_first = summary.get('frames_per_second_after_first')
+    note = (f'{summary["frames"]} frames' + (
+        f', {after_first:.1f} frames/s after the first frame\'s '
+        f'{summary["first_frame_seconds"]:.2f} s' if after_first else '') +
+            f', matching {summary["matching_kernel"]}, peak RSS '
+            f'{summary["peak_rss_mib"]:.0f} MiB')
+    reference = outs.get((config, False, 'fp32', False))
+    if (precision != 'fp32' or cuda_cores) and reference is not None:
+        same = agreement(reference, out)
+        details[label]['pixels_equal_to_fp32'] = same
+        note += f', {100 * same:.3f}% of mask pixels = fp32'
+    # Judged at every precision: the goal names none.
+    goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
+            and not overlay else None)
+    return row(f'track.py {label}', summary['frames_per_second'],
+               'frames/s', goal=goal, note=note)
+
+
 def section_track(args) -> dict:
     """``tools/track.py`` per config, with and without the overlay, and at
     each reduced precision (its masks compared with fp32's); the figures
-    are the runs' own ``summary.json``. Then the loop alone with and
-    without a frame in flight (:func:`overlap_rows`)."""
-    from track_video import agreement
+    are the runs' own ``summary.json``. After the goal's runs (SFC without
+    the overlay) the loop alone with and without a frame in flight
+    (:func:`overlap_rows`). Each figure is saved as it comes
+    (:func:`save_progress`), so a section cut short keeps them."""
     rows, details, errors = [], {}, []
     if args.device.startswith('cuda'):
         try:
             rows += encoder_rows(args, details)
         except Exception as e:  # the runs below still count
             rows.append(row('encoders', note=f'failed: {e}'))
+        save_progress(args, rows, details)
     with tempfile.TemporaryDirectory(prefix='gpu_check_track_') as tmp:
         frames, first, what = track_source(args, tmp)
         details['video'] = what
+        rows.insert(0, row('video', what))
         outs = {}
-        for config, overlay, precision, cuda_cores in track_runs(
-                args.device):
-            label = ' '.join([config] + (
-                [] if precision == 'fp32' else [precision]) + (
-                    ['CUDA cores'] if cuda_cores else []) + [
-                    'with' if overlay else 'without', 'overlay'])
-            out = osp.join(tmp, f'{config}_{overlay}_{precision}_'
-                           f'{cuda_cores}')
-            cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'),
-                   frames, first, '--out', out, '--config', config,
-                   '--device', args.device, '--precision', precision,
-                   '--quiet'] + ([] if overlay else ['--no-overlay'])
-            # Explicit either way: the default (1) must not be whatever
-            # this process was started with.
-            tensor_cores = '0' if cuda_cores else '1'
-            env = dict(os.environ, SFC_PLUGIN_TENSOR_CORES=tensor_cores)
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  cwd=REPO, env=env)
-            prefix = 'SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else ''
-            print(f'$ {prefix}{" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
-            if proc.returncode:
-                errors.append(f'{label}: ' + (
-                    proc.stderr.strip().splitlines() or ['?'])[-1])
-                rows.append(row(label, note='failed: see the log'))
-                continue
-            outs[config, overlay, precision, cuda_cores] = out
-            with open(osp.join(out, 'summary.json')) as f:
-                summary = json.load(f)
-            details[label] = summary
-            after_first = summary.get('frames_per_second_after_first')
-            note = (f'{summary["frames"]} frames' + (
-                f', {after_first:.1f} frames/s after the first frame\'s '
-                f'{summary["first_frame_seconds"]:.2f} s'
-                if after_first else '') +
-                    f', matching {summary["matching_kernel"]}, peak RSS '
-                    f'{summary["peak_rss_mib"]:.0f} MiB')
-            reference = outs.get((config, False, 'fp32', False))
-            if (precision != 'fp32' or cuda_cores) and (
-                    reference is not None):
-                same = agreement(reference, out)
-                details[label]['pixels_equal_to_fp32'] = same
-                note += f', {100 * same:.3f}% of mask pixels = fp32'
-            # Judged at every precision: the goal names none.
-            goal = ('sfc_fps_no_overlay' if config == 'sfc_davis.py'
-                    and not overlay else None)
-            rows.append(row(f'track.py {label}',
-                            summary['frames_per_second'], 'frames/s',
-                            goal=goal, note=note))
-    # Last: the goal's runs above come first if the section runs short.
-    rows += overlap_rows(args, details, errors)
-    rows.insert(0, row('video', what))
+        runs = track_runs(args.device)  # the goal's first
+        goal_runs = sum(r[:2] == ('sfc_davis.py', False) for r in runs)
+        for i, run in enumerate(runs, 1):
+            rows.append(track_row(args, tmp, frames, first, outs, run,
+                                  details, errors))
+            save_progress(args, rows, details)
+            if i == goal_runs:
+                rows += overlap_rows(args, details, errors)
+                save_progress(args, rows, details)
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
     return dict(rows=rows, details=details)
@@ -942,6 +973,19 @@ RUNNERS = {
 #: Sections that need the device the run asked for.
 NEEDS_DEVICE = ('build', 'correctness', 'op_speed', 'kernel_configs', 'train',
                 'track')
+#: Sections that run the native kernels, which ``build`` compiles first.
+NEEDS_BUILD = ('correctness', 'op_speed', 'kernel_configs', 'track')
+#: Seconds a section needs at the least; with less left it is skipped.
+MIN_SECTION_SECONDS = 30
+
+
+def ordered_sections(requested: List[str]) -> List[str]:
+    """``env`` first, then ``build`` wherever a requested section runs the
+    kernels (so that their first compilation, about a minute on a fresh
+    machine, is not charged to a timed section), then the rest as asked."""
+    rest = [s for s in requested if s not in ('env', 'build')]
+    build = 'build' in requested or any(s in NEEDS_BUILD for s in rest)
+    return ['env'] + (['build'] if build else []) + rest
 
 
 def run_in_child(args) -> None:
@@ -963,12 +1007,18 @@ def run_in_child(args) -> None:
         json.dump(result, f, indent=1, default=str)
 
 
-def run_section(name: str, args, env: Dict[str, str], logs: str) -> dict:
-    """Runs a section in a child; a child that dies or hangs is a failed
-    section with the end of its log."""
+def run_section(name: str, args, env: Dict[str, str], logs: str,
+                timeout: float) -> dict:
+    """Runs a section in a child for at most ``timeout`` seconds; a child
+    that dies or hangs is a failed section with the end of its log and
+    the figures it saved before (:func:`save_progress`). Interrupted
+    (SIGTERM, ^C), it ends the child likewise and returns with
+    ``interrupted`` set."""
     result_path = osp.join(logs, f'{name}.json')
-    if osp.exists(result_path):
-        os.remove(result_path)
+    partial_path = result_path + '.partial'
+    for path in (result_path, partial_path):
+        if osp.exists(path):
+            os.remove(path)
     cmd = [sys.executable, osp.abspath(__file__), '--section', name,
            '--result', result_path, '--device', args.device,
            '--track-frames', str(args.track_frames)] + (
@@ -980,25 +1030,39 @@ def run_section(name: str, args, env: Dict[str, str], logs: str) -> dict:
         # own children (pytest, track.py ...), which hold the GPU.
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                  env=env, cwd=REPO, start_new_session=True)
+        interrupted = None
         try:
-            code = child.wait(timeout=args.section_timeout)
+            code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-            code = f'killed after {args.section_timeout:.0f} s'
-        except BaseException:  # Interrupted, ^C: the child goes too
+            code = f'killed after {timeout:.0f} s'
+        except (Interrupted, KeyboardInterrupt) as e:  # the child goes too
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            interrupted = f'{e or "interrupted"}; its child was killed'
+        except BaseException:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
             raise
     seconds = time.monotonic() - start
     try:
+        if interrupted:
+            raise OSError(interrupted)
         with open(result_path) as f:
             result = json.load(f)
     except (OSError, ValueError):
         with open(log_path, errors='replace') as f:
             tail = ''.join(f.readlines()[-5:]).strip() or '(empty log)'
-        result = dict(status='failed',
-                      error=f'the child died ({code}): {tail}')
+        result = dict(status='failed', error=interrupted or (
+            f'the child died ({code}): {tail}'))
+        try:
+            with open(partial_path) as f:
+                result.update(json.load(f))
+        except (OSError, ValueError):  # it died before its first figure
+            pass
+    if interrupted:
+        result['interrupted'] = True
     result['seconds'] = seconds
     result['log'] = osp.relpath(log_path, osp.dirname(logs))
     return result
@@ -1026,15 +1090,28 @@ def parse_args():
     p.add_argument('--section-timeout', type=float, default=480,
                    help='seconds before a section is killed (default: '
                    '%(default)s)')
+    p.add_argument('--time-limit', type=float,
+                   help='seconds for the whole run (a device call\'s limit '
+                   'less a margin): a section gets at most what is left, '
+                   f'and is skipped with under {MIN_SECTION_SECONDS} s left '
+                   '(default: no limit)')
     p.add_argument('--section', choices=SECTIONS, help=argparse.SUPPRESS)
     p.add_argument('--result', help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.section and not args.out:
         p.error('--out DIR is required')
+    for option in ('section_timeout', 'time_limit'):
+        value = getattr(args, option)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f'--{option.replace("_", "-")} must be a positive '
+                    f'number of seconds, got {value}')
+    if args.track_frames < 1:
+        p.error(f'--track-frames must be at least 1, got {args.track_frames}')
     return args
 
 
 def main() -> None:
+    started = time.monotonic()
     args = parse_args()
     if args.section:
         return run_in_child(args)
@@ -1055,19 +1132,28 @@ def main() -> None:
             install_error = None
         except Exception as e:
             install_error = str(e)
-    sections = ['env'] + [s for s in args.sections if s != 'env']
+    sections = ordered_sections(args.sections)
     # A run stopped from outside still reports what it measured, and the
     # running section's child (its own session) does not outlive it.
     signal.signal(signal.SIGTERM, _interrupted)
     for name in sections:
         print(f'gpu_check: {name} ...', flush=True)
         start = time.monotonic()
-        try:
-            result = run_section(name, args, env, logs)
-        except (Interrupted, KeyboardInterrupt) as e:
-            report['sections'][name] = dict(
-                status='failed', seconds=time.monotonic() - start,
-                error=f'{e or "interrupted"}; its child was killed')
+        timeout = args.section_timeout
+        if args.time_limit is not None:
+            timeout = min(timeout, args.time_limit - (start - started))
+        if timeout < MIN_SECTION_SECONDS:
+            result = dict(status='skipped', seconds=0.0, error=(
+                f'{max(timeout, 0):.0f} s of --time-limit '
+                f'{args.time_limit:.0f} left'))
+            report['sections'][name] = result
+            print(f'gpu_check: {name} skipped: {result["error"]}',
+                  flush=True)
+            write_report(report, args.out)
+            continue
+        result = run_section(name, args, env, logs, timeout)
+        if result.pop('interrupted', False):
+            report['sections'][name] = result
             break
         if name == 'env':
             report['machine'] = result.get('details', {})

@@ -35,18 +35,19 @@ def test_every_config_is_timed_and_checked(capsys):
         assert r['features'] == ('bfloat16' if tensor_cores else 'float32')
         assert r['seconds'] > 0 and r['computed_pairs'] > 0
         if '-tf32x3-' in r['config']:
-            assert r['check'].startswith('100.00% of indices = default, '
+            assert r['check'].startswith('100.00% of indices = CUDA cores, '
                                          'weights within ')
         else:
-            assert r['check'] == ('100.00% of indices = default'
-                                  if tensor_cores else 'same as default')
+            assert r['check'] == (
+                '100.00% of indices = CUDA cores'
+                if tensor_cores else 'same as the CUDA-core default')
     out = capsys.readouterr().out
     assert out.count('| 4x8-keys64-micro4x4-prefetch-min3 |') == 1
 
 
 def test_a_config_that_disagrees_is_reported(capsys):
-    """A configuration whose neighbours differ from the default's is marked
-    in its row (the script then exits non-zero)."""
+    """A configuration whose neighbours differ from the CUDA-core
+    default's is marked in its row (the script then exits non-zero)."""
     args = cuda_kernel_configs.parse_args(SMALL)
     configs = kernel_configs()
     other = configs[1]
@@ -61,7 +62,7 @@ def test_a_config_that_disagrees_is_reported(capsys):
     rows = cuda_kernel_configs.compare(args, torch.device('cpu'),
                                        configs[:2], wrong_for_one, rate=1e3)
     assert [r['ok'] for r in rows] == [True, False]
-    assert "NOT the default's" in capsys.readouterr().out
+    assert "NOT the CUDA-core default's" in capsys.readouterr().out
 
 
 def test_tiling_reads_every_configuration_name():
@@ -86,7 +87,7 @@ def test_gpu_check_reads_the_script_rows(monkeypatch):
     configs = kernel_configs()
     rows = cuda_kernel_configs.compare(args, torch.device('cpu'), configs,
                                        emulated_op, rate=1e3)
-    rows[1].update(ok=False, check="NOT the default's")
+    rows[1].update(ok=False, check="NOT the CUDA-core default's")
     calls = []
 
     def fake_run(cmd, **kw):
@@ -115,6 +116,6 @@ def test_gpu_check_reads_the_script_rows(monkeypatch):
     assert 'tensorcores' in fastest[1]['figure'] and not fastest[1]['goal']
     assert per_config[0]['figure'].endswith(f'{configs[0]} (float32)')
     assert per_config[0]['unit'] == 'ms/frame'
-    assert 'same as default' in per_config[0]['note']
-    assert "NOT the default's" in per_config[1]['note']
-    assert 'disagrees with the default' in str(failure.value)
+    assert 'same as the CUDA-core default' in per_config[0]['note']
+    assert "NOT the CUDA-core default's" in per_config[1]['note']
+    assert 'disagrees with the CUDA-core default' in str(failure.value)

@@ -82,7 +82,9 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
 def test_track_runs_compare_cuda_cores_on_cuda_only():
     """The track section's tools/track.py runs: on CUDA the defaults
     (tensor cores) for every precision, and SFC fp32 and bf16 once more on
-    CUDA cores; on CPU no fp16 and no CUDA-core runs."""
+    CUDA cores; on CPU no fp16 and no CUDA-core runs. The goal's runs (SFC
+    without the overlay) come first, fp32 first, so a section cut short
+    has them."""
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
     cuda = gpu_check.track_runs('cuda')
@@ -93,6 +95,83 @@ def test_track_runs_compare_cuda_cores_on_cuda_only():
                                          ('sfc_davis.py', False, 'bf16',
                                           True)]
     assert cpu == [r for r in cuda if not r[3] and r[2] != 'fp16']
+    for runs in (cuda, cpu):
+        goal = [r[:2] == ('sfc_davis.py', False) for r in runs]
+        assert goal == sorted(goal, reverse=True)
+        assert runs[0] == ('sfc_davis.py', False, 'fp32', False)
+
+
+def test_sections_build_before_what_runs_the_kernels():
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    assert gpu_check.ordered_sections(['track']) == ['env', 'build', 'track']
+    assert gpu_check.ordered_sections(['track', 'build', 'env']) == [
+        'env', 'build', 'track']
+    assert gpu_check.ordered_sections(['train']) == ['env', 'train']
+    assert gpu_check.ordered_sections(['env']) == ['env']
+
+
+@pytest.mark.skipif(not osp.isdir('/proc'), reason='needs /proc (Linux)')
+def test_a_section_that_dies_keeps_the_figures_it_saved(tmp_path):
+    """The track section saves each run's row as it comes; killed after
+    its first (as a timeout kills it), the section is failed with that
+    row and the reason, not empty."""
+    import argparse
+    import threading
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    logs = tmp_path / 'logs'
+    logs.mkdir()
+    args = argparse.Namespace(device='cpu', quick=True, track_frames=4)
+    env = gpu_check.child_env(gpu_check.site_folder(str(tmp_path / 'none')))
+    results = []
+    thread = threading.Thread(target=lambda: results.append(
+        gpu_check.run_section('track', args, env, str(logs), 600)))
+    thread.start()
+    partial = logs / 'track.json.partial'
+    deadline = time.monotonic() + 300
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert partial.exists(), 'no figure saved in 300 s'
+    for pid in processes_mentioning(str(logs / 'track.json')):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    thread.join(120)
+    assert not thread.is_alive()
+    result, = results
+    assert result['status'] == 'failed'
+    assert result['error'].startswith('the child died (-9)')
+    figures = [r['figure'] for r in result['rows']]
+    assert figures[0] == 'video'
+    assert figures[1] == 'track.py sfc_davis.py without overlay'
+    assert result['rows'][1]['value'] > 0
+    assert 'sfc_davis.py without overlay' in result['details']
+
+
+def test_the_time_limit_skips_what_cannot_fit(tmp_path):
+    """--time-limit bounds the whole run: a section that would get less
+    than 30 s is skipped with what was left, and the report still comes;
+    nonsense limits are refused in one line."""
+    out = tmp_path / 'gc'
+    proc = subprocess.run(
+        [sys.executable, GPU_CHECK, '--device', 'cpu', '--quick',
+         '--sections', 'env', 'train', '--time-limit', '31', '--out',
+         str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert report['sections']['env']['status'] == 'ok', proc.stdout
+    train = report['sections']['train']
+    assert train['status'] == 'skipped'
+    assert train['error'].endswith('s of --time-limit 31 left')
+    assert proc.returncode == 0, proc.stdout
+    for value in ('nan', '0', '-5', 'inf'):
+        bad = subprocess.run(
+            [sys.executable, GPU_CHECK, '--out', str(out), '--time-limit',
+             value], capture_output=True, text=True, cwd=REPO)
+        assert bad.returncode == 2
+        assert ('--time-limit must be a positive number of seconds, got'
+                in bad.stderr.strip().splitlines()[-1])
 
 
 def test_environment_restores_the_variables(monkeypatch):
