@@ -44,8 +44,8 @@ from propagation_step import (
 from sfc_plugin.ops import native_ops_available
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
-                  r'(?:micro\d+x\d+|tensorcores-c\d+|tf32x3-c\d+)'
-                  r'(?:-prefetch)?-min\d+')
+                  r'(?:micro\d+x\d+|tensorcores-c\d+|'
+                  r'tf32x3-c\d+(?:-regsplit)?)(?:-prefetch)?-min\d+')
 
 
 def tiling(name: str):

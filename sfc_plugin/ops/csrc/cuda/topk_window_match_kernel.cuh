@@ -94,8 +94,10 @@ struct TileShape {
   static constexpr int kTileQueries = TileRows * TileCols;
   static constexpr int kChunkKeys = ChunkKeys;
   static constexpr int kMinBlocks = MinBlocks;
-  // Float32 features split into two TF32 parts (Tf32TensorCoreConfig).
+  // Float32 features split into two TF32 parts (Tf32TensorCoreConfig),
+  // as the tiles are filled or as the fragments are read.
   static constexpr bool kSplitTf32 = false;
+  static constexpr bool kSplitInRegisters = false;
 
   static_assert(ChunkKeys % 32 == 0,
                 "a chunk is offered one warp's 32 keys at a time");
@@ -166,9 +168,10 @@ struct MmaTileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
                 "slices are whole steps of the instruction");
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
-  static std::string mma_name(const std::string& scoring) {
+  static std::string mma_name(const std::string& scoring,
+                              const std::string& variant = "") {
     return Shape::shape_name(scoring + "-c" + std::to_string(SliceChannels) +
-                             (Prefetch ? "-prefetch" : ""));
+                             variant + (Prefetch ? "-prefetch" : ""));
   }
 };
 
@@ -189,16 +192,23 @@ struct TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
 // and small = tf32(x - big), the next 11, and q·k is summed from
 // q_small·k_big + q_big·k_small + q_big·k_big by mma.sync.m16n8k8 with TF32
 // inputs. The term dropped, q_small·k_small, and small's rounding are
-// about 2^-21 of each product, against the 2^-24 of one FMA. The tiles
-// keep both parts.
+// about 2^-21 of each product, against the 2^-24 of one FMA. The tiles keep
+// both parts, each value split once as its tile is filled; or, with
+// SplitInRegisters ("-regsplit"), the float32 values alone, split as each
+// warp reads its fragments: half the shared memory and its traffic, for
+// the splitting repeated by every warp that reads a value (the A fragments
+// by each warp along the keys, the B fragments by each along the queries).
+// Both give the same parts, so the same scores.
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
-          int MinBlocks, bool Prefetch = false>
+          int MinBlocks, bool Prefetch = false, bool SplitInRegisters = false>
 struct Tf32TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
                                             SliceChannels, MinBlocks,
                                             Prefetch, 8> {
   static constexpr bool kSplitTf32 = true;
+  static constexpr bool kSplitInRegisters = SplitInRegisters;
   static std::string name() {
-    return Tf32TensorCoreConfig::mma_name("tf32x3");
+    return Tf32TensorCoreConfig::mma_name(
+        "tf32x3", SplitInRegisters ? "-regsplit" : "");
   }
 };
 
@@ -215,7 +225,10 @@ using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
 // benchmark can time them against the defaults on one GPU in one run:
 // CUDA-core and 3xTF32 ones for float32 features, 16-bit tensor-core ones
-// for float16 and bfloat16 (only those types, to bound the build).
+// for float16 and bfloat16 (only those types, to bound the build). The
+// 3xTF32 ones without prefetch, slower than those with it on the H200 and
+// the H100 (1.2-1.6× the CUDA-core default against 2.4×), gave way to the
+// candidates that split in registers.
 using AlternativeConfigs =
     std::tuple<TileConfig<4, 8, 64, 4, 4, false, 8>,
                TileConfig<4, 8, 128, 4, 8, false, 4>,
@@ -231,11 +244,11 @@ using AlternativeConfigs =
                TensorCoreConfig<4, 8, 128, 64, 2>,
                TensorCoreConfig<8, 8, 64, 64, 2, true>,
                Tf32TensorCoreDefaultConfig,
-               Tf32TensorCoreConfig<4, 8, 64, 32, 4>,
-               Tf32TensorCoreConfig<4, 8, 64, 64, 2>,
-               Tf32TensorCoreConfig<4, 8, 128, 32, 2>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>>;
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>,
+               Tf32TensorCoreConfig<4, 8, 64, 32, 3, true, true>,
+               Tf32TensorCoreConfig<4, 8, 64, 32, 4, true, true>,
+               Tf32TensorCoreConfig<4, 8, 128, 32, 2, true, true>,
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true, true>>;
 
 // Whether SFC_PLUGIN_TENSOR_CORES lets the op use tensor cores: unset or
 // 1, yes; 0, no (every type on CUDA cores). Read at every call, so that a
@@ -284,14 +297,15 @@ constexpr int kMmaPad = 8;
 // values as they are (row q holds the slice's channels of query q).
 template <typename Config, typename acc_t,
           bool tensor_cores = Config::kTensorCores,
-          bool split_tf32 = Config::kSplitTf32>
+          bool split_tf32 = Config::kSplitTf32,
+          bool split_in_registers = Config::kSplitInRegisters>
 struct ChannelTiles {
   alignas(16) acc_t queries[kChunkChannels][Config::kTileQueries + kPad];
   alignas(16) acc_t keys[kChunkChannels][Config::kChunkKeys + kPad];
 };
 
 template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, false> {
+struct ChannelTiles<Config, acc_t, true, false, false> {
   alignas(16) uint16_t queries[Config::kTileQueries]
                               [Config::kSliceChannels + kMmaPad];
   alignas(16) uint16_t keys[Config::kChunkKeys]
@@ -304,7 +318,7 @@ struct ChannelTiles<Config, acc_t, true, false> {
 constexpr int kTf32Pad = 4;
 
 template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, true> {
+struct ChannelTiles<Config, acc_t, true, true, false> {
   alignas(16) float queries_big[Config::kTileQueries]
                                [Config::kSliceChannels + kTf32Pad];
   alignas(16) float queries_small[Config::kTileQueries]
@@ -313,6 +327,15 @@ struct ChannelTiles<Config, acc_t, true, true> {
                             [Config::kSliceChannels + kTf32Pad];
   alignas(16) float keys_small[Config::kChunkKeys]
                               [Config::kSliceChannels + kTf32Pad];
+};
+
+// 3xTF32 split in registers: the float32 values alone, laid out likewise.
+template <typename Config, typename acc_t>
+struct ChannelTiles<Config, acc_t, true, true, true> {
+  alignas(16) float queries[Config::kTileQueries]
+                           [Config::kSliceChannels + kTf32Pad];
+  alignas(16) float keys[Config::kChunkKeys]
+                        [Config::kSliceChannels + kTf32Pad];
 };
 
 template <typename Config, typename acc_t>
@@ -724,6 +747,14 @@ __device__ __forceinline__ float round_to_tf32(float x) {
   return bit_cast<float>(bits);
 }
 
+// The two TF32 parts of x (Tf32TensorCoreConfig): big = tf32(x), small =
+// tf32(x - big).
+__device__ __forceinline__ void tf32_parts(float x, float& big,
+                                           float& small) {
+  big = round_to_tf32(x);
+  small = round_to_tf32(x - big);
+}
+
 #if defined(__CUDACC__)
 // d += a · b for one 16 × 8 × 8 block of TF32 values (PTX fragment layouts
 // of mma.m16n8k8 with .tf32 inputs and .f32 accumulators). The tests' CPU
@@ -746,9 +777,9 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4],
 
 // As score_chunk_cuda_cores, in 3xTF32 on tensor cores
 // (Tf32TensorCoreConfig; float32 features). Each value of a slice is split
-// once, as its tile is filled; warp w then computes queries m0 + [0, 16)
-// against keys n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8
-// keys.
+// once, as its tile is filled, or (kSplitInRegisters) as a warp reads it
+// into a fragment; warp w then computes queries m0 + [0, 16) against keys
+// n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8 keys.
 template <typename Config>
 __device__ __forceinline__ void score_chunk_split_tf32(
     SharedLayout<Config, float>& smem, const float* __restrict__ query,
@@ -769,19 +800,46 @@ __device__ __forceinline__ void score_chunk_split_tf32(
   };
   auto store = [&](int v, const Piece<float>& piece) {
     const int row = v / kRowPieces, c = (v % kRowPieces) * 4;
-    float big[4], small[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      big[i] = round_to_tf32(piece.values[i]);
-      small[i] = round_to_tf32(piece.values[i] - big[i]);
-    }
     const int k = row - kTileQueries;
-    store4(row < kTileQueries ? &tiles.queries_big[row][c]
-                              : &tiles.keys_big[k][c],
-           big);
-    store4(row < kTileQueries ? &tiles.queries_small[row][c]
-                              : &tiles.keys_small[k][c],
-           small);
+    if constexpr (Config::kSplitInRegisters) {
+      store4(row < kTileQueries ? &tiles.queries[row][c] : &tiles.keys[k][c],
+             piece.values);
+    } else {
+      float big[4], small[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        tf32_parts(piece.values[i], big[i], small[i]);
+      store4(row < kTileQueries ? &tiles.queries_big[row][c]
+                                : &tiles.keys_big[k][c],
+             big);
+      store4(row < kTileQueries ? &tiles.queries_small[row][c]
+                                : &tiles.keys_small[k][c],
+             small);
+    }
+  };
+  // The two parts of the value at (row, c) of the query tile (or of the
+  // key tile), as mma operands.
+  auto query_parts = [&](int row, int c, uint32_t& big, uint32_t& small) {
+    float b, s;
+    if constexpr (Config::kSplitInRegisters) {
+      tf32_parts(tiles.queries[row][c], b, s);
+    } else {
+      b = tiles.queries_big[row][c];
+      s = tiles.queries_small[row][c];
+    }
+    big = bit_cast<uint32_t>(b);
+    small = bit_cast<uint32_t>(s);
+  };
+  auto key_parts = [&](int row, int c, uint32_t& big, uint32_t& small) {
+    float b, s;
+    if constexpr (Config::kSplitInRegisters) {
+      tf32_parts(tiles.keys[row][c], b, s);
+    } else {
+      b = tiles.keys_big[row][c];
+      s = tiles.keys_small[row][c];
+    }
+    big = bit_cast<uint32_t>(b);
+    small = bit_cast<uint32_t>(s);
   };
   float acc[4][4] = {};
   auto compute = [&] {
@@ -791,24 +849,18 @@ __device__ __forceinline__ void score_chunk_split_tf32(
       // (group, member + 4), (group + 8, member + 4).
       const int qa = m0 + group, qb = qa + 8;
       const int ka = k0 + member, kb = ka + 4;
-      const uint32_t a_big[4] = {
-          bit_cast<uint32_t>(tiles.queries_big[qa][ka]),
-          bit_cast<uint32_t>(tiles.queries_big[qb][ka]),
-          bit_cast<uint32_t>(tiles.queries_big[qa][kb]),
-          bit_cast<uint32_t>(tiles.queries_big[qb][kb])};
-      const uint32_t a_small[4] = {
-          bit_cast<uint32_t>(tiles.queries_small[qa][ka]),
-          bit_cast<uint32_t>(tiles.queries_small[qb][ka]),
-          bit_cast<uint32_t>(tiles.queries_small[qa][kb]),
-          bit_cast<uint32_t>(tiles.queries_small[qb][kb])};
+      uint32_t a_big[4], a_small[4];
+      query_parts(qa, ka, a_big[0], a_small[0]);
+      query_parts(qb, ka, a_big[1], a_small[1]);
+      query_parts(qa, kb, a_big[2], a_small[2]);
+      query_parts(qb, kb, a_big[3], a_small[3]);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         // B(k, col) of b0, b1: (member, group), (member + 4, group).
         const int n = n0 + nt * 8 + group;
-        const uint32_t b_big[2] = {bit_cast<uint32_t>(tiles.keys_big[n][ka]),
-                                   bit_cast<uint32_t>(tiles.keys_big[n][kb])};
-        const uint32_t b_small[2] = {bit_cast<uint32_t>(tiles.keys_small[n][ka]),
-                                     bit_cast<uint32_t>(tiles.keys_small[n][kb])};
+        uint32_t b_big[2], b_small[2];
+        key_parts(n, ka, b_big[0], b_small[0]);
+        key_parts(n, kb, b_big[1], b_small[1]);
         // The small terms first, while the sum is small.
         mma_m16n8k8_tf32(acc[nt], a_small, b_big);
         mma_m16n8k8_tf32(acc[nt], a_big, b_small);
