@@ -59,8 +59,12 @@ never run before, and a crash or a broken CUDA context must not take the
 other sections with it. A failure is recorded with its error and the other
 sections still run; the exit status is 1 if any section failed. Results go
 to ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (rewritten after each
-section, so a run cut short keeps what it measured), the sections' logs to
-``DIR/logs``; the table is printed at the end. ``--quick`` shrinks every
+section, so a run cut short keeps what it measured; a section saves its
+figures as they come, so one killed at its timeout keeps them too), the
+sections' logs to ``DIR/logs``; the table is printed at the end.
+``--time-limit`` bounds the whole run (a device call's limit): a section
+gets at most what is left, and is skipped when too little is; ``build``
+runs before any section that uses the kernels. ``--quick`` shrinks every
 size for a smoke run; on CPU (``--device cpu``) what needs CUDA (fp16/bf16
 kernels, TF32/bf16 rates, AMP) says ``skipped: no CUDA``.
 """
