@@ -819,24 +819,14 @@ __device__ __forceinline__ void score_chunk_split_tf32(
   };
   // The two parts of the value at (row, c) of the query tile (or of the
   // key tile), as mma operands.
-  auto query_parts = [&](int row, int c, uint32_t& big, uint32_t& small) {
+  auto parts = [&](bool is_query, int row, int c, uint32_t& big,
+                   uint32_t& small) {
     float b, s;
     if constexpr (Config::kSplitInRegisters) {
-      tf32_parts(tiles.queries[row][c], b, s);
+      tf32_parts(is_query ? tiles.queries[row][c] : tiles.keys[row][c], b, s);
     } else {
-      b = tiles.queries_big[row][c];
-      s = tiles.queries_small[row][c];
-    }
-    big = bit_cast<uint32_t>(b);
-    small = bit_cast<uint32_t>(s);
-  };
-  auto key_parts = [&](int row, int c, uint32_t& big, uint32_t& small) {
-    float b, s;
-    if constexpr (Config::kSplitInRegisters) {
-      tf32_parts(tiles.keys[row][c], b, s);
-    } else {
-      b = tiles.keys_big[row][c];
-      s = tiles.keys_small[row][c];
+      b = is_query ? tiles.queries_big[row][c] : tiles.keys_big[row][c];
+      s = is_query ? tiles.queries_small[row][c] : tiles.keys_small[row][c];
     }
     big = bit_cast<uint32_t>(b);
     small = bit_cast<uint32_t>(s);
@@ -850,17 +840,17 @@ __device__ __forceinline__ void score_chunk_split_tf32(
       const int qa = m0 + group, qb = qa + 8;
       const int ka = k0 + member, kb = ka + 4;
       uint32_t a_big[4], a_small[4];
-      query_parts(qa, ka, a_big[0], a_small[0]);
-      query_parts(qb, ka, a_big[1], a_small[1]);
-      query_parts(qa, kb, a_big[2], a_small[2]);
-      query_parts(qb, kb, a_big[3], a_small[3]);
+      parts(true, qa, ka, a_big[0], a_small[0]);
+      parts(true, qb, ka, a_big[1], a_small[1]);
+      parts(true, qa, kb, a_big[2], a_small[2]);
+      parts(true, qb, kb, a_big[3], a_small[3]);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         // B(k, col) of b0, b1: (member, group), (member + 4, group).
         const int n = n0 + nt * 8 + group;
         uint32_t b_big[2], b_small[2];
-        key_parts(n, ka, b_big[0], b_small[0]);
-        key_parts(n, kb, b_big[1], b_small[1]);
+        parts(false, n, ka, b_big[0], b_small[0]);
+        parts(false, n, kb, b_big[1], b_small[1]);
         // The small terms first, while the sum is small.
         mma_m16n8k8_tf32(acc[nt], a_small, b_big);
         mma_m16n8k8_tf32(acc[nt], a_big, b_small);
