@@ -290,11 +290,16 @@ inline std::vector<std::string> kernel_config_names() {
 // the eight rows a fragment load reads on distinct banks, and keep every
 // row 16-byte aligned.
 constexpr int kMmaPad = 8;
+// And in float32 values (3xTF32): rows 4 floats longer than a multiple of
+// 8 likewise.
+constexpr int kTf32Pad = 4;
 
 // A channel slice of the tile's queries and of the chunk's keys. CUDA
 // cores: channel-major in the accumulation type (row c holds channel c of
-// every query, or key). Tensor cores: position-major, the features' 16-bit
-// values as they are (row q holds the slice's channels of query q).
+// every query, or key). Tensor cores: position-major (row q holds the
+// slice's channels of query q), the features' 16-bit values as they are,
+// or for 3xTF32 both TF32 parts of each float32 value, or the float32
+// values alone where they are split in registers.
 template <typename Config, typename acc_t,
           bool tensor_cores = Config::kTensorCores,
           bool split_tf32 = Config::kSplitTf32,
@@ -304,18 +309,19 @@ struct ChannelTiles {
   alignas(16) acc_t keys[kChunkChannels][Config::kChunkKeys + kPad];
 };
 
-template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, false, false> {
-  alignas(16) uint16_t queries[Config::kTileQueries]
-                              [Config::kSliceChannels + kMmaPad];
-  alignas(16) uint16_t keys[Config::kChunkKeys]
-                           [Config::kSliceChannels + kMmaPad];
+template <typename Config, typename T, int Pad>
+struct PositionMajorTiles {
+  alignas(16) T queries[Config::kTileQueries][Config::kSliceChannels + Pad];
+  alignas(16) T keys[Config::kChunkKeys][Config::kSliceChannels + Pad];
 };
 
-// 3xTF32: both parts of each float32 value, position-major. Rows 4 floats
-// longer than a multiple of 8 put the eight rows a fragment load reads on
-// distinct banks, and keep every row 16-byte aligned.
-constexpr int kTf32Pad = 4;
+template <typename Config, typename acc_t>
+struct ChannelTiles<Config, acc_t, true, false, false>
+    : PositionMajorTiles<Config, uint16_t, kMmaPad> {};
+
+template <typename Config, typename acc_t>
+struct ChannelTiles<Config, acc_t, true, true, true>
+    : PositionMajorTiles<Config, float, kTf32Pad> {};
 
 template <typename Config, typename acc_t>
 struct ChannelTiles<Config, acc_t, true, true, false> {
@@ -327,15 +333,6 @@ struct ChannelTiles<Config, acc_t, true, true, false> {
                             [Config::kSliceChannels + kTf32Pad];
   alignas(16) float keys_small[Config::kChunkKeys]
                               [Config::kSliceChannels + kTf32Pad];
-};
-
-// 3xTF32 split in registers: the float32 values alone, laid out likewise.
-template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, true, true> {
-  alignas(16) float queries[Config::kTileQueries]
-                           [Config::kSliceChannels + kTf32Pad];
-  alignas(16) float keys[Config::kChunkKeys]
-                        [Config::kSliceChannels + kTf32Pad];
 };
 
 template <typename Config, typename acc_t>
