@@ -229,11 +229,16 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: str) -> str:
-    with open(osp.join(out, 'gpu_check.json'), 'w') as f:
-        json.dump(report, f, indent=1)
+    """Writes ``gpu_check.json`` and ``gpu_check.md`` in ``out``, each
+    replaced whole (a run stopped while writing keeps the last report),
+    and returns the Markdown."""
     text = markdown(report)
-    with open(osp.join(out, 'gpu_check.md'), 'w') as f:
-        f.write(text)
+    for name, content in (('gpu_check.json', json.dumps(report, indent=1)),
+                          ('gpu_check.md', text)):
+        path = osp.join(out, name)
+        with open(path + '.tmp', 'w') as f:
+            f.write(content)
+        os.replace(path + '.tmp', path)
     return text
 
 
@@ -1140,43 +1145,54 @@ def main() -> None:
     # A run stopped from outside still reports what it measured, and the
     # running section's child (its own session) does not outlive it.
     signal.signal(signal.SIGTERM, _interrupted)
-    for name in sections:
-        print(f'gpu_check: {name} ...', flush=True)
-        start = time.monotonic()
-        timeout = args.section_timeout
-        if args.time_limit is not None:
-            timeout = min(timeout, args.time_limit - (start - started))
-        if timeout < MIN_SECTION_SECONDS:
-            result = dict(status='skipped', seconds=0.0, error=(
-                f'{max(timeout, 0):.0f} s of --time-limit '
-                f'{args.time_limit:.0f} left'))
+    try:
+        for name in sections:
+            print(f'gpu_check: {name} ...', flush=True)
+            start = time.monotonic()
+            timeout = args.section_timeout
+            if args.time_limit is not None:
+                timeout = min(timeout, args.time_limit - (start - started))
+            if timeout < MIN_SECTION_SECONDS:
+                result = dict(status='skipped', seconds=0.0, error=(
+                    f'{max(timeout, 0):.0f} s of --time-limit '
+                    f'{args.time_limit:.0f} left'))
+                report['sections'][name] = result
+                print(f'gpu_check: {name} skipped: {result["error"]}',
+                      flush=True)
+                write_report(report, args.out)
+                continue
+            result = run_section(name, args, env, logs, timeout)
+            if result.pop('interrupted', False):
+                report['sections'][name] = result
+                break
+            if name == 'env':
+                report['machine'] = result.get('details', {})
+                note = ('installed from the wheelhouse: ' + ', '.join(missing)
+                        if missing else 'nothing to install')
+                if install_error:
+                    note = 'install failed'
+                    result['status'] = 'failed'
+                    result['error'] = install_error
+                result.setdefault('rows', []).insert(
+                    0, row('missing packages', len(missing), note=note))
             report['sections'][name] = result
-            print(f'gpu_check: {name} skipped: {result["error"]}',
-                  flush=True)
+            print(f'gpu_check: {name} {result["status"]} in '
+                  f'{result["seconds"]:.0f} s' + (
+                      f': {result["error"].splitlines()[0][:300]}'
+                      if result.get('error') else ''), flush=True)
             write_report(report, args.out)
-            continue
-        result = run_section(name, args, env, logs, timeout)
-        if result.pop('interrupted', False):
-            report['sections'][name] = result
-            break
-        if name == 'env':
-            report['machine'] = result.get('details', {})
-            note = ('installed from the wheelhouse: ' +
-                    ', '.join(missing) if missing else 'nothing to install')
-            if install_error:
-                note = 'install failed'
-                result['status'] = 'failed'
-                result['error'] = install_error
-            result.setdefault('rows', []).insert(
-                0, row('missing packages', len(missing), note=note))
-        report['sections'][name] = result
-        print(f'gpu_check: {name} {result["status"]} in '
-              f'{result["seconds"]:.0f} s' + (
-                  f': {result["error"].splitlines()[0][:300]}'
-                  if result.get('error') else ''), flush=True)
-        write_report(report, args.out)
-    report['ok'] = not any(s['status'] == 'failed'
-                           for s in report['sections'].values())
+    except (Interrupted, KeyboardInterrupt) as e:
+        # Between sections (within one, run_section ends its child and
+        # returns): the first section not yet reported is failed with it.
+        why = f'{e or "interrupted"} before it ended'
+        pending = [n for n in sections if n not in report['sections']]
+        if pending:
+            report['sections'][pending[0]] = dict(status='failed',
+                                                  seconds=0.0, error=why)
+        else:
+            report['interrupted'] = why
+    report['ok'] = not report.get('interrupted') and not any(
+        s['status'] == 'failed' for s in report['sections'].values())
     print('\n' + write_report(report, args.out))
     print(f'gpu_check: results in {args.out}/gpu_check.json and '
           'gpu_check.md')

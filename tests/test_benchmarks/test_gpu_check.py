@@ -222,3 +222,38 @@ def test_kernel_labels_drop_what_says_nothing():
         '(float const*)') == 'topk_window_kernel<float>(float const*)'
     assert gpu_check.kernel_label('void at::native::(anonymous namespace)::'
                                   'relu_kernel', width=4) == 'relu'
+
+
+def test_an_interruption_between_sections_fails_the_next_one(
+        tmp_path, monkeypatch):
+    """SIGTERM outside a section's wait (reading its result, writing the
+    report) still ends in a report: what ran is kept, the section it
+    stopped is failed with the signal, and the exit status is 1."""
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+
+    def run_section(name, args, env, logs, timeout):
+        if name == 'env':
+            return dict(status='ok', seconds=0.1, rows=[], details={})
+        raise gpu_check.Interrupted('interrupted by signal 15')
+
+    monkeypatch.setattr(gpu_check, 'run_section', run_section)
+    monkeypatch.setattr(gpu_check, 'missing_requirements', lambda env: [])
+    monkeypatch.setattr(gpu_check.signal, 'signal', lambda *args: None)
+    out = tmp_path / 'gc'
+    monkeypatch.setattr(sys, 'argv', [
+        'gpu_check.py', '--device', 'cpu', '--sections', 'train', '--out',
+        str(out)
+    ])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main()
+    assert exit_.value.code == 1
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert report['sections']['env']['status'] == 'ok'
+    assert report['sections']['train'] == dict(
+        status='failed', seconds=0.0,
+        error='interrupted by signal 15 before it ended')
+    assert list(report['sections']) == ['env', 'train']
+    assert 'Failed sections: train.' in (out / 'gpu_check.md').read_text()
+    assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.md',
+                                       'logs']
