@@ -134,17 +134,25 @@ def row(figure: str, value=None, unit: str = '', note: str = '',
     return dict(figure=figure, value=value, unit=unit, note=note, goal=goal)
 
 
+def write_whole(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file renamed into
+    place, so that a run stopped mid-write leaves the last whole file. (As
+    ``sfc_plugin.utils.fileio.write_text`` does; this process runs before
+    the wheelhouse's packages are installed, and ``sfc_plugin`` needs
+    mmengine to import.)"""
+    with open(path + '.tmp', 'w') as f:
+        f.write(text)
+    os.replace(path + '.tmp', path)
+
+
 def save_progress(args, rows: list, details: dict) -> None:
     """Saves what a section has measured so far beside its result file
-    (``RESULT.partial``, replaced whole), so that a section killed at its
-    timeout still reports it (:func:`run_section`). A no-op outside a
-    section's child."""
-    if not getattr(args, 'result', None):
-        return
-    partial = args.result + '.partial'
-    with open(partial + '.tmp', 'w') as f:
-        json.dump(dict(rows=rows, details=details), f, default=str)
-    os.replace(partial + '.tmp', partial)
+    (``RESULT.partial``), so that a section killed at its timeout still
+    reports it (:func:`run_section`). A no-op outside a section's child."""
+    if getattr(args, 'result', None):
+        write_whole(args.result + '.partial',
+                    json.dumps(dict(rows=rows, details=details),
+                               default=str))
 
 
 def judge(r: dict, quick: bool, device: str) -> str:
@@ -233,12 +241,9 @@ def write_report(report: dict, out: str) -> str:
     replaced whole (a run stopped while writing keeps the last report),
     and returns the Markdown."""
     text = markdown(report)
-    for name, content in (('gpu_check.json', json.dumps(report, indent=1)),
-                          ('gpu_check.md', text)):
-        path = osp.join(out, name)
-        with open(path + '.tmp', 'w') as f:
-            f.write(content)
-        os.replace(path + '.tmp', path)
+    write_whole(osp.join(out, 'gpu_check.json'),
+                json.dumps(report, indent=1))
+    write_whole(osp.join(out, 'gpu_check.md'), text)
     return text
 
 
@@ -1012,8 +1017,7 @@ def run_in_child(args) -> None:
     except BaseException as e:  # recorded, not raised: the parent decides
         traceback.print_exc()
         result.update(status='failed', error=f'{type(e).__name__}: {e}')
-    with open(args.result, 'w') as f:
-        json.dump(result, f, indent=1, default=str)
+    write_whole(args.result, json.dumps(result, indent=1, default=str))
 
 
 def run_section(name: str, args, env: Dict[str, str], logs: str,
@@ -1043,24 +1047,23 @@ def run_section(name: str, args, env: Dict[str, str], logs: str,
         try:
             code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
             code = f'killed after {timeout:.0f} s'
-        except (Interrupted, KeyboardInterrupt) as e:  # the child goes too
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        except (Interrupted, KeyboardInterrupt) as e:
             interrupted = f'{e or "interrupted"}; its child was killed'
-        except BaseException:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            raise
+        finally:  # whatever stopped the wait, the child's session goes
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
     seconds = time.monotonic() - start
-    try:
-        if interrupted:
-            raise OSError(interrupted)
-        with open(result_path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
+    result = None
+    if not interrupted:
+        try:
+            with open(result_path) as f:
+                result = json.load(f)
+        except (OSError, ValueError):  # it died before writing one
+            pass
+    if result is None:
         with open(log_path, errors='replace') as f:
             tail = ''.join(f.readlines()[-5:]).strip() or '(empty log)'
         result = dict(status='failed', error=interrupted or (
