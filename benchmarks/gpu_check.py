@@ -1152,12 +1152,12 @@ def main() -> None:
         for name in sections:
             print(f'gpu_check: {name} ...', flush=True)
             start = time.monotonic()
-            timeout = args.section_timeout
-            if args.time_limit is not None:
-                timeout = min(timeout, args.time_limit - (start - started))
-            if timeout < MIN_SECTION_SECONDS:
+            left = (math.inf if args.time_limit is None else
+                    args.time_limit - (start - started))
+            timeout = min(args.section_timeout, left)
+            if left < MIN_SECTION_SECONDS:
                 result = dict(status='skipped', seconds=0.0, error=(
-                    f'{max(timeout, 0):.0f} s of --time-limit '
+                    f'{max(left, 0):.0f} s of --time-limit '
                     f'{args.time_limit:.0f} left'))
                 report['sections'][name] = result
                 print(f'gpu_check: {name} skipped: {result["error"]}',

@@ -165,6 +165,17 @@ def test_the_time_limit_skips_what_cannot_fit(tmp_path):
     assert train['status'] == 'skipped'
     assert train['error'].endswith('s of --time-limit 31 left')
     assert proc.returncode == 0, proc.stdout
+    # A short --section-timeout alone kills the section, not the run.
+    short = subprocess.run(
+        [sys.executable, GPU_CHECK, '--device', 'cpu', '--sections', 'env',
+         '--section-timeout', '1', '--out', str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert short.returncode == 1, short.stdout + short.stderr
+    env = json.loads((out / 'gpu_check.json').read_text())['sections']['env']
+    assert env['status'] == 'failed'
+    assert env['error'].startswith('the child died (killed after 1 s)')
+    assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.md',
+                                       'logs']
     for value in ('nan', '0', '-5', 'inf'):
         bad = subprocess.run(
             [sys.executable, GPU_CHECK, '--out', str(out), '--time-limit',
