@@ -1038,11 +1038,17 @@ def run_section(name: str, args, env: Dict[str, str], logs: str,
                ['--quick'] if args.quick else [])
     log_path = osp.join(logs, f'{name}.log')
     start = time.monotonic()
-    with open(log_path, 'w') as log:
+    # The child's and its children's temporary files (a track video, their
+    # outputs) go in a folder of its own, removed here when they are gone:
+    # a killed child cannot remove them itself.
+    scratch = tempfile.mkdtemp(prefix=f'gpu_check_{name}_')
+    with open(log_path, 'w') as log, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         # A session of its own, so that a timeout also ends the section's
         # own children (pytest, track.py ...), which hold the GPU.
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                 env=env, cwd=REPO, start_new_session=True)
+                                 env=dict(env, TMPDIR=scratch), cwd=REPO,
+                                 start_new_session=True)
         interrupted = None
         try:
             code = child.wait(timeout=timeout)

@@ -115,9 +115,17 @@ def test_sections_build_before_what_runs_the_kernels():
 def test_a_section_that_dies_keeps_the_figures_it_saved(tmp_path):
     """The track section saves each run's row as it comes; killed after
     its first (as a timeout kills it), the section is failed with that
-    row and the reason, not empty."""
+    row and the reason, not empty, and the temporary files the killed
+    child could not remove (its video, the runs' outputs) are gone."""
     import argparse
+    import tempfile
     import threading
+
+    def scratch_folders():
+        return {n for n in os.listdir(tempfile.gettempdir())
+                if n.startswith('gpu_check_')}
+
+    before = scratch_folders()
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
     logs = tmp_path / 'logs'
@@ -148,6 +156,7 @@ def test_a_section_that_dies_keeps_the_figures_it_saved(tmp_path):
     assert figures[1] == 'track.py sfc_davis.py without overlay'
     assert result['rows'][1]['value'] > 0
     assert 'sfc_davis.py without overlay' in result['details']
+    assert scratch_folders() == before
 
 
 def test_the_time_limit_skips_what_cannot_fit(tmp_path):
