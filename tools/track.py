@@ -30,6 +30,7 @@ and tracked, and its J&F printed.
 import argparse
 import os
 import os.path as osp
+import re
 import sys
 import time
 
@@ -43,6 +44,13 @@ from sfc_plugin.utils.cli import (
 )
 
 DEMO_SEQUENCE = 'demo'
+#: Every file a demo writes, relative to its --out folder: --overwrite
+#: replaces a folder holding nothing else.
+_DEMO_FILE = re.compile(
+    r'data/ImageSets/val\.txt|'
+    rf'data/JPEGImages/480p/{DEMO_SEQUENCE}/\d{{5}}\.jpg|'
+    rf'data/Annotations/480p/{DEMO_SEQUENCE}/\d{{5}}\.png|'
+    rf'results/{DEMO_SEQUENCE}(/.*)?|results/\.{DEMO_SEQUENCE}\..*')
 
 
 def parse_args(argv=None):
@@ -160,11 +168,12 @@ def demo(args) -> None:
         raise FileExistsError(f'--out "{out}" already holds files; choose '
                               'another folder, or --overwrite a previous '
                               'demo')
-    if set(held) - {'data', 'results'}:
+    foreign = _not_demo_files(out) if held else []
+    if foreign:
         raise FileExistsError(
             f'--out "{out}" is not a previous demo (it holds '
-            f'"{sorted(set(held) - {"data", "results"})[0]}"): --overwrite '
-            'replaces only a previous demo; choose another folder')
+            f'"{foreign[0]}"): --overwrite replaces only a previous demo; '
+            'choose another folder')
     data_root = osp.join(out, 'data')
     frames, masks = synthetic_video()
     write_davis_sequences(data_root, {DEMO_SEQUENCE: (frames, masks)})
@@ -184,6 +193,22 @@ def demo(args) -> None:
         f'{scores[k]:.4f}'
         for k in ('J&F-Mean', 'J-Mean', 'J-Recall', 'F-Mean', 'F-Recall'))
           + ' |')
+
+
+def _not_demo_files(out: str) -> list:
+    """What ``out`` holds that a demo does not write (sorted, relative)."""
+    foreign = []
+    for root, dirs, files in os.walk(out):
+        rel_root = osp.relpath(root, out)
+        for name in sorted(files) + [
+                d for d in sorted(dirs) if osp.islink(osp.join(root, d))
+        ]:
+            rel = osp.normpath(osp.join(rel_root, name)).replace(os.sep, '/')
+            # A link could lead the demo's writes out of its folder.
+            if (not _DEMO_FILE.fullmatch(rel)
+                    or osp.islink(osp.join(root, name))):
+                foreign.append(rel)
+    return sorted(foreign)
 
 
 def report(summary: dict, out_dir: str) -> None:

@@ -216,23 +216,8 @@ class TrackingResultsWriter:
         out_dir = os.fspath(out_dir)
         self.out_dir = osp.abspath(out_dir)
         check_output_location(out_dir, inputs or {})
-        if osp.lexists(self.out_dir):
-            if not osp.isdir(self.out_dir) or osp.islink(self.out_dir):
-                raise FileExistsError(
-                    f'Output folder "{out_dir}" exists and is not a folder')
-            held = sorted(os.listdir(self.out_dir))
-            if held and not overwrite:
-                raise FileExistsError(
-                    f'Output folder "{out_dir}" already holds files '
-                    f'({len(held)} entries, e.g. "{held[0]}"); choose '
-                    'another output folder, or replace a previous result '
-                    '(tools/track.py --overwrite)')
-            problem = previous_result_problem(self.out_dir)
-            if held and problem:
-                raise FileExistsError(
-                    f'Output folder "{out_dir}" is not a previous tracking '
-                    f'result: {problem}. Overwriting replaces only a '
-                    'previous result; choose another output folder')
+        self.overwrite = overwrite
+        self._check_replaceable(out_dir)
         self.kind = kind
         self.overlay = overlay
         self.fps = float(fps) if fps and 0 < fps < 1000 else 24.0
@@ -258,6 +243,31 @@ class TrackingResultsWriter:
         if overlay:
             self._sinks.append(
                 _BackgroundSink(self._write_overlay, queue_size))
+
+    def _check_replaceable(self, shown: str) -> None:
+        """Refuses an output folder that this run may not replace; run when
+        the writer is made and again just before the commit, since another
+        program may have written there meanwhile."""
+        if not osp.lexists(self.out_dir):
+            return
+        if not osp.isdir(self.out_dir) or osp.islink(self.out_dir):
+            raise FileExistsError(
+                f'Output folder "{shown}" exists and is not a folder')
+        held = sorted(os.listdir(self.out_dir))
+        if not held:
+            return
+        if not self.overwrite:
+            raise FileExistsError(
+                f'Output folder "{shown}" already holds files '
+                f'({len(held)} entries, e.g. "{held[0]}"); choose '
+                'another output folder, or replace a previous result '
+                '(tools/track.py --overwrite)')
+        problem = previous_result_problem(self.out_dir)
+        if problem:
+            raise FileExistsError(
+                f'Output folder "{shown}" is not a previous tracking '
+                f'result: {problem}. Overwriting replaces only a '
+                'previous result; choose another output folder')
 
     @property
     def frames_written(self) -> int:
@@ -318,7 +328,12 @@ class TrackingResultsWriter:
         for sink in self._sinks:
             sink.close()
         if self._keypoints is not None:
-            self._keypoints.close()
+            try:
+                self._keypoints.close()
+            except OSError as err:
+                raise OSError(
+                    f'Writing "{osp.join(self.out_dir, KEYPOINTS_FILE)}" '
+                    f'failed: {err.strerror or err}') from err
 
     def commit(self, summary: dict) -> str:
         """Finishes writing, checks every file, adds ``summary.json`` (with
@@ -346,6 +361,9 @@ class TrackingResultsWriter:
         summary['producer'] = PRODUCER
         write_json(summary, osp.join(self.staging, SUMMARY_FILE),
                    atomic=False)
+        # Something may have been written to the output folder while the
+        # run went on: what is replaced is checked now, not at the start.
+        self._check_replaceable(self.out_dir)
         replaced = None
         if osp.exists(self.out_dir):
             replaced = tempfile.mkdtemp(
@@ -359,13 +377,19 @@ class TrackingResultsWriter:
         return self.out_dir
 
     def abort(self) -> None:
-        """Stops writing and deletes everything written so far."""
-        self._close()
-        if self._video is not None:
-            self._video.close(verify=False)
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
+        """Stops writing and deletes everything written so far (also when
+        closing a file fails, e.g. on a full disk: that error is raised
+        after the staging folder is gone)."""
+        try:
+            self._close()
+        finally:
+            try:
+                if self._video is not None:
+                    self._video.close(verify=False)
+            finally:
+                if self.staging is not None:
+                    shutil.rmtree(self.staging, ignore_errors=True)
+                    self.staging = None
 
     def __enter__(self) -> 'TrackingResultsWriter':
         return self

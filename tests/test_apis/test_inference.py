@@ -477,3 +477,41 @@ def test_onnxruntime_backend_tracks_like_torch(video, tmp_path):
         run(video, tmp_path / 'x', backend='tensorrt',
             backend_model=str(tmp_path / 'none.engine'))
     assert not (tmp_path / 'x').exists()
+
+
+def test_writer_rechecks_the_output_folder_at_commit(tmp_path):
+    """A folder that appeared while the run went on is never replaced."""
+    out = tmp_path / 'out'
+    with pytest.raises(FileExistsError, match='already holds files'):
+        with TrackingResultsWriter(str(out), 'mask', overlay=False) as writer:
+            writer.write('00000', np.zeros((8, 8, 3), np.uint8),
+                         np.ones((8, 8), np.uint8))
+            out.mkdir()
+            (out / 'notes.txt').write_text('written meanwhile')
+            writer.commit(dict(frames=1))
+    assert os.listdir(out) == ['notes.txt'] and leftovers(tmp_path) == []
+    with pytest.raises(FileExistsError, match='not a previous tracking'):
+        with TrackingResultsWriter(str(tmp_path / 'b'), 'mask', overlay=False,
+                                   overwrite=True) as writer:
+            (tmp_path / 'b').mkdir()
+            (tmp_path / 'b' / 'notes.txt').write_text('written meanwhile')
+            writer.commit(dict(frames=0))
+    assert os.listdir(tmp_path / 'b') == ['notes.txt']
+
+
+def test_writer_failing_to_close_keypoints_names_it_and_cleans_up(
+        tmp_path, monkeypatch):
+    """A full disk often shows only when the file is flushed on close."""
+    out = tmp_path / 'out'
+    with pytest.raises(OSError, match='keypoints.jsonl" failed: No space'):
+        with TrackingResultsWriter(str(out), 'keypoints',
+                                   overlay=False) as writer:
+
+            def full_disk():
+                raise OSError(28, 'No space left on device')
+
+            monkeypatch.setattr(writer._keypoints, 'close', full_disk)
+            writer.write('00000', np.zeros((8, 8, 3), np.uint8),
+                         np.ones((2, 2), np.float32))
+            writer.commit(dict(frames=1))
+    assert not out.exists() and leftovers(tmp_path) == []

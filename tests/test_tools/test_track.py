@@ -62,6 +62,24 @@ def test_demo_tracks_a_generated_video_and_prints_its_j_and_f(
     # Run again into the same folder: refused, nothing changed.
     proc = track_cli(python, repo, subprocess_env, '--out', str(out))
     assert proc.returncode != 0 and 'already holds files' in proc.stderr
+    # --overwrite replaces a previous demo only: a file of the user's in
+    # its data folder (or a link there) stops it before anything is written.
+    (out / 'data' / 'JPEGImages' / 'notes.txt').write_text('mine')
+    frame = out / 'data' / 'JPEGImages' / '480p' / 'demo' / '00000.jpg'
+    before = frame.read_bytes()
+    frame.unlink()
+    frame.symlink_to(out / 'data' / 'JPEGImages' / 'notes.txt')
+    proc = track_cli(python, repo, subprocess_env, '--out', str(out),
+                     '--overwrite')
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f'track.py: error: --out "{out}" is not a previous demo (it holds '
+        '"data/JPEGImages/480p/demo/00000.jpg"): --overwrite replaces only '
+        'a previous demo; choose another folder'
+    ]
+    assert (out / 'data' / 'JPEGImages' / 'notes.txt').read_text() == 'mine'
+    frame.unlink()
+    frame.write_bytes(before)
 
 
 def test_cli_usage_errors(python, repo, subprocess_env, tmp_path):
