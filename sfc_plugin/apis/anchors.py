@@ -70,8 +70,11 @@ def _entries(anchors: AnchorsArg, kind: str, complete: bool):
         raise FileNotFoundError(f'Anchor folder not found: "{folder}"')
     for name in sorted(os.listdir(folder)):
         path = osp.join(folder, name)
-        if name.startswith('.') or not osp.isfile(path):
+        if name.startswith('.') or osp.isdir(path):
             continue
+        if not osp.isfile(path):
+            # A FIFO or a device would block the run for good.
+            raise ValueError(f'Anchor "{path}" is not a regular file')
         wanted = (name.lower().endswith('.json') if kind == 'keypoints'
                   else is_image_file(name))
         if not wanted:

@@ -592,6 +592,10 @@ def track_video(source: str,
     check_output_location(out_dir, inputs)
     reader = open_video(source, allow_truncated)
     kind = label_kind(first_labels, num_classes)
+    if osp.exists(first_labels) and not osp.isfile(first_labels):
+        # A FIFO would block the run for good.
+        raise ValueError(f'First-frame labels "{first_labels}" are not a '
+                         'regular file')
     first = first_frame_inputs(reader, next(iter(reader)), first_labels,
                                kind, tracking_pipeline(kind, num_classes))
     anchors = resolve_anchors(anchors, reader, source, kind,
@@ -653,6 +657,8 @@ def track_video(source: str,
             reasons.append(f'stopped after max_frames={max_frames} of '
                            f'{source_frames or "an unknown number of"} '
                            'frames')
+        elif reader.unverified_end is not None:
+            reasons.append(reader.unverified_end)
         if checkpoint is not None and 'backend_model' in weights:
             weights['backend_model']['exported_from'] = dict(
                 path=osp.abspath(checkpoint), sha256=sha256(checkpoint))
@@ -699,6 +705,8 @@ def track_video(source: str,
             summary['incomplete_reason'] = '; '.join(reasons)
         if reader.truncated_at is not None:
             summary['source_truncated_at'] = reader.truncated_at
+        if getattr(reader, 'passed_frame_count', None) is not None:
+            summary['source_frames_estimated'] = reader.passed_frame_count
         if device.startswith('cuda'):
             summary['peak_cuda_memory_mib'] = round(
                 torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -33,8 +33,8 @@ class FrameFolderReader:
     """The images of a folder, in frame order, as one video.
 
     Names ending in a number (``00000.jpg``, ``frame_12.png``) are ordered by
-    that number and must be consecutive; otherwise names are ordered as
-    strings. Every frame must have the size of the first.
+    that number and must be consecutive; where no name has a number, names
+    are ordered as strings. Every frame must have the size of the first.
 
     Args:
         path (str | PathLike): The folder.
@@ -42,7 +42,9 @@ class FrameFolderReader:
     Raises:
         FileNotFoundError: ``path`` is not a folder.
         ValueError: No image in it, a gap in the numbering, two files with
-            one number, or frames of different sizes; the message names the
+            one number or one name (``a.jpg``, ``a.png``), numbered frames
+            beside one without a number, a frame that is not a regular file
+            (a FIFO), or frames of different sizes; the message names the
             files.
         OSError: An image whose header cannot be read.
     """
@@ -50,6 +52,8 @@ class FrameFolderReader:
     #: A folder is read whole or not at all (a frame that cannot be decoded
     #: is an error naming it).
     truncated_at: Optional[int] = None
+    #: Its frames are counted exactly: its end is always known.
+    unverified_end: Optional[str] = None
 
     def __init__(self, path: str):
         path = os.fspath(path)
@@ -69,8 +73,31 @@ class FrameFolderReader:
         return len(self.frame_names)
 
     def _ordered(self, names: List[str]) -> List[str]:
+        for name in names:
+            if not osp.isfile(osp.join(self.path, name)):
+                # A FIFO or a device would block the reader for good.
+                raise ValueError(f'Frame "{osp.join(self.path, name)}" is '
+                                 'not a regular file')
+        stems = {}
+        for name in sorted(names):
+            stem = osp.splitext(name)[0]
+            if stem in stems:
+                raise ValueError(
+                    f'Frame folder "{self.path}": "{stems[stem]}" and '
+                    f'"{name}" are one frame\'s two files (their results '
+                    f'would both be "{stem}.png")')
+            stems[stem] = name
         numbers = [_frame_number(n) for n in names]
         if None in numbers:
+            numbered = [n for n, i in zip(names, numbers) if i is not None]
+            if numbered:
+                # Ordered as strings, frame10 would come before frame2.
+                stray = sorted(n for n, i in zip(names, numbers) if i is None)
+                raise ValueError(
+                    f'Frame folder "{self.path}" mixes numbered frames '
+                    f'("{sorted(numbered)[0]}") with "{stray[0]}", which has '
+                    'no frame number: the frame order is unclear (move it '
+                    'out, or name it after its frame)')
             return sorted(names)
         order = sorted(zip(numbers, names))
         for (a, name_a), (b, name_b) in zip(order, order[1:]):
@@ -118,8 +145,15 @@ class VideoFileReader:
     Frames are named ``00000``, ``00001``, ... (DAVIS's naming). A video
     that stops decoding before the container's frame count (a corrupt or
     cut file) is an error naming the frame, unless ``allow_truncated``:
-    then iteration ends there and :attr:`truncated_at` says where. Where
-    the container states no count, the end of decoding is the end.
+    then iteration ends there and :attr:`truncated_at` says where.
+
+    Some containers state no count (raw MJPEG, APNG) or only an estimate
+    from the file's size (MPEG program and transport streams, elementary
+    streams), which a cut file shrinks with it, or which decoding may pass:
+    a cut file then cannot be told from a whole one. Once such a video has
+    been read to the end of decoding, :attr:`unverified_end` says why its
+    end is not known to be the video's (and a passed estimate no longer
+    counts as :attr:`num_frames`: it was wrong).
 
     Args:
         path (str | PathLike): The video file.
@@ -141,6 +175,12 @@ class VideoFileReader:
         #: Index of the first frame that could not be decoded, when an
         #: accepted truncated video ended early; else None.
         self.truncated_at: Optional[int] = None
+        #: Why the last frame decoded may not be the video's last (set when
+        #: iteration ends without a frame count to check it against).
+        self.unverified_end: Optional[str] = None
+        #: The container's frame count when it is only an estimate: from
+        #: the file size (MPEG streams), or passed by decoding.
+        self.passed_frame_count: Optional[int] = None
         if not osp.isfile(path):
             raise FileNotFoundError(f'Video file not found: "{path}"')
         self.path = path
@@ -157,6 +197,11 @@ class VideoFileReader:
             capture.release()
         self.frame_size = tuple(frame.shape[:2])
         self.num_frames = count if count > 0 else None
+        if self.num_frames and _count_from_file_size(path):
+            # Cut short, such a file states a shorter length, matching what
+            # decodes: its count cannot reveal the cut.
+            self.passed_frame_count = self.num_frames
+            self.num_frames = None
 
     def _open(self) -> cv2.VideoCapture:
         capture = cv2.VideoCapture(self.path)
@@ -179,7 +224,20 @@ class VideoFileReader:
                             raise TruncatedVideoError(self.path, i,
                                                       self.num_frames)
                         self.truncated_at = i
+                    elif self.num_frames is None:
+                        stated = (
+                            f'states {self.passed_frame_count} frames only '
+                            'as an estimate' if self.passed_frame_count else
+                            'states no frame count')
+                        self.unverified_end = (
+                            f'the video file {stated}: whether decoding '
+                            f'ended at its end after {i} frames or where it '
+                            'is cut short cannot be checked')
                     return
+                if self.num_frames is not None and i == self.num_frames:
+                    # Decoded past the container's count: it was estimated.
+                    self.passed_frame_count = self.num_frames
+                    self.num_frames = None
                 if frame.shape[:2] != self.frame_size:
                     raise ValueError(
                         f'Video "{self.path}": frame {i} is '
@@ -193,6 +251,20 @@ class VideoFileReader:
                 i += 1
         finally:
             capture.release()
+
+
+def _count_from_file_size(path: str) -> bool:
+    """Whether FFmpeg, lacking a stated frame count for this container,
+    estimates it from the file's size and bit rate: MPEG program and
+    transport streams and elementary streams (named by their first bytes;
+    MP4, AVI and Matroska state their length in a header)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(189)
+    except OSError:
+        return False
+    transport = len(head) == 189 and head[0] == head[188] == 0x47
+    return transport or head.startswith((b'\x00\x00\x01', b'\x00\x00\x00\x01'))
 
 
 class TruncatedVideoError(OSError):

@@ -373,6 +373,36 @@ def test_frame_folder_with_mixed_sizes_is_refused(video, tmp_path):
                                            'mixes frame sizes')
 
 
+def test_labels_that_are_not_regular_files_are_refused(video, tmp_path):
+    """A FIFO blocks whoever opens it until a writer comes: never read."""
+    fifo = tmp_path / 'first.png'
+    os.mkfifo(fifo)
+    bad_input_is_refused_before_any_output(
+        video, tmp_path, video['frames'], fifo,
+        'first.png" are not a regular file')
+    anchors = tmp_path / 'anchors'
+    anchors.mkdir()
+    os.mkfifo(anchors / '00003.png')
+    with pytest.raises(ValueError, match='00003.png" is not a regular file'):
+        run(video, tmp_path / 'out', anchors=str(anchors))
+
+
+def test_video_whose_end_cannot_be_checked_is_not_complete(video, tmp_path):
+    """A raw MJPEG stream states no frame count: a cut one decodes like a
+    whole one, so no run on it is called complete."""
+    stream = tmp_path / 'clip.mjpeg'
+    with open(stream, 'wb') as f:
+        for image in video['images'][:4]:
+            f.write(cv2.imencode('.jpg', image)[1].tobytes())
+    summary = track_video(str(stream), str(video['first']),
+                          str(tmp_path / 'out'), progress=False,
+                          overlay=False)
+    assert summary['complete'] is False and summary['frames'] == 4
+    assert summary['source_frames'] is None
+    assert summary['incomplete_reason'].startswith(
+        'the video file states no frame count')
+
+
 def test_unreadable_video_is_refused(video, tmp_path):
     bad = tmp_path / 'clip.avi'
     bad.write_text('this is not a video')
