@@ -43,29 +43,34 @@ def check_checkpoint_file(filename: str) -> bool:
 
 
 def _reason(err: Exception) -> str:
-    """The line of torch's message that says what it met: the weights-only
-    unpickler's "Unsupported ..." line, else the first."""
+    """The part of torch's message that says what it met: the weights-only
+    unpickler's "unsupported ..." line (its wording varies across torch
+    versions; its advice to switch ``weights_only`` off is left out), else
+    the first line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line[line.index('Unsupported'):] for line in lines
-                 if 'Unsupported' in line),
-                lines[0] if lines else type(err).__name__)
+    for line in lines:
+        start = line.lower().find('unsupported')
+        if start >= 0:
+            return line[start:].split('. Please')[0].rstrip('.')
+    return lines[0] if lines else type(err).__name__
 
 
 def explain_unpickling_error(filename: str,
                              err: pickle.UnpicklingError) -> Exception:
     """A clear error for a checkpoint that ``weights_only`` refuses: a
-    RuntimeError for objects other than tensors and plain data ("Unsupported
-    global"), else that of :func:`unreadable_checkpoint_error`."""
+    RuntimeError for objects other than tensors and plain data (an
+    "unsupported global", a class or a function such as ``os.system``),
+    else that of :func:`unreadable_checkpoint_error`."""
     reason = _reason(err)
-    if not reason.startswith('Unsupported global'):
+    if not reason.lower().startswith('unsupported global'):
         return unreadable_checkpoint_error(filename, err)
     return RuntimeError(
-        f'Cannot load checkpoint "{filename}" with torch.load('
-        'weights_only=True): it holds objects other than tensors and plain '
-        'data (a checkpoint written by plain mmengine pickles its message '
-        'hub; sfc_plugin\'s SFCRunner writes loadable ones). Only if you '
-        'trust the file, re-save its "state_dict" and load that. '
-        f'torch said: {reason}')
+        f'Cannot load checkpoint "{filename}" safely: it holds objects other '
+        'than tensors and plain data, which loading would run as code (a '
+        'checkpoint written by plain mmengine pickles its message hub; '
+        'sfc_plugin\'s SFCRunner writes loadable ones). Only if you trust '
+        'the file, re-save its "state_dict" and load that. torch.load('
+        f'weights_only=True) met: {reason}')
 
 
 def unreadable_checkpoint_error(filename: str,

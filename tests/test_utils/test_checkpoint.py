@@ -1,5 +1,6 @@
 """sfc_plugin.utils.checkpoint: every way a checkpoint file can be wrong
 gets an error naming it; a good one reads, mapped or not."""
+import os
 import pickle
 import zipfile
 
@@ -69,13 +70,29 @@ def test_a_file_that_is_no_checkpoint_is_named(good, tmp_path, make):
     assert '\n' not in message
 
 
-def test_objects_other_than_tensors_are_refused_by_name(tmp_path):
+class RunsCode:
+    """What a malicious checkpoint holds: a call, run when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ('echo loaded',))
+
+
+@pytest.mark.parametrize('payload', [Unsafe, RunsCode])
+def test_objects_other_than_tensors_are_refused_by_name(tmp_path, payload):
+    """torch words the two refusals differently ("Unsupported global: ..."
+    for a class, "unsupported GLOBAL ... blocked" for a call); both are the
+    same error, which never suggests switching weights_only off."""
     path = tmp_path / 'unsafe.pth'
-    torch.save(dict(state_dict={}, hub=Unsafe()), path)
-    with pytest.raises(RuntimeError, match=f'Cannot load checkpoint "{path}" '
-                       r'with torch.load\(weights_only=True\): it holds '
-                       'objects other than tensors'):
+    torch.save(dict(state_dict={}, hub=payload()), path)
+    with pytest.raises(RuntimeError) as err:
         read_checkpoint(str(path))
+    message = str(err.value)
+    assert message.startswith(
+        f'Cannot load checkpoint "{path}" safely: it holds objects other '
+        'than tensors and plain data')
+    assert 'GLOBAL' in message and '\n' not in message
+    assert 'weights_only=False' not in message
+    assert 'weights_only` set to `False' not in message
 
 
 def test_check_checkpoint_file_reads_only_the_head(good, tmp_path):
