@@ -60,6 +60,14 @@ def read_object_mask(path: str,
     if arr.ndim == 3:
         raise ValueError(f'{what} "{path}" is a colour image ({mode}); '
                          'expected a palette or 8-bit grey PNG')
+    if arr.dtype.kind not in 'biu':
+        raise ValueError(f'{what} "{path}" holds {arr.dtype} values ({mode}):'
+                         ' object ids are integers from 0 to '
+                         f'{MAX_OBJECT_ID}')
+    if arr.size and int(arr.min()) < 0:
+        # A cast to uint8 made -1 object 255.
+        raise ValueError(f'{what} "{path}" holds id {int(arr.min())}: ids '
+                         f'are from 0 to {MAX_OBJECT_ID}')
     if arr.size and int(arr.max()) > MAX_OBJECT_ID:
         raise ValueError(
             f'{what} "{path}" holds id {int(arr.max())}: ids above '

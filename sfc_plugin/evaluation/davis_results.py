@@ -1,4 +1,5 @@
 """J&F of a results folder in the official DAVIS format."""
+import os
 import os.path as osp
 from typing import Dict, Optional, Sequence
 
@@ -52,18 +53,42 @@ def evaluate_davis_results(results_dir: str,
     if unknown:
         raise ValueError(f'Sequences {unknown} are not in "{ann_file}" of '
                          f'"{data_root}"')
+    results_dir = os.fspath(results_dir)
+    if not osp.isdir(results_dir):
+        raise FileNotFoundError(
+            f'Results folder "{results_dir}" ' +
+            ('is a file' if osp.exists(results_dir) else 'not found') +
+            ' (one folder per sequence, one PNG per frame)')
     metric = DAVISMetric(bound_th=bound_th)
+    expected: Dict[str, set] = {}
     for i in range(len(dataset)):
         info = dataset.get_data_info(i)
         if sequences and info['video'] not in sequences:
             continue
+        folder = osp.join(results_dir, info['video'])
+        if info['video'] not in expected and not osp.isdir(folder):
+            raise FileNotFoundError(
+                f'Results of "{info["video"]}" not found: no folder '
+                f'"{folder}"')
         name = osp.splitext(osp.basename(info['img_path']))[0]
-        path = osp.join(results_dir, info['video'], name + '.png')
+        expected.setdefault(info['video'], set()).add(name + '.png')
+        path = osp.join(folder, name + '.png')
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f'Results of "{info["video"]}" lack frame {name}: "{path}" '
                 'not found')
         pred = read_object_mask(path, info.get('mask_format', 'auto'),
                                 what='Result')
-        metric.process(None, [dict(info, pred_seg_map=pred)])
+        metric.process(None, [dict(info, pred_seg_map=pred,
+                                   pred_seg_map_path=path)])
+    for video, names in expected.items():
+        # Frames the sequence lacks: results of another video, or of a
+        # sequence cut short in the data.
+        extra = sorted(n for n in os.listdir(osp.join(results_dir, video))
+                       if n.lower().endswith('.png') and n not in names)
+        if extra:
+            raise ValueError(
+                f'Results of "{video}" hold {len(extra)} frames the sequence '
+                f'lacks (e.g. "{osp.join(results_dir, video, extra[0])}"): '
+                'results of another video?')
     return metric.compute_metrics(metric.results)

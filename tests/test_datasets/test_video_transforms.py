@@ -38,11 +38,29 @@ def test_load_video_frame_takes_a_decoded_frame():
     assert out['img'] is img and out['img_shape'] == (8, 12)
 
 
-def test_load_video_frame_names_an_undecodable_file(tmp_path):
-    bad = tmp_path / 'x.jpg'
-    bad.write_bytes(b'garbage')
-    with pytest.raises(OSError, match='Cannot decode frame .*x.jpg'):
-        LoadVideoFrame()(dict(img_path=str(bad)))
+@pytest.mark.parametrize('damage, reason', [
+    (lambda data: b'garbage', 'not an image'),
+    (lambda data: b'', 'the file is empty'),
+    # OpenCV decodes a cut file without an error, the rest grey.
+    (lambda data: data[:len(data) * 2 // 3], 'without its end marker'),
+    (lambda data: data + b'\0\0 camera trailer', None),
+])
+def test_load_video_frame_names_an_undecodable_file(frame_file, damage,
+                                                    reason):
+    good = cv2.imread(str(frame_file))
+    for ext in ('.jpg', '.png'):
+        data = damage(cv2.imencode(ext, good)[1].tobytes())
+        path = frame_file.with_suffix(ext)
+        path.write_bytes(data)
+        if reason is None:
+            assert LoadVideoFrame()(dict(img_path=str(path)))['img'].shape \
+                == good.shape
+            continue
+        if ext == '.png' and reason == 'without its end marker':
+            reason = 'without its IEND chunk'
+        with pytest.raises(OSError, match=f'Cannot decode frame "{path}": '
+                           f'.*{reason}'):
+            LoadVideoFrame()(dict(img_path=str(path)))
 
 
 def results(img_shape=(6, 8), frame_id=0, **extra):

@@ -20,6 +20,7 @@ from sfc_plugin.datasets import (
 )
 from sfc_plugin.evaluation import evaluate_davis_results
 from sfc_plugin.utils.cli import run_tool
+from sfc_plugin.utils.fileio import save_palette_png
 
 from .test_test import run_fc_davis
 
@@ -92,6 +93,10 @@ def test_cli_usage_errors(python, repo, subprocess_env, tmp_path):
                      'm.png', '--out', str(tmp_path / 'o'))
     assert proc.returncode == 1
     assert proc.stderr.startswith('track.py: error: Video source not found')
+    proc = track_cli(python, repo, subprocess_env, '--demo', '--max-frames',
+                     '3')
+    assert proc.returncode == 2 and ('--demo scores every frame'
+                                     in proc.stderr)
 
 
 def test_missing_backend_is_one_line(python, repo, subprocess_env, tmp_path):
@@ -296,3 +301,40 @@ def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
                           '(x=216, y=0) lies outside the 216×120 source')
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'x').exists()
+
+
+def test_results_that_do_not_fit_the_sequence_are_named(tmp_path):
+    frames, masks = synthetic_video(3, (32, 48), 1)
+    write_davis_sequences(str(tmp_path / 'd'), {'v': (frames, masks)})
+    results = tmp_path / 'r'
+
+    def score():
+        return evaluate_davis_results(str(results), str(tmp_path / 'd'),
+                                      'ImageSets/val.txt')
+
+    with pytest.raises(FileNotFoundError, match='Results folder ".*r" not '
+                       'found'):
+        score()
+    results.mkdir()
+    with pytest.raises(FileNotFoundError, match='Results of "v" not found: '
+                       'no folder'):
+        score()
+    for t, mask in enumerate(masks):
+        save_palette_png(mask, str(results / 'v' / f'{t:05d}.png'))
+    save_palette_png(masks[0], str(results / 'v' / '00003.png'))
+    with pytest.raises(ValueError, match='hold 1 frames the sequence lacks '
+                       r'\(e.g. ".*00003.png"\)'):
+        score()
+    (results / 'v' / '00003.png').unlink()
+    save_palette_png(masks[1][:16], str(results / 'v' / '00001.png'))
+    with pytest.raises(ValueError, match='prediction ".*v/00001.png" '
+                       r'\(16, 48\) and ground truth'):
+        score()
+    # PIL reads by content: a TIFF of int32 ids under a .png name.
+    Image.fromarray(np.full((32, 48), -1, np.int32)).save(
+        results / 'v' / '00001.png', format='TIFF')
+    with pytest.raises(ValueError, match='00001.png" holds id -1'):
+        score()
+    (tmp_path / 'd' / 'ImageSets' / 'val.txt').write_bytes(b'\xff\xd8\xff')
+    with pytest.raises(ValueError, match='val.txt" is not a text file'):
+        score()

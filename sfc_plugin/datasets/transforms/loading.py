@@ -1,12 +1,12 @@
 from typing import Optional
 
-import mmcv
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmengine import fileio
 
 from sfc_plugin.datasets.davis import check_label_noise, read_object_mask
 from sfc_plugin.datasets.keypoints import read_keypoint_json
+from sfc_plugin.datasets.utils import decode_frame
 from sfc_plugin.registry import TRANSFORMS
 
 
@@ -35,14 +35,10 @@ class LoadVideoFrame(BaseTransform):
         if img is None:
             path = results['img_path']
             try:
-                img = mmcv.imfrombytes(
-                    fileio.get(path), flag='color',
-                    backend=self.imdecode_backend)
+                data = fileio.get(path)
             except OSError as err:
                 raise OSError(f'Cannot read frame "{path}": {err}') from err
-            if img is None:
-                raise OSError(f'Cannot decode frame "{path}": not an image, '
-                              'or a truncated file')
+            img = decode_frame(data, path, self.imdecode_backend)
             results['img'] = img
         results['img_shape'] = img.shape[:2]
         results['ori_shape'] = img.shape[:2]

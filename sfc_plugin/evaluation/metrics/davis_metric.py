@@ -263,9 +263,12 @@ class DAVISMetric(BaseMetric):
                         'ground-truth annotation to score against')
                 gt = read_object_mask(path, sample.get('mask_format', 'auto'))
                 if gt.shape != pred.shape:
+                    pred_path = sample.get('pred_seg_map_path')
                     raise ValueError(
-                        f'DAVISMetric: prediction {pred.shape} and ground '
-                        f'truth "{path}" {gt.shape} differ in size')
+                        'DAVISMetric: prediction '
+                        + (f'"{pred_path}" ' if pred_path else '')
+                        + f'{pred.shape} and ground truth "{path}" '
+                        f'{gt.shape} differ in size')
                 ids = np.arange(1, num_objects + 1)[:, None, None]
                 gt_objs, pred_objs = gt[None] == ids, pred[None] == ids
                 record['j'] = region_similarity(gt_objs, pred_objs)
