@@ -131,6 +131,9 @@ def parse_args(argv=None):
         parser.error('--out DIR is required')
     if args.max_frames is not None and args.max_frames < 1:
         parser.error('--max-frames must be >= 1')
+    if args.demo and args.max_frames is not None:
+        parser.error('--demo scores every frame of its video against the '
+                     'ground truth: give no --max-frames')
     if args.complete_anchors and args.anchors is None:
         parser.error('--complete-anchors needs --anchors')
     return args

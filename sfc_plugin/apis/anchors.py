@@ -88,7 +88,9 @@ def _entries(anchors: AnchorsArg, kind: str, complete: bool):
 
 def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
                     source: str, kind: str, label_loader: BaseTransform,
-                    complete: bool = False) -> Dict[int, Anchor]:
+                    complete: bool = False,
+                    num_keypoints: Optional[int] = None
+                    ) -> Dict[int, Anchor]:
     """The anchors of a video by frame index, every one checked.
 
     Args:
@@ -104,6 +106,8 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
             labels for a tracker (it checks them as for frame 0).
         complete (bool): Default of every anchor's ``complete``. Defaults
             to False.
+        num_keypoints (int, optional): The first frame's keypoint count,
+            which every keypoint anchor must have.
 
     Returns:
         ResolvedAnchors: Frame index → :class:`Anchor` (given one, it is
@@ -113,7 +117,8 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
         ValueError: An anchor naming no frame of the video, frame 0 or a
             frame before it, two anchors for one frame, a label file of
             another size than the frames, lossy or otherwise unreadable
-            labels (named), ``complete`` for keypoints or part maps.
+            labels (named), ``complete`` for keypoints or part maps, or
+            keypoint anchors of another count than ``num_keypoints``.
         FileNotFoundError: A missing folder or label file.
     """
     if isinstance(anchors, ResolvedAnchors):
@@ -137,9 +142,18 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
         if not osp.isfile(anchor.labels):
             raise FileNotFoundError(
                 f'Anchor labels not found: "{anchor.labels}"')
-        label_loader(dict(img=probe, img_path=_frame_path(reader, index),
-                          frame_id=index, anchor=True,
-                          **{path_key: anchor.labels}))
+        loaded = label_loader(dict(img=probe,
+                                   img_path=_frame_path(reader, index),
+                                   frame_id=index, anchor=True,
+                                   **{path_key: anchor.labels}))
+        count = (len(loaded['gt_joints']) if kind == 'keypoints'
+                 and isinstance(loaded, dict) and 'gt_joints' in loaded
+                 else None)
+        if num_keypoints is not None and count not in (None, num_keypoints):
+            raise ValueError(
+                f'Anchor "{anchor.labels}" holds {count} keypoints; the '
+                f'first frame\'s labels hold {num_keypoints} (an anchor '
+                'gives every keypoint of its frame)')
         resolved[index] = anchor
     return resolved
 

@@ -69,6 +69,11 @@ def apply_backend(cfg: Config, backend: Optional[str],
                              'backend (--backend onnxruntime or tensorrt)')
         return
     if backend == 'torch':
+        if backend_model is not None:
+            raise ValueError(f'The torch backend runs the encoder itself: '
+                             f'the backend model "{backend_model}" would be '
+                             'ignored (give --backend onnxruntime or '
+                             'tensorrt with it)')
         cfg.model.backend = None
         return
     if backend not in DEPLOYED_BACKENDS:
@@ -598,9 +603,10 @@ def track_video(source: str,
                          'regular file')
     first = first_frame_inputs(reader, next(iter(reader)), first_labels,
                                kind, tracking_pipeline(kind, num_classes))
-    anchors = resolve_anchors(anchors, reader, source, kind,
-                              label_loader(kind, num_classes),
-                              complete_anchors)
+    anchors = resolve_anchors(
+        anchors, reader, source, kind, label_loader(kind, num_classes),
+        complete_anchors, num_keypoints=_label_count(kind, first, num_classes)
+        if kind == 'keypoints' else None)
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes, precision)
     weights = weights_record(cfg)

@@ -121,6 +121,26 @@ def atomic_output(path: PathLike, suffix: str = '.part') -> Iterator[str]:
             os.remove(tmp)
 
 
+def remove_file(path: PathLike) -> None:
+    """Removes an output file of an earlier run if there is one (never a
+    folder: only what a tool writes, checked as an output beforehand).
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        OSError: It cannot be removed (naming it).
+    """
+    path = os.fspath(path)
+    if osp.isdir(path) and not osp.islink(path):
+        raise IsADirectoryError(f'Output file "{path}" is a folder')
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise OSError(f'Cannot remove the earlier output "{path}": '
+                      f'{err.strerror or err}') from None
+
+
 def write_all(f, data: bytes, path: str) -> None:
     """Writes ``data`` to the open binary file ``f`` and checks that it all
     reached the file.
@@ -262,7 +282,12 @@ class VerifiedVideoWriter:
 
     ``cv2.VideoWriter.write`` returns nothing and fails silently (a full
     disk, a file-size limit, a broken encoder); so :meth:`close` reopens
-    the file and checks that it decodes and holds every frame written.
+    the file and checks that it decodes and holds every frame written, at
+    the size written.
+
+    Frames of an odd width or height get one black column or row at the
+    right or bottom: 4:2:0 encoders (mp4v, H.264) crop an odd size, which
+    lost a column and a row of the picture.
 
     Args:
         path (str | PathLike): The video file (e.g. ``overlay.mp4``).
@@ -284,16 +309,22 @@ class VerifiedVideoWriter:
         self.fourcc = fourcc
         self.frames = 0
         self.frame_size: Optional[Tuple[int, int]] = None
+        #: (width, height) in the file: ``frame_size`` made even.
+        self.encoded_size: Optional[Tuple[int, int]] = None
         self._writer = None
 
     def write(self, frame: np.ndarray) -> None:
         """Appends a (H, W, 3) uint8 BGR frame."""
         import cv2
         size = (frame.shape[1], frame.shape[0])
+        if size[0] % 2 or size[1] % 2:
+            frame = cv2.copyMakeBorder(frame, 0, size[1] % 2, 0, size[0] % 2,
+                                       cv2.BORDER_CONSTANT, value=0)
         if self._writer is None:
+            self.encoded_size = (frame.shape[1], frame.shape[0])
             self._writer = cv2.VideoWriter(
                 self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
-                size)
+                self.encoded_size)
             if not self._writer.isOpened():
                 raise OSError(f'Cannot write video "{self.name}": OpenCV has '
                               f'no {self.fourcc} encoder here, or the file '
@@ -324,7 +355,7 @@ class VerifiedVideoWriter:
         """Reopens the file: every frame written must be there and its last
         frame must decode."""
         import cv2
-        count, last_ok = 0, False
+        count, last_ok, size = 0, False, None
         if osp.isfile(self.path) and os.stat(self.path).st_size:
             capture = cv2.VideoCapture(self.path)
             try:
@@ -332,9 +363,17 @@ class VerifiedVideoWriter:
                     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
                     if count == self.frames and count > 0:
                         capture.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
-                        last_ok = capture.read()[0]
+                        last_ok, last = capture.read()
+                        if last_ok:
+                            size = (last.shape[1], last.shape[0])
             finally:
                 capture.release()
+        if last_ok and size != self.encoded_size:
+            raise OSError(
+                f'Writing video "{self.name}" failed: its frames are '
+                f'{size[0]}×{size[1]}, {self.encoded_size[0]}×'
+                f'{self.encoded_size[1]} were written (the encoder changed '
+                'the size)')
         if count != self.frames or not last_ok:
             held = (f'{max(count, 0)} readable frames'
                     if count > 0 else 'no readable video')
@@ -394,7 +433,8 @@ def check_output_location(output: PathLike,
 __all__ = [
     'atomic_output', 'check_output_location', 'check_writable_dir',
     'davis_palette', 'dir_mode', 'encode_palette_png', 'file_mode',
-    'is_within', 'make_parent_dir', 'save_palette_png', 'sha256',
+    'is_within', 'make_parent_dir', 'remove_file', 'save_palette_png',
+    'sha256',
     'VerifiedVideoWriter', 'write_all', 'write_bytes', 'write_image',
     'write_json', 'write_text'
 ]

@@ -156,3 +156,20 @@ def test_track_tool_takes_an_anchor_folder(clip, tmp_path, python, repo,
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [
         f'track.py: error: Anchor folder not found: "{tmp_path / "nope"}"']
+
+
+def test_keypoint_anchor_of_another_count_is_refused_before_any_work(
+        clip, tmp_path):
+    import json
+    first = tmp_path / 'first.json'
+    first.write_text(json.dumps([[10, 20], [30, 40], [50, 30]]))
+    folder = tmp_path / 'anchors'
+    folder.mkdir()
+    (folder / '00004.json').write_text(json.dumps([[11, 21], [31, 41]]))
+    out = tmp_path / 'results' / 'clip'
+    with pytest.raises(ValueError, match='00004.json" holds 2 keypoints; the '
+                       "first frame's labels hold 3"):
+        track_video(str(clip['frames']), str(first), str(out),
+                    anchors=folder, progress=False)
+    assert not (tmp_path / 'results').exists() or leftovers(
+        tmp_path / 'results') == []

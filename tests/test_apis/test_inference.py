@@ -315,6 +315,22 @@ def test_part_maps_keep_every_class(video, tmp_path):
                     num_classes=5, progress=False)
 
 
+def test_a_backend_model_is_never_silently_ignored(tmp_path):
+    from mmengine.config import Config
+
+    from sfc_plugin.apis import apply_backend
+    model = tmp_path / 'enc.onnx'
+    model.write_bytes(b'onnx')
+    cfg = Config(dict(model=dict(backend=None)))
+    for backend in (None, 'torch'):
+        with pytest.raises(ValueError, match='backend model'):
+            apply_backend(cfg, backend, str(model))
+    apply_backend(cfg, 'onnxruntime', model)
+    assert cfg.model.backend == dict(type='onnxruntime', model=str(model))
+    apply_backend(cfg, 'torch')
+    assert cfg.model.backend is None
+
+
 def test_label_kinds():
     assert label_kind('a/0.png') == 'mask'
     assert label_kind('a/0.PNG', num_classes=20) == 'parts'

@@ -1,0 +1,44 @@
+"""sfc_plugin.utils.fileio: writes that are checked."""
+import cv2
+import numpy as np
+import pytest
+
+from sfc_plugin.utils.fileio import VerifiedVideoWriter, remove_file
+
+
+@pytest.mark.parametrize('height, width', [(17, 33), (16, 33), (17, 32),
+                                           (16, 32)])
+def test_video_keeps_every_pixel_of_odd_sizes(tmp_path, height, width):
+    """mp4v cropped 33×17 frames to 32×16; they are padded instead."""
+    path = tmp_path / 'v.mp4'
+    writer = VerifiedVideoWriter(path, 10)
+    frame = np.full((height, width, 3), 200, np.uint8)
+    for _ in range(3):
+        writer.write(frame)
+    writer.close()
+    capture = cv2.VideoCapture(str(path))
+    ok, first = capture.read()
+    capture.release()
+    assert ok and first.shape == (height + height % 2, width + width % 2, 3)
+    # The picture is all there, the padding black (lossy, so roughly).
+    assert first[:height, :width].mean() > 150
+    assert writer.frame_size == (width, height)
+
+
+def test_video_of_another_size_than_written_fails(tmp_path):
+    writer = VerifiedVideoWriter(tmp_path / 'v.mp4', 10)
+    writer.write(np.zeros((16, 32, 3), np.uint8))
+    writer.close(verify=False)
+    writer.encoded_size = (64, 16)
+    with pytest.raises(OSError, match='its frames are 32×16, 64×16 were '
+                       'written'):
+        writer.verify()
+
+
+def test_remove_file_takes_files_only(tmp_path):
+    remove_file(tmp_path / 'absent.json')
+    (tmp_path / 'old.json').write_text('{}')
+    remove_file(tmp_path / 'old.json')
+    assert not (tmp_path / 'old.json').exists()
+    with pytest.raises(IsADirectoryError, match='is a folder'):
+        remove_file(tmp_path)
