@@ -28,7 +28,7 @@ from sfc_plugin.utils.cli import (
     add_debug_argument,
     run_tool,
 )
-from sfc_plugin.utils.config import load_config
+from sfc_plugin.utils.config import config_inputs, load_config
 from sfc_plugin.utils.fileio import check_output_location, check_writable_dir
 
 
@@ -70,6 +70,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out is not None and not args.out.strip():
+        raise ValueError('--out is empty: give the output .onnx path')
     register_all_modules()
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'Config not found: "{args.config}"')
@@ -83,6 +85,7 @@ def main(argv=None):
     # output file is an input.
     check_writable_dir(osp.dirname(osp.abspath(out)), '--out folder')
     inputs = {'config': args.config, 'checkpoint': args.checkpoint}
+    inputs.update(config_inputs(cfg))
     inputs.update((f'frame source {i}', f)
                   for i, f in enumerate(args.frames))
     stem = out[:-len('.onnx')] if out.endswith('.onnx') else out

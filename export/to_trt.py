@@ -230,23 +230,40 @@ def main(argv=None):
     except Exception as e:  # not an ONNX file at all
         raise ValueError(f'cannot read "{args.onnx}" as ONNX: '
                          f'{type(e).__name__}') from None
+    if not model.graph.input:
+        # An empty file parses as an empty model.
+        raise ValueError(f'"{args.onnx}" holds no graph with inputs (an '
+                         'empty file, or not a model of export/to_onnx.py)')
     profile = parse_profile(args.shape)
     check_profile(model, profile, args.onnx)
-    from sfc_plugin.deploy.onnx_export import write_report
+    from sfc_plugin.deploy.onnx_export import publish_report
     from sfc_plugin.utils.fileio import (
         atomic_output,
         check_output_location,
         check_writable_dir,
+        remove_file,
         sha256,
         write_bytes,
     )
     name = args.name or osp.splitext(osp.basename(args.onnx))[0]
     precision = onnx_precision(model)
     engine_path = osp.join(args.out_dir, name + '.engine')
+    stem = engine_path[:-len('.engine')]
+    if args.timing_cache is not None and not args.timing_cache.strip():
+        raise ValueError('--timing-cache is empty: give a file path')
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
     check_writable_dir(args.out_dir, '--out-dir')
-    for output in (engine_path, engine_path[:-len('.engine')] + '.json'):
+    check_writable_dir(osp.dirname(osp.abspath(cache)),
+                       '--timing-cache folder')
+    if osp.isdir(cache):
+        raise IsADirectoryError(f'--timing-cache "{cache}" is a folder')
+    for output in (engine_path, stem + '.json', stem + '.failed.json'):
         check_output_location(output, {'ONNX file': args.onnx}, 'Output')
+    # The cache is read and rewritten: it may be neither an input nor
+    # another output.
+    check_output_location(
+        cache, {'ONNX file': args.onnx, 'engine': engine_path,
+                'report': stem + '.json'}, '--timing-cache')
     trt = require_tensorrt()
 
     start = time.perf_counter()
@@ -292,7 +309,10 @@ def main(argv=None):
                                for n, v in profile.items()},
                       tensorrt=trt.__version__, build_seconds=build_s,
                       check_against_onnxruntime=check)
-        write_report(report, engine_path[:-len('.engine')] + '.json')
+        # The earlier engine's report must not outlive it (a run stopped
+        # between the two renames leaves an engine without a report).
+        remove_file(stem + '.json')
+    publish_report(report, stem)
     print(json.dumps(report, indent=1))
 
 

@@ -571,10 +571,45 @@ def test_visualiser_out_that_is_a_file(clip, bad_files, python, repo,
     assert bad_files['a_file'].read_text() == 'x'
 
 
+def load_tool(repo, path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(Path(path).stem,
+                                                  repo / path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.parametrize('out, extra, named', [
+    # A checkpoint set in the config (not by --checkpoint).
+    ('{tmp}/fc.onnx', ['--cfg-options', 'model.encoder.checkpoint={tmp}/fc.'
+                       'onnx'], 'config setting model.encoder.checkpoint'),
+    # The report beside the model would replace a _base_ file of JSON.
+    ('{tmp}/base.onnx', [], 'base.json" is the _base_ config'),
+    ('', [], '--out is empty'),
+])
+def test_to_onnx_never_writes_what_the_config_reads(clip, tmp_path, repo,
+                                                    capsys, out, extra,
+                                                    named):
+    from sfc_plugin.utils import cli
+    (tmp_path / 'fc.onnx').write_bytes(b'a checkpoint named like a model')
+    (tmp_path / 'base.json').write_text('{"x": 1}')
+    config = tmp_path / 'cfg.py'
+    config.write_text(f"_base_ = ['{repo}/configs/fc_davis.py', "
+                      f"'{tmp_path}/base.json']\n")
+    before = tree_digest(tmp_path)
+    with pytest.raises(SystemExit, match='1'):
+        cli.run_tool(load_tool(repo, 'export/to_onnx.py').main, 'to_onnx.py', [
+            str(config), '--frames', str(clip['frames']), '--out',
+            out.format(tmp=tmp_path)
+        ] + [e.format(tmp=tmp_path) for e in extra])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert tree_digest(tmp_path) == before
+
+
 def test_to_onnx_unwritable_output_is_refused_before_export(
         clip, tmp_path, repo, monkeypatch, capsys):
-    import importlib.util
-
     from sfc_plugin.utils import cli
     locked = tmp_path / 'locked'
     locked.mkdir()
@@ -584,10 +619,7 @@ def test_to_onnx_unwritable_output_is_refused_before_export(
     monkeypatch.setattr(
         os, 'access', lambda p, mode: False if Path(p) == locked else
         real_access(p, mode))
-    spec = importlib.util.spec_from_file_location(
-        'to_onnx', repo / 'export' / 'to_onnx.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool(repo, 'export/to_onnx.py')
     with pytest.raises(SystemExit, match='1'):
         cli.run_tool(tool.main, 'to_onnx.py', [
             str(repo / 'configs' / 'fc_davis.py'), '--frames',

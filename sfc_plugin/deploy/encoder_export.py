@@ -20,7 +20,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from sfc_plugin.datasets.utils import is_image_file
+from sfc_plugin.datasets.utils import decode_frame, is_image_file
 from sfc_plugin.models.encoders import CheckpointKeyError
 from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
 from sfc_plugin.registry import MODELS
@@ -33,6 +33,7 @@ from .onnx_export import (
     ExportError,
     check_opset,
     export_onnx,
+    publish_report,
     settle_report,
     written_opset,
 )
@@ -138,9 +139,11 @@ def load_frames(paths: Sequence[str],
     std = np.array(IMAGENET_STD, np.float32)
     images = []
     for f in files:
-        bgr = cv2.imread(f, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ExportError(f'frames: cannot read image "{f}"')
+        try:
+            with open(f, 'rb') as file:
+                bgr = decode_frame(file.read(), f)
+        except OSError as err:
+            raise ExportError(f'frames: {err}') from None
         if size is not None:
             bgr = cv2.resize(bgr, (size[1], size[0]),
                              interpolation=cv2.INTER_LINEAR)
@@ -200,7 +203,7 @@ def export_encoder(cfg: Config,
 
     The model is traced on the frames, exported to a temporary file, and run
     in ONNX Runtime against PyTorch (fp32) on the same frames; only within
-    ``atol`` are ``out`` and its report ``<out stem>.json`` written.
+    ``atol`` are ``out`` and then its report ``<out stem>.json`` written.
 
     Args:
         cfg (Config): Tracker config.
@@ -263,5 +266,6 @@ def export_encoder(cfg: Config,
             f'ONNX Runtime disagrees with PyTorch on {len(files)} frames: '
             f'max abs diff {check["max_abs_diff"]:.3g} > atol {atol:g} '
             f'(mean {check["mean_abs_diff"]:.3g})')
+    publish_report(report, stem)
     return report
 

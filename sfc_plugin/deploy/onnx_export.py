@@ -7,7 +7,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from sfc_plugin.utils.fileio import write_json
+from sfc_plugin.utils.fileio import remove_file, write_json
 from sfc_plugin.utils.validation import check_integer
 
 MIN_OPSET = 17
@@ -24,15 +24,25 @@ def write_report(report: Dict, path: str) -> None:
 
 
 def settle_report(report: Dict, stem: str, failure: str) -> None:
-    """Writes ``<stem>.json`` if ``report['passed']``; else writes
-    ``<stem>.failed.json`` for inspection and raises :class:`ExportError`
-    with ``failure``. Called before the checked file is moved into place,
-    so a result never appears without its passing report."""
+    """Called with the checked file still at its temporary path: if
+    ``report['passed']``, removes a previous ``<stem>.json`` (which must not
+    describe the new file, should the run stop before
+    :func:`publish_report`); else writes ``<stem>.failed.json`` for
+    inspection and raises :class:`ExportError` with ``failure``, leaving a
+    previous result and its report as they were."""
     if report['passed']:
-        write_report(report, stem + '.json')
+        remove_file(stem + '.json')
         return
     write_report(report, stem + '.failed.json')
     raise ExportError(f'{failure}; nothing written but {stem}.failed.json')
+
+
+def publish_report(report: Dict, stem: str) -> None:
+    """Writes the passing report once the checked file is in place (so a
+    report always describes the file beside it), and removes a failed
+    report of an earlier run."""
+    write_report(report, stem + '.json')
+    remove_file(stem + '.failed.json')
 
 
 #: Exporters: torch.export-based (the default, needs onnxscript) and the
@@ -149,6 +159,11 @@ def _check_written_opset(path: str, asked: int) -> None:
 
 
 def check_opset(opset) -> int:
-    """``opset`` as an int >= :data:`MIN_OPSET`, or an ExportError."""
-    return check_integer('export', 'opset', opset, low=MIN_OPSET,
-                         error=ExportError)
+    """``opset`` as an int from :data:`MIN_OPSET` to the newest opset the
+    installed onnx defines (beyond it its converter fails with a long log),
+    or an ExportError."""
+    import onnx
+    return check_integer(
+        'export', 'opset', opset, low=MIN_OPSET,
+        high=onnx.defs.onnx_opset_version(),
+        why=f' (the newest of onnx {onnx.__version__})', error=ExportError)

@@ -13,7 +13,13 @@ from sfc_plugin.ops import (
 from sfc_plugin.ops.onnx import register_onnx_symbolic
 from sfc_plugin.utils.fileio import atomic_output, sha256
 
-from .onnx_export import MIN_OPSET, export_onnx, settle_report, written_opset
+from .onnx_export import (
+    MIN_OPSET,
+    export_onnx,
+    publish_report,
+    settle_report,
+    written_opset,
+)
 
 FORMS = ('custom', 'decomposed')
 INPUT_NAMES = ('query', 'keys', 'key_labels')
@@ -248,4 +254,5 @@ def export_checked_step(cfg,
             f'{form} propagation step: ONNX Runtime disagrees with the torch '
             f'op, max abs diff {decided:.3g} > {atol:g} away from '
             'near-ties')
+    publish_report(report, stem)
     return report

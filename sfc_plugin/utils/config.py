@@ -6,7 +6,7 @@ there.
 """
 import os
 import os.path as osp
-from typing import Optional
+from typing import Dict, Optional
 
 from mmengine.config import Config
 
@@ -93,5 +93,42 @@ def apply_checkpoint(cfg: Config, checkpoint, allow_load_from: bool = True
                          'not say which network the checkpoint is for')
 
 
-__all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'find_config',
-           'load_config']
+def config_inputs(cfg: Config) -> Dict[str, str]:
+    """The files a config reads, by what they are, for
+    :func:`~sfc_plugin.utils.fileio.check_output_location`: the config and
+    its ``_base_`` files, and every setting that names an existing file (a
+    checkpoint, an annotation file), however it was set.
+
+    Folders are left out: a setting may name one a tool writes into
+    (``work_dir``).
+    """
+    found: Dict[str, str] = {}
+    # mmengine's text of a config is each file's path, then its content.
+    main = osp.abspath(cfg.filename) if cfg.filename else None
+    bases = 0
+    for line in cfg.text.splitlines():
+        if osp.isabs(line) and osp.isfile(line):
+            if line == main:
+                found['config'] = line
+            else:
+                bases += 1
+                found['_base_ config' +
+                      (f' ({bases})' if bases > 1 else '')] = line
+
+    def visit(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                visit(item, f'{key}.{name}' if key else str(name))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f'{key}.{i}')
+        elif isinstance(value, (str, os.PathLike)) and value and osp.isfile(
+                value):
+            found[f'config setting {key}'] = os.fspath(value)
+
+    visit(cfg.to_dict(), '')
+    return found
+
+
+__all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'config_inputs',
+           'find_config', 'load_config']

@@ -84,11 +84,33 @@ def test_fp16_export(repo, frames, tmp_path):
 
 def test_disagreement_writes_nothing_that_looks_complete(repo, frames,
                                                          tmp_path):
+    # An earlier result and its report: a failed export leaves the pair.
+    (tmp_path / 'a.onnx').write_bytes(b'earlier model')
+    (tmp_path / 'a.json').write_text('{"passed": true}')
     with pytest.raises(ExportError, match='disagrees'):
         export_encoder(config(repo, 'fc_davis.py'), str(tmp_path / 'a.onnx'),
                        frames, size=SIZE, atol=0.0)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ['a.failed.json']
+    assert (tmp_path / 'a.onnx').read_bytes() == b'earlier model'
+    assert (tmp_path / 'a.json').read_text() == '{"passed": true}'
+    assert json.loads((tmp_path / 'a.failed.json').read_text())[
+        'passed'] is False
+
+
+def test_a_report_is_written_only_beside_the_file_it_describes(tmp_path):
+    """A passing check removes the earlier report before the new file is
+    moved into place, and its own report follows the file: a run stopped
+    between the two leaves a file without a report, never a report of
+    another file."""
+    from sfc_plugin.deploy.onnx_export import publish_report, settle_report
+    stem = str(tmp_path / 'a')
+    (tmp_path / 'a.json').write_text('{"passed": true, "earlier": true}')
+    (tmp_path / 'a.failed.json').write_text('{"passed": false}')
+    report = dict(passed=True, max_abs_diff=0.0)
+    settle_report(report, stem, 'unused')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.failed.json']
+    publish_report(report, stem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.json']
+    assert json.loads((tmp_path / 'a.json').read_text()) == report
 
 
 def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
@@ -104,7 +126,7 @@ def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(part='semantic'), 'needs a config with a fused SFC encoder'),
-    (dict(opset=13), 'opset must be >= 17'),
+    (dict(opset=13), r'opset must be in \[17, '),
     (dict(checkpoint='/no/such.pth'), 'checkpoint not found'),
     (dict(frames=['/no/such/dir']), 'no such file or folder'),
     (dict(opset=2.5), 'opset must be an integer'),
@@ -128,14 +150,16 @@ def test_bad_arguments_fail_before_export(repo, frames, tmp_path, kwargs,
 def test_reports_record_the_opset_written(repo, frames, tmp_path):
     """The dynamo exporter writes opset 18 for the default 17, and could
     not convert to 1000 at all: it wrote 18 while the report said 1000.
-    Reports now hold the file's own opset, and a file of another opset than
-    asked is refused."""
+    Reports now hold the file's own opset, and an opset newer than onnx
+    defines is refused before the export."""
+    import onnx
     out = tmp_path / 'enc.onnx'
     report = export_encoder(config(repo, 'fc_davis.py'), str(out), frames,
                             size=SIZE)
     assert report['opset'] == written_opset(str(out)) == 18
-    with pytest.raises(ExportError, match='opset 1000 asked, but the '
-                       'exporter wrote opset 18'):
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ExportError,
+                       match=rf'opset must be in \[17, {newest}\]'):
         export_encoder(config(repo, 'fc_davis.py'),
                        str(tmp_path / 'x.onnx'), frames, size=SIZE,
                        opset=1000)

@@ -83,6 +83,40 @@ def test_not_an_onnx_file(repo, python, subprocess_env, tmp_path):
     assert proc.returncode != 0 and 'cannot read' in proc.stderr
     missing = run(repo, python, subprocess_env, str(tmp_path / 'no.onnx'))
     assert 'not found' in missing.stderr
+    # An empty file parses as an empty model: named, no IndexError.
+    bogus.write_bytes(b'')
+    proc = run(repo, python, subprocess_env, str(bogus), *GOOD)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f'to_trt.py: error: "{bogus}" holds no graph with inputs (an empty '
+        'file, or not a model of export/to_onnx.py)')
+
+
+@pytest.mark.parametrize('cache, match', [
+    ('{onnx}', '--timing-cache "{onnx}" is the ONNX file'),
+    ('{out}/step.engine', 'is the engine'),
+    ('{file}/timing.cache', '--timing-cache folder "{file}" is a file'),
+    ('{tmp}', 'is a folder'),
+    ('', '--timing-cache is empty'),
+])
+def test_timing_cache_is_checked_before_tensorrt(repo, step_onnx, tmp_path,
+                                                 capsys, cache, match):
+    """The cache is read and rewritten by the build: never an input."""
+    from sfc_plugin.utils.cli import run_tool
+    spec = importlib.util.spec_from_file_location(
+        'to_trt', repo / 'export' / 'to_trt.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    names = dict(onnx=step_onnx, out=tmp_path / 'out', tmp=tmp_path,
+                 file=tmp_path / 'a_file')
+    (tmp_path / 'a_file').write_text('x')
+    before = open(step_onnx, 'rb').read()
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_trt.py', [
+            step_onnx, *GOOD, '--out-dir', str(tmp_path / 'out'),
+            '--timing-cache', cache.format(**names)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and match.format(**names) in lines[0], lines
+    assert open(step_onnx, 'rb').read() == before
 
 
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
