@@ -103,11 +103,28 @@ def check_outputs(cfg: Config, split: str, **inputs) -> None:
         **inputs: Input files by what they are (``checkpoint=path``).
     """
     loader = cfg.get(f'{split}_dataloader') or {}
-    data_root = (loader.get('dataset') or {}).get('data_root') or None
-    if data_root and is_within(cfg.work_dir, data_root):
-        raise ValueError(f'work_dir "{cfg.work_dir}" lies inside the data '
-                         f'root "{data_root}": logs and checkpoints would be '
-                         'written among the data; choose another --work-dir')
+    dataset = loader.get('dataset') or {}
+    data_root = dataset.get('data_root') or None
+    for what, folder in data_folders(dataset).items():
+        if is_within(cfg.work_dir, folder):
+            raise ValueError(
+                f'work_dir "{cfg.work_dir}" lies inside the {what} '
+                f'"{folder}": logs and checkpoints would be written among '
+                'the data; choose another --work-dir')
+    # mmengine writes the config it ran into the work dir, under the
+    # config's own name.
+    if cfg.filename:
+        check_output_location(
+            osp.join(cfg.work_dir, osp.basename(cfg.filename)),
+            config_io.config_inputs(cfg), 'The config copy the run writes')
+    load_from = cfg.get('load_from') or None
+    if (split == 'train' and load_from and not cfg.get('resume')
+            and is_within(load_from, cfg.work_dir)):
+        raise ValueError(
+            f'load_from "{load_from}" lies inside work_dir "{cfg.work_dir}", '
+            'where this run saves its own checkpoints (iter_2.pth ...): it '
+            'could be overwritten; copy it out, or choose another --work-dir '
+            '(or --resume it to continue that run)')
     evaluator = cfg.get('test_evaluator') if split == 'test' else None
     inputs = dict(inputs, data_root=data_root,
                   load_from_checkpoint=cfg.get('load_from') or None)
@@ -119,6 +136,21 @@ def check_outputs(cfg: Config, split: str, **inputs) -> None:
                 output_dir,
                 {k.replace('_', ' '): v for k, v in inputs.items()},
                 'test_evaluator.output_dir')
+
+
+def data_folders(dataset: dict) -> dict:
+    """The folders a dataset config reads, by what they are: its
+    ``data_root`` and each ``data_prefix`` (an absolute prefix does not
+    lie under the root)."""
+    root = dataset.get('data_root') or ''
+    folders = {'data root': root} if root else {}
+    prefix = dataset.get('data_prefix') or {}
+    if isinstance(prefix, str):
+        prefix = {'path': prefix}
+    for key, value in (prefix.items() if isinstance(prefix, dict) else ()):
+        if isinstance(value, str) and value:
+            folders[f'data_prefix.{key} folder'] = osp.join(root, value)
+    return folders
 
 
 def merge_args(cfg: Config, args) -> Config:

@@ -137,8 +137,11 @@ def test_bad_inputs_are_named():
         model.loss(views, [BaseDataElement() for _ in samples])
     with pytest.raises(RuntimeError, match='invalid mode'):
         model(views, samples, mode='predict')
-    with pytest.raises(ValueError, match='positive_radius'):
-        tiny_fc(positive_radius=0)
+    for bad in (0, float('nan'), float('inf'), 'abc'):
+        with pytest.raises(ValueError, match='positive_radius'):
+            tiny_fc(positive_radius=bad)
+    with pytest.raises(ValueError, match='loss_weight must be finite'):
+        tiny_fc(loss_weight=float('nan'))
 
 
 def test_data_preprocessor_normalises_views():

@@ -271,3 +271,111 @@ def test_mim_train_from_another_directory(tmp_path, subprocess_env):
     assert proc.returncode == 0, log[-5000:]
     assert 'Training finished successfully' in log
     assert (tmp_path / 'w' / 'iter_2.pth').is_file()
+
+
+def test_diverged_training_stops_without_a_checkpoint(python, repo,
+                                                      tmp_path,
+                                                      subprocess_env):
+    """lr=1e30 fills the weights with NaN after the first step: the run
+    stopped there, where it used to save NaN checkpoints and exit 0."""
+    proc = train(python, repo, subprocess_env, tmp_path, check=False,
+                 options=['train_cfg.max_iters=4',
+                          'default_hooks.checkpoint.interval=2',
+                          'optim_wrapper.optimizer.lr=1e30'])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'train.py: error: Training diverged: the loss is nan at iteration 2')
+    assert not list(tmp_path.glob('*.pth'))
+
+
+@pytest.fixture()
+def train_tool(repo):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'train_tool', repo / 'tools' / 'train.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.parametrize('case, match', [
+    ('config folder', 'The config copy the run writes ".*fc_demo.py" is the '
+     'config'),
+    ('load_from inside', 'load_from ".*old.pth" lies inside work_dir'),
+    ('absolute prefix', 'lies inside the data_prefix.img_path folder'),
+])
+def test_work_dirs_over_inputs_are_refused(repo, tmp_path, train_tool, case,
+                                           match):
+    config = tmp_path / 'configs' / 'fc_demo.py'
+    config.parent.mkdir()
+    config.write_text(f"_base_ = ['{repo}/configs/fc_demo.py']\n")
+    before = config.read_text()
+    (tmp_path / 'frames').mkdir()
+    (tmp_path / 'w').mkdir()
+    (tmp_path / 'w' / 'old.pth').write_bytes(b'weights of an earlier run')
+    args = dict(
+        work_dir=dict(
+            {'config folder': tmp_path / 'configs',
+             'absolute prefix': tmp_path / 'frames' / 'w'}
+        ).get(case, tmp_path / 'w'),
+        options=dict(
+            {'load_from inside': {'load_from': str(tmp_path / 'w' /
+                                                   'old.pth')},
+             'absolute prefix': {
+                 'train_dataloader.dataset.data_root': str(tmp_path / 'r'),
+                 'train_dataloader.dataset.data_prefix': dict(
+                     img_path=str(tmp_path / 'frames'))}}).get(case, {}))
+    cli = train_tool.parse_args([str(config), '--work-dir',
+                                 str(args['work_dir'])])
+    cli.cfg_options = args['options']
+    cfg = train_tool.merge_args(train_tool.load_config(cli), cli)
+    with pytest.raises(ValueError, match=match):
+        train_tool.check_outputs(cfg, 'train')
+    assert config.read_text() == before
+
+
+def test_load_from_another_models_checkpoint_is_refused(python, repo,
+                                                        tmp_path,
+                                                        subprocess_env):
+    """Loaded leniently, a checkpoint sharing no weight with the model left
+    it randomly initialised, with only a warning."""
+    foreign = tmp_path / 'classifier.pth'
+    torch.save(dict(state_dict={'fc.weight': torch.ones(10, 4)}), foreign)
+    proc = train(python, repo, subprocess_env, tmp_path / 'w', check=False,
+                 options=['train_cfg.max_iters=1', f'load_from={foreign}'])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f'train.py: error: Checkpoint "{foreign}" holds none of the weights '
+        'of FineGrainedCorrespondence (its 1 keys, e.g. "fc.weight"')
+
+
+def test_auto_resume_takes_the_newest_whole_checkpoint(trained, python,
+                                                       repo, tmp_path):
+    """Killed after iter_4.pth was saved but before last_checkpoint named
+    it, and while saving iter_6.pth: mmengine resumed from iter_2.pth and
+    overwrote iter_4.pth."""
+    work_dir, _, env = trained
+    resumed = tmp_path / 'w'
+    resumed.mkdir()
+    for name in ('iter_2.pth', 'iter_4.pth'):
+        shutil.copy(work_dir / name, resumed / name)
+    (resumed / 'iter_6.pth').write_bytes(
+        (work_dir / 'iter_4.pth').read_bytes()[:30000])
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_2.pth'))
+    before = (resumed / 'iter_4.pth').read_bytes()
+    proc = train(python, repo, env, resumed, '--resume',
+                 options=['train_cfg.max_iters=5'])
+    log = proc.stdout + proc.stderr
+    assert 'resumed epoch: 0, iter: 4' in log
+    assert f'passing over "{resumed / "iter_6.pth"}", cut short' in log
+    assert (resumed / 'iter_5.pth').is_file()
+    assert (resumed / 'iter_4.pth').read_bytes() == before
+    # Resuming a finished run trains nothing: an error, not a success.
+    proc = train(python, repo, env, resumed, '--resume',
+                 str(resumed / 'iter_5.pth'),
+                 options=['train_cfg.max_iters=5'], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'train.py: error: Checkpoint "{resumed / "iter_5.pth"}" is at '
+        'iteration 5, where the run ends (train_cfg.max_iters): nothing is '
+        'left to train; raise train_cfg.max_iters to go on')

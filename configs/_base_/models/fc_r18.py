@@ -21,8 +21,10 @@ model = dict(
         bgr_to_rgb=True),
 )
 
-# Target momentum 0.99 -> 1 on a cosine schedule over the training run.
+# Target momentum 0.99 -> 1 on a cosine schedule over the training run;
+# a loss or weights that are no longer finite stop it.
 custom_hooks = [
     dict(type='CosineTargetMomentumHook', base_momentum=0.99,
          end_momentum=1.0),
+    dict(type='FiniteTrainingHook'),
 ]

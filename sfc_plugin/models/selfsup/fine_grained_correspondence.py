@@ -1,4 +1,5 @@
 import copy
+import math
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -8,6 +9,7 @@ from mmengine.structures import BaseDataElement
 
 from sfc_plugin.models.losses import dense_cosine_loss, positive_mask
 from sfc_plugin.registry import MODELS
+from sfc_plugin.utils.validation import check_real
 
 
 @MODELS.register_module()
@@ -62,9 +64,20 @@ class FineGrainedCorrespondence(BaseModel):
             data_preprocessor = dict(type='MultiViewDataPreprocessor')
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if positive_radius <= 0:
+        # NaN fails every comparison: it passed a `<= 0` check and trained
+        # a model with no positive pair at all.
+        positive_radius = check_real('FineGrainedCorrespondence',
+                                     'positive_radius', positive_radius)
+        if not 0 < positive_radius < math.inf:
             raise ValueError('FineGrainedCorrespondence: positive_radius must '
-                             f'be positive, got {positive_radius}')
+                             f'be a finite number > 0, got {positive_radius}')
+        loss_weight = check_real('FineGrainedCorrespondence', 'loss_weight',
+                                 loss_weight)
+        if not math.isfinite(loss_weight):
+            raise ValueError('FineGrainedCorrespondence: loss_weight must be '
+                             f'finite, got {loss_weight}')
+        base_momentum = check_real('FineGrainedCorrespondence',
+                                   'base_momentum', base_momentum)
         if not 0.0 <= base_momentum <= 1.0:
             raise ValueError('FineGrainedCorrespondence: base_momentum must '
                              f'be in [0, 1], got {base_momentum}')
