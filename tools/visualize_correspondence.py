@@ -24,10 +24,11 @@ from sfc_plugin.utils.cli import (
     add_debug_argument,
     run_tool,
 )
-from sfc_plugin.utils.config import find_config
+from sfc_plugin.utils.config import config_inputs, find_config
 from sfc_plugin.utils.fileio import (
     check_output_location,
     check_writable_dir,
+    remove_file,
     write_image,
 )
 from sfc_plugin.visualization import (
@@ -73,24 +74,30 @@ def load_frame(path: str, preprocessor):
 def main(argv=None) -> None:
     args = parse_args(argv)
     check_writable_dir(args.out, '--out')
+    cfg = tracker_config(args.config, args.checkpoint, args.cfg_options)
     check_output_location(
-        args.out, {
+        args.out,
+        dict(config_inputs(cfg), **{
             'source frame': args.source_frame,
             'target frame': args.target_frame,
             'config': find_config(args.config),
             'checkpoint': args.checkpoint
-        }, '--out')
-    cfg = tracker_config(args.config, args.checkpoint, args.cfg_options)
+        }), '--out')
     model = init_tracker(cfg, args.device)
     source, source_in = load_frame(args.source_frame,
                                    model.data_preprocessor)
     target, target_in = load_frame(args.target_frame,
                                    model.data_preprocessor)
+    for frame in (source_in, target_in):
+        model.check_encoder_memory(frame.to(model.data_preprocessor.device))
     maps = similarity_maps(model.encoder, source_in, target_in,
                            tuple(args.point))
     images = dict(source=mark_point(source, args.point))
     images.update(
         (name, render_heatmap(sim, target)) for name, sim in maps.items())
+    # panel.png, written last, marks a complete set: an earlier one must
+    # not sit beside maps of this run should it stop half way.
+    remove_file(osp.join(args.out, 'panel.png'))
     for name, image in images.items():
         write_image(osp.join(args.out, name + '.png'), image)
     write_image(osp.join(args.out, 'panel.png'), titled_panel(images))

@@ -52,6 +52,40 @@ def test_perfect_prediction_scores_one(two_videos, tmp_path):
     assert (tmp_path / 'out' / 'global_results-val.csv').is_file()
 
 
+def test_masks_appear_a_whole_video_at_a_time(two_videos, tmp_path):
+    """An interrupted run used to leave old and new masks mixed beside the
+    earlier run's global CSV, looking finished."""
+    root, videos = two_videos
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    out = tmp_path / 'out'
+    first = DAVISMetric(output_dir=str(out))
+    first.process(None, samples_for(ds, {k: v[1] for k, v in
+                                         videos.items()}))
+    first.compute_metrics(first.results)
+    old = (out / 'b' / '00002.png').read_bytes()
+    samples = samples_for(ds, {k: np.zeros_like(v[1]) for k, v in
+                               videos.items()})
+    second = DAVISMetric(output_dir=str(out))
+    # Stopped after video a and two frames of b (6 + 2 frames).
+    second.process(None, samples[:8])
+    assert not (out / 'global_results-val.csv').exists()
+    assert not (out / 'per-sequence_results-val.csv').exists()
+    assert np.array(Image.open(out / 'a' / '00003.png')).max() == 0
+    assert (out / 'b' / '00002.png').read_bytes() == old
+    assert sorted(p.name for p in out.iterdir()) == ['.b.partial', 'a', 'b']
+    # The next run clears what the stopped one left.
+    third = DAVISMetric(output_dir=str(out))
+    third.process(None, samples)
+    third.compute_metrics(third.results)
+    assert sorted(p.name for p in out.iterdir()) == [
+        'a', 'b', 'global_results-val.csv', 'per-sequence_results-val.csv']
+    (out / 'b' / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match='is not an earlier result of '
+                       '"b"'):
+        DAVISMetric(output_dir=str(out)).process(None, samples)
+    assert (out / 'b' / 'notes.txt').read_text() == 'mine'
+
+
 def test_matches_toolkit_aggregation(two_videos):
     """Objects, not videos, are averaged; first and last frames skipped."""
     root, videos = two_videos

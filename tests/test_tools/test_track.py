@@ -269,7 +269,7 @@ def test_davis2016_masks_score_as_results(davis2016, tmp_path):
     ('sfc_davis.py', ['semantic', 'fc', 'sfc']),
 ])
 def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
-                                         maps, capsys):
+                                         maps, capsys, monkeypatch):
     tool = load_tool(repo, 'visualize_correspondence')
     frames = tmp_path / 'frames'
     frames.mkdir()
@@ -301,6 +301,25 @@ def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
                           '(x=216, y=0) lies outside the 216×120 source')
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'x').exists()
+    # An empty frame, and a frame the host cannot encode (here: little
+    # memory left), are one line each; the earlier maps stay as they were.
+    from sfc_plugin.utils import memory
+    (frames / 'empty.jpg').write_bytes(b'')
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for source, message in [('empty.jpg', 'Cannot decode frame'),
+                            ('00000.jpg', 'need')]:
+        if source == '00000.jpg':
+            monkeypatch.setattr(memory, 'available_host_memory',
+                                lambda: 2**20)
+        with pytest.raises(SystemExit, match='1'):
+            run_tool(tool.main, 'visualize_correspondence.py', [
+                str(frames / source),
+                str(frames / '00010.jpg'), '--point', '1', '1', '--out',
+                str(out), '--config', config, '--device', 'cpu'
+            ])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_results_that_do_not_fit_the_sequence_are_named(tmp_path):

@@ -3,6 +3,7 @@ import io
 import math
 import os
 import os.path as osp
+import shutil
 from collections import defaultdict
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -21,6 +22,7 @@ from sfc_plugin.datasets.davis import (
 from sfc_plugin.registry import METRICS
 from sfc_plugin.utils.fileio import (
     check_output_location,
+    remove_file,
     save_palette_png,
     write_text,
 )
@@ -166,8 +168,11 @@ class DAVISMetric(BaseMetric):
     With ``output_dir`` the predicted masks are written in the official
     results format (``<output_dir>/<video>/<frame>.png``, palette),
     together with ``per-sequence_results-<split>.csv`` and
-    ``global_results-<split>.csv`` like the toolkit's; the global CSV is
-    written last, so its presence marks a complete result.
+    ``global_results-<split>.csv`` like the toolkit's. Each video's masks
+    are written to a staging folder and moved into place once its last
+    frame is written, replacing those of an earlier run; the earlier run's
+    CSVs are removed when the run starts and the global CSV is written
+    last, so its presence marks a complete result.
 
     Args:
         output_dir (str, optional): Where to write masks and CSVs.
@@ -205,6 +210,8 @@ class DAVISMetric(BaseMetric):
         self.bound_th = bound_th
         self.match_first_frame = match_first_frame
         self._num_objects: Dict[str, int] = {}
+        # Video -> the staging folder its masks are written to.
+        self._staging: Dict[str, str] = {}
         # Per video, predicted id -> annotated id (match_first_frame).
         self._renumbering: Dict[str, np.ndarray] = {}
 
@@ -219,6 +226,45 @@ class DAVISMetric(BaseMetric):
                 f'DAVISMetric: match_first_frame needs frame 0 of "{video}" '
                 'before its other frames')
         return self._renumbering[video][pred]
+
+    def _start_video(self, video: str, interval: Optional[int]) -> str:
+        """A staging folder for a video's masks, moved into place whole
+        by :meth:`_finish_video` (an interrupted run left a folder of old
+        and new frames that looked finished). The CSVs of an earlier run
+        go first: only a run that got to its end writes them."""
+        suffix = '' if interval is None else f'-anchors_every_{interval}'
+        for kind in ('global_results', 'per-sequence_results'):
+            remove_file(osp.join(self.output_dir,
+                                 f'{kind}-{self.split}{suffix}.csv'))
+        staging = osp.join(self.output_dir, f'.{video}.partial')
+        if osp.isdir(staging):  # left by a run killed outright
+            shutil.rmtree(staging)
+        os.makedirs(staging)
+        return staging
+
+    def _finish_video(self, video: str) -> None:
+        """Moves a video's masks into place, replacing the masks of an
+        earlier run (a folder holding anything else is refused)."""
+        staging = self._staging.pop(video)
+        target = osp.join(self.output_dir, video)
+        replaced = None
+        if osp.lexists(target):
+            foreign = [n for n in os.listdir(target)
+                       if not n.lower().endswith('.png')] if osp.isdir(
+                           target) and not osp.islink(target) else [target]
+            if foreign:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise FileExistsError(
+                    f'DAVISMetric output_dir: "{target}" is not an earlier '
+                    f'result of "{video}" (it holds "{foreign[0]}"); choose '
+                    'another output_dir')
+            replaced = osp.join(self.output_dir, f'.{video}.replaced')
+            if osp.isdir(replaced):
+                shutil.rmtree(replaced)
+            os.rename(target, replaced)
+        os.rename(staging, target)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
 
     def _objects(self, meta: dict) -> int:
         video = meta['video']
@@ -246,9 +292,15 @@ class DAVISMetric(BaseMetric):
                             sample['first_seg_map_path'])
                     }, 'DAVISMetric output_dir')
             if self.output_dir is not None:
+                if video not in self._staging:
+                    self._staging[video] = self._start_video(
+                        video, sample.get('anchor_interval'))
                 name = osp.splitext(osp.basename(sample['img_path']))[0]
                 save_palette_png(
-                    pred, osp.join(self.output_dir, video, name + '.png'))
+                    pred, osp.join(self._staging[video], name + '.png'),
+                    atomic=False)
+                if frame_id == sample['video_length'] - 1:
+                    self._finish_video(video)
             num_objects = self._objects(sample)
             interval = sample.get('anchor_interval')
             record = dict(video=video, frame_id=frame_id,
@@ -283,6 +335,10 @@ class DAVISMetric(BaseMetric):
         # dataset (mmdet's BaseVideoDataset) counts videos, not the frames
         # recorded here; mmengine would keep only that many records. Every
         # record is a distinct frame (samplers pad nothing), so all are kept.
+        # A video whose last frame never came (a shorter sequence than its
+        # meta data says) is still written.
+        for video in list(self._staging):
+            self._finish_video(video)
         count = torch.tensor(len(self.results))
         all_reduce(count)
         return super().evaluate(int(count))

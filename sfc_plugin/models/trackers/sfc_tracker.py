@@ -236,8 +236,7 @@ class SFCTracker(BaseModel):
                 integer ids (0 for background) for masks and part maps,
                 (J, 2) pixel coordinates (x, y) for keypoints.
         """
-        if self.backend is None and frame.device.type == 'cpu':
-            self._check_encoder_memory(frame)
+        self.check_encoder_memory(frame)
         feat = self.extract_feat(frame)
         expected = getattr(self.encoder, 'out_channels', None)
         if self.backend is not None and expected not in (None,
@@ -257,12 +256,19 @@ class SFCTracker(BaseModel):
         self.propagator.init(feat, soft.float())
         self._image_size = image_size
 
-    def _check_encoder_memory(self, frame: torch.Tensor) -> None:
+    def check_encoder_memory(self, frame: torch.Tensor) -> None:
         """Refuses a frame whose encoding the host memory left cannot hold
-        (a 16K frame takes about 36 GB through the FC encoder). The need is
-        taken as :attr:`PEAK_ACTIVATIONS` times the encoder's largest
-        activation, scaled from a probe on a small input, plus the frame.
-        Later frames have its size."""
+        (a 16K frame takes about 36 GB through the FC encoder), when the
+        torch encoder runs on the CPU. The need is taken as
+        :attr:`PEAK_ACTIVATIONS` times the encoder's largest activation,
+        scaled from a probe on a small input, plus the frame. A video's
+        later frames have its first frame's size.
+
+        Raises:
+            HostMemoryError: Naming the frame size and the encoder.
+        """
+        if self.backend is not None or frame.device.type != 'cpu':
+            return
         if self._activations_per_pixel is None:
             self._activations_per_pixel = _activations_per_pixel(
                 self.encoder)
