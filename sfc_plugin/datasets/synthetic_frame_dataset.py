@@ -5,6 +5,7 @@ import numpy as np
 from mmengine.dataset import BaseDataset
 
 from sfc_plugin.registry import DATASETS
+from sfc_plugin.utils.validation import check_integer
 
 
 def synthetic_frame(seed: int, size: Tuple[int, int]) -> np.ndarray:
@@ -46,12 +47,24 @@ class SyntheticFrameDataset(BaseDataset):
     ``seed + index``; it enters the pipeline already decoded (``img``), so
     the pipeline has no loading step.
 
+    Frames are made when read: the dataset holds no list of them, so its
+    length costs no memory.
+
     Args:
-        num_frames (int): Dataset length. Defaults to 256.
-        img_size (tuple[int, int]): (height, width). Defaults to (240, 320).
+        num_frames (int): Dataset length, 1 to :attr:`MAX_FRAMES`.
+            Defaults to 256.
+        img_size (tuple[int, int]): (height, width), each 2 to
+            :attr:`MAX_SIDE`. Defaults to (240, 320).
         seed (int): Base seed. Defaults to 0.
         pipeline (list): Data transforms. Defaults to [].
     """
+
+    #: Largest side of a generated frame (drawing one takes about 24 bytes
+    #: a pixel, 1.5 GiB at this size).
+    MAX_SIDE = 8192
+    #: Most frames: a shuffling sampler holds a permutation of them (80 MB
+    #: here), YouTube-VOS has 0.6 million.
+    MAX_FRAMES = 10**7
 
     def __init__(self,
                  num_frames: int = 256,
@@ -59,25 +72,33 @@ class SyntheticFrameDataset(BaseDataset):
                  seed: int = 0,
                  pipeline: Sequence[Union[dict, Callable]] = (),
                  **kwargs):
-        if num_frames < 1:
-            raise ValueError('SyntheticFrameDataset: num_frames must be >= 1, '
-                             f'got {num_frames}')
-        if len(img_size) != 2 or min(img_size) < 2:
-            raise ValueError('SyntheticFrameDataset: img_size must be '
-                             f'(height, width) >= 2, got {img_size}')
-        self.num_frames = num_frames
-        self.img_size = tuple(img_size)
-        self.seed = seed
+        owner = 'SyntheticFrameDataset'
+        self.num_frames = check_integer(owner, 'num_frames', num_frames,
+                                        low=1,
+                                        high=self.MAX_FRAMES)
+        if not isinstance(img_size, (tuple, list)) or len(img_size) != 2:
+            raise ValueError(f'{owner}: img_size must be (height, width), '
+                             f'got {img_size!r}')
+        self.img_size = tuple(
+            check_integer(owner, f'img_size[{i}]', side, low=2,
+                          high=self.MAX_SIDE)
+            for i, side in enumerate(img_size))
+        self.seed = check_integer(owner, 'seed', seed, low=0)
+        kwargs['serialize_data'] = False
         super().__init__(pipeline=list(pipeline), **kwargs)
 
     def load_data_list(self) -> List[dict]:
-        return [
-            dict(img_path=f'synthetic/{i:06d}.png', video='synthetic')
-            for i in range(self.num_frames)
-        ]
+        return []
+
+    def __len__(self) -> int:
+        return self.num_frames
 
     def get_data_info(self, idx: int) -> dict:
-        info = super().get_data_info(idx)
-        img = synthetic_frame(self.seed + info['sample_idx'], self.img_size)
-        info.update(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
-        return info
+        if not -self.num_frames <= idx < self.num_frames:
+            raise IndexError(f'SyntheticFrameDataset: index {idx} out of '
+                             f'range for {self.num_frames} frames')
+        idx %= self.num_frames
+        img = synthetic_frame(self.seed + idx, self.img_size)
+        return dict(img_path=f'synthetic/{idx:06d}.png', video='synthetic',
+                    sample_idx=idx, img=img, img_shape=img.shape[:2],
+                    ori_shape=img.shape[:2])

@@ -22,6 +22,8 @@ from .utils import IMAGE_READ_ERRORS, is_image_file
 os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')
 
 _TRAILING_NUMBER = re.compile(r'(\d+)$')
+#: The EXIF tag of how an image is to be turned; 5-8 swap its sides.
+_EXIF_ORIENTATION = 0x0112
 
 
 def _frame_number(name: str) -> Optional[int]:
@@ -120,6 +122,11 @@ class FrameFolderReader:
             try:
                 with Image.open(path) as img:
                     this = (img.height, img.width)
+                    # OpenCV, which decodes the frames, turns them as their
+                    # EXIF orientation says; PIL's size is before turning.
+                    if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7,
+                                                                   8):
+                        this = this[::-1]
             except IMAGE_READ_ERRORS as err:
                 raise OSError(f'Cannot read frame "{path}": {err}') from err
             if size is None:

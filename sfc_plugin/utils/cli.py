@@ -54,6 +54,12 @@ def one_line(err: BaseException) -> str:
     else:
         text = str(err)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith('Caught ') and (
+            'DataLoader worker' in lines[0]) and len(lines) > 2:
+        # torch re-raises a worker's error with the worker's traceback as
+        # its message: the error is its last line ("OSError: Cannot ...").
+        _, sep, message = lines[-1].partition(': ')
+        lines = [message if sep else lines[-1]]
     text = '; '.join(lines)
     if not text or isinstance(err, (KeyError, IndexError)) and len(
             text) < 12:

@@ -110,5 +110,18 @@ def test_synthetic_frames_are_reproducible():
     assert not np.array_equal(raw, ds.get_data_info(1)['img'])
     assert a['data_samples'].crop_boxes.shape == b[
         'data_samples'].crop_boxes.shape
-    with pytest.raises(ValueError, match='num_frames'):
-        SyntheticFrameDataset(num_frames=0)
+    for bad, name in [(dict(num_frames=0), 'num_frames'),
+                      (dict(num_frames=10**10), 'num_frames'),
+                      (dict(num_frames=2.5), 'num_frames'),
+                      (dict(img_size=(10**5, 10**5)), r'img_size\[0\]'),
+                      (dict(img_size=(24, 1)), r'img_size\[1\]'),
+                      (dict(img_size='ab'), 'img_size')]:
+        with pytest.raises(ValueError, match=f'SyntheticFrameDataset: {name}'):
+            SyntheticFrameDataset(**bad)
+    # Frames are made when read: a long dataset holds no list of them.
+    long = SyntheticFrameDataset(num_frames=10**7, img_size=(24, 40))
+    assert len(long) == 10**7 and long.data_list == []
+    assert np.array_equal(long.get_data_info(-1)['img'],
+                          long.get_data_info(10**7 - 1)['img'])
+    with pytest.raises(IndexError, match='out of range'):
+        long.get_data_info(10**7)

@@ -92,6 +92,24 @@ def test_frame_folder_errors_name_the_folder_or_file(tmp_path):
         FrameFolderReader(str(folder))
 
 
+def test_frame_size_is_the_decoded_one_for_turned_photos(tmp_path):
+    """A phone's portrait JPEG is stored landscape with an EXIF orientation
+    that OpenCV applies: the folder's size is the decoded one."""
+    from PIL import Image
+
+    from sfc_plugin.datasets import LoadVideoFrame
+    folder = tmp_path / 's'
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90° clockwise
+    for t in range(2):
+        Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(
+            folder / f'{t:05d}.jpg', exif=exif.tobytes())
+    reader = FrameFolderReader(str(folder))
+    decoded = LoadVideoFrame()(dict(img_path=str(folder / '00000.jpg')))
+    assert reader.frame_size == decoded['img'].shape[:2] == (40, 20)
+
+
 def test_frame_that_is_not_a_regular_file_is_refused(tmp_path):
     folder = write_frames(tmp_path / 's', ['00000.jpg'])
     os.mkfifo(folder / '00001.jpg')

@@ -81,14 +81,16 @@ def test_buffers_beyond_the_host_memory_are_refused(monkeypatch):
     prop = LabelPropagator(context_frames=4, max_anchors=2)
     feat = F.normalize(torch.randn(8, 3, 3), dim=0)
     prop.init(feat, torch.rand(2, 3, 3))
-    # 5 frames of 8 float32 channels and 2 label channels at 3 x 3: 1800 B.
-    monkeypatch.setattr(memory, 'available_host_memory', lambda: 1799)
+    # 5 frames of 8 float32 channels and 2 label channels at 3 x 3, the
+    # labels counted twice (the matching's copy of them): 2160 B.
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2159)
     big = LabelPropagator(context_frames=4)
     with pytest.raises(
             memory.HostMemoryError,
             match=r'^LabelPropagator\.init: 5 key frames \(1 \+ '
             r'context_frames=4 \+ 0 anchors\) of \(3, 3\) features and 2 '
-            r'label channels need 1\.8 KiB of host memory, but 1\.8 KiB is '
+            r'label channels \(and the matching\'s copy of the labels\) need '
+            r'2\.1 KiB of host memory, but 2\.1 KiB is '
             r'available; lower context_frames \(or max_anchors\), track '
             r'fewer objects or keypoints, or downscale the video$'):
         big.init(feat, torch.rand(2, 3, 3))
@@ -101,7 +103,7 @@ def test_buffers_beyond_the_host_memory_are_refused(monkeypatch):
     with pytest.raises(memory.HostMemoryError, match='LabelPropagator.anchor'):
         prop.anchor(feat, torch.rand(3, 3, 3))  # a new object
     assert prop.num_anchors == 0 and prop._feats.shape[0] == 5
-    monkeypatch.setattr(memory, 'available_host_memory', lambda: 1800)
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: 2160)
     LabelPropagator(context_frames=4).init(feat, torch.rand(2, 3, 3))
     prop.step(feat)
 

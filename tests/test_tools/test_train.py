@@ -379,3 +379,33 @@ def test_auto_resume_takes_the_newest_whole_checkpoint(trained, python,
         f'train.py: error: Checkpoint "{resumed / "iter_5.pth"}" is at '
         'iteration 5, where the run ends (train_cfg.max_iters): nothing is '
         'left to train; raise train_cfg.max_iters to go on')
+
+
+def test_a_frame_that_cannot_be_decoded_is_named(python, repo, tmp_path,
+                                                 subprocess_env):
+    """An empty frame among good ones, read by a data worker: one line
+    naming it (an OpenCV assertion inside the worker's traceback before)."""
+    import cv2
+    import numpy as np
+    frames = tmp_path / 'frames'
+    frames.mkdir()
+    for t in range(3):
+        cv2.imwrite(str(frames / f'{t:05d}.jpg'),
+                    np.full((48, 64, 3), 60 * t, np.uint8))
+    (frames / '00003.jpg').write_bytes(b'')
+    cmd = [
+        python, str(repo / 'tools' / 'train.py'),
+        str(repo / 'configs' / 'fc_ytvos.py'), '--work-dir',
+        str(tmp_path / 'w'), '--cfg-options',
+        f'train_dataloader.dataset.data_root={frames}',
+        "train_dataloader.dataset.data_prefix.img_path=''",
+        'train_dataloader.batch_size=4', 'train_dataloader.num_workers=1',
+        'train_dataloader.persistent_workers=False',
+        'train_dataloader.dataset.pipeline.1.size=32', 'train_cfg.max_iters=1'
+    ]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'train.py: error: Cannot decode frame "{frames / "00003.jpg"}": the '
+        'file is empty')

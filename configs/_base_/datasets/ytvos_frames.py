@@ -7,7 +7,9 @@ dataset_type = 'FrameDataset'
 data_root = 'data/youtube-vos/train_all_frames'
 
 train_pipeline = [
-    dict(type='mmcv.LoadImageFromFile'),
+    # mmcv.LoadImageFromFile's decoding, with errors naming the frame (an
+    # empty or cut file is refused, not an OpenCV assertion or grey rows).
+    dict(type='LoadVideoFrame'),
     # Cropping only: colour jitter, blur and grayscale hurt (paper Table 3).
     dict(
         type='TwoViewRandomResizedCrop',

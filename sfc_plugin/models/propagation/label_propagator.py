@@ -257,7 +257,10 @@ class LabelPropagator:
             labels (slots, channels, h, w).
         """
         like = self._labels[0, 0] if feat is None else feat[0]
-        frame_bytes = channels * like.numel() * label_dtype.itemsize
+        # Twice the labels: each matching step gathers from a position-major
+        # copy of all key frames' labels (ops.topk_window_match), which for
+        # many keypoints is as large as the buffer itself.
+        frame_bytes = 2 * channels * like.numel() * label_dtype.itemsize
         if feat is not None:
             frame_bytes += feat.numel() * feat.element_size()
         if like.device.type == 'cpu':
@@ -266,7 +269,8 @@ class LabelPropagator:
                 f'LabelPropagator.{method}', slots * frame_bytes,
                 f'{slots} key frames (1 + context_frames='
                 f'{self.context_frames} + {anchors} anchors) of '
-                f'{tuple(like.shape)} features and {channels} label channels',
+                f'{tuple(like.shape)} features and {channels} label channels '
+                '(and the matching\'s copy of the labels)',
                 'lower context_frames (or max_anchors), track fewer objects '
                 'or keypoints, or downscale the video')
         feats = None
