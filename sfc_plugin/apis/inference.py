@@ -163,9 +163,22 @@ def tracker_config(config: str = DEFAULT_CONFIG,
             says otherwise).
     """
     cfg = load_config(config, cfg_options)
-    if cfg.get('model', {}).get('type') != 'SFCTracker':
+    model = cfg.get('model')
+    if not isinstance(model, dict) or model.get('type') != 'SFCTracker':
         raise ValueError(f'Config "{os.fspath(config)}" does not define an '
                          'SFCTracker model: it is not a tracking config')
+    # Overrides can put anything anywhere (model.propagator=None): the parts
+    # the tracker builds from are named before they are built.
+    for part, optional in (('encoder', False), ('propagator', False),
+                           ('label_codec', True), ('backend', True)):
+        value = model.get(part)
+        if value is None and optional:
+            continue
+        if not isinstance(value, dict) or not isinstance(
+                value.get('type'), str):
+            raise ValueError(
+                f'Config "{os.fspath(config)}": model.{part} must be a dict '
+                f'with a type (e.g. dict(type=...)), got {value!r}')
     if checkpoint is not None:
         apply_checkpoint(cfg, checkpoint, allow_load_from=False)
     apply_backend(cfg, backend, backend_model)

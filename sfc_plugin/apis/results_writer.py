@@ -27,6 +27,7 @@ from sfc_plugin.utils.fileio import (
     VerifiedVideoWriter,
     check_output_location,
     dir_mode,
+    make_parent_dir,
     save_palette_png,
     write_all,
     write_json,
@@ -221,8 +222,7 @@ class TrackingResultsWriter:
         self.kind = kind
         self.overlay = overlay
         self.fps = float(fps) if fps and 0 < fps < 1000 else 24.0
-        parent = osp.dirname(self.out_dir)
-        os.makedirs(parent, exist_ok=True)
+        parent = make_parent_dir(self.out_dir, 'Output folder')
         clear_abandoned_staging(self.out_dir, inputs or {})
         self.staging = tempfile.mkdtemp(
             prefix=f'.{osp.basename(self.out_dir)}.partial-', dir=parent)

@@ -27,7 +27,8 @@ def read_keypoint_json(path: str,
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
+        # RecursionError: lists nested thousands deep.
         raise OSError(f'Cannot read keypoints "{path}": {err}') from err
     if isinstance(data, dict):
         if 'keypoints' not in data:

@@ -561,3 +561,35 @@ def test_writer_failing_to_close_keypoints_names_it_and_cleans_up(
                          np.ones((2, 2), np.float32))
             writer.commit(dict(frames=1))
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('options, match', [
+    ({'model': 5}, 'does not define an SFCTracker model'),
+    ({'model.propagator': None}, 'model.propagator must be a dict with a '
+     'type .* got None'),
+    ({'model.backend': 'xyz'}, "model.backend must be a dict with a type .* "
+     "got 'xyz'"),
+    ({'model.encoder.type': 5}, 'model.encoder must be a dict with '
+     'a type'),
+])
+def test_config_parts_that_cannot_be_built_are_named(options, match):
+    """Overrides put anything anywhere; these were AttributeErrors called
+    unexpected."""
+    with pytest.raises(ValueError, match=match):
+        tracker_config('fc_davis.py', cfg_options=options)
+
+
+def test_output_under_a_file_is_named(video, tmp_path):
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(NotADirectoryError, match='a_file" .*is a file, not '
+                       'a folder'):
+        run(video, tmp_path / 'a_file' / 'out')
+
+
+def test_keypoints_nested_too_deep_are_named(video, tmp_path):
+    deep = tmp_path / 'deep.json'
+    deep.write_text('[' * 100000 + ']' * 100000)
+    with pytest.raises(OSError, match='Cannot read keypoints ".*deep.json": '
+                       'maximum recursion depth'):
+        track_video(str(video['frames']), str(deep), str(tmp_path / 'o'),
+                    progress=False)
