@@ -88,6 +88,19 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupted_within(err: BaseException) -> bool:
+    """Whether ``err`` was raised while handling a KeyboardInterrupt: a
+    library's bare ``except`` turned the interrupt into its own error
+    (mmengine's config formatting: "Failed to format the config file")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run_tool(main: Callable[[Optional[Sequence[str]]], object],
              prog: str,
              argv: Optional[Sequence[str]] = None,
@@ -117,6 +130,9 @@ def run_tool(main: Callable[[Optional[Sequence[str]]], object],
     except Exception as err:  # the one place every error is reported
         if debug:
             raise
+        if _interrupted_within(err):
+            print(f'\n{interrupted}', file=sys.stderr)
+            raise SystemExit(130) from None
         hint = '' if isinstance(err, USER_ERRORS) else (
             f' (unexpected {type(err).__name__}: rerun with --debug and '
             'report it)')
