@@ -282,7 +282,7 @@ def test_tensor_cores_with_aligned_channels():
                 assert torch.equal(weights, default[0]), (config, channels)
 
 
-# Each case runs every 3xTF32 configuration (about 5 s each here).
+# Each case runs every 3xTF32 configuration (about 2 s each here).
 @pytest.mark.parametrize('channels,grouping', [(37, 'one-group'),
                                                (40, 'group-per-frame'),
                                                (64, 'one-group')])
@@ -294,7 +294,8 @@ def test_split_tf32_configs_find_the_top_k(channels, grouping):
     loads (64). Every 3xTF32 configuration gives the same neighbours: a
     score's products are accumulated in channel order whatever the tile
     or slice."""
-    t, h, w, topk, radius, temperature = 3, 10, 19, 9, 3.5, 0.07
+    # Partial 4x8 and 8x8 tiles both ways, windows clipped at every border.
+    t, h, w, topk, radius, temperature = 3, 7, 11, 9, 3.5, 0.07
     query, keys, _ = random_inputs(41, t, channels, h, w, 1)
     query, keys = query.float(), keys.float()
     affinity, order, _ = definition(query.double(), keys.double(), topk,

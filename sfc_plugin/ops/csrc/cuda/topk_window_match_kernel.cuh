@@ -228,20 +228,15 @@ using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // for float16 and bfloat16 (only those types, to bound the build). The
 // 3xTF32 ones without prefetch, slower than those with it on the H200 and
 // the H100 (1.2-1.6× the CUDA-core default against 2.4×), gave way to the
-// candidates that split in registers.
+// candidates that split in registers. So did the CUDA-core ones that lost
+// to the default on every case on the H100 (0.58-0.90× it: 4x8-micro4x4
+// without prefetch, the 4x8-keys128 and 8x8-keys128 tiles) and the 16-bit
+// tensor-core ones without prefetch (up to 1.6× slower than those with it
+// at C = 1280, never faster): BENCHMARKS.md, "GPU check on an H100".
 using AlternativeConfigs =
-    std::tuple<TileConfig<4, 8, 64, 4, 4, false, 8>,
-               TileConfig<4, 8, 128, 4, 8, false, 4>,
-               TileConfig<4, 8, 128, 4, 8, true, 2>,
-               TileConfig<8, 8, 64, 8, 4, true, 2>,
-               TileConfig<8, 8, 128, 8, 8, false, 2>,
+    std::tuple<TileConfig<8, 8, 64, 8, 4, true, 2>,
                TileConfig<8, 16, 128, 8, 8, true, 1>,
                TensorCoreDefaultConfig,
-               TensorCoreConfig<4, 8, 64, 64, 4>,
-               TensorCoreConfig<4, 8, 64, 32, 4>,
-               TensorCoreConfig<4, 8, 64, 128, 4>,
-               TensorCoreConfig<8, 8, 64, 64, 2>,
-               TensorCoreConfig<4, 8, 128, 64, 2>,
                TensorCoreConfig<8, 8, 64, 64, 2, true>,
                Tf32TensorCoreDefaultConfig,
                Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>,
