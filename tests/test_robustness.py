@@ -335,6 +335,28 @@ def test_export_forms_validate_and_stay_bounded():
             PropagationStep(**kwargs)
 
 
+def test_the_dense_form_is_refused_where_the_host_cannot_hold_it(
+        monkeypatch):
+    """Its (H·W, T·H·W) affinity grows with the square of the frame: the
+    export check of --size 2048 2048 took 17 GB before it failed."""
+    from sfc_plugin.ops import decomposed_bytes, topk_window_match_decomposed
+    from sfc_plugin.utils import memory
+    query = torch.randn(1, 4, 8, 8)
+    keys = torch.randn(1, 2, 4, 8, 8)
+    labels = torch.rand(1, 2, 3, 8, 8)
+    need = decomposed_bytes(1, 2, 8, 8, 4)
+    assert need == 64 * 128 * 3 * 4 + 64 * 128
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: need - 1)
+    with pytest.raises(memory.HostMemoryError,
+                       match=r'^topk_window_match_decomposed: the dense '
+                       r'\(64, 128\) affinity of 1 query frame\(s\) of 8×8'):
+        topk_window_match_decomposed(query, keys, labels, topk=3,
+                                     radius=2.0, temperature=0.1)
+    monkeypatch.setattr(memory, 'available_host_memory', lambda: need)
+    topk_window_match_decomposed(query, keys, labels, topk=3, radius=2.0,
+                                 temperature=0.1)
+
+
 def test_unnormalised_features_are_blamed_on_overflow():
     from sfc_plugin.ops import topk_window_match
     query = torch.full((4, 3, 3), 1e30)

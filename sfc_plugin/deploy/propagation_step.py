@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from sfc_plugin.ops import (
+    check_decomposed_memory,
     check_integer,
     check_match_settings,
     topk_window_match,
@@ -223,6 +224,12 @@ def export_checked_step(cfg,
         torch.randn(1, feats.shape[0], 3, *feats.shape[-2:], generator=gen),
         dim=2).to(feats.dtype)
     inputs = (feats[-1:], feats[None], labels)
+    if form == 'decomposed':
+        # ONNX Runtime runs the graph on these inputs: the dense affinity of
+        # large frames (--size 2048 2048 took 17 GB) is refused first.
+        check_decomposed_memory('export: the decomposed propagation step',
+                                1, feats.shape[0], *feats.shape[-2:],
+                                feats.element_size())
     step = step_from_config(cfg, form)
     stem = out[:-len('.onnx')]
     with atomic_output(out) as tmp:

@@ -6,11 +6,13 @@ from .extension import (
 )
 from .topk_window_match import (
                                 aggregate_labels,
+                                check_decomposed_memory,
                                 check_integer,
                                 check_match_settings,
                                 check_real,
                                 cpu_bf16_kernel,
                                 cuda_kernel_config,
+                                decomposed_bytes,
                                 matching_kernel,
                                 most_eligible_keys,
                                 topk_window_match,
@@ -23,8 +25,10 @@ from .topk_window_match import (
 )
 
 __all__ = [
-    'aggregate_labels', 'check_integer', 'check_match_settings', 'check_real',
-    'cpu_bf16_kernel', 'cuda_kernel_config', 'load_native_ops',
+    'aggregate_labels', 'check_decomposed_memory', 'check_integer',
+    'check_match_settings', 'check_real',
+    'cpu_bf16_kernel', 'cuda_kernel_config', 'decomposed_bytes',
+    'load_native_ops',
     'matching_kernel', 'most_eligible_keys', 'native_ops_available',
     'neighbour_weights_dtype',
     'native_ops_status', 'topk_window_match', 'topk_window_match_decomposed',

@@ -536,6 +536,28 @@ def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
     return _finish_topk(vals, idx, topk, temperature)
 
 
+def decomposed_bytes(batch: int, frames: int, height: int, width: int,
+                     itemsize: int) -> int:
+    """Bytes the dense form (:func:`topk_window_match_decomposed`, and
+    its ONNX graph in a runtime) holds at once: the (H·W, T·H·W) affinity
+    of each batch item three times over (the product, the window-masked
+    copy and the padded copy TopK reads) and the window mask."""
+    pairs = batch * height * width * frames * height * width
+    return pairs * 3 * itemsize + height * width * frames * height * width
+
+
+def check_decomposed_memory(owner: str, batch: int, frames: int, height: int,
+                            width: int, itemsize: int) -> None:
+    """Refuses a dense form the host memory left cannot hold, naming the
+    feature map size (HostMemoryError)."""
+    check_host_allocation(
+        owner, decomposed_bytes(batch, frames, height, width, itemsize),
+        f'the dense ({height * width}, {frames * height * width}) affinity '
+        f'of {batch} query frame(s) of {width}×{height} features and '
+        f'{frames} key frames', 'use the native op (the custom form) or '
+        'smaller frames')
+
+
 def topk_window_match_decomposed(query: torch.Tensor,
                                  keys: torch.Tensor,
                                  key_labels: torch.Tensor,
@@ -570,6 +592,9 @@ def topk_window_match_decomposed(query: torch.Tensor,
     b, c, h, w = query.shape
     if not torch.onnx.is_in_onnx_export():
         frames = keys.shape[1]
+        if query.device.type == 'cpu':
+            check_decomposed_memory('topk_window_match_decomposed', b,
+                                    frames, h, w, query.element_size())
         topk = max(1, min(topk, most_eligible_keys(
             frames, h, w, radius, min(max(unrestricted_keys, 0), frames))))
     weights, idx = _dense_neighbours(

@@ -109,6 +109,33 @@ def test_workers_and_the_step_are_counted(cfg, model, monkeypatch):
     assert STEP_OVERHEAD >= 1
 
 
+def test_the_losss_pair_workspace_is_counted_and_checked_first(
+        cfg, model, monkeypatch):
+    """The loss's (P1, P2) position-pair maps grow with the square of the
+    crop's area: at crop 1024 the estimate was 5.9 GiB for a step of 19.9
+    GB, and at crop 4096 the probe itself was killed. They are counted, and
+    checked before any probe."""
+    dl = loader(cfg, num_workers=0)
+    one = dl.collate_fn([dl.dataset[0]])
+    # 64x64 views, stride 8: 64 positions an image, 64**2 pairs.
+    workspace = model.loss_workspace_bytes(one)
+    assert workspace == model.PAIR_WORKSPACE_BYTES * 64**2
+    fixed, per_sample = training_memory.cpu_step_memory(
+        model, dl.collate_fn, dl.dataset[0])
+    saved = saved_tensor_bytes(model, dl.collate_fn([dl.dataset[0]] * 2)) - (
+        saved_tensor_bytes(model, one))
+    assert per_sample == pytest.approx(STEP_OVERHEAD * saved + workspace)
+    monkeypatch.setattr(memory, 'available_host_memory',
+                        lambda: 2 * workspace - 1)
+    monkeypatch.setattr(training_memory, 'saved_tensor_bytes',
+                        lambda *a: pytest.fail('probed a crop too large'))
+    with pytest.raises(HostMemoryError, match=r'^train: the loss of 2 images '
+                       r'\(views of 64×64\), the smallest probe of the step'
+                       '.*lower the crop size'):
+        training_memory.cpu_step_memory(model, dl.collate_fn,
+                                        dl.dataset[0])
+
+
 @pytest.mark.parametrize('settings, message', [
     (dict(batch_size=0), 'train_dataloader.batch_size must be >= 1, got 0'),
     (dict(num_workers=-1), 'train_dataloader.num_workers must be >= 0'),

@@ -15,7 +15,7 @@ import copy
 import os
 import random
 import re
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -91,6 +91,40 @@ def _batch_bytes(batch) -> int:
                if isinstance(v, (torch.Tensor, np.ndarray, dict, list)))
 
 
+def cpu_step_memory(module: torch.nn.Module, collate, sample,
+                    processes: int = 1) -> Tuple[float, float]:
+    """(fixed, per-sample) host bytes of a training step on the CPU.
+
+    :data:`STEP_OVERHEAD` times the saved tensors, from probe forwards at
+    batch 1 and 2 (they grow linearly), plus what the model says its loss
+    takes besides per image (``loss_workspace_bytes(data)``, where it has
+    one: terms that grow faster than the probes can show). That workspace
+    is checked first, so that a crop too large for the host is refused
+    before a probe would allocate it.
+
+    Raises:
+        HostMemoryError: The probes' workspace exceeds the memory left.
+    """
+    one = collate([sample])
+    workspace_of = getattr(module, 'loss_workspace_bytes', None)
+    workspace = workspace_of(one) if callable(workspace_of) else 0
+    left = memory.available_host_memory()
+    if left is not None and 2 * workspace * processes > left:
+        size = one['inputs'].shape[-2:] if isinstance(
+            one, dict) and hasattr(one.get('inputs'), 'shape') else None
+        crop = f' (views of {size[-1]}×{size[-2]})' if size else ''
+        raise host_memory_error(
+            'train', 2 * workspace * processes, left,
+            f'the loss of 2 images{crop}, the smallest probe of the step',
+            'lower the crop size (the pipeline\'s TwoViewRandomResizedCrop '
+            'size), or train on a GPU')
+    single = saved_tensor_bytes(module, one)
+    double = saved_tensor_bytes(module, collate([sample, sample]))
+    per_sample = STEP_OVERHEAD * max(double - single, 0) + workspace
+    fixed = STEP_OVERHEAD * max(2 * single - double, 0)
+    return fixed, per_sample
+
+
 def local_processes() -> int:
     """Training processes on this host: torchrun's ``LOCAL_WORLD_SIZE``,
     else slurm's ``SLURM_NTASKS_PER_NODE`` (``4``, or ``4(x2)`` for two
@@ -113,8 +147,9 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
     workers), sized from the dataset's first sample; for a model on the
     CPU also the step's saved tensors at the batch size, from probe
     forwards at batch 1 and 2 (they grow linearly), times
-    :data:`STEP_OVERHEAD`. Times ``processes`` (the training processes on
-    this host).
+    :data:`STEP_OVERHEAD`, plus the loss's own workspace
+    (:func:`cpu_step_memory`). Times ``processes`` (the training
+    processes on this host).
 
     Args:
         model (nn.Module): The model, wrapped or not.
@@ -160,11 +195,8 @@ def check_training_memory(model: torch.nn.Module, dataloader: DataLoader,
     step_fixed = step_per_sample = 0.0
     on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
     if on_cpu:
-        single = saved_tensor_bytes(module, one)
-        double = saved_tensor_bytes(module,
-                                    dataloader.collate_fn([sample, sample]))
-        step_per_sample = STEP_OVERHEAD * max(double - single, 0)
-        step_fixed = STEP_OVERHEAD * max(2 * single - double, 0)
+        step_fixed, step_per_sample = cpu_step_memory(
+            module, dataloader.collate_fn, sample, processes)
     fixed = data_fixed + step_fixed
     per_sample = data_per_sample + step_per_sample
     total = processes * (fixed + per_sample * batch_size)

@@ -50,6 +50,15 @@ class FineGrainedCorrespondence(BaseModel):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
+    #: Host bytes a position pair of one image's views takes at the peak
+    #: of a CPU training step beyond what the saved tensors account for:
+    #: positive_mask's float32 distance temporaries (up to 20 bytes a pair
+    #: before the loss saves its own 8). Measured 5.1 (crop 768) and 7.3
+    #: (crop 1024) bytes a pair beyond STEP_OVERHEAD times the saved
+    #: tensors (benchmarks/training_memory.py, BENCHMARKS.md); 12 leaves a
+    #: margin.
+    PAIR_WORKSPACE_BYTES = 12
+
     def __init__(self,
                  backbone: Dict,
                  projector: Dict,
@@ -96,6 +105,7 @@ class FineGrainedCorrespondence(BaseModel):
         self.loss_weight = loss_weight
         self.target_momentum = base_momentum
         self.channels_last = channels_last
+        self._stride: Optional[int] = None
         if channels_last:
             # Before any wrapper (DDP) sees the parameters; initialisation,
             # checkpoint loading and optimiser steps write in place and keep
@@ -125,6 +135,38 @@ class FineGrainedCorrespondence(BaseModel):
         online = self._online_params()
         torch._foreach_mul_(target, m)
         torch._foreach_add_(target, online, alpha=1.0 - m)
+
+    def loss_workspace_bytes(self, data: dict) -> int:
+        """Host bytes one image's loss takes beyond the tensors the
+        training forward keeps for its backward (which
+        :func:`~sfc_plugin.engine.runner.training_memory.saved_tensor_bytes`
+        counts), for the collated batch ``data``: the (P1, P2) position
+        pair maps of :func:`positive_mask` and :func:`dense_cosine_loss`,
+        :attr:`PAIR_WORKSPACE_BYTES` a pair. They grow with the square of
+        the crop's area (crop 1024: 2.7e8 pairs an image), which probes
+        at a small crop cannot show, so the training memory check asks.
+
+        Args:
+            data (dict): ``inputs`` (N, 2, 3, H, W) (or a list of views)
+                as the data loader collates them.
+
+        Returns:
+            int: Bytes per image.
+        """
+        inputs = data['inputs']
+        if isinstance(inputs, (list, tuple)):
+            inputs = inputs[0]
+        height, width = (int(s) for s in inputs.shape[-2:])
+        if self._stride is None:
+            # The backbone's output stride, from a small probe of a copy in
+            # eval mode (the model's BatchNorm statistics stay as they are).
+            backbone = copy.deepcopy(self.backbone).eval()
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, 64, 64,
+                                    device=next(self.parameters()).device)
+                self._stride = 64 // backbone(probe)[-1].shape[-1]
+        positions = -(-height // self._stride) * -(-width // self._stride)
+        return int(self.PAIR_WORKSPACE_BYTES * positions * positions)
 
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
         """Backbone features of a batch of images, (N, C, H/8, W/8)."""
