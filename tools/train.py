@@ -8,6 +8,7 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N tools/train.py CONFIG
 (or the same through ``mim train sfc_plugin CONFIG --launcher ...``).
 """
 import argparse
+import math
 import os
 import os.path as osp
 
@@ -16,7 +17,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from sfc_plugin.registry import RUNNERS
+from sfc_plugin.registry import OPTIMIZERS, RUNNERS
 from sfc_plugin.utils import config as config_io
 from sfc_plugin.utils.cli import (
     ConfigOptionsAction,
@@ -26,7 +27,7 @@ from sfc_plugin.utils.cli import (
 from sfc_plugin.utils.fileio import check_output_location, is_within
 
 # A child of mmengine's RUNNERS: finds SFCRunner and every mmengine runner.
-from sfc_plugin.utils.validation import check_integer
+from sfc_plugin.utils.validation import check_integer, check_real
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -226,13 +227,40 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def check_train_loop(cfg: Config) -> None:
-    """The loop's lengths are integers >= 1: mmengine took max_iters=0 or
-    -5 as a run that trains nothing and succeeds, and NaN as a failed int
-    conversion naming no setting."""
+    """Settings that mmengine or torch would take badly, named: the loop's
+    lengths are integers >= 1 (mmengine took max_iters=0 or -5 as a run that
+    trains nothing and succeeds, and NaN as a failed int conversion naming
+    no setting); the learning rate a finite number >= 0 and the optimiser a
+    registered one (lr=abc was a TypeError of torch, type=Adamm "None is
+    not a callable object"); the seed and the loader's prefetch_factor
+    integers."""
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'Config "{cfg.filename}" defines no model')
     for key in ('max_iters', 'max_epochs', 'val_interval'):
         if key in (cfg.get('train_cfg') or {}):
             check_integer('config', f'train_cfg.{key}', cfg.train_cfg[key],
                           low=1)
+    optimizer = (cfg.get('optim_wrapper') or {}).get('optimizer') or {}
+    if isinstance(optimizer, dict):
+        kind = optimizer.get('type')
+        if isinstance(kind, str) and OPTIMIZERS.get(kind) is None:
+            raise ValueError(
+                f'optim_wrapper.optimizer.type "{kind}" is not a registered '
+                'optimizer (torch.optim\'s: Adam, AdamW, SGD, ...)')
+        if 'lr' in optimizer:
+            lr = check_real('config', 'optim_wrapper.optimizer.lr',
+                            optimizer['lr'])
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ValueError('config: optim_wrapper.optimizer.lr must be '
+                                 f'a finite number >= 0, got {lr}')
+    seed = (cfg.get('randomness') or {}).get('seed')
+    if seed is not None:
+        check_integer('config', 'randomness.seed', seed, low=0,
+                      high=2**32 - 1)
+    loader = cfg.get('train_dataloader') or {}
+    if loader.get('prefetch_factor') is not None:
+        check_integer('config', 'train_dataloader.prefetch_factor',
+                      loader['prefetch_factor'], low=1, high=1024)
 
 
 def main(argv=None):

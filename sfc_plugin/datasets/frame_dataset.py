@@ -5,6 +5,7 @@ from typing import Callable, List, Optional, Sequence, Union
 from mmengine.dataset import BaseDataset
 
 from sfc_plugin.registry import DATASETS
+from sfc_plugin.utils.validation import check_integer
 
 from .utils import IMG_EXTENSIONS, is_image_file, read_list_file
 
@@ -49,10 +50,9 @@ class FrameDataset(BaseDataset):
                  frame_interval: int = 1,
                  pipeline: Sequence[Union[dict, Callable]] = (),
                  **kwargs):
-        if int(frame_interval) < 1:
-            raise ValueError('FrameDataset: frame_interval must be >= 1, got '
-                             f'{frame_interval}')
-        self.frame_interval = int(frame_interval)
+        # int() turned 1.5 into 1 and failed on NaN with no name.
+        self.frame_interval = check_integer('FrameDataset', 'frame_interval',
+                                            frame_interval, low=1)
         super().__init__(
             data_root=data_root,
             data_prefix=data_prefix,

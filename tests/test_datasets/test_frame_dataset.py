@@ -37,6 +37,10 @@ def test_youtube_vos_layout(tmp_path):
 
     every_other = FrameDataset(data_root=str(root), frame_interval=2)
     assert len(every_other) == 3
+    # int() took 1.5 as 1 and failed on NaN without the setting's name.
+    for bad in (1.5, float('nan'), 'abc', 0):
+        with pytest.raises(ValueError, match='FrameDataset: frame_interval'):
+            FrameDataset(data_root=str(root), frame_interval=bad)
 
 
 def test_davis_layout_with_list(davis2016):

@@ -105,6 +105,12 @@ def test_pack_multi_view_inputs():
     (dict(size=(1, 2, 3)), r'size must be an int or \(h, w\)'),
     (dict(max_attempts=-1), r'max_attempts must be in \[0, 1000\]'),
     (dict(max_attempts=2.5), 'max_attempts must be an integer'),
+    # A string reached the comparison (TypeError); inf overflowed math.exp.
+    (dict(scale='abc'), r'scale must be two numbers \(low, high\)'),
+    (dict(scale=(0.1, 'x')), r'scale\[1\] must be a real number'),
+    (dict(ratio=(1, float('inf'))), 'ratio'),
+    (dict(ratio=(float('nan'), 1)), 'ratio'),
+    (dict(flip_prob='x'), 'flip_prob must be a real number'),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 
 from sfc_plugin.registry import TRANSFORMS
-from sfc_plugin.utils.validation import check_integer
+from sfc_plugin.utils.validation import check_integer, check_real
 
 _INTERPOLATIONS = dict(
     nearest=cv2.INTER_NEAREST, bilinear=cv2.INTER_LINEAR,
@@ -119,12 +119,17 @@ class TwoViewRandomResizedCrop(BaseTransform):
             for side in pair)
         max_attempts = check_integer(owner, 'max_attempts', max_attempts, 0,
                                      1000)
+        scale, ratio = (self._pair(owner, name, value)
+                        for name, value in (('scale', scale),
+                                            ('ratio', ratio)))
         if not 0.0 <= scale[0] <= scale[1] <= 1.0:
             raise ValueError('TwoViewRandomResizedCrop: need 0 <= scale[0] <= '
                              f'scale[1] <= 1, got {scale}')
-        if not 0.0 < ratio[0] <= ratio[1]:
+        # An infinite ratio overflowed math.exp in the crop's sampling.
+        if not 0.0 < ratio[0] <= ratio[1] < math.inf:
             raise ValueError('TwoViewRandomResizedCrop: need 0 < ratio[0] <= '
-                             f'ratio[1], got {ratio}')
+                             f'ratio[1], finite, got {ratio}')
+        flip_prob = check_real(owner, 'flip_prob', flip_prob)
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError('TwoViewRandomResizedCrop: flip_prob must be in '
                              f'[0, 1], got {flip_prob}')
@@ -157,6 +162,14 @@ class TwoViewRandomResizedCrop(BaseTransform):
             crop = crop[:, ::-1]
             box = box[[2, 1, 0, 3]]
         return np.ascontiguousarray(crop), box, flip
+
+    @staticmethod
+    def _pair(owner: str, name: str, value) -> Tuple[float, float]:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f'{owner}: {name} must be two numbers (low, '
+                             f'high), got {value!r}')
+        return tuple(check_real(owner, f'{name}[{i}]', v)
+                     for i, v in enumerate(value))
 
     def transform(self, results: dict) -> dict:
         img = results['img']
