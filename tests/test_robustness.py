@@ -27,6 +27,8 @@ from sfc_plugin.datasets import synthetic_video, write_davis_sequences
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils import register_all_modules
 
+from .conftest import run_in_process
+
 FRAMES = 6
 SIZE = (64, 112)
 
@@ -110,8 +112,12 @@ def assert_one_line_error(proc, prog: str, *words: str,
 
 
 def track(python, repo, env, *args, **kw):
-    return run_tool(python, repo, env, 'tools/track.py', *args, '--quiet',
-                    **kw)
+    """tools/track.py in this process, or in a child where ``kw`` asks
+    for what only a child gives (``limits``, ``child=True``)."""
+    if kw.pop('child', False) or kw:
+        return run_tool(python, repo, env, 'tools/track.py', *args,
+                        '--quiet', **kw)
+    return run_in_process(repo, 'tools/track.py', *args, '--quiet')
 
 
 # -- Data loss: an output over an input is refused, inputs untouched -------
@@ -372,7 +378,7 @@ def test_corrupt_video_is_an_error_naming_the_frame(clip, tmp_path, python,
                                                     repo, subprocess_env):
     out = tmp_path / 'out'
     proc = track(python, repo, subprocess_env, clip['corrupt'], clip['first'],
-                 '--out', out, '--no-overlay')
+                 '--out', out, '--no-overlay', child=True)
     assert_one_line_error(proc, 'track.py', str(clip['corrupt']),
                           'cannot be decoded', 'of 24')
     # FFmpeg's own per-macroblock log is not passed on.
@@ -576,7 +582,7 @@ def test_debug_shows_the_traceback(clip, tmp_path, bad_files, python, repo,
                                    subprocess_env):
     proc = track(python, repo, subprocess_env, clip['frames'], clip['first'],
                  '--out', tmp_path / 'out', '--checkpoint',
-                 bad_files['text'], '--debug')
+                 bad_files['text'], '--debug', child=True)
     assert proc.returncode == 1 and 'Traceback' in proc.stderr
     assert 'not a PyTorch checkpoint' in proc.stderr
 

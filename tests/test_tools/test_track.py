@@ -22,6 +22,7 @@ from sfc_plugin.evaluation import evaluate_davis_results
 from sfc_plugin.utils.cli import run_tool
 from sfc_plugin.utils.fileio import save_palette_png
 
+from ..conftest import run_in_process
 from .test_test import run_fc_davis
 
 
@@ -33,7 +34,11 @@ def load_tool(repo, name):
     return module
 
 
-def track_cli(python, repo, env, *args, timeout=600):
+def track_cli(python, repo, env, *args, timeout=600, child=False):
+    """tools/track.py: in this process (no start-up cost), or in a child
+    process where the test needs one."""
+    if not child:
+        return run_in_process(repo, 'tools/track.py', *args)
     return subprocess.run([python, str(repo / 'tools' / 'track.py'), *args],
                           env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -43,7 +48,7 @@ def test_demo_tracks_a_generated_video_and_prints_its_j_and_f(
         python, repo, subprocess_env, tmp_path):
     out = tmp_path / 'demo'
     proc = track_cli(python, repo, subprocess_env, '--demo', '--out',
-                     str(out))
+                     str(out), child=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'randomly initialised' in proc.stdout
     # Progress in a log: lines in frames and frames/s.

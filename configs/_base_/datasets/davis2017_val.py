@@ -7,7 +7,9 @@ dataset_type = 'DAVISDataset'
 data_root = 'data/DAVIS'
 
 test_pipeline = [
-    dict(type='mmcv.LoadImageFromFile'),
+    # mmcv.LoadImageFromFile's decoding; an empty or cut frame is an
+    # error naming it, not grey rows scored as a prediction.
+    dict(type='LoadVideoFrame'),
     dict(type='LoadObjectMask', first_frame_only=True),
     dict(type='PackVideoFrameInputs'),
 ]

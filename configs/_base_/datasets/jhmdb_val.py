@@ -9,7 +9,9 @@ test_dataloader = dict(
         data_root='data/jhmdb',
         ann_file='jhmdb_val.txt',
         pipeline=[
-            dict(type='mmcv.LoadImageFromFile'),
+            # mmcv.LoadImageFromFile's decoding; an empty or cut frame is an
+            # error naming it, not grey rows scored as a prediction.
+            dict(type='LoadVideoFrame'),
             dict(type='mmcv.Resize', scale=(320, 320), keep_ratio=False),
             dict(type='PackVideoFrameInputs'),
         ]))

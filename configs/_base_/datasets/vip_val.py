@@ -8,7 +8,9 @@ test_dataloader = dict(
         data_root='data/VIP_Fine',
         ann_file='lists/val_videos.txt',
         pipeline=[
-            dict(type='mmcv.LoadImageFromFile'),
+            # mmcv.LoadImageFromFile's decoding; an empty or cut frame is an
+            # error naming it, not grey rows scored as a prediction.
+            dict(type='LoadVideoFrame'),
             dict(type='LoadPartMap', num_classes=20, first_frame_only=True),
             dict(type='PackVideoFrameInputs'),
         ]))
