@@ -70,6 +70,22 @@ def python() -> str:
     return sys.executable
 
 
+def load_tool(tool: str):
+    """A command-line tool of the repository (``tools/track.py``,
+    ``export/to_trt.py``) loaded as a module, for its functions."""
+    path = REPO / tool
+    spec = importlib.util.spec_from_file_location(
+        f'{path.stem}_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    # Its siblings, as when run as a script (tools/test.py imports train).
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
 _LOADED_TOOLS = {}
 
 
@@ -82,11 +98,7 @@ def run_in_process(repo, tool, *args) -> subprocess.CompletedProcess:
     from sfc_plugin.utils import cli
     path = repo / tool
     if path not in _LOADED_TOOLS:
-        spec = importlib.util.spec_from_file_location(
-            f'{path.stem}_under_test', path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _LOADED_TOOLS[path] = module
+        _LOADED_TOOLS[path] = load_tool(tool)
     out, err = io.StringIO(), io.StringIO()
     handler, argv0 = signal.getsignal(signal.SIGTERM), sys.argv[0]
     # argparse names the program after sys.argv[0].

@@ -27,7 +27,7 @@ from sfc_plugin.datasets import synthetic_video, write_davis_sequences
 from sfc_plugin.registry import MODELS
 from sfc_plugin.utils import register_all_modules
 
-from .conftest import run_in_process
+from .conftest import load_tool, run_in_process
 
 FRAMES = 6
 SIZE = (64, 112)
@@ -87,8 +87,14 @@ def clip(tmp_path_factory):
                 masks=masks)
 
 
-def run_tool(python, repo, env, tool, *args, timeout=300, limits=None):
-    """A tool in a child process with a time limit (no hang survives)."""
+def run_tool(python, repo, env, tool, *args, timeout=300, limits=None,
+             child=False):
+    """A tool in this process (:func:`run_in_process`), or in a child
+    process with a time limit (no hang survives) where the test needs one:
+    ``limits`` (resource limits), ``child``."""
+    if not (limits or child):
+        return run_in_process(repo, tool, *args)
+
     def preexec():
         if limits:
             for what, value in limits.items():
@@ -112,12 +118,8 @@ def assert_one_line_error(proc, prog: str, *words: str,
 
 
 def track(python, repo, env, *args, **kw):
-    """tools/track.py in this process, or in a child where ``kw`` asks
-    for what only a child gives (``limits``, ``child=True``)."""
-    if kw.pop('child', False) or kw:
-        return run_tool(python, repo, env, 'tools/track.py', *args,
-                        '--quiet', **kw)
-    return run_in_process(repo, 'tools/track.py', *args, '--quiet')
+    return run_tool(python, repo, env, 'tools/track.py', *args, '--quiet',
+                    **kw)
 
 
 # -- Data loss: an output over an input is refused, inputs untouched -------
@@ -599,15 +601,6 @@ def test_visualiser_out_that_is_a_file(clip, bad_files, python, repo,
     assert bad_files['a_file'].read_text() == 'x'
 
 
-def load_tool(repo, path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(Path(path).stem,
-                                                  repo / path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 @pytest.mark.parametrize('out, extra, named', [
     # A checkpoint set in the config (not by --checkpoint).
     ('{tmp}/fc.onnx', ['--cfg-options', 'model.encoder.checkpoint={tmp}/fc.'
@@ -627,7 +620,7 @@ def test_to_onnx_never_writes_what_the_config_reads(clip, tmp_path, repo,
                       f"'{tmp_path}/base.json']\n")
     before = tree_digest(tmp_path)
     with pytest.raises(SystemExit, match='1'):
-        cli.run_tool(load_tool(repo, 'export/to_onnx.py').main, 'to_onnx.py', [
+        cli.run_tool(load_tool('export/to_onnx.py').main, 'to_onnx.py', [
             str(config), '--frames', str(clip['frames']), '--out',
             out.format(tmp=tmp_path)
         ] + [e.format(tmp=tmp_path) for e in extra])
@@ -647,7 +640,7 @@ def test_to_onnx_unwritable_output_is_refused_before_export(
     monkeypatch.setattr(
         os, 'access', lambda p, mode: False if Path(p) == locked else
         real_access(p, mode))
-    tool = load_tool(repo, 'export/to_onnx.py')
+    tool = load_tool('export/to_onnx.py')
     with pytest.raises(SystemExit, match='1'):
         cli.run_tool(tool.main, 'to_onnx.py', [
             str(repo / 'configs' / 'fc_davis.py'), '--frames',

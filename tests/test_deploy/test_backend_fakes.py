@@ -3,7 +3,6 @@ against fakes of ONNX Runtime and TensorRT: what the code asks each library
 for, and what it does with each answer. (The real libraries run in
 test_backends.py and, where TensorRT and a GPU exist, test_to_trt.py.)"""
 import contextlib
-import importlib.util
 import types
 
 import numpy as np
@@ -14,6 +13,8 @@ from onnx import TensorProto, helper
 
 from sfc_plugin.deploy import backends
 from sfc_plugin.deploy.backends import ONNXRuntimeBackend, TensorRTBackend
+
+from ..conftest import load_tool
 
 pytest.importorskip('onnxruntime')
 
@@ -220,14 +221,6 @@ def fake_tensorrt(version, log, strongly_typed_flag=True, fp16_flag=True,
         MemoryPoolType=types.SimpleNamespace(WORKSPACE=0))
 
 
-def load_to_trt(repo):
-    spec = importlib.util.spec_from_file_location(
-        'to_trt', repo / 'export' / 'to_trt.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
 def step_onnx(tmp_path):
     from sfc_plugin.deploy import PropagationStep, export_propagation_step
@@ -249,8 +242,9 @@ def test_engine_builds_strongly_typed_on_10_and_11(repo, step_onnx, tmp_path,
                                                    fp16_flag, flags):
     log = []
     trt = fake_tensorrt(version, log, typed_flag, fp16_flag)
-    engine = load_to_trt(repo).build_engine(trt, step_onnx, PROFILE, 1.0,
-                                            str(tmp_path / 'timing.cache'))
+    to_trt = load_tool('export/to_trt.py')
+    engine = to_trt.build_engine(trt, step_onnx, PROFILE, 1.0,
+                                 str(tmp_path / 'timing.cache'))
     assert engine == b'engine-bytes'
     calls = [c[0] for c in log]
     create = next(c for c in log if c[0] == 'builder.create_network')
@@ -269,8 +263,8 @@ def test_every_builder_answer_is_checked(repo, step_onnx, tmp_path, answers,
                                          match):
     trt = fake_tensorrt('10.8.0', [], **answers)
     with pytest.raises(RuntimeError, match=match):
-        load_to_trt(repo).build_engine(trt, step_onnx, PROFILE, 1.0,
-                                       str(tmp_path / 'timing.cache'))
+        load_tool('export/to_trt.py').build_engine(
+            trt, step_onnx, PROFILE, 1.0, str(tmp_path / 'timing.cache'))
     assert not (tmp_path / 'timing.cache').exists()
 
 
@@ -281,7 +275,7 @@ def test_mismatched_timing_cache_is_replaced(repo, step_onnx, tmp_path,
     trt = fake_tensorrt('10.8.0', log,
                         set_timing_cache=lambda *a, **k: next(answers))
     (tmp_path / 'timing.cache').write_bytes(b'another GPU')
-    load_to_trt(repo).build_engine(trt, step_onnx, PROFILE, 1.0,
+    load_tool('export/to_trt.py').build_engine(trt, step_onnx, PROFILE, 1.0,
                                    str(tmp_path / 'timing.cache'))
     assert 'starting a new one' in capsys.readouterr().err
     caches = [c[1] for c in log if c[0] == 'config.create_timing_cache']

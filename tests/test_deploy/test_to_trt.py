@@ -9,6 +9,8 @@ import torch
 
 from sfc_plugin.deploy import PropagationStep, export_propagation_step
 
+from ..conftest import load_tool
+
 HAS_TRT = importlib.util.find_spec('tensorrt') is not None
 
 
@@ -102,10 +104,7 @@ def test_timing_cache_is_checked_before_tensorrt(repo, step_onnx, tmp_path,
                                                  capsys, cache, match):
     """The cache is read and rewritten by the build: never an input."""
     from sfc_plugin.utils.cli import run_tool
-    spec = importlib.util.spec_from_file_location(
-        'to_trt', repo / 'export' / 'to_trt.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('export/to_trt.py')
     names = dict(onnx=step_onnx, out=tmp_path / 'out', tmp=tmp_path,
                  file=tmp_path / 'a_file')
     (tmp_path / 'a_file').write_text('x')

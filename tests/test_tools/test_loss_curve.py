@@ -1,19 +1,15 @@
 """tools/analysis/loss_curve.py: a table of a run's logs, one line per
 mistake."""
-import importlib.util
-
 import pytest
 
 from sfc_plugin.utils.cli import run_tool
 
+from ..conftest import load_tool
+
 
 @pytest.fixture()
-def tool(repo):
-    spec = importlib.util.spec_from_file_location(
-        'loss_curve', repo / 'tools' / 'analysis' / 'loss_curve.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool():
+    return load_tool('tools/analysis/loss_curve.py')
 
 
 def logs(tmp_path, *lines):

@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import os
 import shutil
 import signal
@@ -22,16 +21,8 @@ from sfc_plugin.evaluation import evaluate_davis_results
 from sfc_plugin.utils.cli import run_tool
 from sfc_plugin.utils.fileio import save_palette_png
 
-from ..conftest import run_in_process
+from ..conftest import load_tool, run_in_process
 from .test_test import run_fc_davis
-
-
-def load_tool(repo, name):
-    spec = importlib.util.spec_from_file_location(
-        name, repo / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def track_cli(python, repo, env, *args, timeout=600, child=False):
@@ -214,7 +205,7 @@ def test_track_gives_the_j_and_f_of_the_test_tool(python, repo, davis2016,
     assert 0.2 < scores['J&F-Mean'] < 1
     for key, value in expected.items():
         assert scores[key] == pytest.approx(value, abs=1e-6), key
-    load_tool(repo, 'eval_davis').main([
+    load_tool('tools/eval_davis.py').main([
         str(results), '--data-root', str(root), '--ann-file',
         'ImageSets/val.txt'
     ])
@@ -233,7 +224,7 @@ def test_results_missing_a_frame_are_named(repo, tmp_path, capsys):
         evaluate_davis_results(str(tmp_path / 'r'), str(tmp_path / 'd'),
                                'ImageSets/val.txt')
     with pytest.raises(SystemExit, match='1'):
-        run_tool(load_tool(repo, 'eval_davis').main, 'eval_davis.py', [
+        run_tool(load_tool('tools/eval_davis.py').main, 'eval_davis.py', [
             str(tmp_path / 'r'), '--data-root', str(tmp_path / 'd'),
             '--ann-file', 'ImageSets/val.txt'
         ])
@@ -275,7 +266,7 @@ def test_davis2016_masks_score_as_results(davis2016, tmp_path):
 ])
 def test_correspondence_maps_are_written(repo, davis2016, tmp_path, config,
                                          maps, capsys, monkeypatch):
-    tool = load_tool(repo, 'visualize_correspondence')
+    tool = load_tool('tools/visualize_correspondence.py')
     frames = tmp_path / 'frames'
     frames.mkdir()
     for name in ('00000.jpg', '00010.jpg'):

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from ..conftest import TINY_TRAIN_OPTIONS, run_in_process
+from ..conftest import TINY_TRAIN_OPTIONS, load_tool, run_in_process
 
 
 def train(python, repo, env, work_dir, *extra, options=(), check=True,
@@ -30,19 +30,23 @@ def train(python, repo, env, work_dir, *extra, options=(), check=True,
     return proc
 
 
+def error_line(proc) -> str:
+    """The one error line of a run that failed as a user's mistake
+    (status 1), without its ``train.py: error: `` prefix."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith('train.py: error: '), proc.stderr[-3000:]
+    return line[len('train.py: error: '):]
+
+
 def load(path):
     # SFCRunner's checkpoints need nothing allow-listed.
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
 @pytest.fixture()
-def train_tool(repo):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'train_tool', repo / 'tools' / 'train.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+def train_tool():
+    return load_tool('tools/train.py')
 
 
 @pytest.fixture(scope='module')
@@ -159,9 +163,8 @@ def test_a_cut_checkpoint_is_named(trained, python, repo, tmp_path, how):
                       ([], [f'load_from={cut}']))
     proc = train(python, repo, env, tmp_path / 'w', *extra,
                  options=['train_cfg.max_iters=3'] + options, check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f'train.py: error: Checkpoint "{cut}" is not a PyTorch checkpoint '
+    assert error_line(proc) == (
+        f'Checkpoint "{cut}" is not a PyTorch checkpoint '
         '(neither a whole torch.save archive nor a pickle: another kind of '
         'file, or one cut short)')
 
@@ -229,10 +232,7 @@ def test_a_loader_the_host_cannot_hold_is_refused(python, repo, tmp_path,
     checkpoint, instead of a run the system kills."""
     proc = train(python, repo, subprocess_env, tmp_path, options=[option],
                  check=False)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    error = proc.stderr.strip().splitlines()[-1]
-    assert error.startswith('train.py: error: '), proc.stderr[-2000:]
-    assert message in error
+    assert message in error_line(proc)
     assert 'Traceback' not in proc.stderr
     assert not list(tmp_path.glob('*.pth'))
 
@@ -311,9 +311,8 @@ def test_diverged_training_stops_without_a_checkpoint(python, repo,
                  options=['train_cfg.max_iters=4',
                           'default_hooks.checkpoint.interval=2',
                           'optim_wrapper.optimizer.lr=1e30'])
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        'train.py: error: Training diverged: the loss is nan at iteration 2')
+    assert error_line(proc).startswith(
+        'Training diverged: the loss is nan at iteration 2')
     assert not list(tmp_path.glob('*.pth'))
 
 
@@ -362,9 +361,8 @@ def test_load_from_another_models_checkpoint_is_refused(python, repo,
     torch.save(dict(state_dict={'fc.weight': torch.ones(10, 4)}), foreign)
     proc = train(python, repo, subprocess_env, tmp_path / 'w', check=False,
                  options=['train_cfg.max_iters=1', f'load_from={foreign}'])
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f'train.py: error: Checkpoint "{foreign}" holds none of the weights '
+    assert error_line(proc).startswith(
+        f'Checkpoint "{foreign}" holds none of the weights '
         'of FineGrainedCorrespondence (its 1 keys, e.g. "fc.weight"')
 
 
@@ -393,9 +391,8 @@ def test_auto_resume_takes_the_newest_whole_checkpoint(trained, python,
     proc = train(python, repo, env, resumed, '--resume',
                  str(resumed / 'iter_5.pth'),
                  options=['train_cfg.max_iters=5'], check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f'train.py: error: Checkpoint "{resumed / "iter_5.pth"}" is at '
+    assert error_line(proc) == (
+        f'Checkpoint "{resumed / "iter_5.pth"}" is at '
         'iteration 5, where the run ends (train_cfg.max_iters): nothing is '
         'left to train; raise train_cfg.max_iters to go on')
 
@@ -424,7 +421,6 @@ def test_a_frame_that_cannot_be_decoded_is_named(python, repo, tmp_path,
     ]
     proc = subprocess.run(cmd, env=subprocess_env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f'train.py: error: Cannot decode frame "{frames / "00003.jpg"}": the '
+    assert error_line(proc) == (
+        f'Cannot decode frame "{frames / "00003.jpg"}": the '
         'file is empty')
