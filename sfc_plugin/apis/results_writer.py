@@ -28,6 +28,7 @@ from sfc_plugin.utils.fileio import (
     check_output_location,
     dir_mode,
     make_parent_dir,
+    replace_folder,
     save_palette_png,
     write_all,
     write_json,
@@ -364,15 +365,7 @@ class TrackingResultsWriter:
         # Something may have been written to the output folder while the
         # run went on: what is replaced is checked now, not at the start.
         self._check_replaceable(self.out_dir)
-        replaced = None
-        if osp.exists(self.out_dir):
-            replaced = tempfile.mkdtemp(
-                prefix=f'.{osp.basename(self.out_dir)}.replaced-',
-                dir=osp.dirname(self.out_dir))
-            os.rename(self.out_dir, osp.join(replaced, 'old'))
-        os.rename(self.staging, self.out_dir)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
+        replace_folder(self.staging, self.out_dir)
         self.staging = None
         return self.out_dir
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import os.path as osp
+import shutil
 import tempfile
 from typing import Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -119,6 +120,25 @@ def atomic_output(path: PathLike, suffix: str = '.part') -> Iterator[str]:
     finally:
         if osp.lexists(tmp):
             os.remove(tmp)
+
+
+def replace_folder(staging: PathLike, target: PathLike) -> None:
+    """Moves a finished staging folder to ``target``, replacing the folder
+    there (the caller has checked that it may be replaced), by renames only:
+    the old folder goes aside into ``.<name>.replaced-XXXX`` beside it, the
+    staging folder takes its place, and then the old one is deleted. A run
+    stopped part-way leaves the old folder or the new one whole, never a mix
+    of the two.
+    """
+    target = os.fspath(target)
+    aside = None
+    if osp.lexists(target):
+        aside = tempfile.mkdtemp(prefix=f'.{osp.basename(target)}.replaced-',
+                                 dir=osp.dirname(osp.abspath(target)))
+        os.rename(target, osp.join(aside, 'old'))
+    os.rename(staging, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_file(path: PathLike) -> None:
@@ -433,8 +453,8 @@ def check_output_location(output: PathLike,
 __all__ = [
     'atomic_output', 'check_output_location', 'check_writable_dir',
     'davis_palette', 'dir_mode', 'encode_palette_png', 'file_mode',
-    'is_within', 'make_parent_dir', 'remove_file', 'save_palette_png',
-    'sha256',
+    'is_within', 'make_parent_dir', 'remove_file', 'replace_folder',
+    'save_palette_png', 'sha256',
     'VerifiedVideoWriter', 'write_all', 'write_bytes', 'write_image',
     'write_json', 'write_text'
 ]

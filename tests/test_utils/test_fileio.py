@@ -3,7 +3,11 @@ import cv2
 import numpy as np
 import pytest
 
-from sfc_plugin.utils.fileio import VerifiedVideoWriter, remove_file
+from sfc_plugin.utils.fileio import (
+    VerifiedVideoWriter,
+    remove_file,
+    replace_folder,
+)
 
 
 @pytest.mark.parametrize('height, width', [(17, 33), (16, 33), (17, 32),
@@ -42,3 +46,17 @@ def test_remove_file_takes_files_only(tmp_path):
     assert not (tmp_path / 'old.json').exists()
     with pytest.raises(IsADirectoryError, match='is a folder'):
         remove_file(tmp_path)
+
+
+def test_replace_folder_swaps_whole_folders(tmp_path):
+    target, staging = tmp_path / 'out', tmp_path / '.out.partial'
+    staging.mkdir()
+    (staging / 'new.png').write_text('new')
+    replace_folder(staging, target)  # nothing to replace
+    assert [p.name for p in target.iterdir()] == ['new.png']
+    staging.mkdir()
+    (staging / 'newer.png').write_text('newer')
+    replace_folder(staging, target)
+    assert [p.name for p in target.iterdir()] == ['newer.png']
+    # Nothing is left beside it: neither the staging nor the old folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']

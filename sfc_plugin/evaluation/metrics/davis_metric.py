@@ -23,6 +23,7 @@ from sfc_plugin.registry import METRICS
 from sfc_plugin.utils.fileio import (
     check_output_location,
     remove_file,
+    replace_folder,
     save_palette_png,
     write_text,
 )
@@ -247,7 +248,6 @@ class DAVISMetric(BaseMetric):
         earlier run (a folder holding anything else is refused)."""
         staging = self._staging.pop(video)
         target = osp.join(self.output_dir, video)
-        replaced = None
         if osp.lexists(target):
             foreign = [n for n in os.listdir(target)
                        if not n.lower().endswith('.png')] if osp.isdir(
@@ -258,13 +258,7 @@ class DAVISMetric(BaseMetric):
                     f'DAVISMetric output_dir: "{target}" is not an earlier '
                     f'result of "{video}" (it holds "{foreign[0]}"); choose '
                     'another output_dir')
-            replaced = osp.join(self.output_dir, f'.{video}.replaced')
-            if osp.isdir(replaced):
-                shutil.rmtree(replaced)
-            os.rename(target, replaced)
-        os.rename(staging, target)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
+        replace_folder(staging, target)
 
     def _objects(self, meta: dict) -> int:
         video = meta['video']
