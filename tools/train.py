@@ -128,7 +128,7 @@ def check_outputs(cfg: Config, split: str, **inputs) -> None:
             '(or --resume it to continue that run)')
     evaluator = cfg.get('test_evaluator') if split == 'test' else None
     inputs = dict(inputs, data_root=data_root,
-                  load_from_checkpoint=cfg.get('load_from') or None)
+                  load_from_checkpoint=load_from)
     for metric in (evaluator if isinstance(evaluator, list) else
                    [evaluator] if evaluator else []):
         output_dir = metric.get('output_dir')

@@ -106,8 +106,8 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
             labels for a tracker (it checks them as for frame 0).
         complete (bool): Default of every anchor's ``complete``. Defaults
             to False.
-        num_keypoints (int, optional): The first frame's keypoint count,
-            which every keypoint anchor must have.
+        num_keypoints (int, optional): For keypoints: the first frame's
+            keypoint count, which every anchor must have.
 
     Returns:
         ResolvedAnchors: Frame index → :class:`Anchor` (given one, it is
@@ -146,10 +146,8 @@ def resolve_anchors(anchors: Optional[AnchorsArg], reader: VideoReader,
                                    img_path=_frame_path(reader, index),
                                    frame_id=index, anchor=True,
                                    **{path_key: anchor.labels}))
-        count = (len(loaded['gt_joints']) if kind == 'keypoints'
-                 and isinstance(loaded, dict) and 'gt_joints' in loaded
-                 else None)
-        if num_keypoints is not None and count not in (None, num_keypoints):
+        count = len(loaded['gt_joints']) if kind == 'keypoints' else None
+        if num_keypoints is not None and count != num_keypoints:
             raise ValueError(
                 f'Anchor "{anchor.labels}" holds {count} keypoints; the '
                 f'first frame\'s labels hold {num_keypoints} (an anchor '

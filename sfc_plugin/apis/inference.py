@@ -724,8 +724,8 @@ def track_video(source: str,
             summary['incomplete_reason'] = '; '.join(reasons)
         if reader.truncated_at is not None:
             summary['source_truncated_at'] = reader.truncated_at
-        if getattr(reader, 'passed_frame_count', None) is not None:
-            summary['source_frames_estimated'] = reader.passed_frame_count
+        if reader.estimated_frame_count is not None:
+            summary['source_frames_estimated'] = reader.estimated_frame_count
         if device.startswith('cuda'):
             summary['peak_cuda_memory_mib'] = round(
                 torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -56,6 +56,7 @@ class FrameFolderReader:
     truncated_at: Optional[int] = None
     #: Its frames are counted exactly: its end is always known.
     unverified_end: Optional[str] = None
+    estimated_frame_count: Optional[int] = None
 
     def __init__(self, path: str):
         path = os.fspath(path)
@@ -187,7 +188,7 @@ class VideoFileReader:
         self.unverified_end: Optional[str] = None
         #: The container's frame count when it is only an estimate: from
         #: the file size (MPEG streams), or passed by decoding.
-        self.passed_frame_count: Optional[int] = None
+        self.estimated_frame_count: Optional[int] = None
         if not osp.isfile(path):
             raise FileNotFoundError(f'Video file not found: "{path}"')
         self.path = path
@@ -207,7 +208,7 @@ class VideoFileReader:
         if self.num_frames and _count_from_file_size(path):
             # Cut short, such a file states a shorter length, matching what
             # decodes: its count cannot reveal the cut.
-            self.passed_frame_count = self.num_frames
+            self.estimated_frame_count = self.num_frames
             self.num_frames = None
 
     def _open(self) -> cv2.VideoCapture:
@@ -233,8 +234,8 @@ class VideoFileReader:
                         self.truncated_at = i
                     elif self.num_frames is None:
                         stated = (
-                            f'states {self.passed_frame_count} frames only '
-                            'as an estimate' if self.passed_frame_count else
+                            f'states {self.estimated_frame_count} frames only '
+                            'as an estimate' if self.estimated_frame_count else
                             'states no frame count')
                         self.unverified_end = (
                             f'the video file {stated}: whether decoding '
@@ -243,7 +244,7 @@ class VideoFileReader:
                     return
                 if self.num_frames is not None and i == self.num_frames:
                     # Decoded past the container's count: it was estimated.
-                    self.passed_frame_count = self.num_frames
+                    self.estimated_frame_count = self.num_frames
                     self.num_frames = None
                 if frame.shape[:2] != self.frame_size:
                     raise ValueError(

@@ -193,7 +193,7 @@ def test_decoding_past_an_estimated_frame_count_drops_it(tmp_path):
     reader = open_video(str(write_video(tmp_path / 'clip.mp4', frames)))
     reader.num_frames = 3
     assert len(list(reader)) == 5
-    assert reader.num_frames is None and reader.passed_frame_count == 3
+    assert reader.num_frames is None and reader.estimated_frame_count == 3
     assert reader.unverified_end.startswith(
         'the video file states 3 frames only as an estimate: whether '
         'decoding ended at its end after 5 frames')
@@ -208,9 +208,9 @@ def test_mpeg_stream_counts_are_estimates(tmp_path):
     (tmp_path / 'cut.mpg').write_bytes(data[:len(data) // 2])
     for video in (path, tmp_path / 'cut.mpg'):
         reader = open_video(str(video))
-        assert reader.num_frames is None and reader.passed_frame_count
+        assert reader.num_frames is None and reader.estimated_frame_count
         decoded = len(list(reader))
         assert 0 < decoded <= 12
         assert reader.unverified_end.startswith(
-            f'the video file states {reader.passed_frame_count} frames only '
-            'as an estimate')
+            f'the video file states {reader.estimated_frame_count} frames '
+            'only as an estimate')
