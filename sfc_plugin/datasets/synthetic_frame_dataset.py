@@ -59,8 +59,8 @@ class SyntheticFrameDataset(BaseDataset):
         pipeline (list): Data transforms. Defaults to [].
     """
 
-    #: Largest side of a generated frame (drawing one takes about 24 bytes
-    #: a pixel, 1.5 GiB at this size).
+    #: Largest side of a generated frame (drawing one takes about 60 bytes
+    #: a pixel of peak RSS, measured at 4096²: 4 GiB at this size).
     MAX_SIDE = 8192
     #: Most frames: a shuffling sampler holds a permutation of them (80 MB
     #: here), YouTube-VOS has 0.6 million.
