@@ -45,7 +45,7 @@ from sfc_plugin.ops import native_ops_available
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
                   r'(?:micro\d+x\d+|tensorcores-c\d+|'
-                  r'tf32x3-c\d+(?:-regsplit)?)(?:-prefetch)?-min\d+')
+                  r'tf32x3-c\d+)(?:-prefetch)?-min\d+')
 
 
 def tiling(name: str):

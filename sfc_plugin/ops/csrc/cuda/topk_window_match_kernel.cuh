@@ -94,10 +94,8 @@ struct TileShape {
   static constexpr int kTileQueries = TileRows * TileCols;
   static constexpr int kChunkKeys = ChunkKeys;
   static constexpr int kMinBlocks = MinBlocks;
-  // Float32 features split into two TF32 parts (Tf32TensorCoreConfig),
-  // as the tiles are filled or as the fragments are read.
+  // Float32 features split into two TF32 parts (Tf32TensorCoreConfig).
   static constexpr bool kSplitTf32 = false;
-  static constexpr bool kSplitInRegisters = false;
 
   static_assert(ChunkKeys % 32 == 0,
                 "a chunk is offered one warp's 32 keys at a time");
@@ -168,10 +166,9 @@ struct MmaTileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
                 "slices are whole steps of the instruction");
   static_assert(kThreads <= 1024, "at most 1024 threads");
 
-  static std::string mma_name(const std::string& scoring,
-                              const std::string& variant = "") {
+  static std::string mma_name(const std::string& scoring) {
     return Shape::shape_name(scoring + "-c" + std::to_string(SliceChannels) +
-                             variant + (Prefetch ? "-prefetch" : ""));
+                             (Prefetch ? "-prefetch" : ""));
   }
 };
 
@@ -193,22 +190,18 @@ struct TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
 // q_small·k_big + q_big·k_small + q_big·k_big by mma.sync.m16n8k8 with TF32
 // inputs. The term dropped, q_small·k_small, and small's rounding are
 // about 2^-21 of each product, against the 2^-24 of one FMA. The tiles keep
-// both parts, each value split once as its tile is filled; or, with
-// SplitInRegisters ("-regsplit"), the float32 values alone, split as each
-// warp reads its fragments: half the shared memory and its traffic, for
-// the splitting repeated by every warp that reads a value (the A fragments
-// by each warp along the keys, the B fragments by each along the queries).
-// Both give the same parts, so the same scores.
+// both parts, each value split once as its tile is filled. (Keeping the
+// float32 values alone and splitting them as each warp reads its fragments
+// halves the shared memory and its traffic, but was no faster on an H200:
+// BENCHMARKS.md, "GPU check on an H200, third run".)
 template <int TileRows, int TileCols, int ChunkKeys, int SliceChannels,
-          int MinBlocks, bool Prefetch = false, bool SplitInRegisters = false>
+          int MinBlocks, bool Prefetch = false>
 struct Tf32TensorCoreConfig : MmaTileConfig<TileRows, TileCols, ChunkKeys,
                                             SliceChannels, MinBlocks,
                                             Prefetch, 8> {
   static constexpr bool kSplitTf32 = true;
-  static constexpr bool kSplitInRegisters = SplitInRegisters;
   static std::string name() {
-    return Tf32TensorCoreConfig::mma_name(
-        "tf32x3", SplitInRegisters ? "-regsplit" : "");
+    return Tf32TensorCoreConfig::mma_name("tf32x3");
   }
 };
 
@@ -227,23 +220,22 @@ using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // CUDA-core and 3xTF32 ones for float32 features, 16-bit tensor-core ones
 // for float16 and bfloat16 (only those types, to bound the build). The
 // 3xTF32 ones without prefetch, slower than those with it on the H200 and
-// the H100 (1.2-1.6× the CUDA-core default against 2.4×), gave way to the
-// candidates that split in registers. So did the CUDA-core ones that lost
-// to the default on every case on the H100 (0.58-0.90× it: 4x8-micro4x4
-// without prefetch, the 4x8-keys128 and 8x8-keys128 tiles) and the 16-bit
-// tensor-core ones without prefetch (up to 1.6× slower than those with it
-// at C = 1280, never faster): BENCHMARKS.md, "GPU check on an H100".
+// the H100 (1.2-1.6× the CUDA-core default against 2.4×), were dropped; so
+// were the CUDA-core ones that lost to the default on every case on the
+// H100 (0.58-0.90× it: 4x8-micro4x4 without prefetch, the 4x8-keys128 and
+// 8x8-keys128 tiles) and the 16-bit tensor-core ones without prefetch (up
+// to 1.6× slower than those with it at C = 1280, never faster):
+// BENCHMARKS.md, "GPU check on an H100". And the four 3xTF32 ones that
+// split in registers: 0.88-1.02× the speed of the 3xTF32 default at
+// C = 1280 and 0.81-0.97× at C = 256 on an H200 (BENCHMARKS.md, "GPU check
+// on an H200, third run").
 using AlternativeConfigs =
     std::tuple<TileConfig<8, 8, 64, 8, 4, true, 2>,
                TileConfig<8, 16, 128, 8, 8, true, 1>,
                TensorCoreDefaultConfig,
                TensorCoreConfig<8, 8, 64, 64, 2, true>,
                Tf32TensorCoreDefaultConfig,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>,
-               Tf32TensorCoreConfig<4, 8, 64, 32, 3, true, true>,
-               Tf32TensorCoreConfig<4, 8, 64, 32, 4, true, true>,
-               Tf32TensorCoreConfig<4, 8, 128, 32, 2, true, true>,
-               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true, true>>;
+               Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>>;
 
 // Whether SFC_PLUGIN_TENSOR_CORES lets the op use tensor cores: unset or
 // 1, yes; 0, no (every type on CUDA cores). Read at every call, so that a
@@ -293,12 +285,10 @@ constexpr int kTf32Pad = 4;
 // cores: channel-major in the accumulation type (row c holds channel c of
 // every query, or key). Tensor cores: position-major (row q holds the
 // slice's channels of query q), the features' 16-bit values as they are,
-// or for 3xTF32 both TF32 parts of each float32 value, or the float32
-// values alone where they are split in registers.
+// or for 3xTF32 both TF32 parts of each float32 value.
 template <typename Config, typename acc_t,
           bool tensor_cores = Config::kTensorCores,
-          bool split_tf32 = Config::kSplitTf32,
-          bool split_in_registers = Config::kSplitInRegisters>
+          bool split_tf32 = Config::kSplitTf32>
 struct ChannelTiles {
   alignas(16) acc_t queries[kChunkChannels][Config::kTileQueries + kPad];
   alignas(16) acc_t keys[kChunkChannels][Config::kChunkKeys + kPad];
@@ -311,15 +301,11 @@ struct PositionMajorTiles {
 };
 
 template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, false, false>
+struct ChannelTiles<Config, acc_t, true, false>
     : PositionMajorTiles<Config, uint16_t, kMmaPad> {};
 
 template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, true, true>
-    : PositionMajorTiles<Config, float, kTf32Pad> {};
-
-template <typename Config, typename acc_t>
-struct ChannelTiles<Config, acc_t, true, true, false> {
+struct ChannelTiles<Config, acc_t, true, true> {
   alignas(16) float queries_big[Config::kTileQueries]
                                [Config::kSliceChannels + kTf32Pad];
   alignas(16) float queries_small[Config::kTileQueries]
@@ -769,8 +755,7 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4],
 
 // As score_chunk_cuda_cores, in 3xTF32 on tensor cores
 // (Tf32TensorCoreConfig; float32 features). Each value of a slice is split
-// once, as its tile is filled, or (kSplitInRegisters) as a warp reads it
-// into a fragment; warp w then computes queries m0 + [0, 16) against keys
+// once, as its tile is filled; warp w then computes queries m0 + [0, 16) against keys
 // n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8 keys.
 template <typename Config>
 __device__ __forceinline__ void score_chunk_split_tf32(
@@ -793,35 +778,24 @@ __device__ __forceinline__ void score_chunk_split_tf32(
   auto store = [&](int v, const Piece<float>& piece) {
     const int row = v / kRowPieces, c = (v % kRowPieces) * 4;
     const int k = row - kTileQueries;
-    if constexpr (Config::kSplitInRegisters) {
-      store4(row < kTileQueries ? &tiles.queries[row][c] : &tiles.keys[k][c],
-             piece.values);
-    } else {
-      float big[4], small[4];
+    float big[4], small[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        tf32_parts(piece.values[i], big[i], small[i]);
-      store4(row < kTileQueries ? &tiles.queries_big[row][c]
-                                : &tiles.keys_big[k][c],
-             big);
-      store4(row < kTileQueries ? &tiles.queries_small[row][c]
-                                : &tiles.keys_small[k][c],
-             small);
-    }
+    for (int i = 0; i < 4; ++i) tf32_parts(piece.values[i], big[i], small[i]);
+    store4(row < kTileQueries ? &tiles.queries_big[row][c]
+                              : &tiles.keys_big[k][c],
+           big);
+    store4(row < kTileQueries ? &tiles.queries_small[row][c]
+                              : &tiles.keys_small[k][c],
+           small);
   };
   // The two parts of the value at (row, c) of the query tile (or of the
   // key tile), as mma operands.
   auto parts = [&](bool is_query, int row, int c, uint32_t& big,
                    uint32_t& small) {
-    float b, s;
-    if constexpr (Config::kSplitInRegisters) {
-      tf32_parts(is_query ? tiles.queries[row][c] : tiles.keys[row][c], b, s);
-    } else {
-      b = is_query ? tiles.queries_big[row][c] : tiles.keys_big[row][c];
-      s = is_query ? tiles.queries_small[row][c] : tiles.keys_small[row][c];
-    }
-    big = bit_cast<uint32_t>(b);
-    small = bit_cast<uint32_t>(s);
+    big = bit_cast<uint32_t>(is_query ? tiles.queries_big[row][c]
+                                      : tiles.keys_big[row][c]);
+    small = bit_cast<uint32_t>(is_query ? tiles.queries_small[row][c]
+                                        : tiles.keys_small[row][c]);
   };
   float acc[4][4] = {};
   auto compute = [&] {
