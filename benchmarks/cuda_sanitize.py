@@ -178,10 +178,12 @@ def run_cases() -> None:
                                             k, batch=batch)
         if batch is None:
             query, keys, labels = query[None], keys[None], labels[None]
+        # The neighbours' slots are at most the keys (the match clamps).
+        slots = min(topk, t * h * w)
         for config in configs:
             for dtype in feature_types(config):
                 torch.ops.sfc._topk_window_neighbours_config(
-                    query.to('cuda', dtype), keys.to('cuda', dtype), topk,
+                    query.to('cuda', dtype), keys.to('cuda', dtype), slots,
                     radius, 0.07, free, config)
                 launches += 1
         for tensor_cores in ('0', '1'):
