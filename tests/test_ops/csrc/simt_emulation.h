@@ -6,11 +6,10 @@
 // here too. Shared memory is one buffer per block. What is emulated is
 // what the project's kernels use: threadIdx, blockIdx, blockDim, dynamic
 // shared memory (SFC_DYNAMIC_SHARED_MEMORY), __syncthreads, __syncwarp,
-// __ballot_sync over a full warp, __ffs, and warp_gather (every lane's
-// registers to every lane) for emulating warp-wide instructions such as
-// mma. Timing, the memory model's
-// weaker orders and vector loads (float4) are not: the kernels' generic
-// paths serve instead.
+// __ballot_sync and __shfl_sync over a full warp, __ffs, and warp_gather
+// (every lane's registers to every lane) for emulating warp-wide
+// instructions such as mma. Timing, the memory model's weaker orders and
+// vector loads (float4) are not: the kernels' generic paths serve instead.
 //
 // Include this before a kernel header.
 #pragma once
@@ -139,5 +138,14 @@ void warp_gather(const T (&mine)[N], T (&all)[kWarpSize][N]) {
 }
 
 }  // namespace simt
+
+// Lane src_lane's value, on every lane of the warp (all must call it).
+template <typename T>
+T __shfl_sync(unsigned, T value, int src_lane) {
+  T all[simt::kWarpSize][1];
+  const T mine[1] = {value};
+  simt::warp_gather(mine, all);
+  return all[src_lane % simt::kWarpSize][0];
+}
 
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }

@@ -898,7 +898,11 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
                                        nk);
 
       // Offer: each warp serves every (kThreads / 32)-th query; lane 0
-      // inserts the candidates above the threshold in key order.
+      // inserts the candidates above the threshold in key order. Lane 0
+      // alone reads and writes the query's list, and hands the threshold
+      // to the other lanes by shuffle: __ballot_sync orders no memory, so
+      // lanes reading the list that lane 0 rewrites after the vote would
+      // race with it (compute-sanitizer's racecheck reported it).
       for (int q = warp; q < kTileQueries; q += kThreads / 32) {
         if (!query_valid(q)) continue;  // the same for the whole warp
         const int64_t qy = y0 + q / kTileCols, qx = x0 + q % kTileCols;
@@ -907,9 +911,10 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
         for (int part = 0; part < kChunkKeys; part += 32) {
           const int j = part + lane;
           const acc_t s = smem.scores[q][j];
-          const int count = smem.count[q];
-          const acc_t threshold =
-              count < stored_topk ? -INFINITY : values[stored_topk - 1];
+          acc_t threshold = -INFINITY;
+          if (lane == 0 && smem.count[q] == stored_topk)
+            threshold = values[stored_topk - 1];
+          threshold = __shfl_sync(0xffffffffu, threshold, 0);
           // The threshold first: once the lists fill, few scores beat it,
           // and a warp where none does skips the window test.
           bool candidate = j < nk && s > threshold;
@@ -934,7 +939,6 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
                                 smem.key_flat[part + bit]));
             }
           }
-          __syncwarp();
         }
       }
       __syncthreads();
