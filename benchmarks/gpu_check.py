@@ -52,7 +52,12 @@ Sections, in this order:
   tracker runs it, the part of a frame that is not the match; then the
   tracking loop alone
   (``benchmarks/tracking_overlap.py``, SFC bf16) with 0 and 1 frames in
-  flight, what overlapping the host's work with the device's gives.
+  flight, what overlapping the host's work with the device's gives;
+- ``sanitize``: ``benchmarks/cuda_sanitize.py``: the CUDA kernel under
+  compute-sanitizer's memcheck, racecheck and synccheck (every
+  configuration, and the op, on the op tests' edge cases), each tool's
+  ERROR SUMMARY its verdict, and Nsight Compute's profile of the op's
+  float32 and bfloat16 kernels at the 480p step (logs/sanitize).
 
 Each section runs in a child process of its own: the CUDA kernel has
 never run before, and a crash or a broken CUDA context must not take the
@@ -95,7 +100,7 @@ from gpu_wheelhouse import DEFAULT_DEST as DEFAULT_WHEELHOUSE  # noqa: E402
 from gpu_wheelhouse import REQUIREMENTS  # noqa: E402
 
 SECTIONS = ('env', 'build', 'correctness', 'op_speed', 'kernel_configs',
-            'train', 'track')
+            'train', 'track', 'sanitize')
 NO_CUDA = 'skipped: no CUDA'
 
 #: The issue's goals on an H100 (figure key -> (text, test)).
@@ -723,6 +728,47 @@ def section_kernel_configs(args) -> dict:
     return dict(rows=rows, details=details)
 
 
+#: compute-sanitizer's tools that ``sanitize`` runs (initcheck also flags
+#: the reads of torch's own kernels, so it is left to ``cuda_sanitize.py``).
+SANITIZER_TOOLS = ('memcheck', 'racecheck', 'synccheck')
+
+
+def section_sanitize(args) -> dict:
+    """``cuda_sanitize.py``: the CUDA kernel under compute-sanitizer
+    (every configuration and the op on the op tests' edge cases), and its
+    ncu profile at the 480p step; logs under ``logs/sanitize``. Each tool
+    gets a fifth of the section's time (racecheck, the slowest, took over
+    45 s on an H200)."""
+    import torch
+    if torch.device(args.device).type != 'cuda':
+        return dict(rows=[row('compute-sanitizer', note=NO_CUDA)])
+    folder = osp.join(args.out, 'logs', 'sanitize')
+    timeout = max(60.0, args.section_timeout / 5)
+    cmd = [sys.executable, osp.join(HERE, 'cuda_sanitize.py'), '--tools',
+           *SANITIZER_TOOLS, '--profile', '--timeout', f'{timeout:.0f}',
+           '--out', folder]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    print(f'$ {" ".join(cmd)}\n{proc.stdout}{proc.stderr}')
+    verdicts = osp.join(folder, 'cuda_sanitize.json')
+    if not osp.exists(verdicts):
+        raise SectionFailure(
+            (proc.stderr.strip().splitlines() or ['no verdicts'])[-1],
+            [row('compute-sanitizer', note='failed: see the log')], {})
+    with open(verdicts) as f:
+        results = json.load(f)
+    rows = [
+        row(r['tool'], r['status'],
+            note=('' if r['errors'] is None else f'{r["errors"]} errors; ') +
+            f'log logs/sanitize/{r["log"]}: {r["last_line"]}')
+        for r in results
+    ]
+    bad = [r['tool'] for r in results if r['status'] != 'ok']
+    if bad:
+        raise SectionFailure(f'{", ".join(bad)}: not clean (see logs/'
+                             'sanitize)', rows, dict(results=results))
+    return dict(rows=rows, details=dict(results=results))
+
+
 def section_train(args) -> dict:
     """``train_speed.bench`` on the training config's FC model; on CUDA
     also its other mixed-precision variants side by side, the FLOPs of a
@@ -983,12 +1029,14 @@ RUNNERS = {
     'kernel_configs': section_kernel_configs,
     'train': section_train,
     'track': section_track,
+    'sanitize': section_sanitize,
 }
 #: Sections that need the device the run asked for.
 NEEDS_DEVICE = ('build', 'correctness', 'op_speed', 'kernel_configs', 'train',
-                'track')
+                'track', 'sanitize')
 #: Sections that run the native kernels, which ``build`` compiles first.
-NEEDS_BUILD = ('correctness', 'op_speed', 'kernel_configs', 'track')
+NEEDS_BUILD = ('correctness', 'op_speed', 'kernel_configs', 'track',
+               'sanitize')
 #: Seconds a section needs at the least; with less left it is skipped.
 MIN_SECTION_SECONDS = 30
 

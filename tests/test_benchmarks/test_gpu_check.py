@@ -277,3 +277,36 @@ def test_an_interruption_between_sections_fails_the_next_one(
     assert 'Failed sections: train.' in (out / 'gpu_check.md').read_text()
     assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.md',
                                        'logs']
+
+
+def test_sanitize_rows_are_the_tools_verdicts(tmp_path, monkeypatch):
+    """The sanitize section on CUDA, with stand-ins for compute-sanitizer
+    and ncu (test_cuda_sanitize's): a row per tool and profile, and a
+    failed section naming the tool that found errors."""
+    import argparse
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+
+    from tests.test_benchmarks.test_cuda_sanitize import (
+        FAKE_NCU,
+        FAKE_SANITIZER,
+        install,
+    )
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    install(str(bin_dir), 'compute-sanitizer', FAKE_SANITIZER)
+    install(str(bin_dir), 'ncu', FAKE_NCU)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    args = argparse.Namespace(device='cuda', out=str(tmp_path / 'gc'),
+                              section_timeout=480)
+    with pytest.raises(gpu_check.SectionFailure) as e:
+        gpu_check.section_sanitize(args)
+    assert str(e.value).startswith('racecheck: not clean')
+    rows = {r['figure']: r for r in e.value.rows}
+    assert list(rows) == ['memcheck', 'racecheck', 'synccheck',
+                          'ncu float32', 'ncu bfloat16']
+    assert rows['memcheck']['value'] == 'ok'
+    assert rows['racecheck']['value'] == 'errors'
+    assert rows['racecheck']['note'].startswith(
+        '2 errors; log logs/sanitize/racecheck.txt')
+    assert (tmp_path / 'gc' / 'logs' / 'sanitize' / 'ncu_float32.txt').exists()
