@@ -35,7 +35,9 @@ Sections, in this order:
   micro-tile, prefetch; tensor cores for bf16, 3xTF32 for fp32) timed
   against the CUDA-core default on the same inputs, the CUDA-core ones
   checked to return exactly its neighbours, the tensor-core ones nearly
-  (≥ 99% of indices);
+  (≥ 99% of indices); and ``benchmarks/cuda_frame_groups.py``: the op
+  with the launch plan's frame groups against other counts (float32 and
+  bfloat16), each checked to return the plan's neighbours;
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
   variants (bf16 autocast without GradScaler, fused Adam), the FLOPs of a
@@ -723,9 +725,44 @@ def section_kernel_configs(args) -> dict:
                 f'{r["computed_tflops"]:.1f} TFLOP/s computed; '
                 f'{r["check"]}'))
         save_progress(args, rows, details)
+        groups, code = run_json_script(
+            'cuda_frame_groups.py',
+            ['--device', args.device, '--topk', str(topk), '--radius',
+             str(radius), *size], f'{label} frame groups', rows, errors)
+        if groups is None:
+            continue
+        details[f'{label} frame groups'] = groups
+        if code:
+            errors.append(f'{label}: a frame group count changed the '
+                          'neighbours')
+        rows += frame_group_rows(label, groups['rows'])
+        save_progress(args, rows, details)
     if errors:
         raise SectionFailure('; '.join(errors), rows, details)
     return dict(rows=rows, details=details)
+
+
+def frame_group_rows(label: str, runs: List[dict]) -> list:
+    """Per C and feature type, the launch plan's frame groups against the
+    fastest group count (``cuda_frame_groups.py``'s rows)."""
+    rows = []
+    for channels in sorted({r['channels'] for r in runs}):
+        for features in ('float32', 'bfloat16'):
+            runs_here = [r for r in runs if r['channels'] == channels
+                         and r['features'] == features]
+            plan = [r for r in runs_here if r['groups'] == 'plan']
+            if not plan:
+                continue
+            best = min(runs_here, key=lambda r: r['seconds'])
+            rows.append(row(
+                f'{label}, C={channels}, {features}: frame groups as planned',
+                1e3 * plan[0]['seconds'], 'ms/frame',
+                note=f'fastest: {best["groups"]} groups, '
+                f'{1e3 * best["seconds"]:.2f} ms = {best["speedup"]:.2f}× '
+                'the plan; ' + ', '.join(
+                    f'{r["groups"]}: {r["speedup"]:.2f}×' for r in runs_here
+                    if r['groups'] != 'plan')))
+    return rows
 
 
 #: compute-sanitizer's tools that ``sanitize`` runs (initcheck also flags

@@ -42,6 +42,10 @@ Environment:
     type on CUDA cores (read at every call). Unset or 1, it scores float16
     and bfloat16 features on tensor cores, and float32 ones there too in
     3xTF32 (float32 accuracy), on sm_80 and later.
+    ``SFC_PLUGIN_FRAME_GROUPS=N``: the CUDA kernel splits the frames into N
+    groups (1 to 64, at most the frames) instead of its launch plan's
+    number (unset or 0); the neighbours are the same. Read at every call;
+    ``benchmarks/cuda_frame_groups.py`` times the plan against the others.
 
 ``python -m sfc_plugin.ops`` builds ahead of time and reports the result.
 

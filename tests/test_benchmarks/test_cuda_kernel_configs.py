@@ -74,9 +74,10 @@ def test_tiling_reads_every_configuration_name():
 
 
 def test_gpu_check_reads_the_script_rows(monkeypatch):
-    """gpu_check's kernel_configs section (CUDA only) turns the script's
-    JSON rows into its table; here the script's run is replaced by rows
-    that compare() computed on the emulation, one of them disagreeing."""
+    """gpu_check's kernel_configs section (CUDA only) turns the scripts'
+    JSON rows into its table; here cuda_kernel_configs.py's run is replaced
+    by rows that compare() computed on the emulation, one of them
+    disagreeing, and cuda_frame_groups.py's by two group counts."""
     import argparse
     import json
     import subprocess
@@ -88,22 +89,36 @@ def test_gpu_check_reads_the_script_rows(monkeypatch):
     rows = cuda_kernel_configs.compare(args, torch.device('cpu'), configs,
                                        emulated_op, rate=1e3)
     rows[1].update(ok=False, check="NOT the CUDA-core default's")
+    group_rows = [
+        dict(channels=16, features=f, groups=g, seconds=s, speedup=1 / s,
+             ok=True)
+        for f in ('float32', 'bfloat16') for g, s in (('plan', 1.0),
+                                                      ('3', 0.5))]
     calls = []
 
     def fake_run(cmd, **kw):
         calls.append(cmd)
+        groups = cmd[1].endswith('cuda_frame_groups.py')
         with open(cmd[cmd.index('--out') + 1], 'w') as f:
-            json.dump(dict(rows=rows), f)
-        return subprocess.CompletedProcess(cmd, 1, 'table', '')
+            json.dump(dict(rows=group_rows if groups else rows), f)
+        return subprocess.CompletedProcess(cmd, 0 if groups else 1, 'table',
+                                           '')
 
     monkeypatch.setattr(gpu_check.subprocess, 'run', fake_run)
     with pytest.raises(gpu_check.SectionFailure) as failure:
         gpu_check.section_kernel_configs(
             argparse.Namespace(device='cuda', quick=True))
-    assert len(calls) == len(gpu_check.MATCH_SETTINGS)
-    # Per setting: the fastest float32 and bfloat16 rows, then every row.
+    assert len(calls) == 2 * len(gpu_check.MATCH_SETTINGS)
+    # Per setting: the fastest float32 and bfloat16 rows, then every row,
+    # then the frame groups per feature type.
     table = failure.value.rows
-    assert len(table) == len(calls) * (2 + len(configs))
+    per_setting = 2 + len(configs) + 2
+    assert len(table) == len(gpu_check.MATCH_SETTINGS) * per_setting
+    groups = table[per_setting - 2:per_setting]
+    assert groups[0]['figure'].endswith('C=16, float32: frame groups as '
+                                        'planned')
+    assert groups[1]['note'].startswith('fastest: 3 groups, 500.00 ms = '
+                                        '2.00× the plan')
     fastest, per_config = table[:2], table[2:2 + len(configs)]
     passed = [r for r in rows if r['ok'] and r['features'] == 'float32']
     best = min(passed, key=lambda r: r['seconds'])

@@ -106,6 +106,26 @@ def test_reduced_precision_features(dtype, grouping):
                                expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize('groups', ['2', '64'])
+def test_asked_frame_groups_give_the_same_neighbours(groups, monkeypatch):
+    """SFC_PLUGIN_FRAME_GROUPS overrides the launch plan's frame groups
+    (a plan of one group here; the 3 frames cap 64): the CPU kernel's
+    neighbours whatever the number."""
+    monkeypatch.setenv('SFC_PLUGIN_FRAME_GROUPS', groups)
+    query, keys, _ = random_inputs(21, 3, 45, 5, 20, 1, batch=2)
+    check_equals_the_cpu_kernel(query, keys, 1, topk=15, radius=3.5,
+                                temperature=0.07, unrestricted_keys=1)
+
+
+@pytest.mark.parametrize('groups', ['65', '-1', 'two', '1.5', ' 2', '100'])
+def test_bad_frame_groups_are_refused(groups, monkeypatch):
+    monkeypatch.setenv('SFC_PLUGIN_FRAME_GROUPS', groups)
+    query, keys, _ = random_inputs(3, 2, 4, 3, 5, 1)
+    with pytest.raises(ValueError, match='SFC_PLUGIN_FRAME_GROUPS must be an '
+                       f"integer from 0 .* to 64, got '{groups}'"):
+        emulated_neighbours(query[None], keys[None], 3, 1.0, 0.1, 1)
+
+
 def test_padding_beyond_the_eligible_keys():
     """With fewer eligible keys than k, in every group: weight 0, index
     -1 after them, and the weights sum to 1."""

@@ -249,6 +249,27 @@ inline bool tensor_cores_allowed() {
   return text != "0";
 }
 
+// SFC_PLUGIN_FRAME_GROUPS: unset, empty or 0, the launch plan's number of
+// frame groups (launch_tiled); N, N groups (at most the frames), so that a
+// benchmark can time the plan against the alternatives on one GPU (on an
+// H200 the plan's 2 groups at 480p made 420 blocks for 396 places, a
+// second wave of 24: BENCHMARKS.md, "GPU check on an H200, third run").
+// Read at every call.
+inline int64_t frame_groups_asked() {
+  const char* value = std::getenv("SFC_PLUGIN_FRAME_GROUPS");
+  const std::string text = value ? value : "";
+  if (text.empty()) return 0;
+  const bool digits = text.size() <= 2 &&
+                      std::all_of(text.begin(), text.end(), [](char c) {
+                        return c >= '0' && c <= '9';
+                      });
+  const int64_t groups = digits ? std::stoll(text) : -1;
+  TORCH_CHECK_VALUE(groups >= 0 && groups <= kMaxGroups,
+                    "SFC_PLUGIN_FRAME_GROUPS must be an integer from 0 (the "
+                    "launch plan's) to ", kMaxGroups, ", got '", text, "'");
+  return groups;
+}
+
 // The configuration the op runs for features of `type` on a device of
 // compute capability `compute_major`.x: tensor cores where the device has
 // them (mma.sync in bfloat16 and TF32 needs sm_80) and `tensor_cores` (see
@@ -1133,9 +1154,12 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
   const int64_t tiles = tiles_x * tiles_y * problem.batch;
   const int64_t resident = launch.resident_blocks(
       kernel, Config::kThreads, static_cast<size_t>(shared));
+  const int64_t asked = frame_groups_asked();
   const int64_t groups = std::max<int64_t>(
       1, std::min({problem.frames, kMaxGroups, kMaxGridYZ / problem.batch,
-                   (std::max<int64_t>(resident, 1) + tiles - 1) / tiles}));
+                   asked ? asked
+                         : (std::max<int64_t>(resident, 1) + tiles - 1) /
+                               tiles}));
   const int64_t positions = problem.batch * problem.height * problem.width;
   const auto acc_options = problem.weights.options();
   at::Tensor group_values, group_slots, group_counts;
