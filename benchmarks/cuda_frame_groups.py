@@ -18,15 +18,17 @@ affinities). It prints a Markdown table per C: ms per frame (best of
     python benchmarks/cuda_frame_groups.py --topk 10 --radius 12 \\
         --groups 1 2 3 4 --out groups.json
 """
-import argparse
 import json
 import os
 import sys
 
 import torch
-from propagation_step import add_step_arguments, best_seconds, inputs
-
-from sfc_plugin.ops import native_ops_available
+from propagation_step import (
+    best_seconds,
+    cuda_kernel_device,
+    inputs,
+    kernel_benchmark_parser,
+)
 
 VARIABLE = 'SFC_PLUGIN_FRAME_GROUPS'
 DTYPES = (torch.float32, torch.bfloat16)
@@ -79,16 +81,10 @@ def compare(args, device) -> list:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--device', default='cuda')
-    add_step_arguments(p)
-    p.add_argument('--topk', type=int, default=15)
-    p.add_argument('--radius', type=float, default=15.0)
+    p = kernel_benchmark_parser(__doc__.splitlines()[0])
     p.add_argument('--groups', type=int, nargs='+',
                    default=[1, 2, 3, 4, 5, 6, 7, 8, 11, 21],
                    help='group counts to time beside the plan (1 to 64)')
-    p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--out', help='also write the rows as JSON here')
     args = p.parse_args(argv)
     bad = [g for g in args.groups if not 1 <= g <= 64]
     if bad:
@@ -101,11 +97,7 @@ def parse_args(argv=None):
 
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type != 'cuda' or not native_ops_available(device):
-        sys.exit(f'cuda_frame_groups: needs the CUDA kernel, and {device} '
-                 'has none (a CUDA device and `python -m sfc_plugin.ops` '
-                 'to build it)')
+    device = cuda_kernel_device('cuda_frame_groups', args.device)
     print(f'torch {torch.__version__}, {torch.cuda.get_device_name(device)}'
           f'; {args.height}×{args.width}, T={args.frames}, k={args.topk}, '
           f"r'={args.radius}, best of {args.repeats}")

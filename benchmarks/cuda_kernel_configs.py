@@ -26,7 +26,6 @@ fp32 rate).
     python benchmarks/cuda_kernel_configs.py --device cuda --topk 10 \\
         --radius 12 --channels 1280 --out configs.json
 """
-import argparse
 import json
 import re
 import sys
@@ -34,14 +33,13 @@ import sys
 import torch
 from cuda_kernel_work import computed_pairs, half_widths
 from propagation_step import (
-    add_step_arguments,
     best_seconds,
+    cuda_kernel_device,
     eligible_pairs,
     inputs,
+    kernel_benchmark_parser,
     matmul_rate,
 )
-
-from sfc_plugin.ops import native_ops_available
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
                   r'(?:micro\d+x\d+|tensorcores-c\d+|'
@@ -127,25 +125,14 @@ def compare(args, device, configs, neighbours, rate: float) -> list:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--device', default='cuda')
-    add_step_arguments(p)
-    p.add_argument('--topk', type=int, default=15)
-    p.add_argument('--radius', type=float, default=15.0)
-    p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--out', help='also write the rows as JSON here')
-    args = p.parse_args(argv)
+    args = kernel_benchmark_parser(__doc__.splitlines()[0]).parse_args(argv)
     args.labels = 1
     return args
 
 
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type != 'cuda' or not native_ops_available(device):
-        sys.exit(f'cuda_kernel_configs: needs the CUDA kernel, and '
-                 f'{device} has none (a CUDA device and `python -m '
-                 'sfc_plugin.ops` to build it)')
+    device = cuda_kernel_device('cuda_kernel_configs', args.device)
     configs = list(torch.ops.sfc._topk_window_kernel_configs())
     rate = matmul_rate(device)
     name = torch.cuda.get_device_name(device)

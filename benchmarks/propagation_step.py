@@ -101,6 +101,32 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--frames', type=int, default=21, help='T = 1 + m')
 
 
+def kernel_benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments the CUDA kernel's benchmarks share
+    (``cuda_kernel_configs.py``, ``cuda_frame_groups.py``): the device, the
+    step's size, k and r' (SFC's DAVIS setting by default), the repeats
+    and a JSON output."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--device', default='cuda')
+    add_step_arguments(p)
+    p.add_argument('--topk', type=int, default=15)
+    p.add_argument('--radius', type=float, default=15.0)
+    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--out', help='also write the rows as JSON here')
+    return p
+
+
+def cuda_kernel_device(script: str, name: str) -> torch.device:
+    """The device named ``name``, where the CUDA kernel runs; otherwise
+    exits with a message that names ``script``."""
+    device = torch.device(name)
+    if device.type != 'cuda' or not native_ops_available(device):
+        sys.exit(f'{script}: needs the CUDA kernel, and {device} has none '
+                 '(a CUDA device and `python -m sfc_plugin.ops` to build '
+                 'it)')
+    return device
+
+
 def inputs(args, channels, device):
     gen = torch.Generator().manual_seed(0)
     h, w, t = args.height, args.width, args.frames
