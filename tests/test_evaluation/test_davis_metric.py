@@ -86,6 +86,34 @@ def test_masks_appear_a_whole_video_at_a_time(two_videos, tmp_path):
     assert (out / 'b' / 'notes.txt').read_text() == 'mine'
 
 
+@pytest.mark.parametrize('output', [True, False])
+@pytest.mark.parametrize('dropped, named', [
+    (10, '"b": 4 of its 5 frames'),  # b's last frame
+    (2, '"a": 5 of its 6 frames'),  # a middle frame of a
+])
+def test_a_video_that_did_not_come_whole_is_an_error(two_videos, tmp_path,
+                                                    dropped, named, output):
+    """Scores and masks of a video with a frame missing used to look
+    complete: the masks were moved into place and the global CSV written."""
+    root, videos = two_videos
+    ds = DAVISDataset(data_root=str(root), ann_file='ImageSets/val.txt')
+    samples = samples_for(ds, {k: v[1] for k, v in videos.items()})
+    del samples[dropped]
+    out = tmp_path / 'out'
+    metric = DAVISMetric(output_dir=str(out) if output else None)
+    metric.process(None, samples)
+    with pytest.raises(RuntimeError, match=f'1 video.s. did not come whole '
+                       f'.{named}.; their masks were not written'):
+        metric.evaluate(len(samples))
+    if output:
+        whole = 'b' if dropped == 2 else 'a'
+        assert sorted(p.name for p in out.iterdir()) == [whole]
+    # The next evaluation starts afresh.
+    metric.process(None, samples_for(ds, {k: v[1] for k, v in
+                                          videos.items()}))
+    assert metric.evaluate(11)['davis/J&F-Mean'] == 1.0
+
+
 def test_matches_toolkit_aggregation(two_videos):
     """Objects, not videos, are averaged; first and last frames skipped."""
     root, videos = two_videos

@@ -173,7 +173,10 @@ class DAVISMetric(BaseMetric):
     are written to a staging folder and moved into place once its last
     frame is written, replacing those of an earlier run; the earlier run's
     CSVs are removed when the run starts and the global CSV is written
-    last, so its presence marks a complete result.
+    last, so its presence marks a complete result. A video of which fewer
+    frames came than its ``video_length`` is an error at :meth:`evaluate`
+    (with or without ``output_dir``): its masks are not moved into place,
+    and nothing is scored, since the protocol's means need every frame.
 
     Args:
         output_dir (str, optional): Where to write masks and CSVs.
@@ -213,6 +216,8 @@ class DAVISMetric(BaseMetric):
         self._num_objects: Dict[str, int] = {}
         # Video -> the staging folder its masks are written to.
         self._staging: Dict[str, str] = {}
+        # Video -> [frames that came, its video_length].
+        self._frame_counts: Dict[str, List[int]] = {}
         # Per video, predicted id -> annotated id (match_first_frame).
         self._renumbering: Dict[str, np.ndarray] = {}
 
@@ -273,6 +278,9 @@ class DAVISMetric(BaseMetric):
             if self.match_first_frame:
                 pred = self._renumber(sample, pred)
             video, frame_id = sample['video'], sample['frame_id']
+            counts = self._frame_counts.setdefault(
+                video, [0, sample['video_length']])
+            counts[0] += 1
             if self.output_dir is not None and (
                     video not in self._num_objects):
                 # A video's first frame here. Whichever runner drives the
@@ -293,7 +301,7 @@ class DAVISMetric(BaseMetric):
                 save_palette_png(
                     pred, osp.join(self._staging[video], name + '.png'),
                     atomic=False)
-                if frame_id == sample['video_length'] - 1:
+                if counts[0] == counts[1]:
                     self._finish_video(video)
             num_objects = self._objects(sample)
             interval = sample.get('anchor_interval')
@@ -329,10 +337,24 @@ class DAVISMetric(BaseMetric):
         # dataset (mmdet's BaseVideoDataset) counts videos, not the frames
         # recorded here; mmengine would keep only that many records. Every
         # record is a distinct frame (samplers pad nothing), so all are kept.
-        # A video whose last frame never came (a shorter sequence than its
-        # meta data says) is still written.
-        for video in list(self._staging):
-            self._finish_video(video)
+        short = {video: counts for video, counts in self._frame_counts.items()
+                 if counts[0] != counts[1]}
+        self._frame_counts = {}
+        for video in list(self._staging):  # none came whole
+            shutil.rmtree(self._staging.pop(video), ignore_errors=True)
+        # Every process stops, or those with whole videos would wait for
+        # the others in the reductions below.
+        short_anywhere = torch.tensor(len(short))
+        all_reduce(short_anywhere)
+        if int(short_anywhere):
+            named = '; '.join(f'"{video}": {came} of its {length} frames'
+                              for video, (came, length) in
+                              list(short.items())[:3])
+            self.results.clear()
+            raise RuntimeError(
+                f'DAVISMetric: {int(short_anywhere)} video(s) did not come '
+                'whole (' + (named or 'on another process') + '); their '
+                'masks were not written and nothing is scored')
         count = torch.tensor(len(self.results))
         all_reduce(count)
         return super().evaluate(int(count))
