@@ -93,10 +93,11 @@ def load_config(args) -> Config:
 def check_outputs(cfg: Config, split: str, **inputs) -> None:
     """Refuses, before the Runner starts, outputs that would write into the
     data or over the checkpoint a run reads: a work dir inside the data
-    root, or a results folder (``test_evaluator.output_dir``, written with
-    one file per frame) that is, holds or lies inside the data root or an
-    input file. A work dir only ever gains new files, so holding its own
-    checkpoints (``--resume``) is fine.
+    root or a ``data_prefix`` folder, or a results folder
+    (``test_evaluator.output_dir``, written with one file per frame) that
+    is, holds or lies inside one of those folders or an input file. A
+    work dir only ever gains new files, so holding its own checkpoints
+    (``--resume``) is fine.
 
     Args:
         cfg (Config): The full config.
@@ -105,8 +106,8 @@ def check_outputs(cfg: Config, split: str, **inputs) -> None:
     """
     loader = cfg.get(f'{split}_dataloader') or {}
     dataset = loader.get('dataset') or {}
-    data_root = dataset.get('data_root') or None
-    for what, folder in data_folders(dataset).items():
+    folders = data_folders(dataset)
+    for what, folder in folders.items():
         if is_within(cfg.work_dir, folder):
             raise ValueError(
                 f'work_dir "{cfg.work_dir}" lies inside the {what} '
@@ -127,16 +128,15 @@ def check_outputs(cfg: Config, split: str, **inputs) -> None:
             'could be overwritten; copy it out, or choose another --work-dir '
             '(or --resume it to continue that run)')
     evaluator = cfg.get('test_evaluator') if split == 'test' else None
-    inputs = dict(inputs, data_root=data_root,
-                  load_from_checkpoint=load_from)
+    read = {what.replace('_', ' '): path for what, path in dict(
+        inputs, load_from_checkpoint=load_from).items()}
+    read.update(folders)
     for metric in (evaluator if isinstance(evaluator, list) else
                    [evaluator] if evaluator else []):
         output_dir = metric.get('output_dir')
         if output_dir:
-            check_output_location(
-                output_dir,
-                {k.replace('_', ' '): v for k, v in inputs.items()},
-                'test_evaluator.output_dir')
+            check_output_location(output_dir, read,
+                                  'test_evaluator.output_dir')
 
 
 def data_folders(dataset: dict) -> dict:

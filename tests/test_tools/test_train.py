@@ -352,6 +352,26 @@ def test_work_dirs_over_inputs_are_refused(repo, tmp_path, train_tool, case,
     assert config.read_text() == before
 
 
+@pytest.mark.parametrize('inside', ['r', 'frames'])
+def test_results_inside_any_data_folder_are_refused(repo, tmp_path,
+                                                     train_tool, inside):
+    """test_evaluator.output_dir inside the data root or inside a
+    data_prefix folder outside it (only the root was checked)."""
+    cli = train_tool.parse_args([f'{repo}/configs/sfc_davis.py',
+                                 '--work-dir', str(tmp_path / 'w')])
+    cli.cfg_options = {
+        'test_dataloader.dataset.data_root': str(tmp_path / 'r'),
+        'test_dataloader.dataset.data_prefix': dict(
+            img_path=str(tmp_path / 'frames')),
+        'test_evaluator.output_dir': str(tmp_path / inside / 'results')}
+    cfg = train_tool.merge_args(train_tool.load_config(cli), cli)
+    what = ('data root' if inside == 'r' else
+            'data_prefix.img_path folder')
+    with pytest.raises(ValueError, match=f'test_evaluator.output_dir .* '
+                       f'lies inside the {what}'):
+        train_tool.check_outputs(cfg, 'test')
+
+
 def test_load_from_another_models_checkpoint_is_refused(python, repo,
                                                         tmp_path,
                                                         subprocess_env):
