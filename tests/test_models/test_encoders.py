@@ -112,6 +112,28 @@ def test_missing_keys_and_unknown_layouts_are_listed(tmp_path, r50):
         CorrespondenceEncoder(R50_L3, checkpoint=str(tmp_path / 'r18.pth'))
 
 
+@pytest.mark.parametrize('dtype, refused', [
+    (torch.int64, True), (torch.bool, True), (torch.float16, False)])
+def test_weights_of_another_kind_of_type_are_refused(tmp_path, dtype,
+                                                     refused):
+    """Integer (or boolean) weights for floating-point parameters used to
+    be cast silently by load_state_dict; float16 ones load."""
+    source = randomised(ResNet(**{k: v for k, v in R18_L3.items()
+                                  if k != 'type'}))
+    state = source.state_dict()
+    state['conv1.weight'] = state['conv1.weight'].to(dtype)
+    torch.save(state, tmp_path / 'typed.pth')
+    if refused:
+        with pytest.raises(ValueError, match=r'typed.pth" holds weights of '
+                           r'another kind of type than ResNet.s .*'
+                           rf"\('conv1.weight', '{str(dtype)[6:]}', "
+                           r"'float32'\)"):
+            CorrespondenceEncoder(R18_L3, checkpoint=str(tmp_path /
+                                                         'typed.pth'))
+    else:
+        CorrespondenceEncoder(R18_L3, checkpoint=str(tmp_path / 'typed.pth'))
+
+
 class Evil:
 
     def __reduce__(self):

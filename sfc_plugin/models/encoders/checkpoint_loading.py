@@ -105,8 +105,10 @@ def select_backbone_weights(module: nn.Module,
     Raises:
         CheckpointKeyError: No prefix holds all weights; the message lists the
             candidates and the keys each one misses.
-        ValueError: A weight of the wrong shape, or weights holding NaN or
-            infinite values.
+        ValueError: A weight of the wrong shape or of another kind of type
+            (integer weights for floating-point ones, say, which loading
+            would cast silently), or weights holding NaN or infinite
+            values.
     """
     own = module.state_dict()
     # BN's batch counters are absent from older checkpoints and unused here.
@@ -136,8 +138,25 @@ def select_backbone_weights(module: nn.Module,
         raise ValueError(f'Checkpoint "{source}" does not fit '
                          f'{type(module).__name__} (key, checkpoint shape, '
                          f'model shape): {wrong[:5]}')
+    mistyped = [(k, str(v.dtype)[6:], str(own[k].dtype)[6:])
+                for k, v in state.items() if type_kind(v) != type_kind(own[k])]
+    if mistyped:
+        raise ValueError(f'Checkpoint "{source}" holds weights of another '
+                         f'kind of type than {type(module).__name__}\'s (key, '
+                         f'checkpoint type, model type): {mistyped[:5]}')
     check_finite_weights(state, source)
     return state, prefix
+
+
+def type_kind(tensor: torch.Tensor) -> str:
+    """Floating point, complex, boolean or integer: the kinds that loading
+    a weight into a parameter or buffer must not cast between (float16
+    weights into a float32 model are fine)."""
+    if tensor.is_complex():
+        return 'complex'
+    if tensor.is_floating_point():
+        return 'floating point'
+    return 'boolean' if tensor.dtype == torch.bool else 'integer'
 
 
 def load_backbone_checkpoint(module: nn.Module,
