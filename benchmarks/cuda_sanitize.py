@@ -53,6 +53,11 @@ NCU_SECTIONS = ('SpeedOfLight', 'WarpStateStats', 'SchedulerStats',
 #: (name, feature type) of the profiled launches.
 PROFILES = (('float32', 'float32'), ('bfloat16', 'bfloat16'))
 SUMMARY = re.compile(r'ERROR SUMMARY:\s*(\d+)\s+errors?')
+#: A finding's first line ("========= Warning: Race reported between ...",
+#: "========= Invalid __global__ read of size 4 ..."): what a run cut
+#: before its summary had found by then.
+FINDING = re.compile(r'^=+ (Error|Warning|Invalid|Program hit)\b',
+                     re.MULTILINE)
 
 
 def find_program(name: str) -> Optional[str]:
@@ -74,12 +79,14 @@ def find_program(name: str) -> Optional[str]:
 
 def verdict(tool: str, returncode: int, output: str) -> dict:
     """What one compute-sanitizer run says: ``errors`` from its ERROR
-    SUMMARY (the last one, where a child printed several), ``status`` ok
-    (none), ``errors`` (some) or ``failed`` (no summary, or the cases
-    failed without the tool finding anything: a crash, a missing kernel).
+    SUMMARY (the last one, where a child printed several; a run cut before
+    it counts the findings it printed), ``status`` ok (none), ``errors``
+    (some) or ``failed`` (no summary and no finding, or the cases failed
+    without the tool finding anything: a crash, a missing kernel).
     """
     counts = [int(n) for n in SUMMARY.findall(output)]
-    errors = counts[-1] if counts else None
+    errors = counts[-1] if counts else (
+        len(FINDING.findall(output)) or None)
     if errors:
         status = 'errors'
     elif errors == 0 and returncode == 0:

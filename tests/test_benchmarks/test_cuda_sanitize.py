@@ -56,6 +56,14 @@ def install(folder, name, text):
     (-11, 'Segmentation fault\n', 'failed', None),
     # A child's summary, then the last one counts.
     (3, 'ERROR SUMMARY: 0 errors\nERROR SUMMARY: 4 errors\n', 'errors', 4),
+    # Cut at its time limit: what it had found by then.
+    (-1, '========= COMPUTE-SANITIZER\n'
+     '========= Warning: Race reported between Read access at k+0x10\n'
+     '=========     and Write access at k+0x20 [280 hazards]\n'
+     '========= Warning: Race reported between Read access at k+0x30\n'
+     '(stopped after 45 s)\n', 'errors', 2),
+    (-1, '========= COMPUTE-SANITIZER\n(stopped after 45 s)\n', 'failed',
+     None),
 ])
 def test_verdict(returncode, output, status, errors):
     result = cuda_sanitize.verdict('memcheck', returncode, output)
