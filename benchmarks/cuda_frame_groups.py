@@ -19,10 +19,10 @@ affinities). It prints a Markdown table per C: ms per frame (best of
         --groups 1 2 3 4 --out groups.json
 """
 import json
-import os
 import sys
 
 import torch
+from gpu_check import environment
 from propagation_step import (
     best_seconds,
     cuda_kernel_device,
@@ -36,19 +36,12 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 def run(query, keys, args, groups: str):
     """(best seconds, weights, indices) with ``groups`` ('' the plan)."""
-    saved = os.environ.get(VARIABLE)
-    os.environ[VARIABLE] = groups
-    try:
+    with environment(**{VARIABLE: groups}):
         call = (query, keys, args.topk, args.radius, 0.05, 1)
         weights, indices = torch.ops.sfc.topk_window_neighbours(*call)
         seconds = best_seconds(
             lambda: torch.ops.sfc.topk_window_neighbours(*call),
             query.device, args.repeats)
-    finally:
-        if saved is None:
-            os.environ.pop(VARIABLE, None)
-        else:
-            os.environ[VARIABLE] = saved
     return seconds, weights, indices
 
 

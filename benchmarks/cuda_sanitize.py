@@ -93,10 +93,14 @@ def verdict(tool: str, returncode: int, output: str) -> dict:
         status = 'ok'
     else:
         status = 'failed'
-    tail = [line for line in output.strip().splitlines() if line.strip()]
     return dict(tool=tool, status=status, errors=errors,
-                exit_status=returncode,
-                last_line=tail[-1][:300] if tail else '(no output)')
+                exit_status=returncode, last_line=last_line(output))
+
+
+def last_line(output: str) -> str:
+    """A tool's last non-blank line, for the table."""
+    tail = [line for line in output.splitlines() if line.strip()]
+    return tail[-1][:300] if tail else '(no output)'
 
 
 def child_env() -> Dict[str, str]:
@@ -108,22 +112,33 @@ def child_env() -> Dict[str, str]:
     return env
 
 
-def run_tool(sanitizer: str, tool: str, out: str, timeout: float) -> dict:
-    cmd = [sanitizer, '--tool', tool, '--error-exitcode', '3',
-           '--print-limit', '50', sys.executable, osp.abspath(__file__),
-           '--cases']
-    log = osp.join(out, f'{tool}.txt')
+def run_logged(cmd: List[str], log: str, timeout: float) -> tuple:
+    """Runs ``cmd`` (a tool over this script) for at most ``timeout``
+    seconds and writes the command and its output to ``log``; returns
+    (output, exit status), -1 for a run stopped at the limit, whose output
+    is what it printed by then."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env=child_env(), timeout=timeout)
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
-        output = ((e.stdout or b'').decode(errors='replace') +
-                  (e.stderr or b'').decode(errors='replace'))
+        # What the child printed comes as bytes, whatever text= says.
+        output = ''.join(
+            part.decode(errors='replace') if isinstance(part, bytes) else
+            part for part in (e.stdout or '', e.stderr or ''))
         output += f'\n(stopped after {timeout:.0f} s)'
         code = -1
     with open(log, 'w') as f:
         f.write(' '.join(cmd) + '\n' + output)
+    return output, code
+
+
+def run_tool(sanitizer: str, tool: str, out: str, timeout: float) -> dict:
+    cmd = [sanitizer, '--tool', tool, '--error-exitcode', '3',
+           '--print-limit', '50', sys.executable, osp.abspath(__file__),
+           '--cases']
+    log = osp.join(out, f'{tool}.txt')
+    output, code = run_logged(cmd, log, timeout)
     result = verdict(tool, code, output)
     result['log'] = osp.basename(log)
     return result
@@ -137,19 +152,11 @@ def run_profile(ncu: str, name: str, dtype: str, out: str,
         cmd += ['--section', section]
     cmd += [sys.executable, osp.abspath(__file__), '--profile-case', dtype]
     log = osp.join(out, f'ncu_{name}.txt')
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env=child_env(), timeout=timeout)
-        output, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired:
-        output, code = f'(stopped after {timeout:.0f} s)', -1
-    with open(log, 'w') as f:
-        f.write(' '.join(cmd) + '\n' + output)
+    output, code = run_logged(cmd, log, timeout)
     profiled = 'topk_window_kernel' in output and code == 0
     return dict(tool=f'ncu {name}', status='ok' if profiled else 'failed',
                 errors=None, exit_status=code, log=osp.basename(log),
-                last_line=(output.strip().splitlines() or ['(no output)'])
-                [-1][:300])
+                last_line=last_line(output))
 
 
 # --- run inside the tools ------------------------------------------------
@@ -167,12 +174,10 @@ def run_cases() -> None:
     """Every configuration and the op on the edge cases (see the module's
     docstring); raises if the kernel is not there."""
     import torch
+    from propagation_step import cuda_kernel_device
     sys.path.insert(0, REPO)
-    from sfc_plugin.ops import native_ops_available
     from tests.test_ops.test_topk_window_match import CASES, random_inputs
-    if not torch.cuda.is_available() or not native_ops_available('cuda'):
-        raise SystemExit('cuda_sanitize: no CUDA device or no CUDA kernel '
-                         '(`python -m sfc_plugin.ops` builds it)')
+    cuda_kernel_device('cuda_sanitize', 'cuda')
     cases = dict(CASES)
     # Two batch items; more channels than a 64-channel slice, with a tail.
     cases['batch-of-two'] = (3, 8, 5, 7, 2, 4, 2.0, 1)
@@ -209,13 +214,10 @@ def run_cases() -> None:
 def run_profile_case(dtype_name: str) -> None:
     """The op at the DAVIS 480p step twice (ncu skips the first)."""
     import torch
-    from propagation_step import inputs
-
-    from sfc_plugin.ops import native_ops_available
-    if not torch.cuda.is_available() or not native_ops_available('cuda'):
-        raise SystemExit('cuda_sanitize: no CUDA device or no CUDA kernel')
+    from propagation_step import cuda_kernel_device, inputs
+    device = cuda_kernel_device('cuda_sanitize', 'cuda')
     step = argparse.Namespace(height=60, width=107, frames=21, labels=1)
-    query, keys, _ = inputs(step, 1280, torch.device('cuda'))
+    query, keys, _ = inputs(step, 1280, device)
     dtype = getattr(torch, dtype_name)
     query, keys = query[None].to(dtype), keys[None].to(dtype)
     for _ in range(2):

@@ -117,3 +117,26 @@ def test_timeout_is_checked(value, capsys):
         cuda_sanitize.parse_args(['--timeout', value])
     assert e.value.code == 2
     assert '--timeout must be a positive number' in capsys.readouterr().err
+
+
+SLOW_SANITIZER = '''#!{python}
+import sys, time
+print('========= Warning: Race reported between Read access at k+0x10',
+      flush=True)
+time.sleep(60)
+'''
+
+
+def test_a_tool_cut_at_its_limit_keeps_what_it_found(tmp_path, monkeypatch):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    install(str(bin_dir), 'compute-sanitizer', SLOW_SANITIZER)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    out = tmp_path / 'out'
+    assert cuda_sanitize.main(['--out', str(out), '--tools', 'racecheck',
+                               '--timeout', '1']) == 1
+    result, = json.loads((out / 'cuda_sanitize.json').read_text())
+    assert (result['status'], result['errors'], result['exit_status']) == (
+        'errors', 1, -1)
+    assert result['last_line'] == '(stopped after 1 s)'
+    assert 'Warning: Race reported' in (out / 'racecheck.txt').read_text()

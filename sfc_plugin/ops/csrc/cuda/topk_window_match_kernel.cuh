@@ -776,8 +776,9 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4],
 
 // As score_chunk_cuda_cores, in 3xTF32 on tensor cores
 // (Tf32TensorCoreConfig; float32 features). Each value of a slice is split
-// once, as its tile is filled; warp w then computes queries m0 + [0, 16) against keys
-// n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8 keys.
+// once, as its tile is filled; warp w then computes queries m0 + [0, 16)
+// against keys n0 + [0, 32): three m16n8k8 blocks per 8 channels and 8
+// keys.
 template <typename Config>
 __device__ __forceinline__ void score_chunk_split_tf32(
     SharedLayout<Config, float>& smem, const float* __restrict__ query,
