@@ -85,6 +85,19 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: every lane's row address
+// gathered (lane l's is row l % 8 of matrix l / 8), then register i of
+// lane l gets bytes 4 (l % 4) to 4 (l % 4) + 3 of row l / 4 of matrix i.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned char* mine[1] = {static_cast<const unsigned char*>(row)};
+  const unsigned char* all[simt::kWarpSize][1];
+  simt::warp_gather(mine, all);
+  const int lane = threadIdx.x % simt::kWarpSize;
+  for (int i = 0; i < 4; ++i)
+    std::memcpy(&r[i], all[i * 8 + lane / 4][0] + 4 * (lane % 4),
+                sizeof(r[i]));
+}
+
 // The kernels as the CUDA build compiles them.
 #include "cuda/topk_window_match_kernel.cuh"
 

@@ -419,12 +419,12 @@ struct Piece {
 
 // A chunk's loop over its channel slices, the same for every way of
 // scoring: the block fills the slice's tiles, kVectors pieces of kThreads
-// at a time (load(v, ch) reads piece v of the slice at channel ch from
-// global memory into Registers, store(v, registers) puts it in the
-// tiles), waits,
-// runs compute(), and waits again before the tiles are refilled. With
-// Prefetch the next slice's loads are issued right after the first
-// barrier, into registers, so they are in flight while the block computes.
+// at a time (load(i, v, ch) reads piece v = tid + i * kThreads of the slice
+// at channel ch from global memory into Registers, store(v, registers)
+// puts it in the tiles), waits, runs compute(), and waits again before the
+// tiles are refilled. With Prefetch the next slice's loads are issued
+// right after the first barrier, into registers, so they are in flight
+// while the block computes.
 template <int kThreads, int kVectors, bool Prefetch, typename Registers,
           typename Load, typename Store, typename Compute>
 __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
@@ -442,7 +442,7 @@ __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int v = tid + i * kThreads;
-      if (v < kVectors) staged[i] = load(v, ch);
+      if (v < kVectors) staged[i] = load(i, v, ch);
     }
   };
   if constexpr (Prefetch) stage(0);
@@ -457,7 +457,11 @@ __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
       // Into registers: the tiles are rewritten after the barrier below.
       if (ch + slice < channels) stage(ch + slice);
     } else {
-      for (int v = tid; v < kVectors; v += kThreads) store(v, load(v, ch));
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int v = tid + i * kThreads;
+        if (v < kVectors) store(v, load(i, v, ch));
+      }
       __syncthreads();
     }
     compute();
@@ -488,7 +492,7 @@ __device__ __forceinline__ void score_chunk_cuda_cores(
   // the channel-major tile.
   constexpr int kSliceQueries = Config::kTileQueries * kChunkChannels;
   constexpr int kSliceKeys = Config::kChunkKeys * kChunkChannels;
-  auto load = [&](int e, int64_t ch) {
+  auto load = [&](int, int e, int64_t ch) {
     if (e < kSliceQueries) {
       const int q = e / kChunkChannels, c = e % kChunkChannels;
       const int64_t offset = smem.query_offset[q];
@@ -548,18 +552,6 @@ __device__ __forceinline__ void score_chunk_cuda_cores(
   __syncthreads();
 }
 
-// Two consecutive 16-bit values of a 4-byte aligned shared-memory row, the
-// first in the low half (an mma fragment register).
-__device__ __forceinline__ uint32_t load_pair(const uint16_t* p) {
-#if defined(__CUDACC__)
-  return *reinterpret_cast<const uint32_t*>(p);
-#else
-  uint32_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-#endif
-}
-
 // 16 bytes, 16-byte aligned at both ends.
 template <typename T>
 __device__ __forceinline__ void copy16(T* dst, const T* src) {
@@ -570,49 +562,168 @@ __device__ __forceinline__ void copy16(T* dst, const T* src) {
 #endif
 }
 
-// Piece v of a slice for the tensor-core tiles, the slice starting at
-// channel ch: Piece<T>::kChannels channels of row v / (slice /
-// kChannels), the tile's queries first, then the chunk's first nk keys.
-// Read with one 16-byte load where the features allow it (`aligned`: every
-// position's channels start 16-byte aligned), else value by value;
-// channels past C, and rows outside the map or past nk, are zeros (T is
-// float, or uint16_t for the 16-bit types, whose zero bits are +0: they add
-// nothing).
-template <typename Config, typename T>
-__device__ __forceinline__ Piece<T> load_piece(
-    const SharedLayout<Config, float>& smem, const T* query,
-    const T* batch_keys, int64_t channels, int64_t nk, bool aligned, int v,
-    int64_t ch) {
-  constexpr int kChannels = Piece<T>::kChannels;
-  constexpr int kRowPieces = Config::kSliceChannels / kChannels;
-  const int row = v / kRowPieces, k = row - Config::kTileQueries;
-  const int64_t start = ch + (v % kRowPieces) * kChannels;
-  const bool is_query = row < Config::kTileQueries;
-  const int64_t offset =
-      is_query ? smem.query_offset[row]
-               : (k < nk ? smem.key_flat[k] * channels : -1);
-  const T* src = is_query ? query : batch_keys;
-  Piece<T> piece;
-  if (offset >= 0 && aligned && start + kChannels <= channels) {
-    copy16(piece.values, src + offset + start);
-  } else {
-    for (int i = 0; i < kChannels; ++i)
-      piece.values[i] = offset >= 0 && start + i < channels
-                            ? src[offset + start + i]
-                            : T(0);
-  }
-  return piece;
+// 16 bytes of read-only global memory (the features), 16-byte aligned at
+// both ends.
+template <typename T>
+__device__ __forceinline__ void read16(T* dst, const T* src) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(dst) = __ldg(reinterpret_cast<const uint4*>(src));
+#else
+  std::memcpy(dst, src, 16);
+#endif
 }
 
-// Whether every position's features of `channels` values of T, from these
-// two base addresses, start 16-byte aligned (load_piece's 16-byte loads).
-template <typename T>
-__device__ __forceinline__ bool rows_aligned(const T* query,
-                                             const T* batch_keys,
-                                             int64_t channels) {
-  return channels % Piece<T>::kChannels == 0 &&
-         (reinterpret_cast<uintptr_t>(query) |
-          reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0;
+// Where a thread's pieces of a chunk's slices come from, for the
+// tensor-core tiles. Piece v of a slice is Piece<T>::kChannels channels of
+// row v / (slice / kChannels), the tile's queries first, then the chunk's
+// first nk keys; a thread's piece i is v = tid + i * kThreads, of the same
+// row in every slice. So each piece's source (its row's features, from its
+// first channel in a slice; null for a row outside the map or past nk,
+// read as zeros) is found once per chunk, and a slice's piece is then one
+// 16-byte load where every position's channels start 16-byte aligned and
+// the slice is whole, else value by value with channels past C read as
+// zeros. (Looking the row up at every slice took about 30 instructions a
+// piece, more than the warp's mma and fragment loads of the slice:
+// BENCHMARKS.md, "Instructions per slice".) T is float, or uint16_t for
+// the 16-bit types, whose zero bits are +0: zeros add nothing.
+template <typename Config, typename T>
+struct SlicePieces {
+  static constexpr int kChannels = Piece<T>::kChannels;
+  static constexpr int kRowPieces = Config::kSliceChannels / kChannels;
+  static constexpr int kPieces =
+      (Config::kTileQueries + Config::kChunkKeys) * kRowPieces;
+  static constexpr int kLoads =
+      (kPieces + Config::kThreads - 1) / Config::kThreads;
+  static_assert(Config::kSliceChannels % kChannels == 0,
+                "slices are whole pieces");
+
+  const T* source[kLoads];
+  int64_t channels;
+  bool aligned;
+
+  __device__ __forceinline__ SlicePieces(
+      const SharedLayout<Config, float>& smem, const T* query,
+      const T* batch_keys, int64_t channels, int64_t nk)
+      : channels(channels),
+        aligned(channels % kChannels == 0 &&
+                (reinterpret_cast<uintptr_t>(query) |
+                 reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int v = threadIdx.x + i * Config::kThreads;
+      const int row = v / kRowPieces, k = row - Config::kTileQueries;
+      const bool is_query = row < Config::kTileQueries;
+      const int64_t offset =
+          v >= kPieces ? -1
+          : is_query   ? smem.query_offset[row]
+                       : (k < nk ? smem.key_flat[k] * channels : -1);
+      source[i] = offset >= 0
+                      ? (is_query ? query : batch_keys) + offset + column(v)
+                      : nullptr;
+    }
+  }
+
+  // The first channel of piece v in its slice.
+  static __device__ __forceinline__ int column(int v) {
+    return (v % kRowPieces) * kChannels;
+  }
+
+  // Whether every slice is whole and every position's channels start
+  // 16-byte aligned, so that load_whole serves every slice.
+  __device__ __forceinline__ bool whole_slices() const {
+    return aligned && channels % Config::kSliceChannels == 0;
+  }
+
+  // The thread's piece i of the slice starting at channel ch, where
+  // whole_slices(): one 16-byte load (a predicated one, no branch).
+  __device__ __forceinline__ Piece<T> load_whole(int i, int64_t ch) const {
+    Piece<T> piece{};
+    if (source[i] != nullptr) read16(piece.values, source[i] + ch);
+    return piece;
+  }
+
+  // The same for any slice: value by value, channels past C read as zeros.
+  __device__ __forceinline__ Piece<T> load(int i, int64_t ch) const {
+    Piece<T> piece{};
+    const T* src = source[i];
+    if (src == nullptr) return piece;
+    const int64_t first = ch + column(threadIdx.x + i * Config::kThreads);
+    for (int j = 0; j < kChannels; ++j)
+      if (first + j < channels) piece.values[j] = src[ch + j];
+    return piece;
+  }
+};
+
+// for_each_slice for the tensor-core tiles, their pieces read from
+// `pieces`: the loop is compiled twice, so that where every slice is whole
+// and aligned (as at C = 256 or 1280) each piece is one load, not a branch
+// between two ways of reading it.
+template <typename Config, typename T, typename Store, typename Compute>
+__device__ __forceinline__ void for_each_piece_source(
+    const SlicePieces<Config, T>& pieces, int64_t channels, Store&& store,
+    Compute&& compute) {
+  using Pieces = SlicePieces<Config, T>;
+  if (pieces.whole_slices())
+    for_each_slice<Config::kThreads, Pieces::kPieces, Config::kPrefetch,
+                   Piece<T>>(
+        channels, Config::kSliceChannels,
+        [&](int i, int, int64_t ch) { return pieces.load_whole(i, ch); },
+        store, compute);
+  else
+    for_each_slice<Config::kThreads, Pieces::kPieces, Config::kPrefetch,
+                   Piece<T>>(
+        channels, Config::kSliceChannels,
+        [&](int i, int, int64_t ch) { return pieces.load(i, ch); }, store,
+        compute);
+}
+
+#if defined(__CUDACC__)
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8 × 16-byte matrices of
+// shared memory, lane l giving the address of row l % 8 of matrix l / 8;
+// register i of lane l receives bytes 4 (l % 4) to 4 (l % 4) + 3 of row
+// l / 4 of matrix i, the layout of an mma operand's fragments (two 16-bit
+// values, or one TF32). The tests' CPU emulation provides its own before
+// including this header.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4],
+                                            const void* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto address =
+      static_cast<unsigned>(__cvta_generic_to_shared(row));
+  // "memory": never moved across the barrier after the tiles are filled.
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(address)
+      : "memory");
+#elif defined(__CUDA_ARCH__)
+  // The host refuses tensor-core configurations below sm_80.
+  __trap();
+#endif
+}
+#endif
+
+// The row a lane hands ldmatrix_x4 for an mma's operand, from a
+// position-major tile of T (a row: one query, or key; its values: the
+// slice's channels), from channel k0 of the slice; 16 bytes are kBlock
+// values. a_fragment_row: A of queries m0 + [0, 16), whose registers
+// a0..a3 are the matrices at (m0, k0), (m0 + 8, k0), (m0, k0 + kBlock) and
+// (m0 + 8, k0 + kBlock). b_fragment_row: B of keys n0 + [0, 8) and of keys
+// n0 + [8, 16), b0 and b1 of each, the matrices at (n0, k0),
+// (n0, k0 + kBlock), (n0 + 8, k0) and (n0 + 8, k0 + kBlock).
+template <typename T, int Pitch>
+__device__ __forceinline__ const T* a_fragment_row(const T (*tile)[Pitch],
+                                                   int m0, int k0,
+                                                   int lane) {
+  constexpr int kBlock = 16 / sizeof(T);
+  return &tile[m0 + (lane / 8) % 2 * 8 + lane % 8][k0 + lane / 16 * kBlock];
+}
+
+template <typename T, int Pitch>
+__device__ __forceinline__ const T* b_fragment_row(const T (*tile)[Pitch],
+                                                   int n0, int k0,
+                                                   int lane) {
+  constexpr int kBlock = 16 / sizeof(T);
+  return &tile[n0 + lane / 16 * 8 + lane % 8][k0 + (lane / 8) % 2 * kBlock];
 }
 
 #if defined(__CUDACC__)
@@ -675,26 +786,20 @@ __device__ __forceinline__ void store_mma_scores(
 
 // As score_chunk_cuda_cores, on tensor cores (TensorCoreConfig; float16 and
 // bfloat16 features). Warp w computes queries m0 + [0, 16) against keys
-// n0 + [0, 32): four m16n8k16 blocks per 16 channels.
+// n0 + [0, 32): four m16n8k16 blocks per 16 channels, their operands read
+// by ldmatrix.
 template <typename Config, typename scalar_t>
 __device__ __forceinline__ void score_chunk_tensor_cores(
     SharedLayout<Config, float>& smem, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
-  constexpr int kRowPieces = Config::kSliceChannels / 8;
-  constexpr int kPieces =
-      (Config::kTileQueries + Config::kChunkKeys) * kRowPieces;
+  using Pieces = SlicePieces<Config, uint16_t>;
+  constexpr int kRowPieces = Pieces::kRowPieces;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  // The fragments' groupID and 2 * threadID_in_group.
-  const int group = lane / 4, pair = (lane % 4) * 2;
   const int m0 = (warp % Config::kQueryWarps) * 16;
   const int n0 = (warp / Config::kQueryWarps) * 32;
-  const auto* query_bits = reinterpret_cast<const uint16_t*>(query);
-  const auto* key_bits = reinterpret_cast<const uint16_t*>(batch_keys);
-  const bool aligned = rows_aligned(query_bits, key_bits, channels);
-  auto load = [&](int v, int64_t ch) {
-    return load_piece(smem, query_bits, key_bits, channels, nk, aligned, v,
-                      ch);
-  };
+  const Pieces pieces(
+      smem, reinterpret_cast<const uint16_t*>(query),
+      reinterpret_cast<const uint16_t*>(batch_keys), channels, nk);
   auto store = [&](int v, const Piece<uint16_t>& piece) {
     const int row = v / kRowPieces, c = (v % kRowPieces) * 8;
     copy16(row < Config::kTileQueries
@@ -706,23 +811,21 @@ __device__ __forceinline__ void score_chunk_tensor_cores(
   auto compute = [&] {
 #pragma unroll
     for (int k0 = 0; k0 < Config::kSliceChannels; k0 += 16) {
-      const uint32_t a[4] = {
-          load_pair(&smem.tiles.queries[m0 + group][k0 + pair]),
-          load_pair(&smem.tiles.queries[m0 + group + 8][k0 + pair]),
-          load_pair(&smem.tiles.queries[m0 + group][k0 + 8 + pair]),
-          load_pair(&smem.tiles.queries[m0 + group + 8][k0 + 8 + pair])};
+      uint32_t a[4], b[2][4];
+      ldmatrix_x4(a, a_fragment_row(smem.tiles.queries, m0, k0, lane));
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair)
+        ldmatrix_x4(b[pair], b_fragment_row(smem.tiles.keys,
+                                            n0 + pair * 16, k0, lane));
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        const uint16_t* key = smem.tiles.keys[n0 + nt * 8 + group];
-        const uint32_t b[2] = {load_pair(key + k0 + pair),
-                               load_pair(key + k0 + 8 + pair)};
-        mma_m16n8k16(acc[nt], a, b, scalar_t());
+        const uint32_t b_nt[2] = {b[nt / 2][nt % 2 * 2],
+                                  b[nt / 2][nt % 2 * 2 + 1]};
+        mma_m16n8k16(acc[nt], a, b_nt, scalar_t());
       }
     }
   };
-  for_each_slice<Config::kThreads, kPieces, Config::kPrefetch,
-                 Piece<uint16_t>>(channels, Config::kSliceChannels, load,
-                                  store, compute);
+  for_each_piece_source(pieces, channels, store, compute);
   store_mma_scores(smem, acc, m0, n0);
 }
 
@@ -737,21 +840,22 @@ __device__ __forceinline__ To bit_cast(From x) {
 }
 
 // x rounded to TF32 (its 13 lowest mantissa bits cleared) to nearest, ties
-// away from zero, as cvt.rna.tf32.f32 rounds; infinities and NaN kept. In
-// C++ rather than PTX, so that the tests' emulation splits as the GPU does.
+// away from zero, as cvt.rna.tf32.f32 rounds, for x finite or infinite
+// (a finite x may round to an infinity); a NaN may not stay one. In C++
+// rather than PTX, so that the tests' emulation splits as the GPU does.
 __device__ __forceinline__ float round_to_tf32(float x) {
-  uint32_t bits = bit_cast<uint32_t>(x);
-  if ((bits & 0x7f800000u) != 0x7f800000u)
-    bits = (bits + 0x1000u) & 0xffffe000u;
-  return bit_cast<float>(bits);
+  return bit_cast<float>((bit_cast<uint32_t>(x) + 0x1000u) & 0xffffe000u);
 }
 
 // The two TF32 parts of x (Tf32TensorCoreConfig): big = tf32(x), small =
-// tf32(x - big).
+// tf32(x - big). An infinite or NaN x is its own big part (its small part
+// is then NaN), so that its scores are NaN. One test of x serves both
+// parts: x - big is finite, or infinite where big rounded to an infinity.
 __device__ __forceinline__ void tf32_parts(float x, float& big,
                                            float& small) {
-  big = round_to_tf32(x);
-  small = round_to_tf32(x - big);
+  const bool finite = fabsf(x) < INFINITY;
+  big = finite ? round_to_tf32(x) : x;
+  small = finite ? round_to_tf32(x - big) : x - big;
 }
 
 #if defined(__CUDACC__)
@@ -785,18 +889,13 @@ __device__ __forceinline__ void score_chunk_split_tf32(
     const float* __restrict__ batch_keys, int64_t channels, int64_t nk) {
   constexpr int kTileQueries = Config::kTileQueries;
   constexpr int kSlice = Config::kSliceChannels;
-  constexpr int kRowPieces = kSlice / 4;
-  constexpr int kPieces = (kTileQueries + Config::kChunkKeys) * kRowPieces;
+  using Pieces = SlicePieces<Config, float>;
+  constexpr int kRowPieces = Pieces::kRowPieces;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  // The fragments' groupID and threadID_in_group.
-  const int group = lane / 4, member = lane % 4;
   const int m0 = (warp % Config::kQueryWarps) * 16;
   const int n0 = (warp / Config::kQueryWarps) * 32;
   auto& tiles = smem.tiles;
-  const bool aligned = rows_aligned(query, batch_keys, channels);
-  auto load = [&](int v, int64_t ch) {
-    return load_piece(smem, query, batch_keys, channels, nk, aligned, v, ch);
-  };
+  const Pieces pieces(smem, query, batch_keys, channels, nk);
   auto store = [&](int v, const Piece<float>& piece) {
     const int row = v / kRowPieces, c = (v % kRowPieces) * 4;
     const int k = row - kTileQueries;
@@ -810,44 +909,35 @@ __device__ __forceinline__ void score_chunk_split_tf32(
                               : &tiles.keys_small[k][c],
            small);
   };
-  // The two parts of the value at (row, c) of the query tile (or of the
-  // key tile), as mma operands.
-  auto parts = [&](bool is_query, int row, int c, uint32_t& big,
-                   uint32_t& small) {
-    big = bit_cast<uint32_t>(is_query ? tiles.queries_big[row][c]
-                                      : tiles.keys_big[row][c]);
-    small = bit_cast<uint32_t>(is_query ? tiles.queries_small[row][c]
-                                        : tiles.keys_small[row][c]);
-  };
   float acc[4][4] = {};
   auto compute = [&] {
 #pragma unroll
     for (int k0 = 0; k0 < kSlice; k0 += 8) {
-      // A(row, k) of a0..a3: (group, member), (group + 8, member),
-      // (group, member + 4), (group + 8, member + 4).
-      const int qa = m0 + group, qb = qa + 8;
-      const int ka = k0 + member, kb = ka + 4;
-      uint32_t a_big[4], a_small[4];
-      parts(true, qa, ka, a_big[0], a_small[0]);
-      parts(true, qb, ka, a_big[1], a_small[1]);
-      parts(true, qa, kb, a_big[2], a_small[2]);
-      parts(true, qb, kb, a_big[3], a_small[3]);
+      uint32_t a_big[4], a_small[4], b_big[2][4], b_small[2][4];
+      ldmatrix_x4(a_big, a_fragment_row(tiles.queries_big, m0, k0, lane));
+      ldmatrix_x4(a_small,
+                  a_fragment_row(tiles.queries_small, m0, k0, lane));
+#pragma unroll
+      for (int pair = 0; pair < 2; ++pair) {
+        ldmatrix_x4(b_big[pair], b_fragment_row(tiles.keys_big,
+                                                n0 + pair * 16, k0, lane));
+        ldmatrix_x4(b_small[pair], b_fragment_row(tiles.keys_small,
+                                                  n0 + pair * 16, k0, lane));
+      }
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        // B(k, col) of b0, b1: (member, group), (member + 4, group).
-        const int n = n0 + nt * 8 + group;
-        uint32_t b_big[2], b_small[2];
-        parts(false, n, ka, b_big[0], b_small[0]);
-        parts(false, n, kb, b_big[1], b_small[1]);
+        const int j = nt % 2 * 2;
+        const uint32_t big[2] = {b_big[nt / 2][j], b_big[nt / 2][j + 1]};
+        const uint32_t small[2] = {b_small[nt / 2][j],
+                                   b_small[nt / 2][j + 1]};
         // The small terms first, while the sum is small.
-        mma_m16n8k8_tf32(acc[nt], a_small, b_big);
-        mma_m16n8k8_tf32(acc[nt], a_big, b_small);
-        mma_m16n8k8_tf32(acc[nt], a_big, b_big);
+        mma_m16n8k8_tf32(acc[nt], a_small, big);
+        mma_m16n8k8_tf32(acc[nt], a_big, small);
+        mma_m16n8k8_tf32(acc[nt], a_big, big);
       }
     }
   };
-  for_each_slice<Config::kThreads, kPieces, Config::kPrefetch,
-                 Piece<float>>(channels, kSlice, load, store, compute);
+  for_each_piece_source(pieces, channels, store, compute);
   store_mma_scores(smem, acc, m0, n0);
 }
 
