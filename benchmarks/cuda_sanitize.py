@@ -25,7 +25,8 @@ clocks left as they are) on one launch of the op's kernel at the DAVIS
 480p step (60×107, T = 21, k 15, r' 15, C = 1280): the float32 default
 (3xTF32) and the bfloat16 default (tensor cores), with the sections that
 say where its time goes (speed of light, warp stall reasons, scheduler,
-memory workload, occupancy).
+memory workload, occupancy) and the instructions it executed (against
+``benchmarks/cuda_kernel_sass.py``'s static count of its slice loop).
 
 Each tool's output goes to ``DIR/<tool>.txt``, the verdicts to
 ``DIR/cuda_sanitize.json`` and a Markdown table on stdout. Exit status: 0
@@ -49,7 +50,8 @@ TOOLS = ('memcheck', 'racecheck', 'synccheck', 'initcheck')
 #: Kernel-name filter and sections of the ncu profile.
 NCU_KERNEL = 'regex:topk_window_kernel'
 NCU_SECTIONS = ('SpeedOfLight', 'WarpStateStats', 'SchedulerStats',
-                'MemoryWorkloadAnalysis', 'Occupancy', 'LaunchStats')
+                'MemoryWorkloadAnalysis', 'Occupancy', 'LaunchStats',
+                'InstructionStats')
 #: (name, feature type) of the profiled launches.
 PROFILES = (('float32', 'float32'), ('bfloat16', 'bfloat16'))
 SUMMARY = re.compile(r'ERROR SUMMARY:\s*(\d+)\s+errors?')

@@ -594,16 +594,20 @@ def _compile_unit(command: List[str], source: str, compiler: str,
 def compile_cuda_sources(archs: Sequence[int] = DEFAULT_CUDA_ARCHS,
                          verbose: bool = False,
                          csrc: Optional[str] = None,
-                         keep_going: bool = False) -> List[CompileResult]:
+                         keep_going: bool = False,
+                         units: Sequence[str] = COMPILE_ONLY_SOURCES,
+                         nvcc_flags: Sequence[str] = (),
+                         output_dir: Optional[str] = None,
+                         cubin: bool = False) -> List[CompileResult]:
     """Compiles the CUDA build's sources to object files, without a GPU.
 
     The schema file is compiled by the host compiler and the kernel by
     nvcc, each with the flags a CUDA build of :func:`load_native_ops`
     gives it (torch's defines, include folders, C++ standard and nvcc
     flags, and ours, ``-DSFC_WITH_CUDA`` included), into a temporary
-    folder that is removed afterwards. The kernel is compiled once for
-    every architecture in ``archs`` (``-gencode arch=compute_XY,
-    code=sm_XY``).
+    folder that is removed afterwards unless ``output_dir`` is given. The
+    kernel is compiled once for every architecture in ``archs``
+    (``-gencode arch=compute_XY,code=sm_XY``).
 
     Args:
         archs (Sequence[int]): Compute capabilities, e.g. ``(80, 90)``.
@@ -613,20 +617,38 @@ def compile_cuda_sources(archs: Sequence[int] = DEFAULT_CUDA_ARCHS,
             Defaults to the installed one.
         keep_going (bool): Compile every unit even after one failed. By
             default the units after a failure are skipped.
+        units (Sequence[str]): Which of ``COMPILE_ONLY_SOURCES`` to
+            compile, in that order. Defaults to all of them.
+        nvcc_flags (Sequence[str]): More flags for nvcc, e.g.
+            ``['-Xptxas=-v']``. Defaults to none.
+        output_dir (str, optional): Where the outputs are written and
+            kept, each named after its source plus ``.o`` (or ``.cubin``).
+            Defaults to a temporary folder, removed afterwards.
+        cubin (bool): nvcc writes a cubin (device code alone, which
+            ``nvdisasm`` reads) rather than an object file; one
+            architecture only. Defaults to False.
 
     Returns:
-        list[CompileResult]: One per unit of ``COMPILE_ONLY_SOURCES``, in
-        that order.
+        list[CompileResult]: One per unit, in the order of ``units``.
 
     Raises:
         NvccNotFoundError: If there is no nvcc.
-        ValueError: If ``archs`` is empty or holds a non-positive number.
+        ValueError: If ``archs`` is empty or holds a non-positive number,
+            ``units`` one that is not a compile-only source, or ``cubin``
+            is asked for more than one architecture.
     """
     from torch.utils import cpp_extension
     archs = [int(a) for a in archs]
     if not archs or any(a <= 0 for a in archs):
         raise ValueError('archs must be compute capabilities such as 80 '
                          f'or 90, got {archs}')
+    unknown = [u for u in units if u not in COMPILE_ONLY_SOURCES]
+    if unknown or not units:
+        raise ValueError(f'units must be among {COMPILE_ONLY_SOURCES}, '
+                         f'got {list(units)}')
+    if cubin and len(archs) != 1:
+        raise ValueError('a cubin is for one architecture, got archs '
+                         f'{archs}')
     csrc = csrc or CSRC
     nvcc = _find_nvcc()
     cuda_home = _cuda_home(nvcc)
@@ -656,7 +678,9 @@ def compile_cuda_sources(archs: Sequence[int] = DEFAULT_CUDA_ARCHS,
     results = []
     with tempfile.TemporaryDirectory(prefix='sfc_compile_only_') as tmp:
         includes = _include_flags(cuda_include, osp.join(tmp, 'stub'))
-        for source in COMPILE_ONLY_SOURCES:
+        out = output_dir or tmp
+        os.makedirs(out, exist_ok=True)
+        for source in [s for s in COMPILE_ONLY_SOURCES if s in units]:
             is_cuda = source.endswith('.cu')
             compiler = (f'{nvcc_name}, ' +
                         ' '.join(f'sm_{a}' for a in archs)
@@ -665,15 +689,18 @@ def compile_cuda_sources(archs: Sequence[int] = DEFAULT_CUDA_ARCHS,
                 results.append(CompileResult(source, compiler, 'skipped'))
                 continue
             path = osp.join(csrc, source)
-            obj = osp.join(tmp, osp.basename(source) + '.o')
+            kind = '.cubin' if is_cuda and cubin else '.o'
+            obj = osp.join(out, osp.basename(source) + kind)
             if is_cuda:
                 command = ([nvcc] + common + includes +
                            list(cpp_extension.COMMON_NVCC_FLAGS) + gencode +
-                           ['-Xcompiler', '-fPIC'] + cuda_cflags + [std])
+                           ['-Xcompiler', '-fPIC'] + cuda_cflags + [std] +
+                           list(nvcc_flags))
             else:
                 command = ([cxx] + common + includes + ['-fPIC', std] +
                            cflags)
-            command += ['-c', path, '-o', obj]
+            command += ['-cubin' if kind == '.cubin' else '-c', path, '-o',
+                        obj]
             results.append(
                 _compile_unit(command, source, compiler, csrc, verbose))
     return results

@@ -100,3 +100,12 @@ def test_bad_architectures_are_refused(capsys):
     with pytest.raises(ValueError, match='compute capabilities'):
         extension.compile_cuda_sources(archs=[])
     assert ops_main.main(['--compile-only', 'cuda', '--arch', '0']) == 2
+
+
+def test_bad_units_and_a_cubin_for_two_archs_are_refused():
+    with pytest.raises(ValueError, match='units must be among'):
+        extension.compile_cuda_sources(units=['cuda/other.cu'])
+    with pytest.raises(ValueError, match='units must be among'):
+        extension.compile_cuda_sources(units=[])
+    with pytest.raises(ValueError, match='a cubin is for one architecture'):
+        extension.compile_cuda_sources(archs=(80, 90), cubin=True)
