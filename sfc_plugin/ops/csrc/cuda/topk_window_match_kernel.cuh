@@ -974,8 +974,8 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   const int64_t first_frame = group * frames / groups;
   const int64_t end_frame = (group + 1) * frames / groups;
   const int64_t hw = height * width;
-  const int64_t cols = imin(kTileCols, width - x0);
-  const int64_t rows = imin(kTileRows, height - y0);
+  const int cols = static_cast<int>(imin(kTileCols, width - x0));
+  const int rows = static_cast<int>(imin(kTileRows, height - y0));
   const scalar_t* batch_keys = keys + b * frames * hw * channels;
   // Query q of the tile is at (y0 + q / kTileCols, x0 + q % kTileCols).
   auto query_valid = [&](int q) {
@@ -989,6 +989,18 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
     smem.query_offset[q] = query_valid(q) ? query_position(q) * channels : -1;
   }
   __syncthreads();
+  // The offer's thresholds: warp w serves queries w + i kWarps of the tile
+  // (the same ones in every chunk and frame), and lane i holds the value
+  // its i-th query's list must beat, the list's k-th once full, -inf
+  // until then. One shuffle hands a query's threshold to the warp, rather
+  // than lane 0 reading the list at every 32 keys: their scores are
+  // compared with it before anything else, and once the lists fill few
+  // beat it.
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kTileQueries <= 32 * kWarps,
+                "each lane holds at most one query's threshold");
+  const int k_top = static_cast<int>(stored_topk);
+  acc_t lane_threshold = -INFINITY;
 
   // Scores a list of n keys, in increasing flat index, and offers them.
   // describe(v, slot) puts key v of the list in the chunk's slot: its flat
@@ -1009,48 +1021,47 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
         score_chunk_cuda_cores<Config>(smem, query, batch_keys, channels,
                                        nk);
 
-      // Offer: each warp serves every (kThreads / 32)-th query; lane 0
-      // inserts the candidates above the threshold in key order. Lane 0
-      // alone reads and writes the query's list, and hands the threshold
-      // to the other lanes by shuffle: __ballot_sync orders no memory, so
-      // lanes reading the list that lane 0 rewrites after the vote would
-      // race with it (compute-sanitizer's racecheck reported it).
-      for (int q = warp; q < kTileQueries; q += kThreads / 32) {
+      // Offer: lane 0 inserts the candidates above the query's threshold
+      // in key order. Lane 0 alone reads and writes the query's list, and
+      // hands the new threshold to the warp by shuffle: __ballot_sync
+      // orders no memory, so lanes reading the list that lane 0 rewrites
+      // after the vote would race with it (compute-sanitizer's racecheck
+      // reported it).
+      for (int q = warp, i = 0; q < kTileQueries; q += kWarps, ++i) {
         if (!query_valid(q)) continue;  // the same for the whole warp
-        const int64_t qy = y0 + q / kTileCols, qx = x0 + q % kTileCols;
+        const int qy = static_cast<int>(y0) + q / kTileCols;
+        const int qx = static_cast<int>(x0) + q % kTileCols;
         acc_t* values = top_values + q * stored_topk;
         int64_t* slots = top_indices + q * stored_topk;
+        acc_t threshold = __shfl_sync(0xffffffffu, lane_threshold, i);
         for (int part = 0; part < kChunkKeys; part += 32) {
           const int j = part + lane;
-          const acc_t s = smem.scores[q][j];
-          acc_t threshold = -INFINITY;
-          if (lane == 0 && smem.count[q] == stored_topk)
-            threshold = values[stored_topk - 1];
-          threshold = __shfl_sync(0xffffffffu, threshold, 0);
-          // The threshold first: once the lists fill, few scores beat it,
-          // and a warp where none does skips the window test.
-          bool candidate = j < nk && s > threshold;
+          // The threshold first, so that a warp where no score beats it
+          // skips the window test.
+          bool candidate = j < nk && smem.scores[q][j] > threshold;
           if (candidate && smem.key_y[j] >= 0) {
-            const int64_t dy = smem.key_y[j] - qy;
-            const int64_t dx = smem.key_x[j] - qx;
+            const int dy = smem.key_y[j] - qy, dx = smem.key_x[j] - qx;
             const int64_t half = half_widths[dy < 0 ? -dy : dy];
             candidate = half >= 0 && dx <= half && -dx <= half;
           }
           unsigned mask = __ballot_sync(0xffffffffu, candidate);
+          if (mask == 0) continue;  // the same for the whole warp
           if (lane == 0) {
+            int n_top = smem.count[q];
             while (mask) {
               const int bit = __ffs(mask) - 1;
               mask &= mask - 1;
               const acc_t v = smem.scores[q][part + bit];
-              const int n_top = smem.count[q];
               // The threshold rises as the candidates before it enter.
-              if (n_top == stored_topk && !(v > values[stored_topk - 1]))
-                continue;
-              smem.count[q] = static_cast<int>(
-                  insert_sorted(values, slots, n_top, stored_topk, v,
-                                smem.key_flat[part + bit]));
+              if (n_top == k_top && !(v > values[k_top - 1])) continue;
+              n_top = static_cast<int>(insert_sorted(
+                  values, slots, n_top, k_top, v, smem.key_flat[part + bit]));
             }
+            smem.count[q] = n_top;
+            if (n_top == k_top) threshold = values[k_top - 1];
           }
+          threshold = __shfl_sync(0xffffffffu, threshold, 0);
+          if (lane == i) lane_threshold = threshold;
         }
       }
       __syncthreads();
