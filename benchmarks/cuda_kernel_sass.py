@@ -271,6 +271,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                      f'90, got {args.arch}')
     if args.csrc and not osp.isfile(osp.join(args.csrc, CUDA_UNIT)):
         parser.error(f'--csrc {args.csrc}: no {CUDA_UNIT} there')
+    if args.json:
+        from sfc_plugin.utils.fileio import check_writable_dir
+        try:
+            if osp.isdir(args.json):
+                raise IsADirectoryError(f'"{args.json}" is a folder')
+            check_writable_dir(osp.dirname(osp.abspath(args.json)),
+                               'folder')
+        except OSError as e:
+            parser.error(f'--json: {e}')
     nvdisasm = find_nvdisasm()
     if nvdisasm is None:
         print('cuda_kernel_sass: nvdisasm not found (not on PATH, beside '
