@@ -287,19 +287,38 @@ def test_every_config_gives_the_default_neighbours(grouping):
     assert (default[torch.float32][1] == ref_i).float().mean() > 0.999
 
 
+def channels_last_at_an_odd_offset(query):
+    """query (B, C, H, W) in channels-last memory one element past its
+    storage's start, which the kernel reads in place: no position's
+    features start 16-byte aligned."""
+    b, c, h, w = query.shape
+    storage = query.new_empty(1 + query.numel())
+    view = storage[1:].view(b, h, w, c)
+    view.copy_(query.permute(0, 2, 3, 1))
+    return view.permute(0, 3, 1, 2)
+
+
 def test_tensor_cores_with_aligned_channels():
-    """C a multiple of 8: the tensor-core tiles are filled by 16-byte
-    copies (C = 37 above takes the element-wise path); a channel count
-    with a partial last slice (C = 40) mixes both."""
+    """C = 64, whole slices: the tensor-core tiles are filled by one
+    16-byte load a piece (C = 37 above reads value by value). The same
+    features at a misaligned address, and a channel count with a partial
+    last slice (C = 40), are read value by value: the same neighbours."""
     for channels in (64, 40):
         query, keys, _ = random_inputs(5, 2, channels, 6, 11, 1, batch=1)
-        args = (query.bfloat16(), keys.bfloat16(), 5, 2.5, 0.1, 1)
-        default = emulated_neighbours(*args)
+        query, keys = query.bfloat16(), keys.bfloat16()
+        args = (5, 2.5, 0.1, 1)
+        default = emulated_neighbours(query, keys, *args)
+        misaligned = channels_last_at_an_odd_offset(query)
+        assert misaligned.data_ptr() % 16 and torch.equal(misaligned, query)
         for config in kernel_configs():
             if 'tensorcores' in config:
-                weights, indices = emulated_neighbours(*args, config=config)
-                assert torch.equal(indices, default[1]), (config, channels)
-                assert torch.equal(weights, default[0]), (config, channels)
+                for q in (query, misaligned):
+                    weights, indices = emulated_neighbours(q, keys, *args,
+                                                           config=config)
+                    assert torch.equal(indices, default[1]), (config,
+                                                              channels)
+                    assert torch.equal(weights, default[0]), (config,
+                                                              channels)
 
 
 # Each case runs every 3xTF32 configuration (about 2 s each here).
