@@ -2,12 +2,13 @@
 
     python benchmarks/cuda_sanitize.py --out DIR               # every tool
     python benchmarks/cuda_sanitize.py --tools memcheck racecheck
+    python benchmarks/cuda_sanitize.py --tools racecheck --configs op
     python benchmarks/cuda_sanitize.py --profile --out DIR     # and ncu
 
 NVIDIA's compute-sanitizer runs this script again (``--cases``) under each
 tool. The cases call every configuration the kernel is built in
 (``torch.ops.sfc._topk_window_neighbours_config``), in each feature type it
-is built for, and the op itself (``torch.ops.sfc.topk_window_match``) in
+is built for (not with ``--configs op``), and the op itself (``torch.ops.sfc.topk_window_match``) in
 float64, float32, float16 and bfloat16 with tensor cores allowed and not,
 on the op tests' edge cases (odd sizes, T = 1, k beyond the window and
 beyond all keys, radius 0 and beyond the frame, a channel tail, no
@@ -34,7 +35,6 @@ if every tool ran and found nothing, 1 if one found an error, 2 if one
 could not run (no CUDA, no tool, a crash).
 """
 import argparse
-import json
 import os
 import os.path as osp
 import re
@@ -60,6 +60,15 @@ SUMMARY = re.compile(r'ERROR SUMMARY:\s*(\d+)\s+errors?')
 #: before its summary had found by then.
 FINDING = re.compile(r'^=+ (Error|Warning|Invalid|Program hit)\b',
                      re.MULTILINE)
+
+
+def fileio():
+    """sfc_plugin's file output (imported when first written, so that
+    --help and argument errors need no more than the standard library)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from sfc_plugin.utils import fileio as module
+    return module
 
 
 def find_program(name: str) -> Optional[str]:
@@ -130,15 +139,15 @@ def run_logged(cmd: List[str], log: str, timeout: float) -> tuple:
             part for part in (e.stdout or '', e.stderr or ''))
         output += f'\n(stopped after {timeout:.0f} s)'
         code = -1
-    with open(log, 'w') as f:
-        f.write(' '.join(cmd) + '\n' + output)
+    fileio().write_text(log, ' '.join(cmd) + '\n' + output)
     return output, code
 
 
-def run_tool(sanitizer: str, tool: str, out: str, timeout: float) -> dict:
+def run_tool(sanitizer: str, tool: str, out: str, timeout: float,
+             configs: str = 'all') -> dict:
     cmd = [sanitizer, '--tool', tool, '--error-exitcode', '3',
            '--print-limit', '50', sys.executable, osp.abspath(__file__),
-           '--cases']
+           '--configs', configs, '--cases']
     log = osp.join(out, f'{tool}.txt')
     output, code = run_logged(cmd, log, timeout)
     result = verdict(tool, code, output)
@@ -172,9 +181,10 @@ def feature_types(config: str):
     return (torch.float32, )
 
 
-def run_cases() -> None:
-    """Every configuration and the op on the edge cases (see the module's
-    docstring); raises if the kernel is not there."""
+def run_cases(configs: str = 'all') -> None:
+    """The op on the edge cases (see the module's docstring), and with
+    ``configs`` 'all' every kernel configuration too; raises if the kernel
+    is not there."""
     import torch
     from propagation_step import cuda_kernel_device
     sys.path.insert(0, REPO)
@@ -184,7 +194,8 @@ def run_cases() -> None:
     # Two batch items; more channels than a 64-channel slice, with a tail.
     cases['batch-of-two'] = (3, 8, 5, 7, 2, 4, 2.0, 1)
     cases['channels-beyond-a-slice'] = (3, 150, 9, 13, 2, 15, 4.0, 1)
-    configs = list(torch.ops.sfc._topk_window_kernel_configs())
+    configs = (list(torch.ops.sfc._topk_window_kernel_configs())
+               if configs == 'all' else [])
     launches = 0
     for name, (t, c, h, w, k, topk, radius, free) in cases.items():
         batch = 2 if name == 'batch-of-two' else None
@@ -210,7 +221,7 @@ def run_cases() -> None:
                 launches += 1
         torch.cuda.synchronize()
     print(f'cuda_sanitize: {launches} calls on {len(cases)} cases, '
-          f'{len(configs)} configurations')
+          f'{len(configs)} configurations besides the op\'s')
 
 
 def run_profile_case(dtype_name: str) -> None:
@@ -249,6 +260,10 @@ def parse_args(argv=None):
                    help='folder for the logs and cuda_sanitize.json')
     p.add_argument('--timeout', type=float, default=300.0,
                    help='seconds for each tool\'s run')
+    p.add_argument('--configs', choices=('all', 'op'), default='all',
+                   help='the cases through every kernel configuration and '
+                   'the op (all, the default), or through the op alone: '
+                   'about half the calls, for a tool as slow as racecheck')
     p.add_argument('--cases', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--profile-case', choices=[d for _, d in PROFILES],
                    help=argparse.SUPPRESS)
@@ -263,7 +278,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, HERE)
     if args.cases:
-        run_cases()
+        run_cases(args.configs)
         return 0
     if args.profile_case:
         run_profile_case(args.profile_case)
@@ -279,11 +294,17 @@ def main(argv=None) -> int:
         print('cuda_sanitize: ncu (Nsight Compute) not found, which '
               '--profile needs', file=sys.stderr)
         return 2
+    try:
+        fileio().check_writable_dir(args.out, '--out')
+    except OSError as e:
+        print(f'cuda_sanitize: {e}', file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     results = []
     for tool in args.tools:
         print(f'cuda_sanitize: {tool} ...', flush=True)
-        results.append(run_tool(sanitizer, tool, args.out, args.timeout))
+        results.append(run_tool(sanitizer, tool, args.out, args.timeout,
+                                args.configs))
         print(f'cuda_sanitize: {tool} {results[-1]["status"]}: '
               f'{results[-1]["last_line"]}', flush=True)
     if args.profile:
@@ -291,8 +312,8 @@ def main(argv=None) -> int:
             print(f'cuda_sanitize: ncu {name} ...', flush=True)
             results.append(run_profile(ncu, name, dtype, args.out,
                                        args.timeout))
-    with open(osp.join(args.out, 'cuda_sanitize.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+    fileio().write_json(results, osp.join(args.out, 'cuda_sanitize.json'),
+                        indent=1)
     print(table(results))
     if any(r['status'] == 'failed' for r in results):
         return 2

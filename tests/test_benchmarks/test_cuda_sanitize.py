@@ -20,7 +20,9 @@ args = sys.argv[1:]
 tool = args[args.index('--tool') + 1]
 assert args[args.index('--error-exitcode') + 1] == '3', args
 assert os.environ['PYTORCH_NO_CUDA_MEMORY_CACHING'] == '1'
-assert args[-2].endswith('cuda_sanitize.py') and args[-1] == '--cases', args
+assert args[-4].endswith('cuda_sanitize.py'), args
+assert args[-3] == '--configs' and args[-1] == '--cases', args
+print('cases through', args[-2])
 if tool == 'initcheck':
     print('Traceback: RuntimeError: CUDA error', file=sys.stderr)
     sys.exit(1)
@@ -102,6 +104,22 @@ def test_each_tool_runs_the_cases_and_is_judged(tmp_path, monkeypatch,
                                'racecheck']) == 1
     assert cuda_sanitize.main(['--out', str(out), '--tools',
                                'memcheck']) == 0
+    assert 'cases through all' in (out / 'memcheck.txt').read_text()
+    # The op's own choices alone, for a slow tool.
+    assert cuda_sanitize.main(['--out', str(out), '--tools', 'racecheck',
+                               '--configs', 'op']) == 1
+    assert 'cases through op' in (out / 'racecheck.txt').read_text()
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    install(str(bin_dir), 'compute-sanitizer', FAKE_SANITIZER)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    (tmp_path / 'file').write_text('')
+    assert cuda_sanitize.main(['--out', str(tmp_path / 'file')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is a file' in err
 
 
 def test_a_missing_tool_is_named(tmp_path, monkeypatch, capsys):
