@@ -18,7 +18,6 @@ affinities). It prints a Markdown table per C: ms per frame (best of
     python benchmarks/cuda_frame_groups.py --topk 10 --radius 12 \\
         --groups 1 2 3 4 --out groups.json
 """
-import json
 import sys
 
 import torch
@@ -29,6 +28,8 @@ from propagation_step import (
     inputs,
     kernel_benchmark_parser,
 )
+
+from sfc_plugin.utils.fileio import write_json
 
 VARIABLE = 'SFC_PLUGIN_FRAME_GROUPS'
 DTYPES = (torch.float32, torch.bfloat16)
@@ -96,10 +97,9 @@ def main() -> None:
           f"r'={args.radius}, best of {args.repeats}")
     rows = compare(args, device)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(device=torch.cuda.get_device_name(device),
-                           topk=args.topk, radius=args.radius, rows=rows),
-                      f, indent=1)
+        write_json(dict(device=torch.cuda.get_device_name(device),
+                        topk=args.topk, radius=args.radius, rows=rows),
+                   args.out, indent=1)
     if not all(r['ok'] for r in rows):
         sys.exit('cuda_frame_groups: a group count changed the neighbours '
                  '(see the table)')

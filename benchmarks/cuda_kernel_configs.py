@@ -26,7 +26,6 @@ fp32 rate).
     python benchmarks/cuda_kernel_configs.py --device cuda --topk 10 \\
         --radius 12 --channels 1280 --out configs.json
 """
-import json
 import re
 import sys
 
@@ -40,6 +39,8 @@ from propagation_step import (
     kernel_benchmark_parser,
     matmul_rate,
 )
+
+from sfc_plugin.utils.fileio import write_json
 
 NAME = re.compile(r'(\d+)x(\d+)-keys(\d+)-'
                   r'(?:micro\d+x\d+|tensorcores-c\d+|'
@@ -143,9 +144,8 @@ def main() -> None:
     rows = compare(args, device, configs,
                    torch.ops.sfc._topk_window_neighbours_config, rate)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(device=name, matmul_gflops=rate, topk=args.topk,
-                           radius=args.radius, rows=rows), f, indent=1)
+        write_json(dict(device=name, matmul_gflops=rate, topk=args.topk,
+                        radius=args.radius, rows=rows), args.out, indent=1)
     if not all(r['ok'] for r in rows):
         sys.exit('cuda_kernel_configs: a configuration disagrees with the '
                  'default (see the table)')

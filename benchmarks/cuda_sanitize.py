@@ -8,18 +8,18 @@
 NVIDIA's compute-sanitizer runs this script again (``--cases``) under each
 tool. The cases call every configuration the kernel is built in
 (``torch.ops.sfc._topk_window_neighbours_config``), in each feature type it
-is built for (not with ``--configs op``), and the op itself (``torch.ops.sfc.topk_window_match``) in
-float64, float32, float16 and bfloat16 with tensor cores allowed and not,
-on the op tests' edge cases (odd sizes, T = 1, k beyond the window and
-beyond all keys, radius 0 and beyond the frame, a channel tail, no
-eligible key, one row), on two batch items, and on a frame with more
-channels than one slice. Tools: ``memcheck`` (out-of-bounds and misaligned
-accesses), ``racecheck`` (shared-memory hazards), ``synccheck`` (invalid
-barriers) and ``initcheck`` (reads of uninitialised device memory). The
-children run with ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``: every tensor is an
-allocation of its own, or an access past a tensor's end would land in the
-caching allocator's pool and go unseen. A tool's verdict is its
-``ERROR SUMMARY``.
+is built for (not with ``--configs op``), and the op itself
+(``torch.ops.sfc.topk_window_match``) in float64, float32, float16 and
+bfloat16 with tensor cores allowed and not, on the op tests' edge cases
+(odd sizes, T = 1, k beyond the window and beyond all keys, radius 0 and
+beyond the frame, a channel tail, no eligible key, one row), on two batch
+items, and on a frame with more channels than one slice. Tools:
+``memcheck`` (out-of-bounds and misaligned accesses), ``racecheck``
+(shared-memory hazards), ``synccheck`` (invalid barriers) and ``initcheck``
+(reads of uninitialised device memory). The children run with
+``PYTORCH_NO_CUDA_MEMORY_CACHING=1``: every tensor is an allocation of its
+own, or an access past a tensor's end would land in the caching allocator's
+pool and go unseen. A tool's verdict is its ``ERROR SUMMARY``.
 
 ``--profile`` also runs Nsight Compute (``ncu --clock-control none``, the
 clocks left as they are) on one launch of the op's kernel at the DAVIS

@@ -39,6 +39,7 @@ from sfc_plugin.ops import (
     topk_window_match_reference,
     window_mask,
 )
+from sfc_plugin.utils.fileio import write_json
 
 #: name -> (function, feature dtype); labels stay float32.
 IMPLS = {
@@ -274,10 +275,8 @@ def main():
         print(f'| {c} | floor: FLOPs {flops / rate / 1e9:.4f} s, bytes '
               f'{key_bytes / bw / 1e9:.4f} s |  |  |  |  |  |  |  |  |')
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(device=name, bandwidth_gbs=bw, matmul_gflops=rate,
-                       rows=rows), f,
-                      indent=1)
+        write_json(dict(device=name, bandwidth_gbs=bw, matmul_gflops=rate,
+                        rows=rows), args.out, indent=1)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ time: where a frame's time goes outside the match.
 """
 import argparse
 import hashlib
-import json
 import os.path as osp
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from sfc_plugin.apis import (  # noqa: E402
 )
 from sfc_plugin.datasets import open_video  # noqa: E402
 from sfc_plugin.ops import load_native_ops, matching_kernel  # noqa: E402
+from sfc_plugin.utils.fileio import write_json  # noqa: E402
 
 
 def timed_pass(model, source: str, first: str, in_flight: int):
@@ -132,12 +132,10 @@ def main(argv=None) -> None:
         if profile['kernels']:
             print_kernel_table(profile, 'frame')
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(config=args.config, precision=args.precision,
-                           device=args.device, video=what,
-                           matching_kernel=kernel, rows=rows,
-                           profile=profile),
-                      f, indent=1)
+        write_json(dict(config=args.config, precision=args.precision,
+                        device=args.device, video=what,
+                        matching_kernel=kernel, rows=rows, profile=profile),
+                   args.out, indent=1)
     if not all(r['same_predictions'] for r in rows):
         sys.exit('tracking_overlap: the settings disagree (see the table)')
 
