@@ -578,14 +578,16 @@ __device__ __forceinline__ void read16(T* dst, const T* src) {
 // row v / (slice / kChannels), the tile's queries first, then the chunk's
 // first nk keys; a thread's piece i is v = tid + i * kThreads, of the same
 // row in every slice. So each piece's source (its row's features, from its
-// first channel in a slice; null for a row outside the map or past nk,
-// read as zeros) is found once per chunk, and a slice's piece is then one
-// 16-byte load where every position's channels start 16-byte aligned and
-// the slice is whole, else value by value with channels past C read as
-// zeros. (Looking the row up at every slice took about 30 instructions a
-// piece, more than the warp's mma and fragment loads of the slice:
-// BENCHMARKS.md, "Instructions per slice".) T is float, or uint16_t for
-// the 16-bit types, whose zero bits are +0: zeros add nothing.
+// first channel in a slice) is found once per chunk, and a slice's piece
+// is then one 16-byte load where every position's channels start 16-byte
+// aligned and the slice is whole, else value by value with channels past
+// C read as zeros (T is float, or uint16_t for the 16-bit types, whose
+// zero bits are +0: they add nothing). A row outside the map or past nk
+// reads the tile's first query instead, which is always in the map: its
+// scores are never offered, and so every piece is a load, with no branch
+// and no zeros to write. (Looking the row up at every slice took about 30
+// instructions a piece, more than the warp's mma and fragment loads of
+// the slice: BENCHMARKS.md, "Instructions per slice".)
 template <typename Config, typename T>
 struct SlicePieces {
   static constexpr int kChannels = Piece<T>::kChannels;
@@ -617,9 +619,9 @@ struct SlicePieces {
           v >= kPieces ? -1
           : is_query   ? smem.query_offset[row]
                        : (k < nk ? smem.key_flat[k] * channels : -1);
-      source[i] = offset >= 0
-                      ? (is_query ? query : batch_keys) + offset + column(v)
-                      : nullptr;
+      source[i] = (offset >= 0 ? (is_query ? query : batch_keys) + offset
+                               : query + smem.query_offset[0]) +
+                  column(v);
     }
   }
 
@@ -635,10 +637,10 @@ struct SlicePieces {
   }
 
   // The thread's piece i of the slice starting at channel ch, where
-  // whole_slices(): one 16-byte load (a predicated one, no branch).
+  // whole_slices(): one 16-byte load.
   __device__ __forceinline__ Piece<T> load_whole(int i, int64_t ch) const {
-    Piece<T> piece{};
-    if (source[i] != nullptr) read16(piece.values, source[i] + ch);
+    Piece<T> piece;
+    read16(piece.values, source[i] + ch);
     return piece;
   }
 
@@ -646,7 +648,6 @@ struct SlicePieces {
   __device__ __forceinline__ Piece<T> load(int i, int64_t ch) const {
     Piece<T> piece{};
     const T* src = source[i];
-    if (src == nullptr) return piece;
     const int64_t first = ch + column(threadIdx.x + i * Config::kThreads);
     for (int j = 0; j < kChannels; ++j)
       if (first + j < channels) piece.values[j] = src[ch + j];
