@@ -979,8 +979,9 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   const int rows = static_cast<int>(imin(kTileRows, height - y0));
   const scalar_t* batch_keys = keys + b * frames * hw * channels;
   // Query q of the tile is at (y0 + q / kTileCols, x0 + q % kTileCols).
-  auto query_valid = [&](int q) {
-    return q / kTileCols < rows && q % kTileCols < cols;
+  auto query_valid = [&](unsigned q) {
+    return static_cast<int>(q / kTileCols) < rows &&
+           static_cast<int>(q % kTileCols) < cols;
   };
   auto query_position = [&](int q) {
     return (b * height + y0 + q / kTileCols) * width + x0 + q % kTileCols;
@@ -1002,6 +1003,10 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
                 "each lane holds at most one query's threshold");
   const int k_top = static_cast<int>(stored_topk);
   acc_t lane_threshold = -INFINITY;
+  // Bit i: the warp's i-th query is in the map (the offer skips the rest).
+  unsigned warp_queries = 0;
+  for (int q = warp, i = 0; q < kTileQueries; q += kWarps, ++i)
+    warp_queries |= static_cast<unsigned>(query_valid(q)) << i;
 
   // Scores a list of n keys, in increasing flat index, and offers them.
   // describe(v, slot) puts key v of the list in the chunk's slot: its flat
@@ -1028,10 +1033,13 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
       // orders no memory, so lanes reading the list that lane 0 rewrites
       // after the vote would race with it (compute-sanitizer's racecheck
       // reported it).
+      const int n_keys = static_cast<int>(nk);
       for (int q = warp, i = 0; q < kTileQueries; q += kWarps, ++i) {
-        if (!query_valid(q)) continue;  // the same for the whole warp
-        const int qy = static_cast<int>(y0) + q / kTileCols;
-        const int qx = static_cast<int>(x0) + q % kTileCols;
+        if (!(warp_queries >> i & 1u)) continue;
+        const int qy = static_cast<int>(y0 + static_cast<unsigned>(q) /
+                                                 kTileCols);
+        const int qx = static_cast<int>(x0 + static_cast<unsigned>(q) %
+                                                 kTileCols);
         acc_t* values = top_values + q * stored_topk;
         int64_t* slots = top_indices + q * stored_topk;
         acc_t threshold = __shfl_sync(0xffffffffu, lane_threshold, i);
@@ -1039,7 +1047,7 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
           const int j = part + lane;
           // The threshold first, so that a warp where no score beats it
           // skips the window test.
-          bool candidate = j < nk && smem.scores[q][j] > threshold;
+          bool candidate = j < n_keys && smem.scores[q][j] > threshold;
           if (candidate && smem.key_y[j] >= 0) {
             const int dy = smem.key_y[j] - qy, dx = smem.key_x[j] - qx;
             const int64_t half = half_widths[dy < 0 ? -dy : dy];
