@@ -118,6 +118,8 @@ struct TileConfig : TileShape<TileRows, TileCols, ChunkKeys, MinBlocks> {
   static constexpr int kMicroQueries = MicroQueries;
   static constexpr int kMicroKeys = MicroKeys;
   static constexpr bool kPrefetch = Prefetch;
+  // Channels per shared-memory slice (SlicePieces).
+  static constexpr int kSliceChannels = kChunkChannels;
   // Threads along the tile's queries and along the chunk's keys.
   static constexpr int kQueryThreads = Shape::kTileQueries / MicroQueries;
   static constexpr int kKeyThreads = ChunkKeys / MicroKeys;
@@ -469,89 +471,6 @@ __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
   }
 }
 
-// The scores of the tile's queries against the chunk's first nk keys
-// (smem.key_flat), on CUDA cores, into smem.scores; ends at a barrier.
-// Each score is one FMA per channel in channel order.
-template <typename Config, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void score_chunk_cuda_cores(
-    SharedLayout<Config, acc_t>& smem, const scalar_t* __restrict__ query,
-    const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
-  constexpr int kThreads = Config::kThreads;
-  constexpr int kMicroQueries = Config::kMicroQueries;
-  constexpr int kMicroKeys = Config::kMicroKeys;
-  const int tid = threadIdx.x;
-  // Thread -> micro-tile of queries along mq, keys along mk.
-  const int mq = tid / Config::kKeyThreads;
-  const int mk = tid % Config::kKeyThreads;
-
-  // A channel slice of the tile's queries and of the chunk's first nk keys
-  // is kSliceQueries + kSliceKeys values, the queries' first: value e of
-  // either part is channel e % kChunkChannels of query (key)
-  // e / kChunkChannels, so that consecutive threads read consecutive
-  // channels of one position (coalesced) and store them down a column of
-  // the channel-major tile.
-  constexpr int kSliceQueries = Config::kTileQueries * kChunkChannels;
-  constexpr int kSliceKeys = Config::kChunkKeys * kChunkChannels;
-  auto load = [&](int, int e, int64_t ch) {
-    if (e < kSliceQueries) {
-      const int q = e / kChunkChannels, c = e % kChunkChannels;
-      const int64_t offset = smem.query_offset[q];
-      return (offset >= 0 && ch + c < channels)
-                 ? static_cast<acc_t>(query[offset + ch + c])
-                 : acc_t(0);
-    }
-    e -= kSliceQueries;
-    const int k = e / kChunkChannels, c = e % kChunkChannels;
-    return (k < nk && ch + c < channels)
-               ? static_cast<acc_t>(
-                     batch_keys[smem.key_flat[k] * channels + ch + c])
-               : acc_t(0);
-  };
-  auto store = [&](int e, const acc_t& value) {
-    if (e < kSliceQueries)
-      smem.tiles.queries[e % kChunkChannels][e / kChunkChannels] = value;
-    else
-      smem.tiles.keys[(e - kSliceQueries) % kChunkChannels]
-                     [(e - kSliceQueries) / kChunkChannels] = value;
-  };
-
-  acc_t acc[kMicroQueries][kMicroKeys];
-#pragma unroll
-  for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-    for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
-  auto compute = [&] {
-#pragma unroll 4
-    for (int c = 0; c < kChunkChannels; ++c) {
-      acc_t qv[kMicroQueries], kv[kMicroKeys];
-#pragma unroll
-      for (int i = 0; i < kMicroQueries; i += 4)
-        load4(&smem.tiles.queries[c][micro_slot<Config::kQueryThreads>(mq, i)],
-              qv + i);
-#pragma unroll
-      for (int j = 0; j < kMicroKeys; j += 4)
-        load4(&smem.tiles.keys[c][micro_slot<Config::kKeyThreads>(mk, j)],
-              kv + j);
-#pragma unroll
-      for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-        for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
-    }
-  };
-  for_each_slice<kThreads, kSliceQueries + kSliceKeys, Config::kPrefetch,
-                 acc_t>(channels, kChunkChannels, load, store, compute);
-  // The scores take the tiles' place: every thread is past the last
-  // slice's barrier.
-#pragma unroll
-  for (int i = 0; i < kMicroQueries; ++i)
-#pragma unroll
-    for (int j = 0; j < kMicroKeys; j += 4)
-      store4(&smem.scores[micro_slot<Config::kQueryThreads>(mq, i)]
-                         [micro_slot<Config::kKeyThreads>(mk, j)],
-             &acc[i][j]);
-  __syncthreads();
-}
-
 // 16 bytes, 16-byte aligned at both ends.
 template <typename T>
 __device__ __forceinline__ void copy16(T* dst, const T* src) {
@@ -603,9 +522,10 @@ struct SlicePieces {
   int64_t channels;
   bool aligned;
 
-  __device__ __forceinline__ SlicePieces(
-      const SharedLayout<Config, float>& smem, const T* query,
-      const T* batch_keys, int64_t channels, int64_t nk)
+  template <typename Layout>
+  __device__ __forceinline__ SlicePieces(const Layout& smem, const T* query,
+                                         const T* batch_keys,
+                                         int64_t channels, int64_t nk)
       : channels(channels),
         aligned(channels % kChannels == 0 &&
                 (reinterpret_cast<uintptr_t>(query) |
@@ -676,6 +596,73 @@ __device__ __forceinline__ void for_each_piece_source(
         channels, Config::kSliceChannels,
         [&](int i, int, int64_t ch) { return pieces.load(i, ch); }, store,
         compute);
+}
+
+// The scores of the tile's queries against the chunk's first nk keys
+// (smem.key_flat), on CUDA cores, into smem.scores; ends at a barrier.
+// Each score is one FMA per channel in channel order.
+template <typename Config, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void score_chunk_cuda_cores(
+    SharedLayout<Config, acc_t>& smem, const scalar_t* __restrict__ query,
+    const scalar_t* __restrict__ batch_keys, int64_t channels, int64_t nk) {
+  constexpr int kMicroQueries = Config::kMicroQueries;
+  constexpr int kMicroKeys = Config::kMicroKeys;
+  const int tid = threadIdx.x;
+  // Thread -> micro-tile of queries along mq, keys along mk.
+  const int mq = tid / Config::kKeyThreads;
+  const int mk = tid % Config::kKeyThreads;
+
+  // The slice's pieces (SlicePieces: four or more consecutive channels of
+  // a query or key) go down the columns of the channel-major tiles, each
+  // value converted to acc_t.
+  using Pieces = SlicePieces<Config, scalar_t>;
+  const Pieces pieces(smem, query, batch_keys, channels, nk);
+  auto store = [&](int v, const Piece<scalar_t>& piece) {
+    const int row = v / Pieces::kRowPieces, c = Pieces::column(v);
+#pragma unroll
+    for (int m = 0; m < Pieces::kChannels; ++m) {
+      const acc_t value = static_cast<acc_t>(piece.values[m]);
+      if (row < Config::kTileQueries)
+        smem.tiles.queries[c + m][row] = value;
+      else
+        smem.tiles.keys[c + m][row - Config::kTileQueries] = value;
+    }
+  };
+
+  acc_t acc[kMicroQueries][kMicroKeys];
+#pragma unroll
+  for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+    for (int j = 0; j < kMicroKeys; ++j) acc[i][j] = 0;
+  auto compute = [&] {
+#pragma unroll 4
+    for (int c = 0; c < kChunkChannels; ++c) {
+      acc_t qv[kMicroQueries], kv[kMicroKeys];
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; i += 4)
+        load4(&smem.tiles.queries[c][micro_slot<Config::kQueryThreads>(mq, i)],
+              qv + i);
+#pragma unroll
+      for (int j = 0; j < kMicroKeys; j += 4)
+        load4(&smem.tiles.keys[c][micro_slot<Config::kKeyThreads>(mk, j)],
+              kv + j);
+#pragma unroll
+      for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+        for (int j = 0; j < kMicroKeys; ++j) acc[i][j] += qv[i] * kv[j];
+    }
+  };
+  for_each_piece_source(pieces, channels, store, compute);
+  // The scores take the tiles' place: every thread is past the last
+  // slice's barrier.
+#pragma unroll
+  for (int i = 0; i < kMicroQueries; ++i)
+#pragma unroll
+    for (int j = 0; j < kMicroKeys; j += 4)
+      store4(&smem.scores[micro_slot<Config::kQueryThreads>(mq, i)]
+                         [micro_slot<Config::kKeyThreads>(mk, j)],
+             &acc[i][j]);
+  __syncthreads();
 }
 
 #if defined(__CUDACC__)
