@@ -411,8 +411,8 @@ __device__ __forceinline__ int micro_slot(int m, int i) {
   return (i / 4) * (threads * 4) + m * 4 + i % 4;
 }
 
-// Registers holding a 16-byte piece of a slice for the tensor-core tiles:
-// 8 channels of 16-bit features, or 4 of float32.
+// Registers holding a 16-byte piece of a slice: 8 channels of 16-bit
+// features, 4 of float32 or 2 of float64.
 template <typename T>
 struct Piece {
   static constexpr int kChannels = 16 / sizeof(T);
@@ -492,21 +492,23 @@ __device__ __forceinline__ void read16(T* dst, const T* src) {
 #endif
 }
 
-// Where a thread's pieces of a chunk's slices come from, for the
-// tensor-core tiles. Piece v of a slice is Piece<T>::kChannels channels of
+// Where a thread's pieces of a chunk's slices come from, whichever the
+// scoring (T: the features' type, or uint16_t for their bits on tensor
+// cores). Piece v of a slice is Piece<T>::kChannels channels of
 // row v / (slice / kChannels), the tile's queries first, then the chunk's
 // first nk keys; a thread's piece i is v = tid + i * kThreads, of the same
 // row in every slice. So each piece's source (its row's features, from its
 // first channel in a slice) is found once per chunk, and a slice's piece
 // is then one 16-byte load where every position's channels start 16-byte
 // aligned and the slice is whole, else value by value with channels past
-// C read as zeros (T is float, or uint16_t for the 16-bit types, whose
-// zero bits are +0: they add nothing). A row outside the map or past nk
+// C read as zeros (a 16-bit type's zero bits are +0: they add nothing). A
+// row outside the map or past nk
 // reads the tile's first query instead, which is always in the map: its
 // scores are never offered, and so every piece is a load, with no branch
 // and no zeros to write. (Looking the row up at every slice took about 30
 // instructions a piece, more than the warp's mma and fragment loads of
-// the slice: BENCHMARKS.md, "Instructions per slice".)
+// the slice; on CUDA cores, whose pieces were single values, it spilled:
+// BENCHMARKS.md, "Instructions per slice".)
 template <typename Config, typename T>
 struct SlicePieces {
   static constexpr int kChannels = Piece<T>::kChannels;
@@ -575,10 +577,10 @@ struct SlicePieces {
   }
 };
 
-// for_each_slice for the tensor-core tiles, their pieces read from
-// `pieces`: the loop is compiled twice, so that where every slice is whole
-// and aligned (as at C = 256 or 1280) each piece is one load, not a branch
-// between two ways of reading it.
+// for_each_slice with the tiles' pieces read from `pieces`: the loop is
+// compiled twice, so that where every slice is whole and aligned (as at
+// C = 256 or 1280) each piece is one load, not a branch between two ways
+// of reading it.
 template <typename Config, typename T, typename Store, typename Compute>
 __device__ __forceinline__ void for_each_piece_source(
     const SlicePieces<Config, T>& pieces, int64_t channels, Store&& store,
