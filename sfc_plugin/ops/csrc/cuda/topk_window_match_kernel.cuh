@@ -421,7 +421,7 @@ struct Piece {
 
 // A chunk's loop over its channel slices, the same for every way of
 // scoring: the block fills the slice's tiles, kVectors pieces of kThreads
-// at a time (load(i, v, ch) reads piece v = tid + i * kThreads of the slice
+// at a time (load(i, ch) reads piece v = tid + i * kThreads of the slice
 // at channel ch from global memory into Registers, store(v, registers)
 // puts it in the tiles), waits, runs compute(), and waits again before the
 // tiles are refilled. With Prefetch the next slice's loads are issued
@@ -444,7 +444,7 @@ __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int v = tid + i * kThreads;
-      if (v < kVectors) staged[i] = load(i, v, ch);
+      if (v < kVectors) staged[i] = load(i, ch);
     }
   };
   if constexpr (Prefetch) stage(0);
@@ -462,7 +462,7 @@ __device__ __forceinline__ void for_each_slice(int64_t channels, int slice,
 #pragma unroll
       for (int i = 0; i < kLoads; ++i) {
         const int v = tid + i * kThreads;
-        if (v < kVectors) store(v, load(i, v, ch));
+        if (v < kVectors) store(v, load(i, ch));
       }
       __syncthreads();
     }
@@ -494,20 +494,19 @@ __device__ __forceinline__ void read16(T* dst, const T* src) {
 
 // Where a thread's pieces of a chunk's slices come from, whichever the
 // scoring (T: the features' type, or uint16_t for their bits on tensor
-// cores). Piece v of a slice is Piece<T>::kChannels channels of
-// row v / (slice / kChannels), the tile's queries first, then the chunk's
-// first nk keys; a thread's piece i is v = tid + i * kThreads, of the same
-// row in every slice. So each piece's source (its row's features, from its
-// first channel in a slice) is found once per chunk, and a slice's piece
-// is then one 16-byte load where every position's channels start 16-byte
-// aligned and the slice is whole, else value by value with channels past
-// C read as zeros (a 16-bit type's zero bits are +0: they add nothing). A
-// row outside the map or past nk
-// reads the tile's first query instead, which is always in the map: its
-// scores are never offered, and so every piece is a load, with no branch
-// and no zeros to write. (Looking the row up at every slice took about 30
-// instructions a piece, more than the warp's mma and fragment loads of
-// the slice; on CUDA cores, whose pieces were single values, it spilled:
+// cores). Piece v of a slice is Piece<T>::kChannels channels of row v /
+// (slice / kChannels), the tile's queries first, then the chunk's first nk
+// keys; a thread's piece i is v = tid + i * kThreads, of the same row in
+// every slice. So each piece's source (its row's features, from its first
+// channel in a slice) is found once per chunk, and a slice's piece is then
+// one 16-byte load where every position's channels start 16-byte aligned and
+// the slice is whole, else value by value with channels past C read as zeros
+// (a 16-bit type's zero bits are +0: they add nothing). A row outside the
+// map or past nk reads the tile's first query instead, which is always in
+// the map: its scores are never offered, and so every piece is a load, with
+// no branch and no zeros to write. (Looking the row up at every slice took
+// about 30 instructions a piece, more than the warp's mma and fragment loads
+// of the slice; on CUDA cores, whose pieces were single values, it spilled:
 // BENCHMARKS.md, "Instructions per slice".)
 template <typename Config, typename T>
 struct SlicePieces {
@@ -522,16 +521,18 @@ struct SlicePieces {
 
   const T* source[kLoads];
   int64_t channels;
-  bool aligned;
+  // Every slice is whole and every position's channels start 16-byte
+  // aligned, so that load_whole serves every slice.
+  bool whole_slices;
 
   template <typename Layout>
   __device__ __forceinline__ SlicePieces(const Layout& smem, const T* query,
                                          const T* batch_keys,
                                          int64_t channels, int64_t nk)
       : channels(channels),
-        aligned(channels % kChannels == 0 &&
-                (reinterpret_cast<uintptr_t>(query) |
-                 reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0) {
+        whole_slices(channels % Config::kSliceChannels == 0 &&
+                     (reinterpret_cast<uintptr_t>(query) |
+                      reinterpret_cast<uintptr_t>(batch_keys)) % 16 == 0) {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int v = threadIdx.x + i * Config::kThreads;
@@ -552,14 +553,8 @@ struct SlicePieces {
     return (v % kRowPieces) * kChannels;
   }
 
-  // Whether every slice is whole and every position's channels start
-  // 16-byte aligned, so that load_whole serves every slice.
-  __device__ __forceinline__ bool whole_slices() const {
-    return aligned && channels % Config::kSliceChannels == 0;
-  }
-
   // The thread's piece i of the slice starting at channel ch, where
-  // whole_slices(): one 16-byte load.
+  // whole_slices: one 16-byte load.
   __device__ __forceinline__ Piece<T> load_whole(int i, int64_t ch) const {
     Piece<T> piece;
     read16(piece.values, source[i] + ch);
@@ -585,19 +580,15 @@ template <typename Config, typename T, typename Store, typename Compute>
 __device__ __forceinline__ void for_each_piece_source(
     const SlicePieces<Config, T>& pieces, int64_t channels, Store&& store,
     Compute&& compute) {
-  using Pieces = SlicePieces<Config, T>;
-  if (pieces.whole_slices())
-    for_each_slice<Config::kThreads, Pieces::kPieces, Config::kPrefetch,
-                   Piece<T>>(
-        channels, Config::kSliceChannels,
-        [&](int i, int, int64_t ch) { return pieces.load_whole(i, ch); },
-        store, compute);
+  auto run = [&](auto load) {
+    for_each_slice<Config::kThreads, SlicePieces<Config, T>::kPieces,
+                   Config::kPrefetch, Piece<T>>(
+        channels, Config::kSliceChannels, load, store, compute);
+  };
+  if (pieces.whole_slices)
+    run([&](int i, int64_t ch) { return pieces.load_whole(i, ch); });
   else
-    for_each_slice<Config::kThreads, Pieces::kPieces, Config::kPrefetch,
-                   Piece<T>>(
-        channels, Config::kSliceChannels,
-        [&](int i, int, int64_t ch) { return pieces.load(i, ch); }, store,
-        compute);
+    run([&](int i, int64_t ch) { return pieces.load(i, ch); });
 }
 
 // The scores of the tile's queries against the chunk's first nk keys
