@@ -19,7 +19,8 @@ items, and on a frame with more channels than one slice. Tools:
 (reads of uninitialised device memory). The children run with
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``: every tensor is an allocation of its
 own, or an access past a tensor's end would land in the caching allocator's
-pool and go unseen. A tool's verdict is its ``ERROR SUMMARY``.
+pool and go unseen. A tool's verdict is its ``ERROR SUMMARY`` (racecheck's
+``RACECHECK SUMMARY``, its warnings counted).
 
 ``--profile`` also runs Nsight Compute (``ncu --clock-control none``, the
 clocks left as they are) on one launch of the op's kernel at the DAVIS
@@ -54,7 +55,14 @@ NCU_SECTIONS = ('SpeedOfLight', 'WarpStateStats', 'SchedulerStats',
                 'InstructionStats')
 #: (name, feature type) of the profiled launches.
 PROFILES = (('float32', 'float32'), ('bfloat16', 'bfloat16'))
-SUMMARY = re.compile(r'ERROR SUMMARY:\s*(\d+)\s+errors?')
+#: A run's closing count: memcheck, synccheck and initcheck print "ERROR
+#: SUMMARY: 2 errors", racecheck "RACECHECK SUMMARY: 3 hazards displayed
+#: (1 errors, 2 warnings)", whose warnings count too: the warp-level races
+#: that 0dcfad8 removed were reported as warnings.
+SUMMARY = re.compile(
+    r'ERROR SUMMARY:\s*(\d+)\s+errors?'
+    r'|RACECHECK SUMMARY:\s*\d+\s+hazards?\s+displayed\s*'
+    r'\((\d+)\s+errors?,\s*(\d+)\s+warnings?\)')
 #: A finding's first line ("========= Warning: Race reported between ...",
 #: "========= Invalid __global__ read of size 4 ..."): what a run cut
 #: before its summary had found by then.
@@ -89,13 +97,15 @@ def find_program(name: str) -> Optional[str]:
 
 
 def verdict(tool: str, returncode: int, output: str) -> dict:
-    """What one compute-sanitizer run says: ``errors`` from its ERROR
-    SUMMARY (the last one, where a child printed several; a run cut before
-    it counts the findings it printed), ``status`` ok (none), ``errors``
-    (some) or ``failed`` (no summary and no finding, or the cases failed
-    without the tool finding anything: a crash, a missing kernel).
+    """What one compute-sanitizer run says: ``errors`` from its summary
+    (:data:`SUMMARY`; the last one, where a child printed several; a run
+    cut before it counts the findings it printed), ``status`` ok (none),
+    ``errors`` (some) or ``failed`` (no summary and no finding, or the
+    cases failed without the tool finding anything: a crash, a missing
+    kernel).
     """
-    counts = [int(n) for n in SUMMARY.findall(output)]
+    counts = [int(errors) if errors else int(race_errors) + int(warnings)
+              for errors, race_errors, warnings in SUMMARY.findall(output)]
     errors = counts[-1] if counts else (
         len(FINDING.findall(output)) or None)
     if errors:

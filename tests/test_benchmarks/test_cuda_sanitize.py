@@ -12,7 +12,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'benchmarks'))
 import cuda_sanitize  # noqa: E402
 
-# Prints the ERROR SUMMARY a tool would, after checking how it was called:
+# Prints the summary a tool would, after checking how it was called:
 # racecheck finds two hazards, the others nothing, initcheck's cases crash.
 FAKE_SANITIZER = '''#!{python}
 import os, sys
@@ -26,9 +26,13 @@ print('cases through', args[-2])
 if tool == 'initcheck':
     print('Traceback: RuntimeError: CUDA error', file=sys.stderr)
     sys.exit(1)
-errors = 2 if tool == 'racecheck' else 0
-print('========= ERROR SUMMARY: %d error%s' % (errors, '' if errors == 1
-                                                 else 's'))
+if tool == 'racecheck':
+    errors = 2
+    print('========= RACECHECK SUMMARY: 2 hazards displayed '
+          '(1 errors, 1 warnings)')
+else:
+    errors = 0
+    print('========= ERROR SUMMARY: 0 errors')
 sys.exit(3 if errors else 0)
 '''
 
@@ -66,6 +70,15 @@ def install(folder, name, text):
      '(stopped after 45 s)\n', 'errors', 2),
     (-1, '========= COMPUTE-SANITIZER\n(stopped after 45 s)\n', 'failed',
      None),
+    # racecheck's own summary, as the H200 printed it (2026-11-27), and
+    # with hazards: its warnings (warp-level races) count.
+    (0, '========= COMPUTE-SANITIZER\ncuda_sanitize: 112 calls on 14 cases\n'
+     '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, '
+     '0 warnings)\n', 'ok', 0),
+    (0, '========= RACECHECK SUMMARY: 50 hazards displayed (0 errors, '
+     '50 warnings)\n', 'errors', 50),
+    (3, '========= RACECHECK SUMMARY: 3 hazards displayed (1 error, '
+     '2 warnings)\n', 'errors', 3),
 ])
 def test_verdict(returncode, output, status, errors):
     result = cuda_sanitize.verdict('memcheck', returncode, output)
@@ -95,7 +108,8 @@ def test_each_tool_runs_the_cases_and_is_judged(tmp_path, monkeypatch,
     assert by_tool['initcheck']['status'] == 'failed'
     assert by_tool['ncu float32']['status'] == 'ok'
     assert '--profile-case float32' in (out / 'ncu_float32.txt').read_text()
-    assert 'ERROR SUMMARY: 2 errors' in (out / 'racecheck.txt').read_text()
+    assert 'RACECHECK SUMMARY: 2 hazards' in (
+        out / 'racecheck.txt').read_text()
     table = capsys.readouterr().out
     assert '| racecheck | errors | 2 | 3 | racecheck.txt |' in table
 
