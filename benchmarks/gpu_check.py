@@ -36,8 +36,9 @@ Sections, in this order:
   against the CUDA-core default on the same inputs, the CUDA-core ones
   checked to return exactly its neighbours, the tensor-core ones nearly
   (≥ 99% of indices); and ``benchmarks/cuda_frame_groups.py``: the op
-  with the launch plan's frame groups against other counts (float32 and
-  bfloat16), each checked to return the plan's neighbours;
+  with the launch plan's frame groups against other counts, of whole
+  frames or of every frame's key chunks (float32 and bfloat16), each
+  checked to return the plan's neighbours;
 - ``train``: the FC training step (``benchmarks/train_speed.py``) at batch
   96 with AMP (bf16), in iterations/s; beside it the other mixed-precision
   variants (bf16 autocast without GradScaler, fused Adam), the FLOPs of a
@@ -744,24 +745,30 @@ def section_kernel_configs(args) -> dict:
 
 def frame_group_rows(label: str, runs: List[dict]) -> list:
     """Per C and feature type, the launch plan's frame groups against the
-    fastest group count (``cuda_frame_groups.py``'s rows)."""
+    fastest group count, of frames or of chunks (``cuda_frame_groups.py``'s
+    rows; a row without ``by`` is of frames)."""
+
+    def name(r):  # '3', 'plan'; 'chunks 3', 'chunks plan'
+        by = r.get('by', 'frames')
+        return r['groups'] if by == 'frames' else f'{by} {r["groups"]}'
+
     rows = []
     for channels in sorted({r['channels'] for r in runs}):
         for features in ('float32', 'bfloat16'):
             runs_here = [r for r in runs if r['channels'] == channels
                          and r['features'] == features]
-            plan = [r for r in runs_here if r['groups'] == 'plan']
+            plan = [r for r in runs_here if name(r) == 'plan']
             if not plan:
                 continue
             best = min(runs_here, key=lambda r: r['seconds'])
             rows.append(row(
                 f'{label}, C={channels}, {features}: frame groups as planned',
                 1e3 * plan[0]['seconds'], 'ms/frame',
-                note=f'fastest: {best["groups"]} groups, '
+                note=f'fastest: {name(best)} groups, '
                 f'{1e3 * best["seconds"]:.2f} ms = {best["speedup"]:.2f}× '
                 'the plan; ' + ', '.join(
-                    f'{r["groups"]}: {r["speedup"]:.2f}×' for r in runs_here
-                    if r['groups'] != 'plan')))
+                    f'{name(r)}: {r["speedup"]:.2f}×' for r in runs_here
+                    if name(r) != 'plan')))
     return rows
 
 

@@ -46,6 +46,10 @@ Environment:
     groups (1 to 64, at most the frames) instead of its launch plan's
     number (unset or 0); the neighbours are the same. Read at every call;
     ``benchmarks/cuda_frame_groups.py`` times the plan against the others.
+    ``SFC_PLUGIN_GROUP_BY=chunks``: a group is a share of every frame's key
+    chunks instead of a share of the frames (``frames``, unset or empty):
+    equally long blocks that read the same frame at once; the same
+    neighbours. Read at every call; timed by the same script.
 
 ``python -m sfc_plugin.ops`` builds ahead of time and reports the result.
 

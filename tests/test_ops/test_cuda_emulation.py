@@ -22,8 +22,20 @@ from .test_topk_window_match import (
     random_inputs,
 )
 
-# One group of frames; a group per frame (the merge kernel's case).
-GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6}
+# The launch's resident blocks, which set the groups of keys: one group; a
+# group per frame (the merge kernel's case); and groups of every frame's
+# key chunks (GROUP_BY), as many as the kernel takes (64), so that most of
+# them hold no chunk of a restricted frame and ties fall across groups.
+GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6, 'chunk-groups': 10**6}
+GROUP_BY = {'chunk-groups': 'chunks'}
+
+
+@pytest.fixture(autouse=True)
+def group_by(request, monkeypatch):
+    """SFC_PLUGIN_GROUP_BY as a test's ``grouping`` parameter says."""
+    callspec = getattr(request.node, 'callspec', None)
+    grouping = callspec.params.get('grouping') if callspec else None
+    monkeypatch.setenv('SFC_PLUGIN_GROUP_BY', GROUP_BY.get(grouping, ''))
 
 
 def check_equals_the_cpu_kernel(query, keys, target_blocks, **kw):
@@ -52,6 +64,25 @@ def test_many_ties_keep_the_lower_key_index(dtype, topk, grouping):
         return weights[0], indices[0]
 
     check_many_ties(neighbours, dtype, topk)
+
+
+@pytest.mark.parametrize('groups', ['2', '3', '64'])
+@pytest.mark.parametrize('topk', [5, 9])
+def test_ties_across_groups_of_chunks(groups, topk, monkeypatch):
+    """Groups of chunks interleave the keys' indices: with 2, group 0
+    holds the first of frame 0's 3 chunks a tile and the first of frame
+    1's 2, group 1 the others. On ties the merge takes the lower index,
+    not the earlier group."""
+    monkeypatch.setenv('SFC_PLUGIN_GROUP_BY', 'chunks')
+    monkeypatch.setenv('SFC_PLUGIN_FRAME_GROUPS', groups)
+
+    def neighbours(query, keys, **kw):
+        weights, indices = emulated_neighbours(
+            query[None], keys[None], kw['topk'], kw['radius'],
+            kw['temperature'], kw['unrestricted_keys'])
+        return weights[0], indices[0]
+
+    check_many_ties(neighbours, torch.float32, topk, h=12, w=12)
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)
@@ -106,39 +137,54 @@ def test_reduced_precision_features(dtype, grouping):
                                expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize('groups', ['2', '64'])
-def test_asked_frame_groups_give_the_same_neighbours(groups, monkeypatch):
-    """SFC_PLUGIN_FRAME_GROUPS overrides the launch plan's frame groups
-    (a plan of one group here; the 3 frames cap 64): the CPU kernel's
+@pytest.mark.parametrize('groups, by', [('2', 'frames'), ('64', 'frames'),
+                                        ('2', 'chunks'), ('5', 'chunks'),
+                                        ('64', 'chunks')])
+def test_asked_frame_groups_give_the_same_neighbours(groups, by,
+                                                     monkeypatch):
+    """SFC_PLUGIN_FRAME_GROUPS overrides the launch plan's groups (a plan
+    of one group here), of whole frames (the 3 frames cap 64) or of every
+    frame's chunks (SFC_PLUGIN_GROUP_BY; a frame here has 1 or 2 chunks a
+    tile, so more groups leave some without any): the CPU kernel's
     neighbours whatever the number."""
     monkeypatch.setenv('SFC_PLUGIN_FRAME_GROUPS', groups)
+    monkeypatch.setenv('SFC_PLUGIN_GROUP_BY', by)
     query, keys, _ = random_inputs(21, 3, 45, 5, 20, 1, batch=2)
     check_equals_the_cpu_kernel(query, keys, 1, topk=15, radius=3.5,
                                 temperature=0.07, unrestricted_keys=1)
 
 
-@pytest.mark.parametrize('groups', ['65', '-1', 'two', '1.5', ' 2', '100'])
-def test_bad_frame_groups_are_refused(groups, monkeypatch):
-    monkeypatch.setenv('SFC_PLUGIN_FRAME_GROUPS', groups)
+BAD_GROUPS = "SFC_PLUGIN_FRAME_GROUPS must be an integer from 0 .* to 64"
+BAD_GROUP_BY = "SFC_PLUGIN_GROUP_BY must be 'frames' or 'chunks'"
+
+
+@pytest.mark.parametrize('variable, value, message', [
+    *[('SFC_PLUGIN_FRAME_GROUPS', groups, BAD_GROUPS)
+      for groups in ['65', '-1', 'two', '1.5', ' 2', '100']],
+    *[('SFC_PLUGIN_GROUP_BY', by, BAD_GROUP_BY)
+      for by in ['keys', 'Chunks', ' frames', '1']],
+])
+def test_bad_group_settings_are_refused(variable, value, message,
+                                        monkeypatch):
+    monkeypatch.setenv(variable, value)
     query, keys, _ = random_inputs(3, 2, 4, 3, 5, 1)
-    with pytest.raises(ValueError, match='SFC_PLUGIN_FRAME_GROUPS must be an '
-                       f"integer from 0 .* to 64, got '{groups}'"):
+    with pytest.raises(ValueError, match=f"{message}, got '{value}'"):
         emulated_neighbours(query[None], keys[None], 3, 1.0, 0.1, 1)
 
 
-def test_padding_beyond_the_eligible_keys():
+@pytest.mark.parametrize('grouping', GROUPINGS)
+def test_padding_beyond_the_eligible_keys(grouping):
     """With fewer eligible keys than k, in every group: weight 0, index
     -1 after them, and the weights sum to 1."""
     query, keys, _ = random_inputs(12, 3, 4, 3, 3, 1)
-    for target_blocks in GROUPINGS.values():
-        weights, indices = emulated_neighbours(query[None], keys[None], 14,
-                                               1.0, 0.1, 1, target_blocks)
-        # 9 keys of frame 0 + the query's own position in frames 1 and 2.
-        assert (indices[..., :11] >= 0).all()
-        assert (indices[..., 11:] == -1).all()
-        assert (weights[..., 11:] == 0).all()
-        torch.testing.assert_close(weights.sum(-1),
-                                   torch.ones(1, 3, 3, dtype=torch.float64))
+    weights, indices = emulated_neighbours(query[None], keys[None], 14, 1.0,
+                                           0.1, 1, GROUPINGS[grouping])
+    # 9 keys of frame 0 + the query's own position in frames 1 and 2.
+    assert (indices[..., :11] >= 0).all()
+    assert (indices[..., 11:] == -1).all()
+    assert (weights[..., 11:] == 0).all()
+    torch.testing.assert_close(weights.sum(-1),
+                               torch.ones(1, 3, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize('grouping', GROUPINGS)

@@ -6,7 +6,8 @@
 // as a parameter, and nothing here names the CUDA runtime.
 //
 // One block serves a tile of query positions (TileShape: its rows and
-// columns) over one group of consecutive key frames. It lists the keys
+// columns) over one group of its keys: consecutive key frames, or a share
+// of every frame's key chunks (groups_of_chunks_asked). It lists the keys
 // those queries may see in increasing flat index (an unrestricted frame
 // whole; in a restricted frame, row by row, the union of the tile's
 // windows, packed without gaps) and scores them in chunks of keys: on CUDA
@@ -26,11 +27,11 @@
 // neighbours; on tensor cores (either kind) equal keys still tie exactly.
 //
 // The tiles alone give too few blocks to fill a GPU (480p: 210 tiles of
-// 4 × 8), so the frames are split into groups until the device holds a
+// 4 × 8), so the keys are split into groups until the device holds a
 // full wave of blocks, each block keeping its group's top-k;
 // merge_groups_kernel then merges the groups' sorted lists (on equal
-// affinities the earlier group, of lower indices, first) and takes the
-// softmax. With one group the first kernel writes the softmax itself.
+// affinities the lower index first) and takes the softmax. With one group
+// the first kernel writes the softmax itself.
 //
 // Accumulation is in float for float/half/bfloat16 features and in double
 // for double, and the softmax weights are written in that type
@@ -75,7 +76,7 @@ constexpr int kMergeThreads = 128;
 // Top-k state per query lives in shared memory; larger k is clamped to the
 // number of keys a query can see, and beyond this the CPU kernel serves.
 constexpr int64_t kMaxTopk = 256;
-// Frame groups per batch item (the merge keeps one list head per group).
+// Groups per batch item (the merge keeps one list head per group).
 constexpr int64_t kMaxGroups = 64;
 // Row tiles and batch items × groups go in the launch grid's y and z.
 constexpr int64_t kMaxGridYZ = 65535;
@@ -252,7 +253,8 @@ inline bool tensor_cores_allowed() {
 }
 
 // SFC_PLUGIN_FRAME_GROUPS: unset, empty or 0, the launch plan's number of
-// frame groups (launch_tiled); N, N groups (at most the frames), so that a
+// groups (launch_tiled); N, N groups (at most the frames where groups are
+// of frames, see groups_of_chunks_asked), so that a
 // benchmark can time the plan against the alternatives on one GPU (on an
 // H200 the plan's 2 groups at 480p made 420 blocks for 396 places, a
 // second wave of 24: BENCHMARKS.md, "GPU check on an H200, third run").
@@ -270,6 +272,26 @@ inline int64_t frame_groups_asked() {
                     "SFC_PLUGIN_FRAME_GROUPS must be an integer from 0 (the "
                     "launch plan's) to ", kMaxGroups, ", got '", text, "'");
   return groups;
+}
+
+// SFC_PLUGIN_GROUP_BY: how the keys of a query tile are split into groups.
+// Unset, empty or "frames": group g holds the g-th share of the frames,
+// whole (the first group the unrestricted frame, the longest). "chunks":
+// group g takes the g-th share of every frame's key chunks, so that the
+// groups' blocks are equally long and, running side by side, read the same
+// frame at once: one frame's features in the L2 cache where groups of
+// frames read one frame each (at 480p and C = 1280, 33 MB a frame in
+// float32 against an H200's 60 MB of L2; Nsight Compute found the float32
+// kernel's L2 hit rate at 34%: BENCHMARKS.md, "GPU check on an H200,
+// fourth run"). The neighbours are the same; benchmarks/cuda_frame_groups.py
+// times one against the other. Read at every call.
+inline bool groups_of_chunks_asked() {
+  const char* value = std::getenv("SFC_PLUGIN_GROUP_BY");
+  const std::string text = value ? value : "";
+  TORCH_CHECK_VALUE(text.empty() || text == "frames" || text == "chunks",
+                    "SFC_PLUGIN_GROUP_BY must be 'frames' or 'chunks', got '",
+                    text, "'");
+  return text == "chunks";
 }
 
 // The configuration the op runs for features of `type` on a device of
@@ -930,7 +952,7 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
     const int64_t* __restrict__ half_widths,  // (H)
     int64_t frames, int64_t channels, int64_t height, int64_t width,
     int64_t reach, int64_t topk, int64_t stored_topk, int64_t unrestricted,
-    int64_t groups, double temperature,
+    int64_t groups, bool groups_of_chunks, double temperature,
     acc_t* __restrict__ weights,        // (B, H, W, topk), one group
     int64_t* __restrict__ indices,      // (B, H, W, topk), one group
     acc_t* __restrict__ group_values,   // (B, H, W, groups, stored_topk)
@@ -952,8 +974,11 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTileCols;
   const int64_t y0 = static_cast<int64_t>(blockIdx.y) * kTileRows;
   const int64_t b = blockIdx.z / groups, group = blockIdx.z % groups;
-  const int64_t first_frame = group * frames / groups;
-  const int64_t end_frame = (group + 1) * frames / groups;
+  // A group of whole frames, or the group's share of every frame's chunks
+  // (process_keys).
+  const int64_t first_frame = groups_of_chunks ? 0 : group * frames / groups;
+  const int64_t end_frame =
+      groups_of_chunks ? frames : (group + 1) * frames / groups;
   const int64_t hw = height * width;
   const int cols = static_cast<int>(imin(kTileCols, width - x0));
   const int rows = static_cast<int>(imin(kTileRows, height - y0));
@@ -988,11 +1013,17 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   for (int q = warp, i = 0; q < kTileQueries; q += kWarps, ++i)
     warp_queries |= static_cast<unsigned>(query_valid(q)) << i;
 
-  // Scores a list of n keys, in increasing flat index, and offers them.
+  // Scores a list of n keys, in increasing flat index, and offers them:
+  // all of its chunks, or with groups_of_chunks the group's share of them.
   // describe(v, slot) puts key v of the list in the chunk's slot: its flat
   // index, and its row and column (row -1: eligible for every query).
   auto process_keys = [&](int64_t n, auto describe) {
-    for (int64_t c0 = 0; c0 < n; c0 += kChunkKeys) {
+    const int64_t chunks = (n + kChunkKeys - 1) / kChunkKeys;
+    const int64_t first_chunk = groups_of_chunks ? group * chunks / groups : 0;
+    const int64_t end_chunk =
+        groups_of_chunks ? (group + 1) * chunks / groups : chunks;
+    for (int64_t c0 = first_chunk * kChunkKeys; c0 < end_chunk * kChunkKeys;
+         c0 += kChunkKeys) {
       const int64_t nk = imin(kChunkKeys, n - c0);
       for (int slot = tid; slot < nk; slot += kThreads)
         describe(c0 + slot, slot);
@@ -1160,20 +1191,24 @@ __global__ void __launch_bounds__(kMergeThreads) merge_groups_kernel(
   for (int64_t g = 0; g < groups; ++g) head[g] = 0;
   int64_t n = 0;
   for (; n < stored_topk; ++n) {
-    int64_t best = -1;
+    int64_t best = -1, best_slot = 0;
     acc_t best_value = 0;
     for (int64_t g = 0; g < groups; ++g) {
       if (head[g] >= counts[g]) continue;
       const acc_t v = values[g * stored_topk + head[g]];
-      // Strictly greater: on a tie the earlier group (lower indices) stays.
-      if (best < 0 || v > best_value) {
+      const int64_t slot = slots[g * stored_topk + head[g]];
+      // On a tie the lower key index, as within a group's list: groups of
+      // chunks interleave their keys' indices.
+      if (best < 0 || v > best_value ||
+          (v == best_value && slot < best_slot)) {
         best = g;
         best_value = v;
+        best_slot = slot;
       }
     }
     if (best < 0) break;
     out_values[n] = best_value;
-    out_slots[n] = slots[best * stored_topk + head[best]];
+    out_slots[n] = best_slot;
     ++head[best];
   }
   write_topk_softmax<acc_t>(out_values, out_slots, n, topk, temperature,
@@ -1246,8 +1281,13 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
   const int64_t resident = launch.resident_blocks(
       kernel, Config::kThreads, static_cast<size_t>(shared));
   const int64_t asked = frame_groups_asked();
+  // Groups of whole frames are at most the frames; groups of chunks may
+  // outnumber them (a group then has a share of each frame's chunks, or
+  // none where a frame has fewer chunks than groups).
+  const bool of_chunks = groups_of_chunks_asked();
   const int64_t groups = std::max<int64_t>(
-      1, std::min({problem.frames, kMaxGroups, kMaxGridYZ / problem.batch,
+      1, std::min({of_chunks ? kMaxGroups : problem.frames, kMaxGroups,
+                   kMaxGridYZ / problem.batch,
                    asked ? asked
                          : (std::max<int64_t>(resident, 1) + tiles - 1) /
                                tiles}));
@@ -1270,7 +1310,8 @@ void launch_tiled(const MatchProblem& problem, int64_t max_shared_bytes,
          problem.half_widths.data_ptr<int64_t>(), problem.frames,
          problem.channels, problem.height, problem.width, problem.reach,
          problem.topk, problem.stored_topk, problem.unrestricted, groups,
-         problem.temperature, problem.weights.data_ptr<acc_t>(),
+         groups > 1 && of_chunks, problem.temperature,
+         problem.weights.data_ptr<acc_t>(),
          problem.indices.data_ptr<int64_t>(),
          groups > 1 ? group_values.data_ptr<acc_t>() : nullptr,
          groups > 1 ? group_slots.data_ptr<int64_t>() : nullptr,
@@ -1329,7 +1370,7 @@ void launch_alternative(const MatchProblem& problem, int64_t max_shared_bytes,
 // the others). `launch(kernel, grid, block, shared_bytes, args...)` runs
 // one kernel (a CUDA launch on the current stream, or the tests'
 // emulation), `launch.resident_blocks(kernel, threads, shared_bytes)` says
-// how many of that kernel's blocks fill the device (frames are split into
+// how many of that kernel's blocks fill the device (the keys are split into
 // groups until there are that many), `launch.has_tensor_cores()`
 // whether the device runs mma.m16n8k16 in bfloat16 (sm_80+), and
 // `launch.to_device(host)` copies a host tensor to the features' device
