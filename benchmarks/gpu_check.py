@@ -49,7 +49,9 @@ Sections, in this order:
   without it at each reduced precision of the torch path (bf16, and fp16
   on CUDA; on CUDA SFC fp32 and bf16 once more with their matching on
   CUDA cores, ``SFC_PLUGIN_TENSOR_CORES=0``, instead of the default
-  tensor cores), with the share of mask pixels equal to the fp32 run's,
+  tensor cores, and SFC bf16 without cuDNN's algorithm search, which the
+  first frame pays for), with the share of mask pixels equal to the fp32
+  run's,
   the rate after the first frame (where the one-time costs fall) and
   the matching kernel; on CUDA first each config's encoder alone as the
   tracker runs it, the part of a frame that is not the match; then the
@@ -93,7 +95,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
@@ -882,24 +884,37 @@ def track_source(args, tmp: str):
                            quick=args.quick)
 
 
-def track_runs(device: str):
-    """(config, overlay, precision, CUDA cores) of each ``tools/track.py``
-    run, the goal's first (SFC without the overlay; fp32 first, the others'
-    reference): fp32 with and without the overlay, then each reduced
-    precision the device has without it (fp16 needs CUDA); on CUDA, where
-    the matching runs on tensor cores by default (sm_80+), SFC in fp32 and
-    bf16 once more on CUDA cores (``SFC_PLUGIN_TENSOR_CORES=0``), to
-    compare."""
+class TrackRun(NamedTuple):
+    """One ``tools/track.py`` run of the track section."""
+    config: str
+    overlay: bool
+    precision: str
+    cuda_cores: bool  # SFC_PLUGIN_TENSOR_CORES=0
+    cudnn_search: bool = True  # the config's env_cfg.cudnn_benchmark
+
+
+def track_runs(device: str) -> List[TrackRun]:
+    """Each ``tools/track.py`` run, the goal's first (SFC without the
+    overlay; fp32 first, the others' reference): fp32 with and without the
+    overlay, then each reduced precision the device has without it (fp16
+    needs CUDA); on CUDA, where the matching runs on tensor cores by
+    default (sm_80+), SFC in fp32 and bf16 once more on CUDA cores
+    (``SFC_PLUGIN_TENSOR_CORES=0``), to compare, and SFC bf16 without
+    cuDNN's algorithm search (``env_cfg.cudnn_benchmark=False``): on an
+    H200 the first frame, which pays for the search, took 1.5-4 s, as long
+    as 150-450 frames after it."""
     cuda = device.startswith('cuda')
     precisions = ('fp32', 'bf16', 'fp16') if cuda else ('fp32', 'bf16')
-    goal = [('sfc_davis.py', False, precision, False)
+    goal = [TrackRun('sfc_davis.py', False, precision, False)
             for precision in precisions]
     if cuda:
-        goal += [('sfc_davis.py', False, precision, True)
+        goal += [TrackRun('sfc_davis.py', False, precision, True)
                  for precision in ('fp32', 'bf16')]
-    return goal + [('fc_davis.py', False, precision, False)
+        goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
+                             cudnn_search=False))
+    return goal + [TrackRun('fc_davis.py', False, precision, False)
                    for precision in precisions] + [
-                       (config, True, 'fp32', False)
+                       TrackRun(config, True, 'fp32', False)
                        for config in ('sfc_davis.py', 'fc_davis.py')]
 
 
@@ -966,21 +981,24 @@ def overlap_rows(args, details: dict, errors: list) -> list:
 
 
 def track_row(args, tmp: str, frames: str, first: str, outs: dict,
-              run: tuple, details: dict, errors: list) -> dict:
+              run: TrackRun, details: dict, errors: list) -> dict:
     """One ``tools/track.py`` run of :func:`track_runs` (``run``), in a
     folder of ``tmp``; its row from its own ``summary.json``, the masks of
-    a reduced precision or of CUDA cores compared with the fp32 run's
-    (``outs``: the finished runs' folders)."""
+    a reduced precision, of CUDA cores or without cuDNN's search compared
+    with the fp32 run's (``outs``: the finished runs' folders)."""
     from track_video import agreement
-    config, overlay, precision, cuda_cores = run
+    config, overlay, precision, cuda_cores, cudnn_search = run
     label = ' '.join([config] + ([] if precision == 'fp32' else [precision])
                      + (['CUDA cores'] if cuda_cores else []) +
+                     ([] if cudnn_search else ['no cuDNN search']) +
                      ['with' if overlay else 'without', 'overlay'])
-    out = osp.join(tmp, f'{config}_{overlay}_{precision}_{cuda_cores}')
+    out = osp.join(tmp, '_'.join(map(str, run)))
     cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'), frames,
            first, '--out', out, '--config', config, '--device', args.device,
            '--precision', precision, '--quiet'] + (
-               [] if overlay else ['--no-overlay'])
+               [] if overlay else ['--no-overlay']) + (
+                   [] if cudnn_search else
+                   ['--cfg-options', 'env_cfg.cudnn_benchmark=False'])
     # Explicit either way: the default (1) must not be whatever this
     # process was started with.
     env = dict(os.environ,
@@ -1004,8 +1022,8 @@ def track_row(args, tmp: str, frames: str, first: str, outs: dict,
         f'{summary["first_frame_seconds"]:.2f} s' if after_first else '') +
             f', matching {summary["matching_kernel"]}, peak RSS '
             f'{summary["peak_rss_mib"]:.0f} MiB')
-    reference = outs.get((config, False, 'fp32', False))
-    if (precision != 'fp32' or cuda_cores) and reference is not None:
+    reference = outs.get(TrackRun(config, False, 'fp32', False))
+    if run != TrackRun(config, overlay, 'fp32', False) and reference:
         same = agreement(reference, out)
         details[label]['pixels_equal_to_fp32'] = same
         note += f', {100 * same:.3f}% of mask pixels = fp32'

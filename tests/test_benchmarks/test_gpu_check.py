@@ -81,24 +81,50 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
 
 def test_track_runs_compare_cuda_cores_on_cuda_only():
     """The track section's tools/track.py runs: on CUDA the defaults
-    (tensor cores) for every precision, and SFC fp32 and bf16 once more on
-    CUDA cores; on CPU no fp16 and no CUDA-core runs. The goal's runs (SFC
-    without the overlay) come first, fp32 first, so a section cut short
-    has them."""
+    (tensor cores) for every precision, SFC fp32 and bf16 once more on
+    CUDA cores, and SFC bf16 without cuDNN's search; on CPU no fp16 and
+    neither of those. The goal's runs (SFC without the overlay) come first,
+    fp32 first, so a section cut short has them."""
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
+    TrackRun = gpu_check.TrackRun
     cuda = gpu_check.track_runs('cuda')
     cpu = gpu_check.track_runs('cpu')
-    assert len(cuda) == len(set(cuda)) == 10
-    assert [r for r in cuda if r[3]] == [('sfc_davis.py', False, 'fp32',
-                                          True),
-                                         ('sfc_davis.py', False, 'bf16',
-                                          True)]
-    assert cpu == [r for r in cuda if not r[3] and r[2] != 'fp16']
+    assert len(cuda) == len(set(cuda)) == 11
+    assert [r for r in cuda if r.cuda_cores] == [
+        TrackRun('sfc_davis.py', False, 'fp32', True),
+        TrackRun('sfc_davis.py', False, 'bf16', True)]
+    assert [r for r in cuda if not r.cudnn_search] == [
+        TrackRun('sfc_davis.py', False, 'bf16', False, False)]
+    assert cpu == [r for r in cuda if not r.cuda_cores and r.cudnn_search
+                   and r.precision != 'fp16']
     for runs in (cuda, cpu):
         goal = [r[:2] == ('sfc_davis.py', False) for r in runs]
         assert goal == sorted(goal, reverse=True)
-        assert runs[0] == ('sfc_davis.py', False, 'fp32', False)
+        assert runs[0] == TrackRun('sfc_davis.py', False, 'fp32', False)
+
+
+def test_a_track_run_without_cudnn_search(tmp_path, capsys):
+    """The run without cuDNN's search gives tools/track.py the config
+    override (here on CPU, where the flag changes nothing but is taken),
+    and says so in its row."""
+    import argparse
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    args = argparse.Namespace(device='cpu', quick=True, track_frames=4)
+    frames, first, _ = gpu_check.track_source(args, str(tmp_path))
+    details, errors = {}, []
+    run = gpu_check.TrackRun('fc_davis.py', False, 'fp32', False, False)
+    result = gpu_check.track_row(args, str(tmp_path), frames, first, {}, run,
+                                 details, errors)
+    assert errors == []
+    label = 'fc_davis.py no cuDNN search without overlay'
+    assert result['figure'] == f'track.py {label}'
+    assert result['value'] > 0
+    assert details[label]['complete'] is True
+    command = capsys.readouterr().out.splitlines()[0]
+    assert command.endswith(
+        '--no-overlay --cfg-options env_cfg.cudnn_benchmark=False')
 
 
 def test_sections_build_before_what_runs_the_kernels():
