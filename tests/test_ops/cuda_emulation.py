@@ -67,3 +67,9 @@ def kernel_configs():
     """Names of the kernel's configurations, the op's default first."""
     load_emulation()
     return list(torch.ops.sfc_emulation.kernel_configs())
+
+
+def planned_groups(tiles, resident, of_chunks):
+    """The launch plan's groups of keys before its caps."""
+    load_emulation()
+    return torch.ops.sfc_emulation.planned_groups(tiles, resident, of_chunks)

@@ -14,6 +14,7 @@ from .cuda_emulation import (
     emulated_neighbours,
     kernel_configs,
     load_emulation,
+    planned_groups,
 )
 from .test_topk_window_match import (
     check_many_ties,
@@ -23,19 +24,22 @@ from .test_topk_window_match import (
 )
 
 # The launch's resident blocks, which set the groups of keys: one group; a
-# group per frame (the merge kernel's case); and groups of every frame's
-# key chunks (GROUP_BY), as many as the kernel takes (64), so that most of
-# them hold no chunk of a restricted frame and ties fall across groups.
-GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6, 'chunk-groups': 10**6}
-GROUP_BY = {'chunk-groups': 'chunks'}
+# group per frame (the merge kernel's case); and 3 groups of every frame's
+# key chunks (CHUNK_GROUPS), whose keys interleave, so that ties fall
+# across groups (64 groups: test_ties_across_groups_of_chunks).
+GROUPINGS = {'one-group': 1, 'group-per-frame': 10**6, 'chunk-groups': 1}
+CHUNK_GROUPS = {'SFC_PLUGIN_GROUP_BY': 'chunks',
+                'SFC_PLUGIN_FRAME_GROUPS': '3'}
 
 
 @pytest.fixture(autouse=True)
 def group_by(request, monkeypatch):
-    """SFC_PLUGIN_GROUP_BY as a test's ``grouping`` parameter says."""
+    """The groups of chunks of a test's ``grouping`` parameter, if that
+    is 'chunk-groups'; groups of frames and the plan's count otherwise."""
     callspec = getattr(request.node, 'callspec', None)
-    grouping = callspec.params.get('grouping') if callspec else None
-    monkeypatch.setenv('SFC_PLUGIN_GROUP_BY', GROUP_BY.get(grouping, ''))
+    chunks = callspec and callspec.params.get('grouping') == 'chunk-groups'
+    for name, value in CHUNK_GROUPS.items():
+        monkeypatch.setenv(name, value if chunks else '')
 
 
 def check_equals_the_cpu_kernel(query, keys, target_blocks, **kw):
@@ -152,6 +156,27 @@ def test_asked_frame_groups_give_the_same_neighbours(groups, by,
     query, keys, _ = random_inputs(21, 3, 45, 5, 20, 1, batch=2)
     check_equals_the_cpu_kernel(query, keys, 1, topk=15, radius=3.5,
                                 temperature=0.07, unrestricted_keys=1)
+
+
+@pytest.mark.parametrize('tiles, resident, frames, chunks', [
+    # 480p on an H200: float32 (3 blocks per SM), bfloat16 (4).
+    (210, 396, 2, 7),
+    (210, 528, 3, 5),
+    # More tiles than places: groups of chunks still shorten the last wave.
+    (420, 396, 1, 4),
+    # A wave of whole tiles: nothing to gain.
+    (132, 396, 3, 3),
+    (1, 1, 1, 1),
+    # Beyond the merge's 64 groups: the plan's, capped at launch.
+    (12, 396, 33, 33),
+    (1, 10**6, 10**6, 10**6),
+])
+def test_planned_groups(tiles, resident, frames, chunks):
+    """Groups of frames: the fewest that fill the device once. Groups of
+    chunks (equal blocks): up to 4× that, the count that leaves the last
+    wave least idle."""
+    assert planned_groups(tiles, resident, False) == frames
+    assert planned_groups(tiles, resident, True) == chunks
 
 
 BAD_GROUPS = "SFC_PLUGIN_FRAME_GROUPS must be an integer from 0 .* to 64"

@@ -154,6 +154,9 @@ TORCH_LIBRARY(sfc_emulation, m) {
           return sfc_plugin::ops::cuda_kernels::config_shared_bytes(
               std::string(config), stored_topk);
         });
+  // The launch plan's groups before its caps (launch_tiled).
+  m.def("planned_groups(int tiles, int resident, bool of_chunks) -> int",
+        &sfc_plugin::ops::cuda_kernels::planned_groups);
   m.def("kernel_configs() -> str[]", [] {
     return sfc_plugin::ops::cuda_kernels::kernel_config_names();
   });
