@@ -47,7 +47,9 @@ def test_every_config_is_timed_and_checked(capsys):
 
 def test_a_config_that_disagrees_is_reported(capsys):
     """A configuration whose neighbours differ from the CUDA-core
-    default's is marked in its row (the script then exits non-zero)."""
+    default's is marked in its row (the script then exits non-zero): the
+    default against itself, the first alternative (tensor cores) with
+    its indices reversed."""
     args = cuda_kernel_configs.parse_args(SMALL)
     configs = kernel_configs()
     other = configs[1]
@@ -62,7 +64,10 @@ def test_a_config_that_disagrees_is_reported(capsys):
     rows = cuda_kernel_configs.compare(args, torch.device('cpu'),
                                        configs[:2], wrong_for_one, rate=1e3)
     assert [r['ok'] for r in rows] == [True, False]
-    assert "NOT the CUDA-core default's" in capsys.readouterr().out
+    assert rows[0]['check'] == 'same as the CUDA-core default'
+    assert rows[1]['check'].endswith('% of indices = CUDA cores')
+    assert rows[1]['index_agreement'] < 0.99
+    assert f"| {rows[1]['check']} |" in capsys.readouterr().out
 
 
 def test_tiling_reads_every_configuration_name():

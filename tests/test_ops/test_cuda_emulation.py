@@ -332,12 +332,12 @@ def split_tf32(config):
 def test_every_config_gives_the_default_neighbours(grouping):
     """Partial tiles of every shape (H = 10, W = 19), a channel tail
     (C = 37), an unrestricted frame longer than a 128-key chunk (batch items
-    are the same for every configuration, and tested above): every
-    configuration returns the default's weights and indices on
-    the same features exactly (CUDA cores: each score is the same FMA
-    sequence; the emulated tensor cores sum exact products in the same
-    order), and the default gives the C++ CPU kernel's neighbours. 3xTF32
-    drops a term of each product: test_split_tf32_configs_find_the_top_k.
+    are the same for every configuration, and tested above): every 16-bit
+    tensor-core configuration returns the CUDA-core default's weights and
+    indices on the same features exactly (the emulated tensor cores sum
+    exact products in the same order as its FMAs), and the default gives
+    the C++ CPU kernel's neighbours in float32. 3xTF32 drops a term of each
+    product: test_split_tf32_configs_find_the_top_k.
     """
     query, keys, _ = random_inputs(23, 3, 37, 10, 19, 1, batch=1)
     ref_w, ref_i = topk_window_neighbours(query, keys, topk=9, radius=3.5,
@@ -355,7 +355,9 @@ def test_every_config_gives_the_default_neighbours(grouping):
             weights, indices = emulated_neighbours(*args, config=config)
             assert torch.equal(indices, default[dtype][1]), (config, dtype)
             assert torch.equal(weights, default[dtype][0]), (config, dtype)
-    assert (default[torch.float32][1] == ref_i).float().mean() > 0.999
+    _, indices = emulated_neighbours(query.float(), keys.float(), 9, 3.5,
+                                     0.07, 1, GROUPINGS[grouping])
+    assert (indices == ref_i).float().mean() > 0.999
 
 
 def channels_last_at_an_odd_offset(query):

@@ -220,8 +220,8 @@ using TensorCoreDefaultConfig = TensorCoreConfig<4, 8, 64, 64, 4, true>;
 using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // The others that sfc::_topk_window_neighbours_config offers, so that a
 // benchmark can time them against the defaults on one GPU in one run:
-// CUDA-core and 3xTF32 ones for float32 features, 16-bit tensor-core ones
-// for float16 and bfloat16 (only those types, to bound the build). The
+// 3xTF32 ones for float32 features, 16-bit tensor-core ones for float16
+// and bfloat16 (only those types, to bound the build). The
 // 3xTF32 ones without prefetch, slower than those with it on the H200 and
 // the H100 (1.2-1.6× the CUDA-core default against 2.4×), were dropped; so
 // were the CUDA-core ones that lost to the default on every case on the
@@ -231,11 +231,14 @@ using Tf32TensorCoreDefaultConfig = Tf32TensorCoreConfig<4, 8, 64, 32, 3, true>;
 // BENCHMARKS.md, "GPU check on an H100". And the four 3xTF32 ones that
 // split in registers: 0.88-1.02× the speed of the 3xTF32 default at
 // C = 1280 and 0.81-0.97× at C = 256 on an H200 (BENCHMARKS.md, "GPU check
-// on an H200, third run").
+// on an H200, third run"). And the last CUDA-core alternatives, the 8x8
+// tile (micro 8x4) and the 8x16 one (keys 128, micro 8x8): 0.74-0.93× the
+// default in seven of the eight cases on an H200, 1.02× in the eighth, and
+// 0.85-1.05× on the H100 (BENCHMARKS.md, "GPU check on an H200, fourth
+// run"); the CUDA-core path is what sm_70/75 GPUs and float64 run, and
+// the default's tiling is the one timed best.
 using AlternativeConfigs =
-    std::tuple<TileConfig<8, 8, 64, 8, 4, true, 2>,
-               TileConfig<8, 16, 128, 8, 8, true, 1>,
-               TensorCoreDefaultConfig,
+    std::tuple<TensorCoreDefaultConfig,
                TensorCoreConfig<8, 8, 64, 64, 2, true>,
                Tf32TensorCoreDefaultConfig,
                Tf32TensorCoreConfig<8, 8, 64, 32, 2, true>>;
