@@ -921,16 +921,21 @@ def track_runs(device: str) -> List[TrackRun]:
 def encoder_rows(args, details: dict) -> list:
     """Each tracking config's encoder alone on one 480p frame as the
     tracker runs it (``SFCTracker.extract_feat``: fp32 eager; bf16 and
-    fp16 from the folded channels-last copy), timed by
-    ``backbone_latency.best_time``: the share of a frame that is not the
-    match."""
+    fp16 from the folded channels-last copy, its convolutions fused with
+    their residual sums and ReLUs), timed by ``backbone_latency.best_time``:
+    the share of a frame that is not the match. A reduced precision's note
+    adds the copy with the three as separate ops, timed the same way, and
+    the convolutions cuDNN would not fuse."""
     import torch
     from backbone_latency import best_time
 
     from sfc_plugin.apis import init_tracker, tracker_config
+    from sfc_plugin.models import ReducedPrecisionEncoder
+    from sfc_plugin.models.encoders.conv_relu_fusion import FusedConvReLU2d
     device = torch.device(args.device)
     size = (96, 160) if args.quick else (480, 854)
     frame = torch.randn(3, *size, device=device)
+    repeats = 3 if args.quick else 20
     rows = []
     for config in ('fc_davis.py', 'sfc_davis.py'):
         for precision in ('fp32', 'bf16') + (
@@ -938,11 +943,29 @@ def encoder_rows(args, details: dict) -> list:
             tracker = init_tracker(
                 tracker_config(config, precision=precision), device)
             seconds = best_time(lambda x, t=tracker: t.extract_feat(x),
-                                frame, 3 if args.quick else 20, device)
-            details[f'encoder {config} {precision}'] = seconds
-            rows.append(row(f'encoder {config} {precision} (as tracked)',
-                            1e3 * seconds, 'ms/frame',
-                            note=f'{size[1]}×{size[0]}'))
+                                frame, repeats, device)
+            name = f'encoder {config} {precision}'
+            details[name] = seconds
+            note = f'{size[1]}×{size[0]}'
+            if precision != 'fp32':
+                copy = tracker._reduced_precision_encoder(
+                    tracker.encoder, tracker.PRECISIONS[precision])
+                fused = [m for m in copy.modules()
+                         if isinstance(m, FusedConvReLU2d)]
+                refused = [m.cudnn_error for m in fused if m.cudnn_error]
+                tracker._reduced_precision_encoder = ReducedPrecisionEncoder(
+                    fuse_relus=False)
+                separate = best_time(
+                    lambda x, t=tracker: t.extract_feat(x), frame, repeats,
+                    device)
+                details[f'{name} separate ops'] = separate
+                note += (f'; {len(fused)} convolutions fused with their '
+                         f'ReLU ({len(refused)} left to separate ops'
+                         + (f': {refused[0]}' if refused else '') +
+                         f'): {separate / seconds:.2f}× over separate ops '
+                         f'({1e3 * separate:.3g} ms)')
+            rows.append(row(f'{name} (as tracked)', 1e3 * seconds,
+                            'ms/frame', note=note))
             del tracker
     return rows
 

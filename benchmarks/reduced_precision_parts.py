@@ -62,7 +62,10 @@ def main(argv=None) -> None:
 
     from sfc_plugin.apis import init_tracker, tracker_config
     from sfc_plugin.models import VideoFramePreprocessor
-    from sfc_plugin.models.encoders.inference_copy import IndexFreeMaxPool2d
+    from sfc_plugin.models.encoders.inference_copy import (
+        IndexFreeMaxPool2d,
+        ReducedPrecisionEncoder,
+    )
     from sfc_plugin.models.trackers.sfc_tracker import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -86,6 +89,14 @@ def main(argv=None) -> None:
             autocast, lambda: copy(channels_last_batch(frame, dtype)),
             args.repeats)
         rows.append(('encoder', 'autocast', 'folded copy', a, b,
+                     f'max diff {(x.float() - y.float()).abs().max():.1e}'))
+
+        separate = ReducedPrecisionEncoder(fuse_relus=False)(
+            tracker.encoder, dtype)
+        (a, b), (x, y) = side_by_side(
+            lambda: separate(channels_last_batch(frame, dtype)),
+            lambda: copy(channels_last_batch(frame, dtype)), args.repeats)
+        rows.append(('conv + ReLU', 'separate ops', 'fused', a, b,
                      f'max diff {(x.float() - y.float()).abs().max():.1e}'))
 
         hwc = torch.randint(0, 256, (480, 854, 3), dtype=torch.uint8,

@@ -64,7 +64,8 @@ def test_sigterm_reports_what_was_measured_and_ends_the_section(tmp_path):
 def test_encoder_rows_time_each_config_in_fp32_and_bf16():
     """The track section's encoder timings as the tracker runs them (on
     CUDA only, with fp16 there too), here on CPU at the quick size: a row
-    and a detail per config and precision."""
+    and a detail per config and precision, and the reduced precision's
+    copy with separate convolutions and ReLUs besides."""
     import argparse
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
@@ -76,7 +77,16 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
         for config in ('fc_davis.py', 'sfc_davis.py')
         for dtype in ('fp32', 'bf16')]
     assert all(r['value'] > 0 and r['unit'] == 'ms/frame' for r in rows)
-    assert len(details) == 4
+    # bf16 beside its copy without fused convolutions and ReLUs.
+    assert sorted(details) == sorted(
+        [f'encoder {config} {dtype}' for config in ('fc_davis.py',
+                                                    'sfc_davis.py')
+         for dtype in ('fp32', 'bf16', 'bf16 separate ops')])
+    fc_bf16, sfc_bf16 = rows[1]['note'], rows[3]['note']
+    assert '13 convolutions fused with their ReLU (0 left to separate ops)' \
+        in fc_bf16 and '× over separate ops' in fc_bf16
+    assert '53 convolutions fused' in sfc_bf16
+    assert 'fused' not in rows[0]['note']
 
 
 def test_track_runs_compare_cuda_cores_on_cuda_only():

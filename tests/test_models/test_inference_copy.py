@@ -114,7 +114,7 @@ def test_reduced_precision_copy_follows_the_weights():
     copy = cache(encoder, torch.bfloat16)
     assert cache(encoder, torch.bfloat16) is copy  # kept while unchanged
     assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
-    conv = copy.backbone.conv1.weight
+    conv = copy.backbone.conv1.conv.weight  # fused with its ReLU
     assert conv.is_contiguous(memory_format=torch.channels_last)
 
     def expected():  # float32 and unfolded: bf16 rounding apart

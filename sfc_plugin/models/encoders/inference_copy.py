@@ -1,5 +1,6 @@
 """Encoders as reduced-precision tracking runs them: BatchNorms folded into
-the convolutions, weights cast once, the stem's max-pool without indices."""
+the convolutions, each convolution fused with the residual sum and ReLU
+after it, weights cast once, the stem's max-pool without indices."""
 import copy
 import itertools
 import logging
@@ -8,9 +9,10 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
-from torch import nn
+from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
+from .conv_relu_fusion import fuse_conv_relu
 from .correspondence_encoder import CorrespondenceEncoder
 
 
@@ -133,9 +135,10 @@ def _weights(module: nn.Module) -> Iterator[torch.Tensor]:
 
 class ReducedPrecisionEncoder:
     """An encoder's folded copy (:func:`fold_batch_norms`) in a reduced
-    type, channels-last, on the CPU with its stem max-pools without an index
-    tensor (:class:`IndexFreeMaxPool2d`), remade whenever the encoder's
-    weights change.
+    type, channels-last, its convolutions fused with the residual sums and
+    ReLUs after them (:func:`fuse_conv_relu`), on the CPU with its stem
+    max-pools without an index tensor (:class:`IndexFreeMaxPool2d`), remade
+    whenever the encoder's weights change.
 
     Under autocast every call would cast each weight again and run each
     BatchNorm as a pass of its own; the copy does neither (the FC ResNet-18
@@ -147,9 +150,20 @@ class ReducedPrecisionEncoder:
     steps, running statistics), type and device, and from the module tree
     (a replaced submodule or parameter); the owner also calls
     :meth:`invalidate` when it is moved or cast.
+
+    A weight that is not finite in the reduced type (a folded BatchNorm of
+    tiny variance overflows fp16's 65504) is refused, naming it: the fused
+    ReLUs would turn the NaNs it brings into zeros, features that look
+    sound.
+
+    Args:
+        fuse_relus (bool): Whether to fuse the convolutions with their
+            residual sums and ReLUs (:func:`fuse_conv_relu`): the benchmarks
+            compare both. Defaults to True.
     """
 
-    def __init__(self):
+    def __init__(self, fuse_relus: bool = True):
+        self.fuse_relus = fuse_relus
         self._key: Optional[Tuple] = None
         self._copy: Optional[nn.Module] = None
 
@@ -168,7 +182,31 @@ class ReducedPrecisionEncoder:
             # kernel beats the element-wise passes.
             if all(t.device.type == 'cpu' for t in encoder.parameters()):
                 folded = _without_pool_indices(folded)
-            self._copy = folded.to(dtype=dtype,
-                                   memory_format=torch.channels_last)
+            if self.fuse_relus:
+                for module in folded.modules():
+                    if (isinstance(module, CorrespondenceEncoder)
+                            and isinstance(module.backbone, fx.GraphModule)):
+                        fuse_conv_relu(module.backbone)
+            cast = folded.to(dtype=dtype, memory_format=torch.channels_last)
+            _check_finite(cast, dtype)
+            self._copy = cast
             self._key = key
         return self._copy
+
+
+def _check_finite(copy: nn.Module, dtype: torch.dtype) -> None:
+    """Refuses a copy with a weight that is not finite, naming it."""
+    weights = [(name, t) for name, t in itertools.chain(
+        copy.named_parameters(), copy.named_buffers())
+               if t.is_floating_point() and not t.is_meta]  # meta: no data
+    if not weights:
+        return
+    # One host wait for all of them, not one per weight.
+    finite = torch.stack([t.isfinite().all() for _, t in weights]).tolist()
+    bad = [name for (name, _), ok in zip(weights, finite) if not ok]
+    if bad:
+        raise ValueError(
+            f'ReducedPrecisionEncoder: {len(bad)} weight(s) of the encoder '
+            f'are not finite in {dtype} (first: {bad[0]}); NaN or infinite '
+            'weights in the checkpoint, or folded BatchNorms too large for '
+            'fp16 (use bf16)')
