@@ -30,7 +30,8 @@ def device_profile(run: Callable[[], None], units: int, device,
 
     Returns:
         dict: ``wall_ms``; ``host_ops``, the operators the host dispatched
-        (outermost ``aten::`` calls; those inside another are its work);
+        (outermost calls of any library's operators, ``aten::``,
+        ``mkldnn::``, ``sfc::``...; those inside another are its work);
         on CUDA ``busy_ms``, the kernels' summed time (overlapping streams
         count twice), and ``kernels``, [name, ms, launches, share of
         busy] rows; on CPU ``busy_ms`` None and no kernels.
@@ -57,9 +58,8 @@ def device_profile(run: Callable[[], None], units: int, device,
         if event.device_type == torch.autograd.DeviceType.CUDA:
             total_us[event.name] += event.time_range.elapsed_us()
             launches[event.name] += 1
-        elif event.name.startswith('aten::') and not (
-                event.cpu_parent is not None
-                and event.cpu_parent.name.startswith('aten::')):
+        elif _is_operator(event) and not (event.cpu_parent is not None
+                                          and _is_operator(event.cpu_parent)):
             host_ops += 1
     busy_us = sum(total_us.values())
     kernels = [[name, us / 1e3 / units, launches[name] / units,
@@ -69,6 +69,12 @@ def device_profile(run: Callable[[], None], units: int, device,
     return dict(wall_ms=1e3 * wall / units, host_ops=host_ops / units,
                 busy_ms=busy_us / 1e3 / units if cuda else None,
                 kernels=kernels)
+
+
+def _is_operator(event) -> bool:
+    """A dispatched operator (``namespace::name``), not a CUDA runtime call
+    (``cudaLaunchKernel``) or a Python annotation."""
+    return '::' in event.name
 
 
 def print_kernel_table(profile: dict, unit: str) -> None:

@@ -470,7 +470,8 @@ def compare_dtype(impl: Callable, dtype, cases: dict, brute_force,
 
 #: What the correctness section's pytest runs (with ``-k``).
 CORRECTNESS_TESTS = ('tests/test_ops', 'tests/test_utils/test_host_copy.py',
-                     'tests/test_models/test_sfc_tracker.py')
+                     'tests/test_models/test_sfc_tracker.py',
+                     'tests/test_models/test_conv_relu_fusion.py')
 
 
 def section_correctness(args) -> dict:

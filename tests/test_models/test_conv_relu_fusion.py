@@ -344,3 +344,58 @@ def test_reduced_precision_copy_refuses_non_finite_weights(weight):
         err.value)
     if weight == 'fp16-overflow':  # bf16 has float32's range
         ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+class TestOnCUDA:
+    """cuDNN's fused convolutions themselves (``benchmarks/gpu_check.py``
+    runs these): against float64 as the CPU's are, and fused indeed where
+    cuDNN's runtime fusion covers the case (bf16 / fp16, channels-last,
+    channels a multiple of 8, no groups)."""
+
+    @pytest.mark.parametrize('geometry', GEOMETRIES)
+    @pytest.mark.parametrize(
+        'dtype', [torch.bfloat16, torch.float16, torch.float32])
+    @pytest.mark.parametrize('residual', [False, True])
+    def test_cuda_fused_call_equals_the_separate_ops(self, geometry, dtype,
+                                                     residual):
+        conv = conv_of(geometry).to('cuda', dtype).to(
+            memory_format=torch.channels_last)
+        fused = FusedConvReLU2d(conv)
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(2, geometry[0], 37, 50, generator=g).to(
+            'cuda', dtype).contiguous(memory_format=torch.channels_last)
+        r = (torch.randn(fused.output_shape(x), generator=g).to('cuda', dtype)
+             if residual else None)
+        # float32 without TF32, whose rounding would dwarf the comparison.
+        with torch.no_grad(), torch.backends.cudnn.flags(
+                enabled=True, allow_tf32=False):
+            got = fused(x, r)
+            separate = fused.reference(x, r)
+        expected = float64_reference(conv, x, r)
+        assert got.shape == expected.shape and got.dtype == dtype
+        if dtype == torch.float32:  # the sums' order decides, not rounding
+            torch.testing.assert_close(got, separate, rtol=1e-5, atol=1e-5)
+        else:
+            ulp = torch.finfo(dtype).eps * expected.abs().clamp_min(1.0)
+            assert ((got.double() - expected).abs()
+                    <= (separate.double() - expected).abs() + 2 * ulp).all()
+        if (dtype != torch.float32 and geometry[0] % 8 == 0
+                and geometry[6] == 1):
+            assert fused.cudnn_error is None, fused.cudnn_error
+
+    def test_cuda_tracker_copy_fuses_the_encoder(self):
+        encoder = with_running_statistics(
+            CorrespondenceEncoder(backbone=R18_L3)).cuda()
+        copy = ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+        images = torch.randn(1, 3, 96, 160, device='cuda')
+        with torch.no_grad():
+            got = copy(images.to(torch.bfloat16).contiguous(
+                memory_format=torch.channels_last))
+            expected = encoder(images)
+        torch.testing.assert_close(got.float(), expected, rtol=0, atol=0.03)
+        fused = [m for m in copy.modules() if isinstance(m, FusedConvReLU2d)]
+        # The stem's 3 input channels may be beyond cuDNN's fusion.
+        assert len(fused) == 13
+        assert sum(m.cudnn_error is not None for m in fused[1:]) == 0, [
+            m.cudnn_error for m in fused]

@@ -9,6 +9,7 @@ sums of the convolutions took 0.7 ms of a 7.6 ms frame in 133 launches.
 oneDNN (the CPU) and cuDNN (CUDA) apply both in the convolution's epilogue,
 on the float32 accumulator, rounding once.
 """
+import functools
 import logging
 import operator
 from collections import Counter
@@ -108,13 +109,18 @@ class FusedConvReLU2d(nn.Module):
         return '' if self.cudnn_error is None else 'cuDNN: separate ops'
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_has_bf16() -> bool:
+    # An operator call: asked once, not per convolution and frame.
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _onednn_call(module: FusedConvReLU2d, x: torch.Tensor,
                  residual: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if not (torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled and x.dtype in ONEDNN_DTYPES):
         return None
-    if (x.dtype == torch.bfloat16
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if x.dtype == torch.bfloat16 and not _onednn_has_bf16():
         return None
     c = module.conv
     if residual is not None and not (c.groups == 1 and (
