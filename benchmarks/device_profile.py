@@ -32,6 +32,10 @@ def device_profile(run: Callable[[], None], units: int, device,
         dict: ``wall_ms``; ``host_ops``, the operators the host dispatched
         (outermost calls of any library's operators, ``aten::``,
         ``mkldnn::``, ``sfc::``...; those inside another are its work);
+        ``host_op_ms``, the host's time in them (on CUDA dispatch and
+        launch, on the CPU the work too; the profiler's own cost per call
+        included) and ``host_op_table``, [name, ms, calls] rows, the
+        longest first;
         on CUDA ``busy_ms``, the kernels' summed time (overlapping streams
         count twice), and ``kernels``, [name, ms, launches, share of
         busy] rows; on CPU ``busy_ms`` None and no kernels.
@@ -53,20 +57,27 @@ def device_profile(run: Callable[[], None], units: int, device,
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
     total_us, launches = defaultdict(float), defaultdict(int)
-    host_ops = 0
+    host_us, host_calls = defaultdict(float), defaultdict(int)
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             total_us[event.name] += event.time_range.elapsed_us()
             launches[event.name] += 1
         elif _is_operator(event) and not (event.cpu_parent is not None
                                           and _is_operator(event.cpu_parent)):
-            host_ops += 1
+            host_us[event.name] += event.cpu_time_total
+            host_calls[event.name] += 1
     busy_us = sum(total_us.values())
     kernels = [[name, us / 1e3 / units, launches[name] / units,
                 us / busy_us if busy_us else 0.0]
                for name, us in sorted(total_us.items(),
                                       key=lambda kv: -kv[1])[:top]]
-    return dict(wall_ms=1e3 * wall / units, host_ops=host_ops / units,
+    host = [[name, us / 1e3 / units, host_calls[name] / units]
+            for name, us in sorted(host_us.items(),
+                                   key=lambda kv: -kv[1])[:top]]
+    return dict(wall_ms=1e3 * wall / units,
+                host_ops=sum(host_calls.values()) / units,
+                host_op_ms=sum(host_us.values()) / 1e3 / units,
+                host_op_table=host,
                 busy_ms=busy_us / 1e3 / units if cuda else None,
                 kernels=kernels)
 
@@ -75,6 +86,15 @@ def _is_operator(event) -> bool:
     """A dispatched operator (``namespace::name``), not a CUDA runtime call
     (``cudaLaunchKernel``) or a Python annotation."""
     return '::' in event.name
+
+
+def print_host_op_table(profile: dict, unit: str) -> None:
+    """Prints a :func:`device_profile` result's host operators as a
+    Markdown table, per ``unit``."""
+    print(f'| host operator | ms/{unit} | calls/{unit} |')
+    print('|---|---:|---:|')
+    for name, ms, calls in profile['host_op_table']:
+        print(f'| `{name}` | {ms:.3f} | {calls:.1f} |')
 
 
 def print_kernel_table(profile: dict, unit: str) -> None:

@@ -188,16 +188,20 @@ def kernel_label(name: str, width: int = 70) -> str:
 def profile_rows(profile: dict, what: str, unit: str, top: int) -> list:
     """Rows of a ``device_profile`` result: the wall time per ``unit``
     with the GPU's busy time and the host's operators, then the ``top``
-    busiest kernels."""
+    busiest kernels and the ``top`` host operators by the host's time."""
     busy = profile['busy_ms']
     rows = [row(f'{what}: time per {unit}', profile['wall_ms'], 'ms',
                 note=(f'GPU busy {busy:.2f} ms, ' if busy is not None else
                       '') + f'{profile["host_ops"]:.0f} host operators '
+                f'taking {profile["host_op_ms"]:.2f} ms of the host '
                 '(torch.profiler)')]
     for name, ms, launches, share in profile['kernels'][:top]:
         rows.append(row(f'kernel {kernel_label(name)}', ms, f'ms/{unit}',
                         note=f'{100 * share:.1f}% of busy, '
                         f'{launches:.1f} launches'))
+    for name, ms, calls in profile['host_op_table'][:top]:
+        rows.append(row(f'host {name}', ms, f'ms/{unit}',
+                        note=f'{calls:.1f} calls'))
     return rows
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, osp.dirname(HERE))  # this checkout's sfc_plugin
 import torch  # noqa: E402
 from device_profile import (  # noqa: E402
     device_profile,
+    print_host_op_table,
     print_kernel_table,
 )
 from track_video import tracking_source  # noqa: E402
@@ -128,9 +129,11 @@ def main(argv=None) -> None:
         print(f'\nper frame at {args.in_flight[-1]} in flight: '
               f'{profile["wall_ms"]:.2f} ms, GPU busy '
               f'{"-" if busy is None else f"{busy:.2f} ms"}, '
-              f'{profile["host_ops"]:.0f} host operators')
+              f'{profile["host_ops"]:.0f} host operators taking '
+              f'{profile["host_op_ms"]:.2f} ms of the host')
         if profile['kernels']:
             print_kernel_table(profile, 'frame')
+        print_host_op_table(profile, 'frame')
     if args.out:
         write_json(dict(config=args.config, precision=args.precision,
                         device=args.device, video=what,

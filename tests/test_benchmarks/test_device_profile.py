@@ -16,8 +16,11 @@ CPU = torch.autograd.DeviceType.CPU
 
 
 def event(name, us=0.0, device_type=CUDA, parent=None):
+    """A profiler event: a kernel of ``us`` µs on CUDA, an operator
+    holding the host ``us`` µs on the CPU."""
     return SimpleNamespace(
         name=name, device_type=device_type, cpu_parent=parent,
+        cpu_time_total=us if device_type == CPU else 0.0,
         time_range=SimpleNamespace(elapsed_us=lambda: us))
 
 
@@ -25,15 +28,17 @@ def test_kernels_are_summed_by_name_per_unit(monkeypatch):
     """Device events summed by name and divided by the units, the busiest
     first with their share of the busy time; the host's operators counted
     where no operator encloses them, whatever their library."""
-    conv = event('aten::conv2d', device_type=CPU)
+    conv = event('aten::conv2d', 40.0, device_type=CPU)
     events = [event('gemm', 300.0), event('bn', 50.0), event('gemm', 300.0),
-              conv, event('aten::convolution', device_type=CPU, parent=conv),
-              event('aten::add', device_type=CPU),
-              event('cudaLaunchKernel', device_type=CPU),
-              fused := event('mkldnn::_convolution_pointwise',
+              conv, event('aten::convolution', 30.0, device_type=CPU,
+                          parent=conv),
+              event('aten::add', 10.0, device_type=CPU),
+              event('cudaLaunchKernel', 5.0, device_type=CPU),
+              fused := event('mkldnn::_convolution_pointwise', 100.0,
                              device_type=CPU),
-              event('aten::empty', device_type=CPU, parent=fused),
-              event('sfc::topk_window_match', device_type=CPU),
+              event('aten::empty', 2.0, device_type=CPU, parent=fused),
+              event('sfc::topk_window_match', 60.0, device_type=CPU),
+              event('aten::add', 20.0, device_type=CPU),
               event('relu', 125.0), event('relu', 125.0)]
     seen = {}
 
@@ -60,9 +65,13 @@ def test_kernels_are_summed_by_name_per_unit(monkeypatch):
     assert prof['busy_ms'] == pytest.approx(0.45)
     assert prof['kernels'] == [['gemm', 0.3, 1, pytest.approx(600 / 900)],
                                ['relu', 0.125, 1, pytest.approx(250 / 900)]]
-    # conv2d, add, the fused convolution and the match, over 2 units; not
-    # what runs inside them, nor the CUDA runtime's calls.
-    assert prof['host_ops'] == 2
+    # conv2d, add twice, the fused convolution and the match, over 2
+    # units; not what runs inside them, nor the CUDA runtime's calls.
+    assert prof['host_ops'] == 2.5
+    assert prof['host_op_ms'] == pytest.approx(0.115)
+    assert prof['host_op_table'] == [
+        ['mkldnn::_convolution_pointwise', 0.05, 0.5],
+        ['sfc::topk_window_match', 0.03, 0.5]]  # top=2: the longest
     assert prof['wall_ms'] >= 0
 
 
@@ -76,6 +85,9 @@ def test_a_cpu_run_counts_the_host_operators():
     prof = device_profile(work, 3, 'cpu')
     assert prof['busy_ms'] is None and prof['kernels'] == []
     assert prof['host_ops'] == 3  # matmul, relu_, sum per unit
+    assert [name for name, _, _ in prof['host_op_table']] and all(
+        calls == 1 for _, _, calls in prof['host_op_table'])
+    assert 0 < prof['host_op_ms'] <= prof['wall_ms']
     assert prof['wall_ms'] > 0
     with pytest.raises(ValueError, match='units must be >= 1, got 0'):
         device_profile(work, 0, 'cpu')

@@ -249,7 +249,8 @@ def test_overlap_rows_run_the_loop_with_its_profile():
     """The track section's last rows (benchmarks/tracking_overlap.py in a
     child process), here on CPU at the quick size: a row per setting with
     the predictions agreeing and the matching kernel named, then the
-    profiled frame's time and host operators (no kernels on the CPU)."""
+    profiled frame's time and host operators (no kernels on the CPU), and
+    the host operators that took the most of its time."""
     import argparse
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
@@ -258,15 +259,21 @@ def test_overlap_rows_run_the_loop_with_its_profile():
         argparse.Namespace(device='cpu', quick=True), details, errors)
     assert errors == []
     figures = [r['figure'] for r in rows]
-    assert figures == [
+    assert figures[:3] == [
         'loop sfc_davis.py bf16, 0 frames in flight',
         'loop sfc_davis.py bf16, 1 frames in flight',
         'loop sfc_davis.py bf16 at 1 in flight: time per frame'
     ]
+    host = figures[3:]
+    assert 1 <= len(host) <= 8 and all(f.startswith('host ') for f in host)
+    # The fused convolutions (oneDNN on the CPU) take most of a frame.
+    assert 'host mkldnn::_convolution_pointwise' in host
     assert all(r['value'] > 0 for r in rows)
     assert rows[1]['note'].startswith('matching CPU kernel, bf16 as ')
     assert 'DIFFER' not in rows[1]['note']
-    assert rows[2]['note'].endswith('host operators (torch.profiler)')
+    assert 'host operators taking' in rows[2]['note']
+    assert rows[2]['note'].endswith('ms of the host (torch.profiler)')
+    assert all(r['note'].endswith(' calls') for r in rows[3:])
     assert details['overlap']['profile']['host_ops'] > 50
 
 
