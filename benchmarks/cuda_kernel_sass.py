@@ -272,14 +272,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.csrc and not osp.isfile(osp.join(args.csrc, CUDA_UNIT)):
         parser.error(f'--csrc {args.csrc}: no {CUDA_UNIT} there')
     if args.json:
-        from sfc_plugin.utils.fileio import check_writable_dir
+        from sfc_plugin.utils.fileio import check_writable_file
         try:
-            if osp.isdir(args.json):
-                raise IsADirectoryError(f'"{args.json}" is a folder')
-            check_writable_dir(osp.dirname(osp.abspath(args.json)),
-                               'folder')
+            check_writable_file(args.json, '--json')
         except OSError as e:
-            parser.error(f'--json: {e}')
+            parser.error(str(e))
     nvdisasm = find_nvdisasm()
     if nvdisasm is None:
         print('cuda_kernel_sass: nvdisasm not found (not on PATH, beside '

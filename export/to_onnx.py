@@ -29,7 +29,7 @@ from sfc_plugin.utils.cli import (
     run_tool,
 )
 from sfc_plugin.utils.config import config_inputs, load_config
-from sfc_plugin.utils.fileio import check_output_location, check_writable_dir
+from sfc_plugin.utils.fileio import check_output_location, check_writable_file
 
 
 def parse_args(argv=None):
@@ -83,7 +83,7 @@ def main(argv=None):
         ('-fp16' if args.fp16 else '') + '.onnx')
     # Checked before the (slow) export: where it will write, and that no
     # output file is an input.
-    check_writable_dir(osp.dirname(osp.abspath(out)), '--out folder')
+    check_writable_file(out, '--out')
     inputs = {'config': args.config, 'checkpoint': args.checkpoint}
     inputs.update(config_inputs(cfg))
     inputs.update((f'frame source {i}', f)

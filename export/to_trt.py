@@ -241,6 +241,7 @@ def main(argv=None):
         atomic_output,
         check_output_location,
         check_writable_dir,
+        check_writable_file,
         remove_file,
         sha256,
         write_bytes,
@@ -253,10 +254,7 @@ def main(argv=None):
         raise ValueError('--timing-cache is empty: give a file path')
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
     check_writable_dir(args.out_dir, '--out-dir')
-    check_writable_dir(osp.dirname(osp.abspath(cache)),
-                       '--timing-cache folder')
-    if osp.isdir(cache):
-        raise IsADirectoryError(f'--timing-cache "{cache}" is a folder')
+    check_writable_file(cache, '--timing-cache')
     for output in (engine_path, stem + '.json', stem + '.failed.json'):
         check_output_location(output, {'ONNX file': args.onnx}, 'Output')
     # The cache is read and rewritten: it may be neither an input nor

@@ -608,6 +608,8 @@ def test_visualiser_out_that_is_a_file(clip, bad_files, python, repo,
     # The report beside the model would replace a _base_ file of JSON.
     ('{tmp}/base.onnx', [], 'base.json" is the _base_ config'),
     ('', [], '--out is empty'),
+    # A folder where the model would go.
+    ('{tmp}/dir.onnx', [], 'dir.onnx" is a folder'),
 ])
 def test_to_onnx_never_writes_what_the_config_reads(clip, tmp_path, repo,
                                                     capsys, out, extra,
@@ -615,6 +617,7 @@ def test_to_onnx_never_writes_what_the_config_reads(clip, tmp_path, repo,
     from sfc_plugin.utils import cli
     (tmp_path / 'fc.onnx').write_bytes(b'a checkpoint named like a model')
     (tmp_path / 'base.json').write_text('{"x": 1}')
+    (tmp_path / 'dir.onnx').mkdir()
     config = tmp_path / 'cfg.py'
     config.write_text(f"_base_ = ['{repo}/configs/fc_davis.py', "
                       f"'{tmp_path}/base.json']\n")

@@ -92,6 +92,26 @@ def check_writable_dir(path: PathLike, what: str = 'Output folder') -> None:
                               'writable')
 
 
+def check_writable_file(path: PathLike, what: str = 'Output') -> None:
+    """Checks, before any work, that a file can be written at ``path``: it
+    is no folder, and its folder can be created or written.
+
+    Args:
+        path (str | PathLike): The file.
+        what (str): How to call it in the message (a tool's option, e.g.
+            '--out'); its folder is called ``what`` + ' folder'.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        NotADirectoryError: A parent of it is a file.
+        PermissionError: Its folder cannot be written.
+    """
+    if osp.isdir(os.fspath(path)):
+        raise IsADirectoryError(f'{what} "{os.fspath(path)}" is a folder')
+    check_writable_dir(osp.dirname(osp.abspath(os.fspath(path))),
+                       f'{what} folder')
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike, suffix: str = '.part') -> Iterator[str]:
     """A temporary path beside ``path``, moved to ``path`` only if the block
@@ -452,6 +472,7 @@ def check_output_location(output: PathLike,
 
 __all__ = [
     'atomic_output', 'check_output_location', 'check_writable_dir',
+    'check_writable_file',
     'davis_palette', 'dir_mode', 'encode_palette_png', 'file_mode',
     'is_within', 'make_parent_dir', 'remove_file', 'replace_folder',
     'save_palette_png', 'sha256',

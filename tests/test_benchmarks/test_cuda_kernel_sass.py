@@ -124,8 +124,8 @@ def test_without_nvdisasm_one_line_and_exit_status_2(monkeypatch, capsys):
     (['--arch', '0'], '--arch must be a compute capability'),
     (['--csrc', '/nonexistent'], 'no cuda/topk_window_match_cuda.cu'),
     (['--arch', 'x'], 'invalid int value'),
-    (['--json', '/'], '--json: "/" is a folder'),
-    (['--json', '{file}/x.json'], '--json: folder "'),
+    (['--json', '/'], '--json "/" is a folder'),
+    (['--json', '{file}/x.json'], '--json folder "'),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys, tmp_path):
     (tmp_path / 'file').write_text('')

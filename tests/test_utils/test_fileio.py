@@ -1,10 +1,13 @@
 """sfc_plugin.utils.fileio: writes that are checked."""
+import os
+
 import cv2
 import numpy as np
 import pytest
 
 from sfc_plugin.utils.fileio import (
     VerifiedVideoWriter,
+    check_writable_file,
     remove_file,
     replace_folder,
 )
@@ -60,3 +63,31 @@ def test_replace_folder_swaps_whole_folders(tmp_path):
     assert [p.name for p in target.iterdir()] == ['newer.png']
     # Nothing is left beside it: neither the staging nor the old folder.
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_check_writable_file_names_the_option_and_its_folder(tmp_path,
+                                                              monkeypatch):
+    """A file that can be written passes, its folders not made yet; a
+    folder in its place, a file among its parents, or a folder that
+    cannot be written is refused, naming the option or its folder."""
+    check_writable_file(tmp_path / 'new' / 'deeper' / 'out.json', '--json')
+    assert not (tmp_path / 'new').exists()  # checked, nothing made
+    (tmp_path / 'a.json').write_text('{}')
+    check_writable_file(tmp_path / 'a.json', '--json')  # rewritten later
+    with pytest.raises(IsADirectoryError,
+                       match=f'--out "{tmp_path}" is a folder'):
+        check_writable_file(tmp_path, '--out')
+    with pytest.raises(NotADirectoryError,
+                       match='--png folder ".*a.json/x": .*is a file'):
+        check_writable_file(tmp_path / 'a.json' / 'x' / 'c.png', '--png')
+    # Permissions as an unprivileged user meets them (root writes anywhere).
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, 'access',
+        lambda p, mode: False if str(p) == str(locked) else real_access(
+            p, mode))
+    with pytest.raises(PermissionError,
+                       match='Output folder ".*locked" .*not writable'):
+        check_writable_file(locked / 'x.onnx')

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from sfc_plugin.utils.cli import add_debug_argument, run_tool
 from sfc_plugin.utils.fileio import (
     check_output_location,
-    check_writable_dir,
+    check_writable_file,
     write_bytes,
 )
 
@@ -96,8 +96,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.png:
         # Checked before any work: where it goes, and that it is no log.
-        check_writable_dir(osp.dirname(osp.abspath(args.png)),
-                           '--png folder')
+        check_writable_file(args.png, '--png')
         check_output_location(
             args.png, {f'log {i}': f
                        for i, f in enumerate(scalar_files(args.work_dir))},
