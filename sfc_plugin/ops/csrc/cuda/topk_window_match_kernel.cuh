@@ -1094,6 +1094,11 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
   // Key rows a query row of the tile reaches in a restricted frame.
   const int64_t first_row = imax(0, y0 - reach);
   const int64_t last_row = imin(height - 1, y0 + rows - 1 + reach);
+  // The first row of the batch whose table is in shared memory (-1: none).
+  // The table is the same in every restricted frame: with one batch (a
+  // reach up to 62 on 4-row tiles) thread 0 builds it once, not once per
+  // frame while the block's other threads wait.
+  int64_t table_rows = -1;
   for (int64_t t = first_frame; t < end_frame; ++t) {
     if (t < unrestricted) {
       process_keys(hw, [&](int64_t v, int slot) {
@@ -1108,26 +1113,33 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
     // batch's list of keys.
     for (int64_t r0 = first_row; reach >= 0 && r0 <= last_row;
          r0 += kMaxUnionRows) {
-      if (tid == 0) {
-        int n = 0, start = 0;
-        for (int64_t ky = r0; ky <= imin(last_row, r0 + kMaxUnionRows - 1);
-             ++ky) {
-          int64_t widest = -1;
-          for (int64_t qy = y0; qy < y0 + rows; ++qy)
-            widest = imax(widest, half_widths[ky > qy ? ky - qy : qy - ky]);
-          if (widest < 0) continue;
-          const int64_t lo = imax(0, x0 - widest);
-          const int64_t hi = imin(width - 1, x0 + cols - 1 + widest);
-          smem.row_y[n] = static_cast<int>(ky);
-          smem.row_x[n] = static_cast<int>(lo);
+      if (r0 != table_rows) {
+        // Every thread is done with the old table before thread 0
+        // rewrites it.
+        if (table_rows >= 0) __syncthreads();
+        if (tid == 0) {
+          int n = 0, start = 0;
+          const int64_t batch_end = imin(last_row, r0 + kMaxUnionRows - 1);
+          for (int64_t ky = r0; ky <= batch_end; ++ky) {
+            int64_t widest = -1;
+            for (int64_t qy = y0; qy < y0 + rows; ++qy)
+              widest =
+                  imax(widest, half_widths[ky > qy ? ky - qy : qy - ky]);
+            if (widest < 0) continue;
+            const int64_t lo = imax(0, x0 - widest);
+            const int64_t hi = imin(width - 1, x0 + cols - 1 + widest);
+            smem.row_y[n] = static_cast<int>(ky);
+            smem.row_x[n] = static_cast<int>(lo);
+            smem.row_start[n] = start;
+            start += static_cast<int>(hi - lo + 1);
+            ++n;
+          }
           smem.row_start[n] = start;
-          start += static_cast<int>(hi - lo + 1);
-          ++n;
+          smem.num_rows = n;
         }
-        smem.row_start[n] = start;
-        smem.num_rows = n;
+        __syncthreads();
+        table_rows = r0;
       }
-      __syncthreads();
       const int num_rows = smem.num_rows;
       process_keys(smem.row_start[num_rows], [&](int64_t v, int slot) {
         // The last row starting at or before v.
@@ -1145,8 +1157,6 @@ __global__ void __launch_bounds__(Config::kThreads, Config::kMinBlocks)
         smem.key_y[slot] = static_cast<int>(ky);
         smem.key_x[slot] = static_cast<int>(kx);
       });
-      // Every thread is done with the table before thread 0 rewrites it.
-      __syncthreads();
     }
   }
 
