@@ -927,31 +927,42 @@ def encoder_rows(args, details: dict) -> list:
     """Each tracking config's encoder alone on one 480p frame as the
     tracker runs it (``SFCTracker.extract_feat``: fp32 eager; bf16 and
     fp16 from the folded channels-last copy, its convolutions fused with
-    their residual sums and ReLUs), timed by ``backbone_latency.best_time``:
-    the share of a frame that is not the match. A reduced precision's note
-    adds the copy with the three as separate ops, timed the same way, and
-    the convolutions cuDNN would not fuse."""
+    their residual sums and ReLUs; cuDNN's algorithm search on, as the
+    configs' ``env_cfg.cudnn_benchmark``), timed by
+    ``backbone_latency.best_time``: the share of a frame that is not the
+    match. The note gives the first call too (the copy made, cuDNN's
+    search); a reduced precision's adds the copy with the three as separate
+    ops, timed the same way, and the convolutions cuDNN would not fuse."""
     import torch
     from backbone_latency import best_time
+    from propagation_step import best_seconds
 
     from sfc_plugin.apis import init_tracker, tracker_config
+    from sfc_plugin.apis.inference import cudnn_benchmark
     from sfc_plugin.models import ReducedPrecisionEncoder
     from sfc_plugin.models.encoders.conv_relu_fusion import FusedConvReLU2d
     device = torch.device(args.device)
     size = (96, 160) if args.quick else (480, 854)
     frame = torch.randn(3, *size, device=device)
     repeats = 3 if args.quick else 20
+
+    def first_and_best(tracker):
+        """Seconds of the first call, and the best of ``repeats``."""
+        first = best_seconds(lambda: tracker.extract_feat(frame), device, 1)
+        return first, best_time(lambda x: tracker.extract_feat(x), frame,
+                                repeats, device)
+
     rows = []
     for config in ('fc_davis.py', 'sfc_davis.py'):
         for precision in ('fp32', 'bf16') + (
                 ('fp16', ) if device.type == 'cuda' else ()):
             tracker = init_tracker(
                 tracker_config(config, precision=precision), device)
-            seconds = best_time(lambda x, t=tracker: t.extract_feat(x),
-                                frame, repeats, device)
+            with cudnn_benchmark(True):
+                first, seconds = first_and_best(tracker)
             name = f'encoder {config} {precision}'
             details[name] = seconds
-            note = f'{size[1]}×{size[0]}'
+            note = f'{size[1]}×{size[0]}; first call {1e3 * first:.0f} ms'
             if precision != 'fp32':
                 copy = tracker._reduced_precision_encoder(
                     tracker.encoder, tracker.PRECISIONS[precision])
@@ -960,15 +971,15 @@ def encoder_rows(args, details: dict) -> list:
                 refused = [m.cudnn_error for m in fused if m.cudnn_error]
                 tracker._reduced_precision_encoder = ReducedPrecisionEncoder(
                     fuse_relus=False)
-                separate = best_time(
-                    lambda x, t=tracker: t.extract_feat(x), frame, repeats,
-                    device)
+                with cudnn_benchmark(True):
+                    first, separate = first_and_best(tracker)
                 details[f'{name} separate ops'] = separate
                 note += (f'; {len(fused)} convolutions fused with their '
                          f'ReLU ({len(refused)} left to separate ops'
                          + (f': {refused[0]}' if refused else '') +
                          f'): {separate / seconds:.2f}× over separate ops '
-                         f'({1e3 * separate:.3g} ms)')
+                         f'({1e3 * separate:.3g} ms, first call '
+                         f'{1e3 * first:.0f} ms)')
             rows.append(row(f'{name} (as tracked)', 1e3 * seconds,
                             'ms/frame', note=note))
             del tracker

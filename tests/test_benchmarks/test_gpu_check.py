@@ -87,6 +87,7 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
         in fc_bf16 and '× over separate ops' in fc_bf16
     assert '53 convolutions fused' in sfc_bf16
     assert 'fused' not in rows[0]['note']
+    assert all('; first call ' in r['note'] for r in rows)
 
 
 def test_track_runs_compare_cuda_cores_on_cuda_only():
