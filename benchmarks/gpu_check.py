@@ -475,7 +475,8 @@ def compare_dtype(impl: Callable, dtype, cases: dict, brute_force,
 #: What the correctness section's pytest runs (with ``-k``).
 CORRECTNESS_TESTS = ('tests/test_ops', 'tests/test_utils/test_host_copy.py',
                      'tests/test_models/test_sfc_tracker.py',
-                     'tests/test_models/test_conv_relu_fusion.py')
+                     'tests/test_models/test_conv_relu_fusion.py',
+                     'tests/test_models/test_cuda_graph.py')
 
 
 def section_correctness(args) -> dict:
@@ -896,6 +897,7 @@ class TrackRun(NamedTuple):
     precision: str
     cuda_cores: bool  # SFC_PLUGIN_TENSOR_CORES=0
     cudnn_search: bool = True  # the config's env_cfg.cudnn_benchmark
+    cuda_graphs: bool = False  # model.cuda_graphs
 
 
 def track_runs(device: str) -> List[TrackRun]:
@@ -904,10 +906,11 @@ def track_runs(device: str) -> List[TrackRun]:
     overlay, then each reduced precision the device has without it (fp16
     needs CUDA); on CUDA, where the matching runs on tensor cores by
     default (sm_80+), SFC in fp32 and bf16 once more on CUDA cores
-    (``SFC_PLUGIN_TENSOR_CORES=0``), to compare, and SFC bf16 without
+    (``SFC_PLUGIN_TENSOR_CORES=0``), to compare, SFC bf16 without
     cuDNN's algorithm search (``env_cfg.cudnn_benchmark=False``): on an
     H200 the first frame, which pays for the search, took 1.5-4 s, as long
-    as 150-450 frames after it."""
+    as 150-450 frames after it; and SFC bf16 with its encoder as a CUDA
+    graph (``model.cuda_graphs=True``), the host's operator calls saved."""
     cuda = device.startswith('cuda')
     precisions = ('fp32', 'bf16', 'fp16') if cuda else ('fp32', 'bf16')
     goal = [TrackRun('sfc_davis.py', False, precision, False)
@@ -917,6 +920,8 @@ def track_runs(device: str) -> List[TrackRun]:
                  for precision in ('fp32', 'bf16')]
         goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
                              cudnn_search=False))
+        goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
+                             cuda_graphs=True))
     return goal + [TrackRun('fc_davis.py', False, precision, False)
                    for precision in precisions] + [
                        TrackRun(config, True, 'fp32', False)
@@ -989,33 +994,44 @@ def encoder_rows(args, details: dict) -> list:
 def overlap_rows(args, details: dict, errors: list) -> list:
     """``benchmarks/tracking_overlap.py``: the tracking loop alone with 0
     and 1 frames in flight, side by side, for the goal's candidate (SFC,
-    bf16; its matching on tensor cores on CUDA, the default)."""
-    label = 'sfc_davis.py bf16'
+    bf16; its matching on tensor cores on CUDA, the default); on CUDA then
+    at 1 in flight with the encoder as a CUDA graph. Each run's profiled
+    frame follows its rows."""
+    cuda = args.device.startswith('cuda')
     rows = []
-    script_args = ['--config', 'sfc_davis.py', '--precision', 'bf16',
-                   '--device', args.device, '--in-flight', '0', '1',
-                   '--frames', '4' if args.quick else '100',
-                   '--repeats', '1' if args.quick else '2', '--profile']
-    result, status = run_json_script(
-        'tracking_overlap.py', script_args + (['--quick'] if args.quick
-                                              else []),
-        f'loop {label}', rows, errors,
-        env=dict(SFC_PLUGIN_TENSOR_CORES='1'))
-    if result is None:
-        return rows
-    details['overlap'] = result
-    for r in result['rows']:
-        rows.append(row(
-            f'loop {label}, {r["frames_in_flight"]} frames in flight',
-            r['frames_per_second'], 'frames/s',
-            note=f'matching {result["matching_kernel"]}; '
-            f'{r["speed_up"]:.2f}× over 0 in flight' +
-            ('' if r['same_predictions'] else '; predictions DIFFER')))
-    if result.get('profile'):
-        rows += profile_rows(result['profile'],
-                             f'loop {label} at 1 in flight', 'frame', 8)
-    if status:
-        errors.append(f'loop {label}: exit status {status}')
+    fps_at_one = None
+    for graphs in (False, True) if cuda else (False, ):
+        label = 'sfc_davis.py bf16' + (' CUDA graphs' if graphs else '')
+        script_args = ['--config', 'sfc_davis.py', '--precision', 'bf16',
+                       '--device', args.device, '--in-flight'] + (
+                           ['1', '--cuda-graphs'] if graphs else ['0', '1']
+                       ) + ['--frames', '4' if args.quick else '100',
+                            '--repeats', '1' if args.quick else '2',
+                            '--profile'] + (['--quick'] if args.quick else [])
+        result, status = run_json_script(
+            'tracking_overlap.py', script_args, f'loop {label}', rows,
+            errors, env=dict(SFC_PLUGIN_TENSOR_CORES='1'))
+        if result is None:  # run_json_script said why
+            continue
+        if status:
+            errors.append(f'loop {label}: exit status {status}')
+        details['overlap' + (' cuda graphs' if graphs else '')] = result
+        for r in result['rows']:
+            n, fps = r['frames_in_flight'], r['frames_per_second']
+            if graphs:
+                note = ('' if fps_at_one is None else
+                        f'{fps / fps_at_one:.2f}× over the eager encoder '
+                        '(the run above, another process)')
+            else:
+                note = f'{r["speed_up"]:.2f}× over 0 in flight'
+                fps_at_one = fps if n == 1 else fps_at_one
+            rows.append(row(
+                f'loop {label}, {n} frames in flight', fps, 'frames/s',
+                note=f'matching {result["matching_kernel"]}; {note}' +
+                ('' if r['same_predictions'] else '; predictions DIFFER')))
+        if result.get('profile'):
+            rows += profile_rows(result['profile'],
+                                 f'loop {label} at 1 in flight', 'frame', 8)
     return rows
 
 
@@ -1026,18 +1042,20 @@ def track_row(args, tmp: str, frames: str, first: str, outs: dict,
     a reduced precision, of CUDA cores or without cuDNN's search compared
     with the fp32 run's (``outs``: the finished runs' folders)."""
     from track_video import agreement
-    config, overlay, precision, cuda_cores, cudnn_search = run
+    config, overlay, precision, cuda_cores, cudnn_search, cuda_graphs = run
     label = ' '.join([config] + ([] if precision == 'fp32' else [precision])
                      + (['CUDA cores'] if cuda_cores else []) +
                      ([] if cudnn_search else ['no cuDNN search']) +
+                     (['CUDA graphs'] if cuda_graphs else []) +
                      ['with' if overlay else 'without', 'overlay'])
     out = osp.join(tmp, '_'.join(map(str, run)))
+    options = ([] if cudnn_search else ['env_cfg.cudnn_benchmark=False']) + (
+        ['model.cuda_graphs=True'] if cuda_graphs else [])
     cmd = [sys.executable, osp.join(REPO, 'tools', 'track.py'), frames,
            first, '--out', out, '--config', config, '--device', args.device,
            '--precision', precision, '--quiet'] + (
                [] if overlay else ['--no-overlay']) + (
-                   [] if cudnn_search else
-                   ['--cfg-options', 'env_cfg.cudnn_benchmark=False'])
+                   ['--cfg-options'] + options if options else [])
     # Explicit either way: the default (1) must not be whatever this
     # process was started with.
     env = dict(os.environ,

@@ -17,6 +17,9 @@ time: where a frame's time goes outside the match.
     python benchmarks/tracking_overlap.py --config sfc_davis.py \
         --precision bf16 --frames 150 --device cuda
     SFC_PLUGIN_TENSOR_CORES=0 python benchmarks/tracking_overlap.py ...
+
+``--cuda-graphs`` runs the encoder as a replayed CUDA graph
+(``model.cuda_graphs``; bf16 or fp16).
 """
 import argparse
 import hashlib
@@ -91,6 +94,9 @@ def parse_args(argv=None):
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--quick', action='store_true',
                    help='a 96×160 generated video')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help='the encoder as a replayed CUDA graph '
+                   '(model.cuda_graphs)')
     p.add_argument('--profile', action='store_true',
                    help='profile a pass at the last --in-flight setting')
     p.add_argument('--out', help='also write the rows as JSON here')
@@ -105,12 +111,15 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix='tracking_overlap_') as tmp:
         source, first, what = tracking_source(args.frames, tmp, args.quick)
         model = init_tracker(
-            tracker_config(args.config, precision=args.precision),
+            tracker_config(args.config, precision=args.precision,
+                           cfg_options={'model.cuda_graphs': True}
+                           if args.cuda_graphs else None),
             args.device)
         load_native_ops()
         kernel = matching_kernel(model.feature_dtype, args.device)
+        graphs = ', encoder as a CUDA graph' if args.cuda_graphs else ''
         print(f'{args.config} {args.precision} on {args.device} (matching '
-              f'{kernel}), {what}, best of {args.repeats}, torch '
+              f'{kernel}{graphs}), {what}, best of {args.repeats}, torch '
               f'{torch.__version__}')
         rows = compare(model, source, first, args.in_flight, args.repeats)
         profile = None
@@ -137,6 +146,7 @@ def main(argv=None) -> None:
     if args.out:
         write_json(dict(config=args.config, precision=args.precision,
                         device=args.device, video=what,
+                        cuda_graphs=args.cuda_graphs,
                         matching_kernel=kernel, rows=rows, profile=profile),
                    args.out, indent=1)
     if not all(r['same_predictions'] for r in rows):

@@ -93,22 +93,24 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
 def test_track_runs_compare_cuda_cores_on_cuda_only():
     """The track section's tools/track.py runs: on CUDA the defaults
     (tensor cores) for every precision, SFC fp32 and bf16 once more on
-    CUDA cores, and SFC bf16 without cuDNN's search; on CPU no fp16 and
-    neither of those. The goal's runs (SFC without the overlay) come first,
-    fp32 first, so a section cut short has them."""
+    CUDA cores, SFC bf16 without cuDNN's search and with CUDA graphs; on
+    CPU no fp16 and none of those. The goal's runs (SFC without the
+    overlay) come first, fp32 first, so a section cut short has them."""
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
     TrackRun = gpu_check.TrackRun
     cuda = gpu_check.track_runs('cuda')
     cpu = gpu_check.track_runs('cpu')
-    assert len(cuda) == len(set(cuda)) == 11
+    assert len(cuda) == len(set(cuda)) == 12
     assert [r for r in cuda if r.cuda_cores] == [
         TrackRun('sfc_davis.py', False, 'fp32', True),
         TrackRun('sfc_davis.py', False, 'bf16', True)]
     assert [r for r in cuda if not r.cudnn_search] == [
         TrackRun('sfc_davis.py', False, 'bf16', False, False)]
+    assert [r for r in cuda if r.cuda_graphs] == [
+        TrackRun('sfc_davis.py', False, 'bf16', False, cuda_graphs=True)]
     assert cpu == [r for r in cuda if not r.cuda_cores and r.cudnn_search
-                   and r.precision != 'fp16']
+                   and not r.cuda_graphs and r.precision != 'fp16']
     for runs in (cuda, cpu):
         goal = [r[:2] == ('sfc_davis.py', False) for r in runs]
         assert goal == sorted(goal, reverse=True)
@@ -354,3 +356,38 @@ def test_sanitize_rows_are_the_tools_verdicts(tmp_path, monkeypatch):
     assert rows['racecheck']['note'].startswith(
         '2 errors; log logs/sanitize/racecheck.txt')
     assert (tmp_path / 'gc' / 'logs' / 'sanitize' / 'ncu_float32.txt').exists()
+
+
+def test_overlap_rows_on_cuda_add_the_graphed_encoder(monkeypatch):
+    """On CUDA the loop runs once more at 1 in flight with the encoder as
+    a CUDA graph, set against the eager run's 1 in flight (the script's
+    runs faked: no GPU here)."""
+    import argparse
+    sys.path.insert(0, osp.dirname(GPU_CHECK))
+    import gpu_check
+    calls = []
+
+    def fake_run(script, script_args, label, rows, errors, env=None):
+        calls.append((script_args, env))
+        graphs = '--cuda-graphs' in script_args
+        settings = [(1, 60.0)] if graphs else [(0, 40.0), (1, 50.0)]
+        return dict(matching_kernel='CUDA tc', profile=None, rows=[
+            dict(frames_in_flight=n, frames_per_second=fps,
+                 speed_up=fps / 40.0, same_predictions=True)
+            for n, fps in settings]), 0
+
+    monkeypatch.setattr(gpu_check, 'run_json_script', fake_run)
+    details, errors = {}, []
+    rows = gpu_check.overlap_rows(
+        argparse.Namespace(device='cuda', quick=False), details, errors)
+    assert errors == [] and len(calls) == 2
+    assert calls[1][0][calls[1][0].index('--in-flight') + 1] == '1'
+    assert all(env == dict(SFC_PLUGIN_TENSOR_CORES='1') for _, env in calls)
+    assert [(r['figure'], r['value']) for r in rows] == [
+        ('loop sfc_davis.py bf16, 0 frames in flight', 40.0),
+        ('loop sfc_davis.py bf16, 1 frames in flight', 50.0),
+        ('loop sfc_davis.py bf16 CUDA graphs, 1 frames in flight', 60.0)]
+    assert rows[1]['note'] == 'matching CUDA tc; 1.25× over 0 in flight'
+    assert rows[2]['note'].startswith(
+        'matching CUDA tc; 1.20× over the eager encoder')
+    assert set(details) == {'overlap', 'overlap cuda graphs'}
