@@ -178,6 +178,29 @@ def test_other_devices_and_training_mode_run_eagerly():
     assert cuda.log == [] and encoder.calls == ['eager', 'eager']
 
 
+def test_copies_start_without_a_graph():
+    """A tracker copied with its model (deepcopy, pickling) copies the
+    option, not the graph: the copy captures its own."""
+    import copy
+    import pickle
+    cuda = FakeCUDA()
+    graphs = CUDAGraphEncoder(cuda, device_type='cpu')
+    encoder = Affine(cuda).eval()
+    with torch.no_grad():
+        graphs(encoder, torch.randn(2, 3))
+    assert graphs._graph is not None
+    twin = copy.deepcopy(graphs)
+    assert twin._graph is None and twin._key is None
+    assert twin.device_type == 'cpu' and isinstance(twin.cuda, FakeCUDA)
+    plain = pickle.loads(pickle.dumps(CUDAGraphEncoder()))
+    assert plain.cuda is torch.cuda and plain.device_type == 'cuda'
+    from sfc_plugin.apis import init_tracker, tracker_config
+    tracker = init_tracker(tracker_config(
+        'fc_davis.py', precision='bf16',
+        cfg_options={'model.cuda_graphs': True}), 'cpu')
+    assert isinstance(copy.deepcopy(tracker)._cuda_graphs, CUDAGraphEncoder)
+
+
 def test_the_tracker_option_is_checked():
     from sfc_plugin.apis import init_tracker, tracker_config
     with pytest.raises(ValueError, match='cuda_graphs=True runs the '

@@ -37,8 +37,12 @@ class CUDAGraphEncoder:
     eager, with one warning; the result is the same either way, since the
     replay runs the kernels the capture recorded.
 
+    A copy (``copy.deepcopy``, pickling: a tracker copied with its model)
+    starts without a graph and captures its own.
+
     Args:
-        cuda (module): The CUDA API used. Defaults to ``torch.cuda``.
+        cuda (module, optional): The CUDA API used; None for
+            ``torch.cuda``. Defaults to None.
         device_type (str): Whose tensors are captured; others run eagerly.
             Defaults to 'cuda'. (Tests pass a fake API and 'cpu'.)
 
@@ -46,9 +50,9 @@ class CUDAGraphEncoder:
         input: any one tensor the encoder takes; output: the encoder's.
     """
 
-    def __init__(self, cuda: ModuleType = torch.cuda,
+    def __init__(self, cuda: Optional[ModuleType] = None,
                  device_type: str = 'cuda'):
-        self.cuda = cuda
+        self.cuda = torch.cuda if cuda is None else cuda
         self.device_type = device_type
         self._key: Optional[Tuple] = None
         self._encoder: Optional[nn.Module] = None
@@ -57,6 +61,14 @@ class CUDAGraphEncoder:
         self._static_output: Optional[torch.Tensor] = None
         #: The reason the last capture failed, or None.
         self.capture_error: Optional[str] = None
+
+    def __getstate__(self) -> dict:
+        # A graph, its memory and its encoder stay with this object.
+        return dict(cuda=None if self.cuda is torch.cuda else self.cuda,
+                    device_type=self.device_type)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def reset(self) -> None:
         """Drops the graph and its memory: the next call captures again."""
