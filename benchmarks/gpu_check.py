@@ -898,6 +898,7 @@ class TrackRun(NamedTuple):
     cuda_cores: bool  # SFC_PLUGIN_TENSOR_CORES=0
     cudnn_search: bool = True  # the config's env_cfg.cudnn_benchmark
     cuda_graphs: bool = False  # model.cuda_graphs
+    cudnn_fusion: bool = False  # SFC_PLUGIN_CUDNN_FUSION=1
 
 
 def track_runs(device: str) -> List[TrackRun]:
@@ -909,8 +910,10 @@ def track_runs(device: str) -> List[TrackRun]:
     (``SFC_PLUGIN_TENSOR_CORES=0``), to compare, SFC bf16 without
     cuDNN's algorithm search (``env_cfg.cudnn_benchmark=False``): on an
     H200 the first frame, which pays for the search, took 1.5-4 s, as long
-    as 150-450 frames after it; and SFC bf16 with its encoder as a CUDA
-    graph (``model.cuda_graphs=True``), the host's operator calls saved."""
+    as 150-450 frames after it; and SFC bf16 with cuDNN's fused
+    convolutions (``SFC_PLUGIN_CUDNN_FUSION=1``), then with those and its
+    encoder as a CUDA graph (``model.cuda_graphs=True``), the host's
+    operator calls saved."""
     cuda = device.startswith('cuda')
     precisions = ('fp32', 'bf16', 'fp16') if cuda else ('fp32', 'bf16')
     goal = [TrackRun('sfc_davis.py', False, precision, False)
@@ -921,7 +924,9 @@ def track_runs(device: str) -> List[TrackRun]:
         goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
                              cudnn_search=False))
         goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
-                             cuda_graphs=True))
+                             cudnn_fusion=True))
+        goal.append(TrackRun('sfc_davis.py', False, 'bf16', False,
+                             cuda_graphs=True, cudnn_fusion=True))
     return goal + [TrackRun('fc_davis.py', False, precision, False)
                    for precision in precisions] + [
                        TrackRun(config, True, 'fp32', False)
@@ -931,13 +936,14 @@ def track_runs(device: str) -> List[TrackRun]:
 def encoder_rows(args, details: dict) -> list:
     """Each tracking config's encoder alone on one 480p frame as the
     tracker runs it (``SFCTracker.extract_feat``: fp32 eager; bf16 and
-    fp16 from the folded channels-last copy, its convolutions fused with
-    their residual sums and ReLUs; cuDNN's algorithm search on, as the
-    configs' ``env_cfg.cudnn_benchmark``), timed by
+    fp16 from the folded channels-last copy; cuDNN's algorithm search on,
+    as the configs' ``env_cfg.cudnn_benchmark``), timed by
     ``backbone_latency.best_time``: the share of a frame that is not the
     match. The note gives the first call too (the copy made, cuDNN's
-    search); a reduced precision's adds the copy with the three as separate
-    ops, timed the same way, and the convolutions cuDNN would not fuse."""
+    search). A reduced precision's adds the copy with each convolution,
+    residual sum and ReLU fused (on CUDA with ``SFC_PLUGIN_CUDNN_FUSION=1``,
+    not the default there until timed) and with them as separate ops, each
+    timed the same way, and the convolutions cuDNN would not fuse."""
     import torch
     from backbone_latency import best_time
     from propagation_step import best_seconds
@@ -945,17 +951,26 @@ def encoder_rows(args, details: dict) -> list:
     from sfc_plugin.apis import init_tracker, tracker_config
     from sfc_plugin.apis.inference import cudnn_benchmark
     from sfc_plugin.models import ReducedPrecisionEncoder
-    from sfc_plugin.models.encoders.conv_relu_fusion import FusedConvReLU2d
+    from sfc_plugin.models.encoders.conv_relu_fusion import (
+        CUDNN_FUSION_ENV,
+        FusedConvReLU2d,
+    )
     device = torch.device(args.device)
     size = (96, 160) if args.quick else (480, 854)
     frame = torch.randn(3, *size, device=device)
     repeats = 3 if args.quick else 20
 
-    def first_and_best(tracker):
-        """Seconds of the first call, and the best of ``repeats``."""
-        first = best_seconds(lambda: tracker.extract_feat(frame), device, 1)
-        return first, best_time(lambda x: tracker.extract_feat(x), frame,
-                                repeats, device)
+    def first_and_best(tracker, copies=None):
+        """Seconds of the first call, and the best of ``repeats``, with
+        ``copies`` making the reduced-precision copy (None: the
+        tracker's own)."""
+        if copies is not None:
+            tracker._reduced_precision_encoder = copies
+        with cudnn_benchmark(True):
+            first = best_seconds(lambda: tracker.extract_feat(frame), device,
+                                 1)
+            return first, best_time(lambda x: tracker.extract_feat(x), frame,
+                                    repeats, device)
 
     rows = []
     for config in ('fc_davis.py', 'sfc_davis.py'):
@@ -963,28 +978,30 @@ def encoder_rows(args, details: dict) -> list:
                 ('fp16', ) if device.type == 'cuda' else ()):
             tracker = init_tracker(
                 tracker_config(config, precision=precision), device)
-            with cudnn_benchmark(True):
-                first, seconds = first_and_best(tracker)
+            first, seconds = first_and_best(tracker)
             name = f'encoder {config} {precision}'
             details[name] = seconds
             note = f'{size[1]}×{size[0]}; first call {1e3 * first:.0f} ms'
             if precision != 'fp32':
-                copy = tracker._reduced_precision_encoder(
-                    tracker.encoder, tracker.PRECISIONS[precision])
-                fused = [m for m in copy.modules()
-                         if isinstance(m, FusedConvReLU2d)]
-                refused = [m.cudnn_error for m in fused if m.cudnn_error]
-                tracker._reduced_precision_encoder = ReducedPrecisionEncoder(
-                    fuse_relus=False)
-                with cudnn_benchmark(True):
-                    first, separate = first_and_best(tracker)
+                fusion = ReducedPrecisionEncoder()
+                with environment(**{CUDNN_FUSION_ENV: '1'}):
+                    fused_first, fused = first_and_best(tracker, fusion)
+                modules = [m for m in fusion(tracker.encoder,
+                                             tracker.PRECISIONS[precision])
+                           .modules() if isinstance(m, FusedConvReLU2d)]
+                refused = [m.cudnn_error for m in modules if m.cudnn_error]
+                separate_first, separate = first_and_best(
+                    tracker, ReducedPrecisionEncoder(fuse_relus=False))
+                details[f'{name} fused'] = fused
                 details[f'{name} separate ops'] = separate
-                note += (f'; {len(fused)} convolutions fused with their '
+                note += (f'; {len(modules)} convolutions fused with their '
                          f'ReLU ({len(refused)} left to separate ops'
                          + (f': {refused[0]}' if refused else '') +
-                         f'): {separate / seconds:.2f}× over separate ops '
-                         f'({1e3 * separate:.3g} ms, first call '
-                         f'{1e3 * first:.0f} ms)')
+                         f'): {1e3 * fused:.3g} ms (first call '
+                         f'{1e3 * fused_first:.0f} ms), separate ops '
+                         f'{1e3 * separate:.3g} ms (first call '
+                         f'{1e3 * separate_first:.0f} ms): '
+                         f'{separate / fused:.2f}× over separate ops')
             rows.append(row(f'{name} (as tracked)', 1e3 * seconds,
                             'ms/frame', note=note))
             del tracker
@@ -1008,9 +1025,11 @@ def overlap_rows(args, details: dict, errors: list) -> list:
                        ) + ['--frames', '4' if args.quick else '100',
                             '--repeats', '1' if args.quick else '2',
                             '--profile'] + (['--quick'] if args.quick else [])
+        # Both without cuDNN's fused convolutions: the graph alone.
         result, status = run_json_script(
             'tracking_overlap.py', script_args, f'loop {label}', rows,
-            errors, env=dict(SFC_PLUGIN_TENSOR_CORES='1'))
+            errors, env=dict(SFC_PLUGIN_TENSOR_CORES='1',
+                             SFC_PLUGIN_CUDNN_FUSION='0'))
         if result is None:  # run_json_script said why
             continue
         if status:
@@ -1042,10 +1061,12 @@ def track_row(args, tmp: str, frames: str, first: str, outs: dict,
     a reduced precision, of CUDA cores or without cuDNN's search compared
     with the fp32 run's (``outs``: the finished runs' folders)."""
     from track_video import agreement
-    config, overlay, precision, cuda_cores, cudnn_search, cuda_graphs = run
+    (config, overlay, precision, cuda_cores, cudnn_search, cuda_graphs,
+     cudnn_fusion) = run
     label = ' '.join([config] + ([] if precision == 'fp32' else [precision])
                      + (['CUDA cores'] if cuda_cores else []) +
                      ([] if cudnn_search else ['no cuDNN search']) +
+                     (['cuDNN fusion'] if cudnn_fusion else []) +
                      (['CUDA graphs'] if cuda_graphs else []) +
                      ['with' if overlay else 'without', 'overlay'])
     out = osp.join(tmp, '_'.join(map(str, run)))
@@ -1059,10 +1080,12 @@ def track_row(args, tmp: str, frames: str, first: str, outs: dict,
     # Explicit either way: the default (1) must not be whatever this
     # process was started with.
     env = dict(os.environ,
-               SFC_PLUGIN_TENSOR_CORES='0' if cuda_cores else '1')
+               SFC_PLUGIN_TENSOR_CORES='0' if cuda_cores else '1',
+               SFC_PLUGIN_CUDNN_FUSION='1' if cudnn_fusion else '0')
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                           env=env)
-    prefix = 'SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else ''
+    prefix = ('SFC_PLUGIN_TENSOR_CORES=0 ' if cuda_cores else '') + (
+        'SFC_PLUGIN_CUDNN_FUSION=1 ' if cudnn_fusion else '')
     print(f'$ {prefix}{" ".join(cmd)}\n{proc.stdout}{proc.stderr}',
           flush=True)
     if proc.returncode:

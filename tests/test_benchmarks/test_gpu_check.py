@@ -77,11 +77,11 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
         for config in ('fc_davis.py', 'sfc_davis.py')
         for dtype in ('fp32', 'bf16')]
     assert all(r['value'] > 0 and r['unit'] == 'ms/frame' for r in rows)
-    # bf16 beside its copy without fused convolutions and ReLUs.
+    # bf16 as tracked (fused on the CPU), fused, and as separate ops.
     assert sorted(details) == sorted(
         [f'encoder {config} {dtype}' for config in ('fc_davis.py',
                                                     'sfc_davis.py')
-         for dtype in ('fp32', 'bf16', 'bf16 separate ops')])
+         for dtype in ('fp32', 'bf16', 'bf16 fused', 'bf16 separate ops')])
     fc_bf16, sfc_bf16 = rows[1]['note'], rows[3]['note']
     assert '13 convolutions fused with their ReLU (0 left to separate ops)' \
         in fc_bf16 and '× over separate ops' in fc_bf16
@@ -93,24 +93,28 @@ def test_encoder_rows_time_each_config_in_fp32_and_bf16():
 def test_track_runs_compare_cuda_cores_on_cuda_only():
     """The track section's tools/track.py runs: on CUDA the defaults
     (tensor cores) for every precision, SFC fp32 and bf16 once more on
-    CUDA cores, SFC bf16 without cuDNN's search and with CUDA graphs; on
-    CPU no fp16 and none of those. The goal's runs (SFC without the
+    CUDA cores, SFC bf16 without cuDNN's search, with cuDNN's fused
+    convolutions, and with those and CUDA graphs; on CPU no fp16 and none
+    of those. The goal's runs (SFC without the
     overlay) come first, fp32 first, so a section cut short has them."""
     sys.path.insert(0, osp.dirname(GPU_CHECK))
     import gpu_check
     TrackRun = gpu_check.TrackRun
     cuda = gpu_check.track_runs('cuda')
     cpu = gpu_check.track_runs('cpu')
-    assert len(cuda) == len(set(cuda)) == 12
+    assert len(cuda) == len(set(cuda)) == 13
     assert [r for r in cuda if r.cuda_cores] == [
         TrackRun('sfc_davis.py', False, 'fp32', True),
         TrackRun('sfc_davis.py', False, 'bf16', True)]
     assert [r for r in cuda if not r.cudnn_search] == [
         TrackRun('sfc_davis.py', False, 'bf16', False, False)]
-    assert [r for r in cuda if r.cuda_graphs] == [
-        TrackRun('sfc_davis.py', False, 'bf16', False, cuda_graphs=True)]
+    assert [r for r in cuda if r.cudnn_fusion] == [
+        TrackRun('sfc_davis.py', False, 'bf16', False, cudnn_fusion=True),
+        TrackRun('sfc_davis.py', False, 'bf16', False, cuda_graphs=True,
+                 cudnn_fusion=True)]
     assert cpu == [r for r in cuda if not r.cuda_cores and r.cudnn_search
-                   and not r.cuda_graphs and r.precision != 'fp16']
+                   and not r.cuda_graphs and not r.cudnn_fusion
+                   and r.precision != 'fp16']
     for runs in (cuda, cpu):
         goal = [r[:2] == ('sfc_davis.py', False) for r in runs]
         assert goal == sorted(goal, reverse=True)
@@ -382,7 +386,8 @@ def test_overlap_rows_on_cuda_add_the_graphed_encoder(monkeypatch):
         argparse.Namespace(device='cuda', quick=False), details, errors)
     assert errors == [] and len(calls) == 2
     assert calls[1][0][calls[1][0].index('--in-flight') + 1] == '1'
-    assert all(env == dict(SFC_PLUGIN_TENSOR_CORES='1') for _, env in calls)
+    assert all(env == dict(SFC_PLUGIN_TENSOR_CORES='1',
+                           SFC_PLUGIN_CUDNN_FUSION='0') for _, env in calls)
     assert [(r['figure'], r['value']) for r in rows] == [
         ('loop sfc_davis.py bf16, 0 frames in flight', 40.0),
         ('loop sfc_davis.py bf16, 1 frames in flight', 50.0),

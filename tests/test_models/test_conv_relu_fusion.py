@@ -162,6 +162,7 @@ def fake_cudnn(monkeypatch, fail=None):
     monkeypatch.setattr(torch, 'cudnn_convolution_relu', relu)
     monkeypatch.setattr(torch, 'cudnn_convolution_add_relu', add_relu)
     monkeypatch.setattr(torch.backends.cudnn, 'is_available', lambda: True)
+    monkeypatch.setenv('SFC_PLUGIN_CUDNN_FUSION', '1')
     return calls
 
 
@@ -204,6 +205,31 @@ class TestCuDNNPath:
         assert len(logged) == 1 and error in logged[0]
         assert 'separate ops' in logged[0]
         assert 'cuDNN: separate ops' in repr(first)
+
+    @pytest.mark.parametrize('asked', [None, '0', ''])
+    def test_not_asked_until_timed(self, monkeypatch, asked):
+        """cuDNN's fused calls only with SFC_PLUGIN_CUDNN_FUSION=1: unset,
+        empty or 0, CUDA keeps the separate ops."""
+        calls = fake_cudnn(monkeypatch)
+        if asked is None:
+            monkeypatch.delenv('SFC_PLUGIN_CUDNN_FUSION')
+        else:
+            monkeypatch.setenv('SFC_PLUGIN_CUDNN_FUSION', asked)
+        fused = FusedConvReLU2d(conv_of(GEOMETRIES[2]))
+        with torch.no_grad():
+            assert conv_relu_fusion._cudnn_call(
+                fused, torch.randn(1, 16, 9, 9), None) is None
+        assert not calls and fused.cudnn_error is None
+
+    @pytest.mark.parametrize('value', ['2', 'yes', ' 1'])
+    def test_a_bad_setting_is_refused(self, monkeypatch, value):
+        fake_cudnn(monkeypatch)
+        monkeypatch.setenv('SFC_PLUGIN_CUDNN_FUSION', value)
+        fused = FusedConvReLU2d(conv_of(GEOMETRIES[2]))
+        with pytest.raises(ValueError, match='SFC_PLUGIN_CUDNN_FUSION must '
+                           f'be 0 or 1, got {value!r}'):
+            conv_relu_fusion._cudnn_call(fused, torch.randn(1, 16, 9, 9),
+                                         None)
 
     def test_cudnn_switched_off_or_float64_is_not_asked(self, monkeypatch):
         calls = fake_cudnn(monkeypatch)
@@ -352,6 +378,10 @@ class TestOnCUDA:
     runs these): against float64 as the CPU's are, and fused indeed where
     cuDNN's runtime fusion covers the case (bf16 / fp16, channels-last,
     channels a multiple of 8, no groups)."""
+
+    @pytest.fixture(autouse=True)
+    def cudnn_fusion(self, monkeypatch):
+        monkeypatch.setenv('SFC_PLUGIN_CUDNN_FUSION', '1')
 
     @pytest.mark.parametrize('geometry', GEOMETRIES)
     @pytest.mark.parametrize(

@@ -8,10 +8,16 @@ its bf16 time at 480p, on an H200 the 58 bias additions, 56 ReLUs and 19
 sums of the convolutions took 0.7 ms of a 7.6 ms frame in 133 launches.
 oneDNN (the CPU) and cuDNN (CUDA) apply both in the convolution's epilogue,
 on the float32 accumulator, rounding once.
+
+On the CPU the fused calls are measured faster (BENCHMARKS.md). On CUDA they
+are taken only with ``SFC_PLUGIN_CUDNN_FUSION=1`` until a GPU has timed
+them: cuDNN's runtime-fused engines can be slower than its precompiled
+convolutions followed by PyTorch's element-wise kernels.
 """
 import functools
 import logging
 import operator
+import os
 from collections import Counter
 from typing import Callable, Dict, Optional
 
@@ -23,6 +29,22 @@ from torch import fx, nn
 #: The types each library's fused convolution takes.
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 CUDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: '1' lets CUDA tensors take cuDNN's fused convolutions; unset, empty or
+#: '0' keeps the separate ops there (as the op's SFC_PLUGIN_* switches read).
+CUDNN_FUSION_ENV = 'SFC_PLUGIN_CUDNN_FUSION'
+
+
+def cudnn_fusion_asked() -> bool:
+    """Whether :data:`CUDNN_FUSION_ENV` asks for cuDNN's fused calls; read
+    at every call, so that a process (a benchmark) may switch it.
+
+    Raises:
+        ValueError: It is set to anything but 0 or 1.
+    """
+    value = os.environ.get(CUDNN_FUSION_ENV, '')
+    if value not in ('', '0', '1'):
+        raise ValueError(f'{CUDNN_FUSION_ENV} must be 0 or 1, got {value!r}')
+    return value == '1'
 
 
 class FusedConvReLU2d(nn.Module):
@@ -31,7 +53,8 @@ class FusedConvReLU2d(nn.Module):
 
     On the CPU oneDNN's post-ops (``mkldnn::_convolution_pointwise``), on
     CUDA cuDNN's fused convolution (``torch.cudnn_convolution_relu`` /
-    ``cudnn_convolution_add_relu``); elsewhere, with autograd, or for what
+    ``cudnn_convolution_add_relu``) if ``SFC_PLUGIN_CUDNN_FUSION=1`` (not
+    the default until timed on a GPU); elsewhere, with autograd, or for what
     the library does not take (float64, fp16 on the CPU, bf16 where the CPU
     has no bf16 path, a residual that would broadcast) the three separate
     ops, the reference. A cuDNN that finds no fused engine for a
@@ -153,6 +176,7 @@ _LOGGED_CUDNN_ERRORS = set()
 def _cudnn_call(module: FusedConvReLU2d, x: torch.Tensor,
                 residual: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if (module.cudnn_error is not None or x.dtype not in CUDNN_DTYPES
+            or not cudnn_fusion_asked()
             or not (torch.backends.cudnn.is_available()
                     and torch.backends.cudnn.enabled)):
         return None
