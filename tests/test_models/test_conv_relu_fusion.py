@@ -353,6 +353,21 @@ def test_reduced_precision_copy_fuses_unless_asked_not_to():
                                        rtol=0, atol=0.03)
 
 
+def test_copies_are_fused_only_where_a_library_call_is_taken(monkeypatch):
+    """On the CPU; on CUDA with SFC_PLUGIN_CUDNN_FUSION=1 (read when the
+    copy is made); elsewhere the rewrite would only add a call a layer."""
+    assert conv_relu_fusion.fusion_taken('cpu')
+    assert not conv_relu_fusion.fusion_taken('meta')
+    monkeypatch.delenv('SFC_PLUGIN_CUDNN_FUSION', raising=False)
+    assert not conv_relu_fusion.fusion_taken('cuda')
+    monkeypatch.setenv('SFC_PLUGIN_CUDNN_FUSION', '1')
+    assert conv_relu_fusion.fusion_taken('cuda')
+    assert not conv_relu_fusion.fusion_taken('meta')
+    encoder = CorrespondenceEncoder(backbone=R18_L3).eval().to('meta')
+    copy = ReducedPrecisionEncoder()(encoder, torch.bfloat16)
+    assert not any(isinstance(m, FusedConvReLU2d) for m in copy.modules())
+
+
 @pytest.mark.parametrize('weight', ['nan', 'fp16-overflow'])
 def test_reduced_precision_copy_refuses_non_finite_weights(weight):
     encoder = with_running_statistics(CorrespondenceEncoder(backbone=R18_L3))

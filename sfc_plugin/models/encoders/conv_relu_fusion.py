@@ -47,6 +47,14 @@ def cudnn_fusion_asked() -> bool:
     return value == '1'
 
 
+def fusion_taken(device_type: str) -> bool:
+    """Whether :class:`FusedConvReLU2d` takes a library's fused call for
+    tensors of ``device_type``: on the CPU; on CUDA if
+    :func:`cudnn_fusion_asked`. Elsewhere it would only add a call."""
+    return device_type == 'cpu' or (device_type == 'cuda'
+                                    and cudnn_fusion_asked())
+
+
 class FusedConvReLU2d(nn.Module):
     """``relu(conv(x) + residual)``, or ``relu(conv(x))`` without a
     residual, in one call where the device's library fuses them.

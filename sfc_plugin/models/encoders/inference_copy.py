@@ -12,7 +12,7 @@ from mmengine.logging import print_log
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
-from .conv_relu_fusion import fuse_conv_relu
+from .conv_relu_fusion import fuse_conv_relu, fusion_taken
 from .correspondence_encoder import CorrespondenceEncoder
 
 
@@ -158,8 +158,10 @@ class ReducedPrecisionEncoder:
 
     Args:
         fuse_relus (bool): Whether to fuse the convolutions with their
-            residual sums and ReLUs (:func:`fuse_conv_relu`): the benchmarks
-            compare both. Defaults to True.
+            residual sums and ReLUs (:func:`fuse_conv_relu`) where a library
+            call is taken for them (:func:`fusion_taken`: the CPU; CUDA with
+            ``SFC_PLUGIN_CUDNN_FUSION=1``, read when the copy is made); the
+            benchmarks compare both. Defaults to True.
     """
 
     def __init__(self, fuse_relus: bool = True):
@@ -182,7 +184,8 @@ class ReducedPrecisionEncoder:
             # kernel beats the element-wise passes.
             if all(t.device.type == 'cpu' for t in encoder.parameters()):
                 folded = _without_pool_indices(folded)
-            if self.fuse_relus:
+            device = next(encoder.parameters(), torch.empty(0)).device
+            if self.fuse_relus and fusion_taken(device.type):
                 for module in folded.modules():
                     if (isinstance(module, CorrespondenceEncoder)
                             and isinstance(module.backbone, fx.GraphModule)):
