@@ -1,3 +1,5 @@
+from copy import copy as shallow_copy
+
 import pytest
 import torch
 from torch import nn
@@ -151,6 +153,24 @@ def test_reduced_precision_copy_follows_the_weights():
             old.padding, bias=False).eval()
         assert cache(encoder, torch.bfloat16) is not kept
         assert_close(cache(encoder, torch.bfloat16)(images), expected())
+        # A buffer replaced; a weight's data replaced (same object, other
+        # storage); a bias removed; kept while nothing changes.
+        bn = encoder.backbone.layer1[1].bn2
+        for change in (
+                lambda: setattr(bn, 'running_var',
+                                bn.running_var.clone().mul_(4)),
+                lambda: setattr(encoder.backbone.conv1.weight, 'data',
+                                -encoder.backbone.conv1.weight.data.clone()),
+                lambda: setattr(bn, 'bias', None)):
+            kept = cache(encoder, torch.bfloat16)
+            assert cache(encoder, torch.bfloat16) is kept
+            change()
+            renewed = cache(encoder, torch.bfloat16)
+            assert renewed is not kept
+            assert_close(renewed(images), expected())
+        # Another encoder object with the same weights.
+        twin = shallow_copy(encoder)  # its dicts are the encoder's
+        assert cache(twin, torch.bfloat16) is not renewed
     # Another type; and a dropped copy is made again.
     assert cache(encoder, torch.float16) is not cache(encoder, torch.bfloat16)
     kept = cache(encoder, torch.bfloat16)
