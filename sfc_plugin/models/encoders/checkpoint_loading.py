@@ -9,7 +9,7 @@ the prefix under which the checkpoint holds every weight of the backbone is
 searched for; online encoders win over momentum/target copies.
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -70,13 +70,27 @@ def find_prefix(model_keys: List[str], ckpt_keys: List[str]
     return chosen, ranked
 
 
+def non_finite_weights(
+        named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
+    """The names of the floating-point tensors of ``named`` that hold NaN
+    or infinite values, in their order (meta tensors, without data,
+    skipped). The host waits once per device, not once per tensor."""
+    checked = [(name, t) for name, t in named
+               if t.is_floating_point() and not t.is_meta]
+    finite = {}
+    for device in {t.device for _, t in checked}:
+        group = [(name, t) for name, t in checked if t.device == device]
+        flags = torch.stack([t.isfinite().all() for _, t in group]).tolist()
+        finite.update(zip((name for name, _ in group), flags))
+    return [name for name, _ in checked if not finite[name]]
+
+
 def check_finite_weights(state: Dict[str, torch.Tensor],
                          filename: str) -> None:
     """Refuses weights holding NaN or infinite values, naming them: such a
     network outputs NaN everywhere, which would otherwise surface only as
     a puzzling error frames later."""
-    bad = [k for k, v in state.items()
-           if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_weights(state.items())
     if bad:
         raise ValueError(f'Checkpoint "{filename}" holds NaN or infinite '
                          f'values in {len(bad)} weights (e.g. {bad[:3]}): '

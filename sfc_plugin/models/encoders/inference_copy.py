@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
+from .checkpoint_loading import non_finite_weights
 from .conv_relu_fusion import fuse_conv_relu, fusion_taken
 from .correspondence_encoder import CorrespondenceEncoder
 
@@ -244,14 +245,8 @@ class ReducedPrecisionEncoder:
 
 def _check_finite(copy: nn.Module, dtype: torch.dtype) -> None:
     """Refuses a copy with a weight that is not finite, naming it."""
-    weights = [(name, t) for name, t in itertools.chain(
-        copy.named_parameters(), copy.named_buffers())
-               if t.is_floating_point() and not t.is_meta]  # meta: no data
-    if not weights:
-        return
-    # One host wait for all of them, not one per weight.
-    finite = torch.stack([t.isfinite().all() for _, t in weights]).tolist()
-    bad = [name for (name, _), ok in zip(weights, finite) if not ok]
+    bad = non_finite_weights(itertools.chain(copy.named_parameters(),
+                                             copy.named_buffers()))
     if bad:
         raise ValueError(
             f'ReducedPrecisionEncoder: {len(bad)} weight(s) of the encoder '
