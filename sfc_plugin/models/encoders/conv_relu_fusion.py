@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import fx, nn
 
+from sfc_plugin.utils.cli import one_line
+
 #: The types each library's fused convolution takes.
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 CUDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -199,7 +201,7 @@ def _cudnn_call(module: FusedConvReLU2d, x: torch.Tensor,
     except RuntimeError as err:
         # No fused engine for this convolution (its channels, its type,
         # the GPU): cuDNN says so before it launches anything.
-        module.cudnn_error = str(err).strip().splitlines()[0]
+        module.cudnn_error = one_line(err)
         if module.cudnn_error not in _LOGGED_CUDNN_ERRORS:
             _LOGGED_CUDNN_ERRORS.add(module.cudnn_error)
             print_log(

@@ -8,6 +8,8 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from sfc_plugin.utils.cli import one_line
+
 #: Eager runs before the capture, on a side stream, as PyTorch's CUDA
 #: graph documentation asks: cuDNN's algorithm search, lazy library
 #: initialisation, and the fused convolutions' first calls (a convolution
@@ -105,8 +107,7 @@ class CUDAGraphEncoder:
                     graph, capture_error_mode='thread_local'):
                 static_output = encoder(static_input)
         except Exception as err:  # any library's refusal to be captured
-            self.capture_error = (f'{type(err).__name__}: '
-                                  f'{_first_line(err)}')
+            self.capture_error = f'{type(err).__name__}: {one_line(err)}'
             print_log(
                 'CUDAGraphEncoder: the encoder could not be captured as a '
                 f'CUDA graph ({self.capture_error}); it runs eagerly',
@@ -114,9 +115,4 @@ class CUDAGraphEncoder:
             return
         self._graph = graph
         self._static_input, self._static_output = static_input, static_output
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else '(no message)'
 
