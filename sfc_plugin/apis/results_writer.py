@@ -101,29 +101,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_result_file(name: str) -> bool:
-    return name.endswith('.png') or name in (SUMMARY_FILE, KEYPOINTS_FILE,
-                                             OVERLAY_FILE)
-
-
 def previous_result_problem(folder: str) -> Optional[str]:
     """Why ``folder`` is not a previous result of this writer that
-    ``overwrite`` may replace (None when it is one, or empty)."""
+    ``overwrite`` may replace (None when it is one, or empty): it must hold
+    a summary of this writer and nothing but the files that summary lists
+    (a PNG a user put there is not a result)."""
     entries = sorted(os.listdir(folder))
     if not entries:
         return None
     summary = osp.join(folder, SUMMARY_FILE)
     try:
         with open(summary) as f:
-            producer = json.load(f).get('producer')
+            summary = json.load(f)
+        producer, listed = summary.get('producer'), summary.get('files')
     except (OSError, ValueError, AttributeError):
-        producer = None
+        producer = listed = None
     if producer != PRODUCER:
         return (f'it holds no {SUMMARY_FILE} of a tracking result (e.g. '
                 f'"{entries[0]}")')
+    if not isinstance(listed, list):
+        return (f'its {SUMMARY_FILE} lists no files (a result of an older '
+                'sfc_plugin): remove it yourself')
+    listed = {name for name in listed if isinstance(name, str)}
     foreign = [
         e for e in entries
-        if not _is_result_file(e) or not osp.isfile(osp.join(folder, e))
+        if e not in listed or not osp.isfile(osp.join(folder, e))
+        or osp.islink(osp.join(folder, e))
     ]
     if foreign:
         return (f'besides a tracking result it holds "{foreign[0]}"' +
@@ -149,7 +152,9 @@ def clear_abandoned_staging(out_dir: str,
                 owner_host, pid = f.read().split()
             alive = owner_host != host or _pid_alive(int(pid))
         except (OSError, ValueError):
-            alive = False
+            # No owner file: not a staging folder of this writer (which
+            # writes it first), but a user's folder of a similar name.
+            continue
         try:
             check_output_location(path, inputs)
         except ValueError:
@@ -358,8 +363,11 @@ class TrackingResultsWriter:
                               f'"{self.out_dir}" failed: {size} of '
                               f'{self._keypoint_bytes} bytes on disk')
         os.remove(osp.join(self.staging, _OWNER_FILE))
-        # The caller's dict gets the marker too: it is what was written.
+        # The caller's dict gets the marker and the file list too: it is
+        # what was written. The list is what a later --overwrite may
+        # remove, and nothing else.
         summary['producer'] = PRODUCER
+        summary['files'] = sorted(os.listdir(self.staging) + [SUMMARY_FILE])
         write_json(summary, osp.join(self.staging, SUMMARY_FILE),
                    atomic=False)
         # Something may have been written to the output folder while the

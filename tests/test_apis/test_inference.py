@@ -15,6 +15,7 @@ from sfc_plugin.apis import (
     track_video,
     tracker_config,
 )
+from sfc_plugin.apis.results_writer import clear_abandoned_staging
 from sfc_plugin.datasets import (
     open_video,
     synthetic_video,
@@ -443,12 +444,31 @@ def test_output_folder_holding_results_is_kept(video, tmp_path):
     before = (out / 'summary.json').read_bytes()
     with pytest.raises(FileExistsError, match='already holds files'):
         run(video, out)
+    # A file put beside a result (even one named like a result) is the
+    # user's: --overwrite would delete it, so the folder is refused.
+    (out / 'drawing.png').write_bytes(b'mine')
+    with pytest.raises(FileExistsError, match='"drawing.png"'):
+        run(video, out, overwrite=True, overlay=False)
+    assert (out / 'drawing.png').read_bytes() == b'mine'
+    (out / 'drawing.png').unlink()
     # --overwrite replaces a previous result, on success only.
     run(video, out, overwrite=True, overlay=False)
     assert len(os.listdir(out)) == 9
+    assert json.loads((out / 'summary.json').read_text())['files'] == sorted(
+        os.listdir(out))
     assert (out / 'summary.json').read_bytes() != before
     assert leftovers(tmp_path / 'results') == []
     assert [p for p in os.listdir(tmp_path / 'results')] == ['clip']
+
+
+def test_staging_like_folder_without_owner_is_left_alone(tmp_path):
+    # Named like a killed run's staging folder, but without the owner file
+    # that the writer puts there first: a user's folder, never removed.
+    mine = tmp_path / '.clip.partial-backup'
+    mine.mkdir()
+    (mine / 'thesis.txt').write_text('mine')
+    clear_abandoned_staging(str(tmp_path / 'clip'), {})
+    assert (mine / 'thesis.txt').read_text() == 'mine'
 
 
 def test_interrupted_run_leaves_nothing(video, tmp_path, monkeypatch):

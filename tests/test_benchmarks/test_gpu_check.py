@@ -276,8 +276,7 @@ def test_overlap_rows_run_the_loop_with_its_profile():
     # The convolutions take most of a frame: oneDNN's fused calls where
     # it has bf16 kernels (AVX-512 BF16, AMX), else the per-convolution
     # fallback (an AVX2-only CPU).
-    from sfc_plugin.models.encoders.conv_relu_fusion import \
-        _onednn_has_bf16
+    from sfc_plugin.models.encoders.conv_relu_fusion import _onednn_has_bf16
     assert ('host mkldnn::_convolution_pointwise' if _onednn_has_bf16()
             else 'host aten::conv2d') in host
     assert all(r['value'] > 0 for r in rows)
