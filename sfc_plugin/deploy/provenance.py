@@ -16,7 +16,9 @@ from typing import Optional
 from sfc_plugin.utils.fileio import sha256
 
 
-def _report(model: str, kind: str) -> dict:
+def _report(model: str, kind: str, fields: dict) -> dict:
+    """The export report beside ``model``, checked to have ``fields``
+    (name: the types its value may have) as its tool writes them."""
     path = osp.splitext(model)[0] + '.json'
     try:
         with open(path) as f:
@@ -30,6 +32,14 @@ def _report(model: str, kind: str) -> dict:
                          f'"{model}": {err}') from None
     if not isinstance(report, dict):
         raise ValueError(f'Export report "{path}" is not a JSON object')
+    for name, types in fields.items():
+        value = report.get(name)
+        if not isinstance(value, types) or isinstance(value, dict) and any(
+                not isinstance(v, str) for k, v in value.items()
+                if k in ('path', 'sha256')):
+            raise ValueError(
+                f'Export report "{path}" is not the report of a {kind}\'s '
+                f'export: its "{name}" is {type(value).__name__}')
     return report
 
 
@@ -42,29 +52,32 @@ def exported_checkpoint(model: str) -> Optional[dict]:
             TensorRT engine of ``export/to_trt.py``.
 
     Raises:
-        ValueError: A report is missing, unreadable, or describes another
-            file than ``model`` (a model replaced after its export).
+        ValueError: A report is missing, unreadable, not of the tool that
+            makes such a model, or describes another file than ``model``
+            (a model replaced after its export).
     """
     model = os.fspath(model)
     if model.endswith('.engine'):
-        report = _report(model, 'TensorRT engine')
-        if report.get('engine_sha256') != sha256(model):
+        report = _report(model, 'TensorRT engine',
+                         dict(onnx=str, engine_sha256=str, onnx_sha256=str))
+        if report['engine_sha256'] != sha256(model):
             raise ValueError(f'The export report of "{model}" describes '
                              'another engine (SHA-256 differs)')
-        onnx = report.get('onnx')
+        onnx = report['onnx']
         if not onnx or not osp.isfile(onnx):
             raise ValueError(f'The ONNX file "{onnx}" that "{model}" was '
                              'built from is gone: its checkpoint cannot be '
                              'traced')
-        if report.get('onnx_sha256') != sha256(onnx):
+        if report['onnx_sha256'] != sha256(onnx):
             raise ValueError(f'"{onnx}" changed since "{model}" was built '
                              'from it (SHA-256 differs)')
         model = onnx
-    report = _report(model, 'ONNX file')
-    if (report.get('onnx') or {}).get('sha256') != sha256(model):
+    report = _report(model, 'ONNX file',
+                     dict(onnx=dict, checkpoint=(dict, type(None))))
+    if report['onnx'].get('sha256') != sha256(model):
         raise ValueError(f'The export report of "{model}" describes another '
                          'ONNX file (SHA-256 differs)')
-    return report.get('checkpoint')
+    return report['checkpoint']
 
 
 def check_exported_from(model: str, checkpoint: str) -> dict:
