@@ -49,6 +49,10 @@ DEFAULT_ATOL = {'fp32': 1e-4, 'fp16': 1e-2}
 MAX_EXAMPLE_SIDE = 4096
 
 
+#: The fused encoder's config key of each part but 'full'.
+_BRANCHES = dict(fc='fine_grained', semantic='semantic')
+
+
 def encoder_config(cfg: Config, part: str = 'full') -> dict:
     """The encoder config to export from a tracker config."""
     if part not in PARTS:
@@ -64,7 +68,7 @@ def encoder_config(cfg: Config, part: str = 'full') -> dict:
         raise ExportError(
             f'part={part!r} needs a config with a fused SFC encoder; '
             f'{cfg.filename} has {enc.get("type")}: use part="full"')
-    return enc['fine_grained' if part == 'fc' else 'semantic']
+    return enc[_BRANCHES[part]]
 
 
 def build_encoder(cfg: Config,
@@ -77,6 +81,17 @@ def build_encoder(cfg: Config,
         ExportError: The checkpoint is missing or does not fit the config.
     """
     cfg = copy.deepcopy(cfg)
+    if checkpoint is not None and part in _BRANCHES:
+        # Loaded into another branch, it would be recorded as the source of
+        # an export that never read it.
+        branch = f'model.encoder.{_BRANCHES[part]}'
+        field = cfg.get('checkpoint_field')
+        if not (isinstance(field, str) and field.startswith(branch + '.')):
+            raise ExportError(
+                f'{cfg.filename}: the checkpoint is loaded at '
+                f'checkpoint_field "{field}", not in the {part} branch '
+                f'({branch}) that part={part!r} exports; set that branch\'s '
+                f'checkpoint with --cfg-options {branch}.checkpoint=PATH')
     if checkpoint is not None:
         try:
             apply_checkpoint(cfg, checkpoint, allow_load_from=False)

@@ -124,6 +124,21 @@ def test_checkpoint_that_does_not_match_the_config(repo, frames, tmp_path):
     assert not list(tmp_path.glob('x*'))
 
 
+def test_checkpoint_outside_the_exported_branch_is_refused(
+        repo, frames, tmp_path):
+    # sfc_davis.py loads --checkpoint into its fine-grained branch: the
+    # semantic branch's export never reads it, so must not record it.
+    ckpt = tmp_path / 'fc.pth'
+    ckpt.write_bytes(b'')
+    with pytest.raises(ExportError,
+                       match='not in the semantic branch .*--cfg-options '
+                       r'model\.encoder\.semantic\.checkpoint=PATH'):
+        export_encoder(config(repo, 'sfc_davis.py'),
+                       str(tmp_path / 'x.onnx'), frames, part='semantic',
+                       checkpoint=str(ckpt), size=SIZE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['fc.pth']
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(part='semantic'), 'needs a config with a fused SFC encoder'),
     (dict(opset=13), r'opset must be in \[17, '),
