@@ -17,7 +17,11 @@ from train import (
     prepare_distributed,
 )
 
-from sfc_plugin.apis import apply_backend, apply_checkpoint
+from sfc_plugin.apis import (
+    apply_backend,
+    apply_checkpoint,
+    check_backend_checkpoint,
+)
 from sfc_plugin.utils.cli import run_tool
 
 
@@ -62,6 +66,7 @@ def main(argv=None):
     else:
         apply_checkpoint(cfg, args.checkpoint)
     apply_backend(cfg, args.backend, args.backend_model)
+    check_backend_checkpoint(cfg, args.checkpoint)
     check_outputs(cfg, 'test', checkpoint=args.checkpoint,
                   backend_model=args.backend_model)
     if args.launcher != 'none':

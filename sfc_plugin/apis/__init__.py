@@ -4,6 +4,7 @@ from .inference import (
     TrackedFrame,
     apply_backend,
     apply_checkpoint,
+    check_backend_checkpoint,
     find_config,
     first_frame_inputs,
     inference_video,
@@ -19,6 +20,7 @@ from .results_writer import TrackingResultsWriter
 __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
     'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
+    'check_backend_checkpoint',
     'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
     'TrackingResultsWriter', 'Anchor', 'resolve_anchors', 'label_loader'
 ]

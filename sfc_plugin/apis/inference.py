@@ -88,6 +88,25 @@ def apply_backend(cfg: Config, backend: Optional[str],
     cfg.model.backend = {'type': backend, key: backend_model}
 
 
+def check_backend_checkpoint(cfg: Config,
+                             checkpoint: Optional[str] = None) -> None:
+    """Checks that a checkpoint given with a deployed backend is the one
+    its model was exported from: the deployed model holds its own weights,
+    so the checkpoint is accepted only where its export report proves it
+    was the source (the results would be credited to it).
+
+    Raises:
+        ValueError: It was not, or it cannot be shown, with what to do.
+    """
+    deployed = (cfg.model.get('backend') or {}).get('type')
+    if checkpoint is None or deployed not in DEPLOYED_BACKENDS:
+        return
+    from sfc_plugin.deploy.provenance import check_exported_from
+    check_exported_from(
+        cfg.model.backend.get('model') or cfg.model.backend.get('engine'),
+        checkpoint)
+
+
 def label_kind(first_labels: str, num_classes: Optional[int] = None) -> str:
     """What a first-frame label file holds: 'mask', 'parts' or 'keypoints'.
 
@@ -184,14 +203,7 @@ def tracker_config(config: str = DEFAULT_CONFIG,
     apply_backend(cfg, backend, backend_model)
     if precision is not None:
         cfg.model.precision = precision
-    deployed = (cfg.model.get('backend') or {}).get('type')
-    if checkpoint is not None and deployed in DEPLOYED_BACKENDS:
-        # The deployed model holds its own weights: the checkpoint is
-        # accepted only where its export report proves it was the source.
-        from sfc_plugin.deploy.provenance import check_exported_from
-        check_exported_from(
-            cfg.model.backend.get('model') or cfg.model.backend.get('engine'),
-            checkpoint)
+    check_backend_checkpoint(cfg, checkpoint)
     codec = cfg.model.get('label_codec', {})
     if kind == 'keypoints':
         if codec.get('type') != 'KeypointCodec':

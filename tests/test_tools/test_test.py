@@ -121,6 +121,20 @@ def test_onnxruntime_backend_gives_the_torch_scores(python, repo, tmp_path,
         with open(out / 'global_results-val.csv') as f:
             scores[name] = [float(v) for v in list(csv.reader(f))[1]]
     assert np.allclose(scores['torch'], scores['ort'], atol=1e-3), scores
+    # Another checkpoint beside the ONNX file: the score would be logged
+    # against weights that never ran.
+    other = tmp_path / 'other.pth'
+    torch.save({k: v + 1 for k, v in torch.load(ckpt).items()}, other)
+    proc = subprocess.run([
+        python, str(repo / 'tools' / 'test.py'),
+        str(repo / 'configs' / 'fc_davis.py'), str(other), '--backend',
+        'onnxruntime', '--backend-model', str(onnx_path), '--work-dir',
+        str(tmp_path / 'w2')
+    ], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert 'Traceback' not in proc.stderr, proc.stderr
+    assert (f'test.py: error: "{onnx_path}" was exported from "{ckpt}", not '
+            f'from "{other}"') in proc.stderr, proc.stderr
 
 
 def test_backend_needs_its_model(python, repo, subprocess_env, tmp_path):
