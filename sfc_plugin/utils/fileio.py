@@ -433,6 +433,20 @@ def is_within(path: PathLike, folder: PathLike) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _link_into(folder: str, out: str) -> Optional[str]:
+    """A link directly inside ``folder`` (a frames or anchors folder)
+    whose target is ``out`` or lies inside it."""
+    try:
+        entries = os.scandir(folder)
+    except OSError:  # not a folder, or unreadable: nothing to follow
+        return None
+    with entries:
+        for entry in entries:
+            if entry.is_symlink() and is_within(entry.path, out):
+                return entry.path
+    return None
+
+
 def check_output_location(output: PathLike,
                           inputs: Mapping[str, Optional[PathLike]],
                           what: str = 'Output folder') -> None:
@@ -440,7 +454,8 @@ def check_output_location(output: PathLike,
 
     An output that is an input, lies inside an input folder, or holds an
     input (a results folder that would be replaced with the frames inside
-    it) is refused, before any work.
+    it), or what a link in an input folder points to (a frame linked to a
+    previous result), is refused, before any work.
 
     Args:
         output (str | PathLike): The output file or folder.
@@ -463,7 +478,13 @@ def check_output_location(output: PathLike,
         elif is_within(out, src):
             relation = 'lies inside'
         else:
-            continue
+            link = _link_into(src, out)
+            if link is None:
+                continue
+            raise ValueError(
+                f'{what} "{os.fspath(output)}" holds what "{link}" of the '
+                f'{name} "{os.fspath(path)}" links to: inputs are never '
+                'written, moved or deleted; choose another output')
         raise ValueError(
             f'{what} "{os.fspath(output)}" {relation} the {name} '
             f'"{os.fspath(path)}": inputs are never written, moved or '

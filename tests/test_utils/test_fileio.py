@@ -7,6 +7,7 @@ import pytest
 
 from sfc_plugin.utils.fileio import (
     VerifiedVideoWriter,
+    check_output_location,
     check_writable_file,
     remove_file,
     replace_folder,
@@ -91,3 +92,29 @@ def test_check_writable_file_names_the_option_and_its_folder(tmp_path,
     with pytest.raises(PermissionError,
                        match='Output folder ".*locked" .*not writable'):
         check_writable_file(locked / 'x.onnx')
+
+
+@pytest.mark.parametrize('relation, output, match', [
+    ('is', 'frames', 'is the frames'),
+    ('holds', '.', 'holds the frames'),
+    ('lies inside', 'frames/out', 'lies inside the frames'),
+    ('holds a link target', 'results', r'holds what ".*00001.png" of the '
+     'frames'),
+    ('apart', 'elsewhere', None),
+])
+def test_output_overlapping_an_input_is_refused(tmp_path, relation, output,
+                                                match):
+    frames, results = tmp_path / 'frames', tmp_path / 'results'
+    frames.mkdir()
+    results.mkdir()
+    (frames / '00000.jpg').write_bytes(b'frame')
+    (results / '00001.png').write_bytes(b'a previous result')
+    # A frame linked to a file of the output: replacing the output would
+    # delete the frame's data.
+    (frames / '00001.png').symlink_to(results / '00001.png')
+    (frames / 'dangling').symlink_to(tmp_path / 'gone' / 'x')
+    if match is None:
+        check_output_location(tmp_path / output, {'frames': frames})
+        return
+    with pytest.raises(ValueError, match=match):
+        check_output_location(tmp_path / output, {'frames': frames})
