@@ -109,9 +109,8 @@ def previous_result_problem(folder: str) -> Optional[str]:
     entries = sorted(os.listdir(folder))
     if not entries:
         return None
-    summary = osp.join(folder, SUMMARY_FILE)
     try:
-        with open(summary) as f:
+        with open(osp.join(folder, SUMMARY_FILE)) as f:
             summary = json.load(f)
         producer, listed = summary.get('producer'), summary.get('files')
     except (OSError, ValueError, AttributeError):

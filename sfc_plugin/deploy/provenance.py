@@ -16,6 +16,15 @@ from typing import Optional
 from sfc_plugin.utils.fileio import sha256
 
 
+def _written_as(value, types) -> bool:
+    """Whether a report's field has one of ``types``; a ``{'path',
+    'sha256'}`` entry (the files') has strings there."""
+    if not isinstance(value, types):
+        return False
+    return not isinstance(value, dict) or all(
+        isinstance(value[k], str) for k in ('path', 'sha256') if k in value)
+
+
 def _report(model: str, kind: str, fields: dict) -> dict:
     """The export report beside ``model``, checked to have ``fields``
     (name: the types its value may have) as its tool writes them."""
@@ -34,9 +43,7 @@ def _report(model: str, kind: str, fields: dict) -> dict:
         raise ValueError(f'Export report "{path}" is not a JSON object')
     for name, types in fields.items():
         value = report.get(name)
-        if not isinstance(value, types) or isinstance(value, dict) and any(
-                not isinstance(v, str) for k, v in value.items()
-                if k in ('path', 'sha256')):
+        if not _written_as(value, types):
             raise ValueError(
                 f'Export report "{path}" is not the report of a {kind}\'s '
                 f'export: its "{name}" is {type(value).__name__}')
