@@ -21,7 +21,11 @@ from sfc_plugin.deploy.encoder_export import (
     ExportError,
     export_encoder,
 )
-from sfc_plugin.deploy.propagation_step import FORMS, export_checked_step
+from sfc_plugin.deploy.propagation_step import (
+    FORMS,
+    export_checked_step,
+    step_from_config,
+)
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.cli import (
     ConfigOptionsAction,
@@ -83,18 +87,25 @@ def main(argv=None):
         ('-fp16' if args.fp16 else '') + '.onnx')
     # Checked before the (slow) export: where it will write, and that no
     # output file is an input.
+    if not out.endswith('.onnx'):
+        raise ValueError(f'--out must end with .onnx, got "{out}"')
     check_writable_file(out, '--out')
     inputs = {'config': args.config, 'checkpoint': args.checkpoint}
     inputs.update(config_inputs(cfg))
     inputs.update((f'frame source {i}', f)
                   for i, f in enumerate(args.frames))
-    stem = out[:-len('.onnx')] if out.endswith('.onnx') else out
+    stem = out[:-len('.onnx')]
     outputs = [out, stem + '.json', stem + '.failed.json']
+    step_out = f'{stem}-step-{args.propagation_step}.onnx'
     if args.propagation_step != 'none':
-        step = f'{stem}-step-{args.propagation_step}'
-        outputs += [step + '.onnx', step + '.json', step + '.failed.json']
+        outputs += [step_out, step_out[:-5] + '.json',
+                    step_out[:-5] + '.failed.json']
     for output in outputs:
         check_output_location(output, inputs, 'Output')
+    # Built before the encoder is written: bad propagator settings must
+    # leave no files behind.
+    step = (None if args.propagation_step == 'none' else step_from_config(
+        cfg, args.propagation_step))
     try:
         report = export_encoder(
             cfg, out, args.frames, part=args.part, checkpoint=args.checkpoint,
@@ -102,17 +113,15 @@ def main(argv=None):
             num_frames=args.num_frames, size=args.size, atol=args.atol)
         print(f'{out}: {report["output_shape"]} features, max abs diff '
               f'{report["max_abs_diff"]:.2e} (atol {report["atol"]:g}), '
-              f'report {out[:-5]}.json')
-        if args.propagation_step != 'none':
-            step_out = out[:-5] + f'-step-{args.propagation_step}.onnx'
-            step = export_checked_step(cfg, out, step_out,
-                                       args.propagation_step, args.frames,
-                                       args.num_frames, args.size,
-                                       args.opset)
+              f'report {stem}.json')
+        if step is not None:
+            checked = export_checked_step(step, out, step_out, args.frames,
+                                          args.num_frames, args.size,
+                                          args.opset)
             print(f'{step_out}: max abs diff '
-                  f'{step["max_abs_diff_outside_ties"]:.2e} against the torch '
-                  f'op ({step["near_tie_positions"]} of '
-                  f'{step["positions"]} positions at near-ties left out)')
+                  f'{checked["max_abs_diff_outside_ties"]:.2e} against the '
+                  f'torch op ({checked["near_tie_positions"]} of '
+                  f'{checked["positions"]} positions at near-ties left out)')
     except ExportError as e:
         raise ExportError(f'export failed: {e}') from None
     print(json.dumps(dict(onnx=out, passed=True)))

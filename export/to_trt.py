@@ -255,13 +255,19 @@ def main(argv=None):
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
     check_writable_dir(args.out_dir, '--out-dir')
     check_writable_file(cache, '--timing-cache')
+    # The ONNX's export report is read whenever the model is deployed
+    # (deploy/provenance.py): an engine named after the ONNX in its folder
+    # would replace it with the engine's.
+    inputs = {'ONNX file': args.onnx,
+              "ONNX file's export report":
+              osp.splitext(args.onnx)[0] + '.json'}
     for output in (engine_path, stem + '.json', stem + '.failed.json'):
-        check_output_location(output, {'ONNX file': args.onnx}, 'Output')
+        check_output_location(output, inputs, 'Output')
     # The cache is read and rewritten: it may be neither an input nor
     # another output.
     check_output_location(
-        cache, {'ONNX file': args.onnx, 'engine': engine_path,
-                'report': stem + '.json'}, '--timing-cache')
+        cache, dict(inputs, engine=engine_path, report=stem + '.json'),
+        '--timing-cache')
     trt = require_tensorrt()
 
     start = time.perf_counter()

@@ -183,20 +183,21 @@ def near_tie_positions(step: PropagationStep, inputs: Sequence[torch.Tensor],
     return (next_ > 0) & (gap < tie_gap)
 
 
-def export_checked_step(cfg,
+def export_checked_step(step: PropagationStep,
                         encoder_onnx: str,
                         out: str,
-                        form: str,
                         frames: Sequence[str],
                         num_frames: int = 2,
                         size: Optional[Tuple[int, int]] = None,
                         opset: int = MIN_OPSET,
                         atol: float = 1e-4,
                         tie_gap: float = 1e-5) -> Dict:
-    """Exports the config's propagation step and checks it in ONNX Runtime
-    against the torch op, on features of real frames from the exported
-    encoder (key frames: the frames; query: the last one; labels: random
-    soft maps). ``out`` and its JSON report appear only if they agree.
+    """Exports ``step`` and checks it in ONNX Runtime against the torch op,
+    on features of real frames from the exported encoder (key frames: the
+    frames; query: the last one; labels: random soft maps). ``out`` and
+    its JSON report appear only if they agree. The caller builds the step
+    (:func:`step_from_config`) before it writes anything, so that bad
+    propagator settings leave no files behind.
 
     The step takes the encoder's precision: an fp16 encoder's features give
     an fp16 step (see :class:`PropagationStep`), checked against the torch
@@ -224,13 +225,13 @@ def export_checked_step(cfg,
         torch.randn(1, feats.shape[0], 3, *feats.shape[-2:], generator=gen),
         dim=2).to(feats.dtype)
     inputs = (feats[-1:], feats[None], labels)
+    form = step.form
     if form == 'decomposed':
         # ONNX Runtime runs the graph on these inputs: the dense affinity of
         # large frames (--size 2048 2048 took 17 GB) is refused first.
         check_decomposed_memory('export: the decomposed propagation step',
                                 1, feats.shape[0], *feats.shape[-2:],
                                 feats.element_size())
-    step = step_from_config(cfg, form)
     stem = out[:-len('.onnx')]
     with atomic_output(out) as tmp:
         export_propagation_step(step, tmp, inputs=inputs, opset=opset)

@@ -198,6 +198,15 @@ def test_to_onnx_cli_with_propagation_step(repo, frames, tmp_path, python,
     bad = subprocess.run(cmd[:3] + ['--frames', '/no/such'],
                          env=subprocess_env, capture_output=True, text=True)
     assert bad.returncode != 0 and 'no such file or folder' in bad.stderr
+    # Bad propagator settings stop the run before the encoder is written.
+    fresh = tmp_path / 'fresh'
+    bad = subprocess.run(
+        cmd[:-4] + ['--out', str(fresh / 'fc.onnx'), '--propagation-step',
+                    'decomposed', '--cfg-options', 'model.propagator.topk=0'],
+        env=subprocess_env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().endswith('topk must be >= 1, got 0')
+    assert not fresh.exists() or not list(fresh.iterdir())
 
 
 @pytest.mark.parametrize('form', ['custom', 'decomposed'])
@@ -205,13 +214,14 @@ def test_fp16_encoder_and_step_export_end_to_end(repo, frames, tmp_path,
                                                  form):
     """Precision is the exported model's: an fp16 encoder's features give
     an fp16 step in either form, checked against the torch op."""
-    from sfc_plugin.deploy import export_checked_step
+    from sfc_plugin.deploy import export_checked_step, step_from_config
     from sfc_plugin.deploy.onnxruntime_ops import session_input_dtype
     cfg = config(repo, 'fc_davis.py')
     encoder = str(tmp_path / 'fc16.onnx')
     export_encoder(cfg, encoder, frames, fp16=True, size=SIZE)
     out = str(tmp_path / f'step-{form}.onnx')
-    report = export_checked_step(cfg, encoder, out, form, frames, size=SIZE)
+    report = export_checked_step(step_from_config(cfg, form), encoder, out,
+                                 frames, size=SIZE)
     assert report['passed'] and report['precision'] == 'fp16'
     assert report['max_abs_diff_outside_ties'] <= 1e-2
     session = onnxruntime_session(out)

@@ -1,6 +1,7 @@
 """export/to_trt.py: everything that can be checked without TensorRT is
 checked before it is needed; without it, one clear message."""
 import importlib.util
+import os
 import re
 import subprocess
 
@@ -116,6 +117,26 @@ def test_timing_cache_is_checked_before_tensorrt(repo, step_onnx, tmp_path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and match.format(**names) in lines[0], lines
     assert open(step_onnx, 'rb').read() == before
+
+
+def test_engine_report_never_replaces_the_onnx_report(repo, step_onnx,
+                                                     capsys):
+    """--out-dir in the ONNX's folder, default name: the engine's report
+    would be the ONNX's <stem>.json, which deployment reads."""
+    from sfc_plugin.utils.cli import run_tool
+    tool = load_tool('export/to_trt.py')
+    folder = os.path.dirname(step_onnx)
+    before = sorted(os.listdir(folder))
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_trt.py',
+                 [step_onnx, *GOOD, '--out-dir', folder])
+    lines = capsys.readouterr().err.strip().splitlines()
+    report = os.path.join(folder, 'step.json')
+    assert lines == [
+        f'to_trt.py: error: Output "{report}" is the ONNX file\'s export '
+        f'report "{report}": inputs are never written, moved or deleted; '
+        'choose another output']
+    assert sorted(os.listdir(folder)) == before
 
 
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
