@@ -382,7 +382,8 @@ def test_corrupt_video_is_an_error_naming_the_frame(clip, tmp_path, python,
     proc = track(python, repo, subprocess_env, clip['corrupt'], clip['first'],
                  '--out', out, '--no-overlay', child=True)
     assert_one_line_error(proc, 'track.py', str(clip['corrupt']),
-                          'cannot be decoded', 'of 24')
+                          'cannot be decoded to its end', 'of its 24 frames',
+                          'numbered in decoding order')
     # FFmpeg's own per-macroblock log is not passed on.
     assert len(proc.stderr.splitlines()) < 5, proc.stderr[:2000]
     assert looks_complete(tmp_path) == []
@@ -394,7 +395,9 @@ def test_corrupt_video_is_an_error_naming_the_frame(clip, tmp_path, python,
     assert summary['complete'] is False
     assert summary['source_frames'] == 24
     assert summary['frames'] == summary['source_truncated_at'] < 24
-    assert 'accepted truncated source' in summary['incomplete_reason']
+    assert (f'only {summary["frames"]} of the 24 frames of the source '
+            'could be decoded (accepted truncated source); results and '
+            'anchors follow decoding order') in summary['incomplete_reason']
     assert len(list(out.glob('*.png'))) == summary['frames']
 
 

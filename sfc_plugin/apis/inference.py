@@ -680,9 +680,10 @@ def track_video(source: str,
         reasons = []
         if reader.truncated_at is not None:
             reasons.append(
-                f'the source could not be decoded beyond frame '
-                f'{reader.truncated_at - 1} of {source_frames} (accepted '
-                'truncated source)')
+                f'only {reader.truncated_at} of the {source_frames} frames '
+                'of the source could be decoded (accepted truncated source); '
+                'results and anchors follow decoding order, the video\'s own '
+                'only if the missing frames are its last')
         elif max_frames is not None and count == max_frames and (
                 source_frames is None or source_frames > count):
             reasons.append(f'stopped after max_frames={max_frames} of '

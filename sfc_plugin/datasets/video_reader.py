@@ -150,10 +150,14 @@ class FrameFolderReader:
 class VideoFileReader:
     """The frames of a video file, decoded by OpenCV as they are read.
 
-    Frames are named ``00000``, ``00001``, ... (DAVIS's naming). A video
-    that stops decoding before the container's frame count (a corrupt or
-    cut file) is an error naming the frame, unless ``allow_truncated``:
-    then iteration ends there and :attr:`truncated_at` says where.
+    Frames are named ``00000``, ``00001``, ... (DAVIS's naming), in
+    decoding order. A video that stops decoding before the container's
+    frame count (a corrupt or cut file) is an error saying how many frames
+    decode, unless ``allow_truncated``: then iteration ends there and
+    :attr:`truncated_at` says where. Which frames are missing is not known
+    (frames lost mid-video, when a damaged chunk merges two, renumber the
+    rest, timestamps included), so the names are the video's own only if
+    the missing frames are its last.
 
     Some containers state no count (raw MJPEG, APNG) or only an estimate
     from the file's size (MPEG program and transport streams, elementary
@@ -180,8 +184,9 @@ class VideoFileReader:
     def __init__(self, path: str, allow_truncated: bool = False):
         path = os.fspath(path)
         self.allow_truncated = bool(allow_truncated)
-        #: Index of the first frame that could not be decoded, when an
-        #: accepted truncated video ended early; else None.
+        #: How many frames decoded, when an accepted truncated video ended
+        #: early (the index of the first missing frame if they are its
+        #: last); else None.
         self.truncated_at: Optional[int] = None
         #: Why the last frame decoded may not be the video's last (set when
         #: iteration ends without a frame count to check it against).
@@ -277,15 +282,19 @@ def _count_from_file_size(path: str) -> bool:
 
 class TruncatedVideoError(OSError):
     """A video file that cannot be decoded to the end its container
-    states."""
+    states: ``frame`` of its ``num_frames`` frames decode."""
 
     def __init__(self, path: str, frame: int, num_frames: int):
+        # Which frames are missing is not known: a damaged chunk header
+        # merges two frames' data into one packet, and the demuxer then
+        # numbers the frames after it one early (their timestamps too).
         super().__init__(
-            f'Video "{path}": frame {frame} of {num_frames} cannot be '
-            f'decoded (the file is corrupt or cut short; frames 0-'
-            f'{frame - 1} were read). To track only the frames that can be '
-            'read, accept a truncated source (tools/track.py '
-            '--accept-truncated)')
+            f'Video "{path}" cannot be decoded to its end: {frame} of its '
+            f'{num_frames} frames decode (the file is corrupt or cut short; '
+            'which frames are missing cannot be told). To track the frames '
+            'that decode, accept a truncated source (tools/track.py '
+            '--accept-truncated): they are numbered in decoding order, the '
+            "video's own only if the missing frames are its last")
         self.path, self.frame, self.num_frames = path, frame, num_frames
 
 

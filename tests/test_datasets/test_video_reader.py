@@ -214,3 +214,29 @@ def test_mpeg_stream_counts_are_estimates(tmp_path):
         assert reader.unverified_end.startswith(
             f'the video file states {reader.estimated_frame_count} frames '
             'only as an estimate')
+
+
+def test_video_losing_a_middle_frame_does_not_claim_its_names(tmp_path):
+    """A damaged chunk id makes the demuxer skip frame 5 of 10 and number
+    the rest one early (timestamps too): the reader cannot locate the loss,
+    and neither its error nor an accepted truncation claims the names."""
+    from sfc_plugin.datasets import TruncatedVideoError
+    frames = [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)]
+    path = write_video(tmp_path / 'clip.avi', frames, fourcc='MJPG')
+    data = bytearray(path.read_bytes())
+    movi, index = data.find(b'movi'), data.find(b'idx1')
+    chunks = [i for i in range(movi, index) if data.startswith(b'00dc', i)]
+    assert len(chunks) == 10
+    data[chunks[5]:chunks[5] + 4] = bytes(4)
+    path.write_bytes(data)
+    with pytest.raises(TruncatedVideoError) as err:
+        list(VideoFileReader(str(path)))
+    assert str(err.value).startswith(
+        f'Video "{path}" cannot be decoded to its end: 9 of its 10 frames '
+        'decode (the file is corrupt or cut short; which frames are missing '
+        'cannot be told)')
+    reader = VideoFileReader(str(path), allow_truncated=True)
+    decoded = [item['img'].mean() for item in reader]
+    assert reader.truncated_at == 9 and len(decoded) == 9
+    # What a reader that claimed names would get wrong: "00005" is frame 6.
+    assert decoded[5] == pytest.approx(120, abs=3)
