@@ -1,5 +1,7 @@
 """tools/analysis/loss_curve.py: a table of a run's logs, one line per
 mistake."""
+import warnings
+
 import pytest
 
 from sfc_plugin.utils.cli import run_tool
@@ -37,6 +39,19 @@ def test_table_and_curve(tool, tmp_path, capsys):
     (['{"iter": 1, "loss": "abc"}'], [], "loss 'abc' at iter 1 is not a "
      'number'),
     (['{"iter": 1, "lr": 0.5}'], [], 'no "loss" records'),
+    (['{"iter": 1, "loss": 1, "target_momentum": "x"}'], [],
+     "line 1: target_momentum 'x' at iter 1 is not a number"),
+    (['{"iter": 1, "loss": 1' + '0' * 400 + '}'], [],
+     'line 1: loss 1000000000000000000000000000000000000... at iter 1 is '
+     'not a number'),
+    (['{"iter": 1e3, "loss": 1}'], [],
+     'iter 1000.0 is not an iteration (an integer in [1, 2**53])'),
+    (['{"iter": 0, "loss": 1}'], [], 'iter 0 is not an iteration'),
+    (['{"iter": 9007199254740993, "loss": 1}'], [],
+     'iter 9007199254740993 is not an iteration'),
+    (['{"iter": 1, "loss": 1e308}', '{"iter": 2, "loss": -1e308}'],
+     ['--png', '{tmp}/c.png'], '--png: loss spans -1e+308 to 1e+308, beyond '
+     'the 1e+300 a curve can be drawn for'),
     (['{"iter": 1, "loss": 0.5}'], ['--png', '{tmp}/log/x.png'],
      '--png folder "{tmp}/log" is a file'),
     (['{"iter": 1, "loss": 0.5}'], ['--bin', '0'], '--bin must be >= 1'),
@@ -50,6 +65,34 @@ def test_mistakes_are_one_line(tool, tmp_path, capsys, lines, args,
     with pytest.raises(SystemExit):
         run_tool(tool.main, 'loss_curve.py',
                  [str(work)] + [a.format(tmp=tmp_path) for a in args])
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 or err[0].startswith('usage:'), err
     assert message.format(tmp=tmp_path) in err[-1]
+    # Refused before any of the table is printed.
+    assert captured.out == ''
+
+
+def test_a_diverged_run_is_tabled_and_drawn(tool, tmp_path, capsys):
+    """Infinities and NaN (mmengine logs them as Infinity / NaN) and values
+    near the float limit: means without overflow, gaps in the curve."""
+    work = logs(tmp_path, '{"iter": 1, "loss": 1e308}',
+                '{"iter": 2, "loss": 1e308, "target_momentum": 0.99}',
+                '{"iter": 3, "loss": 1.0}', '{"iter": 4, "loss": Infinity}',
+                '{"iter": 5, "loss": -Infinity}', '{"iter": 6, "loss": NaN}',
+                '{"iter": 7, "loss": 0.25}')
+    run_tool(tool.main, 'loss_curve.py', [str(work), '--bin', '2'])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[2:] == [
+        '| 1–2 | 1.0000e+308 | 0.99000 |', '| 3–4 | inf | nan |',
+        '| 5–6 | nan | nan |', '| 7–7 | 0.2500 | nan |']
+    scalars = work / '20261127_000000' / 'vis_data' / 'scalars.json'
+    scalars.write_text(scalars.read_text().replace('1e308', '1e299'))
+    with warnings.catch_warnings():
+        # matplotlib's overflow in tick placement is a RuntimeWarning.
+        warnings.simplefilter('error', RuntimeWarning)
+        run_tool(tool.main, 'loss_curve.py',
+                 [str(work), '--bin', '2', '--png', str(tmp_path / 'c.png')])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[2] == '| 1–2 | 1.0000e+299 | 0.99000 |'
+    assert (tmp_path / 'c.png').read_bytes().startswith(b'\x89PNG')

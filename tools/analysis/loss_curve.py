@@ -25,14 +25,41 @@ from sfc_plugin.utils.fileio import (
     write_bytes,
 )
 
+#: Iterations beyond this are no run's (and cannot be plotted exactly).
+MAX_ITER = 2**53
+#: The widest range of values a curve is drawn for: matplotlib's tick
+#: placement multiplies the range by up to 10 and overflows near 1.8e307.
+MAX_PLOT_SPAN = 1e300
+
+
+def _shown(value) -> str:
+    """``repr(value)``, cut to a readable length for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+def _number(value) -> float:
+    """``value`` as a float, or ValueError: a JSON string, bool, object or
+    an integer beyond float range is no logged scalar. NaN and infinities
+    (``NaN``, ``Infinity`` in mmengine's JSON) are: a diverged run's."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError from None
+
 
 def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
-    """The logged records holding ``key``, by iteration.
+    """The logged records holding ``key``, by iteration, with ``key`` and
+    ``target_momentum`` as floats.
 
     Raises:
         FileNotFoundError: No scalars file under ``work_dir``.
-        ValueError: A line that is not a JSON record, or a ``key`` that is
-            not a number (naming the file and line); no record of ``key``.
+        ValueError: A line that is not a JSON record, a ``key`` or
+            ``target_momentum`` that is not a number, an ``iter`` that is
+            not an integer in [1, 2**53] (naming the file and line); no
+            record of ``key``.
     """
     files = scalar_files(work_dir)
     records = OrderedDict()
@@ -50,19 +77,47 @@ def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
                 if not isinstance(rec, dict) or key not in rec or (
                         'iter' not in rec):
                     continue
-                value = rec[key]
-                if isinstance(value, bool) or not isinstance(
-                        value, (int, float)) or not isinstance(
-                            rec['iter'], int):
+                it = rec['iter']
+                if isinstance(it, bool) or not isinstance(
+                        it, int) or not 1 <= it <= MAX_ITER:
                     raise ValueError(
-                        f'"{path}" line {number}: {key} {value!r} at iter '
-                        f'{rec["iter"]!r} is not a number')
+                        f'"{path}" line {number}: iter {_shown(it)} is not '
+                        'an iteration (an integer in [1, 2**53])')
+                for name in (key, 'target_momentum'):
+                    if name not in rec:
+                        continue
+                    try:
+                        rec[name] = _number(rec[name])
+                    except ValueError:
+                        raise ValueError(
+                            f'"{path}" line {number}: {name} '
+                            f'{_shown(rec[name])} at iter {it} is not a '
+                            'number') from None
                 # A resumed run re-logs nothing before its start, so the
                 # latest record of an iteration wins.
-                records[rec['iter']] = rec
+                records[it] = rec
     if not records:
         raise ValueError(f'no "{key}" records in {files}')
     return OrderedDict(sorted(records.items()))
+
+
+def cell(value: float, decimals: int) -> str:
+    """A table cell: fixed point, or exponent notation where fixed point
+    would be a hundred-digit number."""
+    if math.isfinite(value) and abs(value) >= 1e6:
+        return f'{value:.{decimals}e}'
+    return f'{value:.{decimals}f}'
+
+
+def bin_mean(values: list) -> float:
+    """The mean, defined for a diverged run too: no overflow near the float
+    limit (each value is divided first), +-inf where values are, NaN for
+    NaN or both infinities."""
+    n = len(values)
+    try:
+        return math.fsum(v / n for v in values)
+    except ValueError:  # +inf and -inf
+        return math.nan
 
 
 def scalar_files(work_dir: str) -> list:
@@ -102,22 +157,36 @@ def main(argv=None) -> None:
                        for i, f in enumerate(scalar_files(args.work_dir))},
             '--png')
     records = read_scalars(args.work_dir, args.key)
-    print(f'| iterations | mean {args.key} | target_momentum (last) |')
-    print('|---|---:|---:|')
+    if args.png:
+        # Checked before the table is printed. Non-finite values are gaps
+        # in the curve; finite ones must span a range floats can hold.
+        finite = [r[args.key] for r in records.values()
+                  if math.isfinite(r[args.key])]
+        if finite and not max(finite) - min(finite) <= MAX_PLOT_SPAN:
+            raise ValueError(
+                f'--png: {args.key} spans {min(finite):g} to '
+                f'{max(finite):g}, beyond the {MAX_PLOT_SPAN:g} a curve can '
+                'be drawn for (leave out --png for the table)')
     bins = OrderedDict()
     for it, rec in records.items():
         bins.setdefault((it - 1) // args.bin, []).append(rec)
+    rows = [f'| iterations | mean {args.key} | target_momentum (last) |',
+            '|---|---:|---:|']
     for b, recs in bins.items():
-        mean = math.fsum(r[args.key] for r in recs) / len(recs)
-        momentum = recs[-1].get('target_momentum', float('nan'))
-        print(f'| {b * args.bin + 1}–{recs[-1]["iter"]} | {mean:.4f} | '
-              f'{momentum:.5f} |')
+        mean = bin_mean([r[args.key] for r in recs])
+        momentum = recs[-1].get('target_momentum', math.nan)
+        rows.append(f'| {b * args.bin + 1}–{recs[-1]["iter"]} | '
+                    f'{cell(mean, 4)} | {cell(momentum, 5)} |')
+    print('\n'.join(rows))
     if args.png:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(list(records), [r[args.key] for r in records.values()])
+        ax.plot(list(records), [
+            r[args.key] if math.isfinite(r[args.key]) else math.nan
+            for r in records.values()
+        ])
         ax.set_xlabel('iteration')
         ax.set_ylabel(args.key)
         ax.grid(alpha=0.3)
