@@ -376,8 +376,8 @@ def test_unnormalised_features_are_blamed_on_overflow():
 
 # -- Truncated work is never reported complete -----------------------------
 
-def test_corrupt_video_is_an_error_naming_the_frame(clip, tmp_path, python,
-                                                    repo, subprocess_env):
+def test_corrupt_video_is_an_error_counting_the_frames_decoded(
+        clip, tmp_path, python, repo, subprocess_env):
     out = tmp_path / 'out'
     proc = track(python, repo, subprocess_env, clip['corrupt'], clip['first'],
                  '--out', out, '--no-overlay', child=True)
@@ -561,7 +561,9 @@ def bad_files(tmp_path):
 
 @pytest.mark.parametrize('args, words', [
     (['--config', '{syntax}'], ['broken_cfg.py', 'cannot be read']),
-    (['--cfg-options', 'model.propagator.radiuss=3'], ['radiuss']),
+    (['--cfg-options', 'model.propagator.radiuss=3'],
+     ['LabelPropagator takes no setting "radiuss"',
+      'model.propagator.radiuss']),
     (['--cfg-options', 'model.propagator.radius'],
      ['--cfg-options', 'KEY=VALUE']),
     (['--checkpoint', '{text}'], ['notes.pth', 'not a PyTorch checkpoint']),
@@ -570,6 +572,7 @@ def bad_files(tmp_path):
     (['--backend', 'onnxruntime', '--backend-model', '{garbage}'],
      ['garbage.onnx']),
     (['--device', 'tpu'], ['tpu']),
+    (['--device', 'cpu:99'], ['"cpu:99"', 'the CPU is one device']),
     (['--num-classes', 'x'], ['--num-classes', "'x'"]),
 ])
 def test_user_errors_are_one_line(clip, tmp_path, bad_files, python, repo,

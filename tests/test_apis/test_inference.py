@@ -599,6 +599,31 @@ def test_config_parts_that_cannot_be_built_are_named(options, match):
         tracker_config('fc_davis.py', cfg_options=options)
 
 
+@pytest.mark.parametrize('options, message', [
+    ({'model.propagator.topK': 5}, 'LabelPropagator takes no setting "topK": '
+     'remove or correct model.propagator.topK (from the config or '
+     '--cfg-options)'),
+    ({'model.encoder.backbone.dpeth': 18}, 'ResNet takes no setting "dpeth": '
+     'remove or correct model.encoder.backbone.dpeth'),
+])
+def test_a_setting_no_part_takes_is_named_by_its_key(options, message):
+    cfg = tracker_config('fc_davis.py', cfg_options=options)
+    with pytest.raises(ValueError) as err:
+        init_tracker(cfg, 'cpu')
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize('device, message', [
+    ('cpu:1', 'Device "cpu:1": the CPU is one device (use cpu)'),
+    ('tpu', 'Device "tpu" is not a device'),
+    ('mps', 'Device "mps": sfc_plugin runs on cpu or cuda'),
+])
+def test_devices_are_checked(device, message):
+    with pytest.raises(ValueError) as err:
+        init_tracker(tracker_config('fc_davis.py'), device)
+    assert str(err.value).startswith(message)
+
+
 def test_output_under_a_file_is_named(video, tmp_path):
     (tmp_path / 'a_file').write_text('x')
     with pytest.raises(NotADirectoryError, match='a_file" .*is a file, not '
