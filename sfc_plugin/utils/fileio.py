@@ -427,22 +427,26 @@ def _real(path: PathLike) -> str:
     return osp.realpath(osp.abspath(os.fspath(path)))
 
 
+def _inside(real_path: str, real_folder: str) -> bool:
+    return real_path == real_folder or real_path.startswith(
+        real_folder.rstrip(os.sep) + os.sep)
+
+
 def is_within(path: PathLike, folder: PathLike) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
-    path, folder = _real(path), _real(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    return _inside(_real(path), _real(folder))
 
 
-def _link_into(folder: str, out: str) -> Optional[str]:
+def _link_into(folder: str, real_out: str) -> Optional[str]:
     """A link directly inside ``folder`` (a frames or anchors folder)
-    whose target is ``out`` or lies inside it."""
+    whose target is ``real_out`` (resolved) or lies inside it."""
     try:
         entries = os.scandir(folder)
     except OSError:  # not a folder, or unreadable: nothing to follow
         return None
     with entries:
         for entry in entries:
-            if entry.is_symlink() and is_within(entry.path, out):
+            if entry.is_symlink() and _inside(_real(entry.path), real_out):
                 return entry.path
     return None
 
@@ -473,9 +477,9 @@ def check_output_location(output: PathLike,
         src = _real(path)
         if src == out:
             relation = 'is'
-        elif is_within(src, out):
+        elif _inside(src, out):
             relation = 'holds'
-        elif is_within(out, src):
+        elif _inside(out, src):
             relation = 'lies inside'
         else:
             link = _link_into(src, out)
