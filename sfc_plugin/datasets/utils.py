@@ -67,25 +67,9 @@ def image_cut_short(data: bytes) -> Optional[str]:
 
 _Result = TypeVar('_Result')
 _STDERR_LOCK = threading.Lock()
-#: (pid, file descriptor) receiving stderr while a frame decodes.
-_stderr_sink: Optional[Tuple[int, int]] = None
-
-
-def _sink_fd() -> Optional[int]:
-    """This process's file for captured stderr (a forked worker must not
-    share its offset with its parent), or None where none can be made."""
-    global _stderr_sink
-    if _stderr_sink is None or _stderr_sink[0] != os.getpid():
-        try:
-            if hasattr(os, 'memfd_create'):
-                fd = os.memfd_create('sfc_plugin-stderr', os.MFD_CLOEXEC)
-            else:
-                fd, name = tempfile.mkstemp(prefix='sfc_plugin-stderr-')
-                os.unlink(name)
-        except OSError:
-            return None
-        _stderr_sink = (os.getpid(), fd)
-    return _stderr_sink[1]
+#: (pid, file) receiving stderr while a frame decodes; one per process, as
+#: a forked worker must not share its offset with its parent.
+_stderr_sink: Optional[Tuple[int, object]] = None
 
 
 def call_capturing_stderr(fn: Callable[[], _Result]) -> Tuple[_Result, str]:
@@ -95,18 +79,19 @@ def call_capturing_stderr(fn: Callable[[], _Result]) -> Tuple[_Result, str]:
     libjpeg, inside OpenCV, tells of damaged data only by printing a
     warning on stderr. Calls are serialised; what other threads print
     meanwhile is captured too, so the caller writes on what is not its own
-    (:func:`decode_frame`). Without a file descriptor 2 (a daemon) or a
-    file to capture into, ``fn`` runs as it is.
+    (:func:`decode_frame`). Without a file descriptor 2 (a daemon), ``fn``
+    runs as it is.
     """
+    global _stderr_sink
     with _STDERR_LOCK:
-        sink = _sink_fd()
         try:
-            saved = None if sink is None else os.dup(2)
+            saved = os.dup(2)
         except OSError:
-            saved = None
-        if saved is None:
             return fn(), ''
         try:
+            if _stderr_sink is None or _stderr_sink[0] != os.getpid():
+                _stderr_sink = (os.getpid(), tempfile.TemporaryFile())
+            sink = _stderr_sink[1].fileno()
             os.ftruncate(sink, 0)
             os.lseek(sink, 0, os.SEEK_SET)
             try:
