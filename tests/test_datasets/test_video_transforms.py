@@ -1,5 +1,4 @@
 import json
-import os
 
 import cv2
 import numpy as np
@@ -62,61 +61,6 @@ def test_load_video_frame_names_an_undecodable_file(frame_file, damage,
         with pytest.raises(OSError, match=f'Cannot decode frame "{path}": '
                            f'.*{reason}'):
             LoadVideoFrame()(dict(img_path=str(path)))
-
-
-def _scan_cut_in_half(data):
-    """The entropy-coded data cut in half, the end marker kept: libjpeg
-    warns and OpenCV decodes the rest as garbage."""
-    scan = data.rfind(b'\xff\xda')
-    return data[:scan + (len(data) - scan) // 2] + b'\xff\xd9'
-
-
-def test_load_video_frame_refuses_damaged_jpeg_data(frame_file, capfd):
-    """The end marker is there (not cut short), the data between is not
-    whole: the frame is refused, with libjpeg's warning as the reason and
-    not also printed; a good frame prints nothing."""
-    data = frame_file.read_bytes()
-    LoadVideoFrame()(dict(img_path=str(frame_file)))
-    frame_file.write_bytes(_scan_cut_in_half(data))
-    with pytest.raises(OSError) as err:
-        LoadVideoFrame()(dict(img_path=str(frame_file)))
-    assert str(err.value) == (
-        f'Cannot decode frame "{frame_file}": its JPEG data is damaged '
-        '(libjpeg: "Corrupt JPEG data: premature end of data segment")')
-    assert capfd.readouterr().err == ''
-
-
-def test_stderr_capture_passes_on_what_is_not_libjpeg(capfd, monkeypatch):
-    """What else reaches stderr while a frame decodes is written on, also
-    when the decoding raises."""
-    from sfc_plugin.datasets.utils import call_capturing_stderr
-
-    def noisy(fail):
-        os.write(2, b'from another thread\n')
-        if fail:
-            raise ValueError('boom')
-        return 7
-
-    assert call_capturing_stderr(lambda: noisy(False)) == (
-        7, 'from another thread\n')
-    assert capfd.readouterr().err == ''
-    with pytest.raises(ValueError, match='boom'):
-        call_capturing_stderr(lambda: noisy(True))
-    assert capfd.readouterr().err == 'from another thread\n'
-    frames, _ = synthetic_video(1, (40, 56), 2, seed=5)
-    data = cv2.imencode('.jpg', frames[0])[1].tobytes()
-    from sfc_plugin.datasets import utils
-    original = utils.mmcv.imfrombytes
-
-    def imfrombytes(*args, **kwargs):
-        os.write(2, b'a warning of another library\n')
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(utils.mmcv, 'imfrombytes', imfrombytes)
-    assert utils.decode_frame(data, 'a.jpg').shape == (40, 56, 3)
-    with pytest.raises(OSError, match='damaged'):
-        utils.decode_frame(_scan_cut_in_half(data), 'a.jpg')
-    assert capfd.readouterr().err == 'a warning of another library\n' * 2
 
 
 def results(img_shape=(6, 8), frame_id=0, **extra):
