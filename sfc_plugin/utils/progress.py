@@ -34,6 +34,7 @@ class FrameProgressBar:
         self.count = 0
         self.start = time.perf_counter()
         self._last_draw = -float('inf')
+        self._drawn_in_place = False
 
     @property
     def elapsed(self) -> float:
@@ -64,13 +65,31 @@ class FrameProgressBar:
             self._draw()
             self._last_draw = now
 
+    def _write(self, text: str) -> None:
+        # A display must never fail the work it shows: a closed stderr or a
+        # pipe whose reader has gone turns the bar off.
+        if self.file is None:
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except (OSError, ValueError, AttributeError):
+            self.file = None
+
     def _draw(self, end: str = '') -> None:
         if self.is_tty:
-            self.file.write('\r' + self.line() + ' ' * 4 + end)
+            self._write('\r' + self.line() + ' ' * 4 + end)
         else:
-            self.file.write(self.line() + '\n')
-        self.file.flush()
+            self._write(self.line() + '\n')
+        self._drawn_in_place = self.is_tty and not end
 
     def close(self) -> None:
         """Draws the final state and ends the line."""
         self._draw(end='\n')
+
+    def abandon(self) -> None:
+        """Ends a line redrawn in place without drawing it again, so that
+        what follows (an error) starts on a line of its own."""
+        if self._drawn_in_place:
+            self._write('\n')
+            self._drawn_in_place = False
