@@ -44,6 +44,8 @@ def test_load_video_frame_takes_a_decoded_frame():
     # OpenCV decodes a cut file without an error, the rest grey.
     (lambda data: data[:len(data) * 2 // 3], 'without its end marker'),
     (lambda data: data + b'\0\0 camera trailer', None),
+    # A motion photo's appended video may hold any bytes, FF DA too.
+    (lambda data: data + b'\xff\xda\x00\x0c trailer', None),
 ])
 def test_load_video_frame_names_an_undecodable_file(frame_file, damage,
                                                     reason):
@@ -161,3 +163,20 @@ def test_synthetic_video_has_exact_masks():
     assert (masks[0] != masks[-1]).any()
     with pytest.raises(ValueError, match='num_objects'):
         synthetic_video(2, (64, 96), 0)
+
+
+def test_cut_jpeg_is_told_past_an_exif_thumbnail():
+    """A thumbnail in APP1 has a scan and an end marker of its own: they
+    must not pass a photo cut short as whole."""
+    from sfc_plugin.datasets.utils import image_cut_short
+    frames, _ = synthetic_video(1, (40, 56), 2, seed=5)
+    photo = cv2.imencode('.jpg', frames[0])[1].tobytes()
+    thumb = cv2.imencode('.jpg', frames[0][:8, :8])[1].tobytes()
+    exif = b'Exif\0\0' + thumb
+    with_thumb = (photo[:2] + b'\xff\xe1' + (len(exif) + 2).to_bytes(2, 'big')
+                  + exif + photo[2:])
+    assert image_cut_short(with_thumb) is None
+    assert image_cut_short(with_thumb[:-len(photo) // 3]) == (
+        'a JPEG file without its end marker (cut short)')
+    assert image_cut_short(with_thumb[:30]) == (
+        'a JPEG file without image data (cut short in its headers)')
