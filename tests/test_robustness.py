@@ -399,6 +399,16 @@ def test_corrupt_video_is_an_error_counting_the_frames_decoded(
             'could be decoded (accepted truncated source); results and '
             'anchors follow decoding order') in summary['incomplete_reason']
     assert len(list(out.glob('*.png'))) == summary['frames']
+    # max_frames stopping the run is said whether or not the reader, ahead
+    # of the tracker, has met the break yet.
+    stopped = track(python, repo, subprocess_env, clip['corrupt'],
+                    clip['first'], '--out', out, '--no-overlay',
+                    '--accept-truncated', '--max-frames', 2, '--overwrite')
+    assert stopped.returncode == 0, stopped.stderr
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['frames'] == 2 and summary['complete'] is False
+    assert summary['incomplete_reason'].startswith(
+        'stopped after max_frames=2 of 24 frames')
 
 
 def test_cut_overlay_fails_the_run(clip, tmp_path, python, repo,

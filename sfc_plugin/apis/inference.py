@@ -698,36 +698,45 @@ def track_video(source: str,
         # module loading, the reduced-precision encoder copy) land on its
         # first frame: the summary also gives the rate after it.
         first_out = last_out = None
-        for frame in frames:
-            writer.write(frame.name, frame.image, frame.pred, frame.anchor)
-            last_out = time.perf_counter()
-            if first_out is None:
-                first_out = last_out
-            if frame.anchor:
-                anchored.append(frame.name)
-            count += 1
+        try:
+            for frame in frames:
+                writer.write(frame.name, frame.image, frame.pred,
+                             frame.anchor)
+                last_out = time.perf_counter()
+                if first_out is None:
+                    first_out = last_out
+                if frame.anchor:
+                    anchored.append(frame.name)
+                count += 1
+                if bar is not None:
+                    bar.update()
+                if max_frames is not None and count >= max_frames:
+                    break
+        except BaseException:
             if bar is not None:
-                bar.update()
-            if max_frames is not None and count >= max_frames:
-                break
+                bar.abandon()  # the error's message on a line of its own
+            raise
         frames.close()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
         source_frames = reader.num_frames
         reasons = []
+        # The reader decodes ahead of the tracker: it may have met the
+        # source's end or break after max_frames stopped the run. Both are
+        # said, whichever came first.
+        if max_frames is not None and count == max_frames and (
+                source_frames is None or source_frames > count):
+            reasons.append(f'stopped after max_frames={max_frames} of '
+                           f'{source_frames or "an unknown number of"} '
+                           'frames')
         if reader.truncated_at is not None:
             reasons.append(
                 f'only {reader.truncated_at} of the {source_frames} frames '
                 'of the source could be decoded (accepted truncated source); '
                 'results and anchors follow decoding order, the video\'s own '
                 'only if the missing frames are its last')
-        elif max_frames is not None and count == max_frames and (
-                source_frames is None or source_frames > count):
-            reasons.append(f'stopped after max_frames={max_frames} of '
-                           f'{source_frames or "an unknown number of"} '
-                           'frames')
-        elif reader.unverified_end is not None:
+        elif not reasons and reader.unverified_end is not None:
             reasons.append(reader.unverified_end)
         if checkpoint is not None and 'backend_model' in weights:
             weights['backend_model']['exported_from'] = dict(

@@ -293,8 +293,9 @@ class TruncatedVideoError(OSError):
             f'{num_frames} frames decode (the file is corrupt or cut short; '
             'which frames are missing cannot be told). To track the frames '
             'that decode, accept a truncated source (tools/track.py '
-            '--accept-truncated): they are numbered in decoding order, the '
-            "video's own only if the missing frames are its last")
+            '--accept-truncated, or allow_truncated=True): they are numbered '
+            "in decoding order, the video's own only if the missing frames "
+            'are its last')
         self.path, self.frame, self.num_frames = path, frame, num_frames
 
 
