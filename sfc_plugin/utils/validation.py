@@ -75,7 +75,12 @@ def check_real(owner: str, name: str, value) -> float:
             and not value.dtype.is_complex and value.dtype != torch.bool):
         number = value.item()
     if isinstance(number, numbers.Real) and not isinstance(number, bool):
-        return float(number)
+        try:
+            return float(number)
+        except OverflowError:  # an int beyond float range, e.g. 10**400
+            raise ValueError(f'{owner}: {name} must be a real number within '
+                             f'float range, got an integer of '
+                             f'{len(str(abs(number)))} digits') from None
     raise ValueError(
         f'{owner}: {name} must be a real number, got {value!r} '
         f'({type(value).__name__})')

@@ -131,6 +131,10 @@ def test_misuse_is_reported():
     (dict(radius=math.nan), 'radius must be >= 0'),
     (dict(radius='12'), 'radius must be a real number'),
     (dict(radius=None), 'radius must be a real number'),
+    (dict(radius=10**400), 'radius must be a real number within float range, '
+     'got an integer of 401 digits'),
+    (dict(temperature=-10**400), 'temperature must be a real number within '
+     'float range'),
     (dict(context_frames=-1), 'context_frames must be in'),
     (dict(context_frames=10_001), r'context_frames must be in \[0, 10000\]'),
     (dict(context_frames=2**40), 'context_frames must be in'),
