@@ -51,7 +51,9 @@ def test_table_and_curve(tool, tmp_path, capsys):
      'iter 9007199254740993 is not an iteration'),
     (['{"iter": 1, "loss": 1e308}', '{"iter": 2, "loss": -1e308}'],
      ['--png', '{tmp}/c.png'], '--png: loss spans -1e+308 to 1e+308, beyond '
-     'the 1e+300 a curve can be drawn for'),
+     'the +-1e+300 a curve can be drawn for'),
+    (['{"iter": 1, "loss": 1e308}'], ['--png', '{tmp}/c.png'],
+     '--png: loss spans 1e+308 to 1e+308, beyond the +-1e+300'),
     (['{"iter": 1, "loss": 0.5}'], ['--png', '{tmp}/log/x.png'],
      '--png folder "{tmp}/log" is a file'),
     (['{"iter": 1, "loss": 0.5}'], ['--bin', '0'], '--bin must be >= 1'),
@@ -78,6 +80,9 @@ def test_a_diverged_run_is_tabled_and_drawn(tool, tmp_path, capsys):
     near the float limit: means without overflow, gaps in the curve."""
     work = logs(tmp_path, '{"iter": 1, "loss": 1e308}',
                 '{"iter": 2, "loss": 1e308, "target_momentum": 0.99}',
+                '{"iter": 9, "loss": 1.7976931348623157e308}',
+                '{"iter": 10, "loss": 1.7976931348623157e308}',
+                '{"iter": 11, "loss": 1.7976931348623157e308}',
                 '{"iter": 3, "loss": 1.0}', '{"iter": 4, "loss": Infinity}',
                 '{"iter": 5, "loss": -Infinity}', '{"iter": 6, "loss": NaN}',
                 '{"iter": 7, "loss": 0.25}')
@@ -85,9 +90,11 @@ def test_a_diverged_run_is_tabled_and_drawn(tool, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines()[2:] == [
         '| 1–2 | 1.0000e+308 | 0.99000 |', '| 3–4 | inf | nan |',
-        '| 5–6 | nan | nan |', '| 7–7 | 0.2500 | nan |']
+        '| 5–6 | nan | nan |', '| 7–7 | 0.2500 | nan |',
+        '| 9–10 | 1.7977e+308 | nan |', '| 11–11 | 1.7977e+308 | nan |']
     scalars = work / '20261127_000000' / 'vis_data' / 'scalars.json'
-    scalars.write_text(scalars.read_text().replace('1e308', '1e299'))
+    scalars.write_text(scalars.read_text().replace('1e308', '1e299').replace(
+        '1.7976931348623157e308', '1'))
     with warnings.catch_warnings():
         # matplotlib's overflow in tick placement is a RuntimeWarning.
         warnings.simplefilter('error', RuntimeWarning)
@@ -96,3 +103,14 @@ def test_a_diverged_run_is_tabled_and_drawn(tool, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines()[2] == '| 1–2 | 1.0000e+299 | 0.99000 |'
     assert (tmp_path / 'c.png').read_bytes().startswith(b'\x89PNG')
+
+
+def test_bin_mean_near_the_float_limit(tool):
+    """fsum's partial sums of three maximal values overflow even after the
+    division: the mean is still the value."""
+    import math
+    big = 1.7976931348623157e308
+    assert tool.bin_mean([big] * 3) == big
+    assert tool.bin_mean([big, -big, 1.0]) == 1.0 / 3
+    assert math.isnan(tool.bin_mean([math.inf, -math.inf]))
+    assert tool.bin_mean([math.inf, 1.0]) == math.inf

@@ -27,8 +27,9 @@ from sfc_plugin.utils.fileio import (
 
 #: Iterations beyond this are no run's (and cannot be plotted exactly).
 MAX_ITER = 2**53
-#: The widest range of values a curve is drawn for: matplotlib's tick
-#: placement multiplies the range by up to 10 and overflows near 1.8e307.
+#: The largest values, and widest range, a curve is drawn for:
+#: matplotlib's tick placement multiplies them by up to 10 and overflows
+#: near 1.8e307.
 MAX_PLOT_SPAN = 1e300
 
 
@@ -111,13 +112,16 @@ def cell(value: float, decimals: int) -> str:
 
 def bin_mean(values: list) -> float:
     """The mean, defined for a diverged run too: no overflow near the float
-    limit (each value is divided first), +-inf where values are, NaN for
-    NaN or both infinities."""
-    n = len(values)
+    limit, +-inf where values are, NaN for NaN or both infinities."""
     try:
-        return math.fsum(v / n for v in values)
+        return math.fsum(values) / len(values)
     except ValueError:  # +inf and -inf
         return math.nan
+    except OverflowError:
+        # A sum beyond the float limit: summed scaled down by a power of
+        # two (exact), the mean rounds to at most the largest value.
+        scaled = math.fsum(math.ldexp(v, -16) for v in values)
+        return math.ldexp(scaled / len(values), 16)
 
 
 def scalar_files(work_dir: str) -> list:
@@ -162,11 +166,12 @@ def main(argv=None) -> None:
         # in the curve; finite ones must span a range floats can hold.
         finite = [r[args.key] for r in records.values()
                   if math.isfinite(r[args.key])]
-        if finite and not max(finite) - min(finite) <= MAX_PLOT_SPAN:
+        if finite and not (max(finite) - min(finite) <= MAX_PLOT_SPAN
+                           and max(map(abs, finite)) <= MAX_PLOT_SPAN):
             raise ValueError(
                 f'--png: {args.key} spans {min(finite):g} to '
-                f'{max(finite):g}, beyond the {MAX_PLOT_SPAN:g} a curve can '
-                'be drawn for (leave out --png for the table)')
+                f'{max(finite):g}, beyond the +-{MAX_PLOT_SPAN:g} a curve '
+                'can be drawn for (leave out --png for the table)')
     bins = OrderedDict()
     for it, rec in records.items():
         bins.setdefault((it - 1) // args.bin, []).append(rec)
