@@ -20,7 +20,7 @@ import math
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -177,6 +177,16 @@ def build_engine(trt, onnx_path: str, profile, workspace_gib: float,
     return bytes(engine)
 
 
+def export_report_owner(path: str) -> Optional[str]:
+    """The ONNX model whose export report ``path`` is (``X.json`` or
+    ``X.failed.json`` beside an ``X.onnx``), else None."""
+    for suffix in ('.failed.json', '.json'):
+        if path.endswith(suffix):
+            model = path[:-len(suffix)] + '.onnx'
+            return model if osp.isfile(model) else None
+    return None
+
+
 def onnx_precision(model: onnx.ModelProto) -> str:
     """'fp16' when the model's first input is float16, else 'fp32'."""
     elem = model.graph.input[0].type.tensor_type.elem_type
@@ -255,19 +265,32 @@ def main(argv=None):
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
     check_writable_dir(args.out_dir, '--out-dir')
     check_writable_file(cache, '--timing-cache')
-    # The ONNX's export report is read whenever the model is deployed
-    # (deploy/provenance.py): an engine named after the ONNX in its folder
-    # would replace it with the engine's.
+    # An export report is read whenever its model is deployed
+    # (deploy/provenance.py): an engine named after an ONNX in its folder
+    # (this one, through a link too, or another export) would replace it.
     inputs = {'ONNX file': args.onnx,
               "ONNX file's export report":
-              osp.splitext(args.onnx)[0] + '.json'}
-    for output in (engine_path, stem + '.json', stem + '.failed.json'):
-        check_output_location(output, inputs, 'Output')
-    # The cache is read and rewritten: it may be neither an input nor
-    # another output.
+              osp.splitext(args.onnx)[0] + '.json',
+              "ONNX file's export report (the link resolved)":
+              osp.splitext(osp.realpath(args.onnx))[0] + '.json'}
+    outputs = {'Output': (engine_path, stem + '.json', stem + '.failed.json'),
+               '--timing-cache': (cache, )}
+    for what, paths in outputs.items():
+        for output in paths:
+            check_output_location(output, inputs, what)
+            owner = export_report_owner(output)
+            if owner is not None:
+                raise ValueError(
+                    f'{what} "{output}" is the export report of "{owner}": '
+                    'choose another --out-dir or --name')
+    # The cache is read and rewritten: it may be no other output either.
     check_output_location(
-        cache, dict(inputs, engine=engine_path, report=stem + '.json'),
-        '--timing-cache')
+        cache, {'engine': engine_path, 'report': stem + '.json',
+                'failure report': stem + '.failed.json'}, '--timing-cache')
+    if cache.endswith(('.onnx', '.engine', '.json')):
+        raise ValueError(f'--timing-cache "{cache}" is named like a model or '
+                         'a report: give a file of its own, e.g. '
+                         'timing.cache')
     trt = require_tensorrt()
 
     start = time.perf_counter()

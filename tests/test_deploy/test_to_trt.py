@@ -139,6 +139,53 @@ def test_engine_report_never_replaces_the_onnx_report(repo, step_onnx,
     assert sorted(os.listdir(folder)) == before
 
 
+@pytest.mark.parametrize('case, match', [
+    # The ONNX through a link: its real report is protected too.
+    ('link', 'Output "{m}/a.json" is the ONNX file\'s export report (the '
+     'link resolved)'),
+    # Another export's report in the folder (b.json beside b.onnx).
+    ('other', 'Output "{m}/b.json" is the export report of "{m}/b.onnx"'),
+    ('cache-report', '--timing-cache "{m}/b.json" is the export report of '
+     '"{m}/b.onnx"'),
+    ('cache-failure', '--timing-cache "{out}/a.failed.json" is the failure '
+     'report'),
+    ('cache-model', '--timing-cache "{m}/b.onnx" is named like a model'),
+])
+def test_no_output_replaces_an_export(repo, step_onnx, tmp_path, capsys,
+                                      case, match):
+    """Whatever the names, links and folders, neither the engine, its
+    reports nor the timing cache lands on an export or its report."""
+    import shutil
+
+    from sfc_plugin.utils.cli import run_tool
+    tool = load_tool('export/to_trt.py')
+    m, out, links = tmp_path / 'm', tmp_path / 'out', tmp_path / 'links'
+    for folder in (m, out, links):
+        folder.mkdir()
+    for name in ('a', 'b'):
+        shutil.copy(step_onnx, m / f'{name}.onnx')
+        (m / f'{name}.json').write_text('{}')
+    (links / 'link.onnx').symlink_to(m / 'a.onnx')
+    args = {
+        'link': [str(links / 'link.onnx'), '--out-dir', str(m), '--name',
+                 'a'],
+        'other': [str(m / 'a.onnx'), '--out-dir', str(m), '--name', 'b'],
+        'cache-report': [str(m / 'a.onnx'), '--out-dir', str(out),
+                         '--timing-cache', str(m / 'b.json')],
+        'cache-failure': [str(m / 'a.onnx'), '--out-dir', str(out),
+                          '--timing-cache', str(out / 'a.failed.json')],
+        'cache-model': [str(m / 'a.onnx'), '--out-dir', str(out),
+                        '--timing-cache', str(m / 'b.onnx')],
+    }[case]
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_trt.py', args[:1] + GOOD + args[1:])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and match.format(m=m, out=out) in lines[0], lines
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+    assert not list(out.iterdir())
+
+
 @pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
                     reason='needs TensorRT and a CUDA GPU')
 def test_builds_and_checks_an_engine(repo, python, subprocess_env, step_onnx,
