@@ -101,6 +101,8 @@ def main(argv=None):
         outputs += [step_out, step_out[:-5] + '.json',
                     step_out[:-5] + '.failed.json']
     for output in outputs:
+        # A folder at a report's path would fail only after the export.
+        check_writable_file(output, 'Output')
         check_output_location(output, inputs, 'Output')
     # Built before the encoder is written: bad propagator settings must
     # leave no files behind.

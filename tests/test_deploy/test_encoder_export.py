@@ -228,3 +228,23 @@ def test_fp16_encoder_and_step_export_end_to_end(repo, frames, tmp_path,
     assert [session_input_dtype(session, i) for i in range(3)] == [
         torch.float16] * 3
     assert session.get_outputs()[0].type == 'tensor(float16)'
+
+
+def test_to_onnx_checks_every_output_path_first(repo, frames, tmp_path,
+                                                capsys):
+    """A folder where a report (or the step's) would go is found before
+    the export, not after it has written the model."""
+    from sfc_plugin.utils.cli import run_tool
+
+    from ..conftest import load_tool
+    tool = load_tool('export/to_onnx.py')
+    (tmp_path / 'enc-step-custom.json').mkdir()
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_onnx.py', [
+            str(repo / 'configs' / 'fc_davis.py'), '--frames', *frames,
+            '--out', str(tmp_path / 'enc.onnx'), '--propagation-step',
+            'custom'])
+    assert capsys.readouterr().err.strip() == (
+        f'to_onnx.py: error: Output "{tmp_path / "enc-step-custom.json"}" is '
+        'a folder')
+    assert [p.name for p in tmp_path.iterdir()] == ['enc-step-custom.json']
