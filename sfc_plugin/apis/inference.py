@@ -229,6 +229,9 @@ def init_tracker(cfg: Config, device: Optional[str] = None, seed: int = 0):
             checkpoint, so that a random baseline is the same every run;
             the global random state is left as it was. Defaults to 0.
     """
+    if device is not None and not str(device).strip():
+        raise ValueError(f'Device "{device}" is empty: give cpu, cuda or '
+                         'cuda:N (or none, for the default)')
     device = device or default_device()
     try:
         parsed = torch.device(device)

@@ -617,6 +617,7 @@ def test_a_setting_no_part_takes_is_named_by_its_key(options, message):
     ('cpu:1', 'Device "cpu:1": the CPU is one device (use cpu)'),
     ('tpu', 'Device "tpu" is not a device'),
     ('mps', 'Device "mps": sfc_plugin runs on cpu or cuda'),
+    ('', 'Device "" is empty: give cpu, cuda or cuda:N'),
 ])
 def test_devices_are_checked(device, message):
     with pytest.raises(ValueError) as err:
