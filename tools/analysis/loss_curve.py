@@ -24,6 +24,7 @@ from sfc_plugin.utils.fileio import (
     check_writable_file,
     write_bytes,
 )
+from sfc_plugin.utils.validation import check_integer, check_real
 
 #: Iterations beyond this are no run's (and cannot be plotted exactly).
 MAX_ITER = 2**53
@@ -37,18 +38,6 @@ def _shown(value) -> str:
     """``repr(value)``, cut to a readable length for a message."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + '...'
-
-
-def _number(value) -> float:
-    """``value`` as a float, or ValueError: a JSON string, bool, object or
-    an integer beyond float range is no logged scalar. NaN and infinities
-    (``NaN``, ``Infinity`` in mmengine's JSON) are: a diverged run's."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError from None
 
 
 def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
@@ -79,16 +68,20 @@ def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
                         'iter' not in rec):
                     continue
                 it = rec['iter']
-                if isinstance(it, bool) or not isinstance(
-                        it, int) or not 1 <= it <= MAX_ITER:
+                try:
+                    check_integer('', 'iter', it, low=1, high=MAX_ITER)
+                except ValueError:
                     raise ValueError(
                         f'"{path}" line {number}: iter {_shown(it)} is not '
-                        'an iteration (an integer in [1, 2**53])')
+                        'an iteration (an integer in [1, 2**53])') from None
                 for name in (key, 'target_momentum'):
                     if name not in rec:
                         continue
+                    # NaN and infinities (NaN, Infinity in mmengine's JSON)
+                    # are a diverged run's; strings, bools, objects and
+                    # integers beyond float range are no logged scalar.
                     try:
-                        rec[name] = _number(rec[name])
+                        rec[name] = check_real('', name, rec[name])
                     except ValueError:
                         raise ValueError(
                             f'"{path}" line {number}: {name} '
@@ -163,7 +156,7 @@ def main(argv=None) -> None:
     records = read_scalars(args.work_dir, args.key)
     if args.png:
         # Checked before the table is printed. Non-finite values are gaps
-        # in the curve; finite ones must span a range floats can hold.
+        # in the curve; finite ones must be within MAX_PLOT_SPAN.
         finite = [r[args.key] for r in records.values()
                   if math.isfinite(r[args.key])]
         if finite and not (max(finite) - min(finite) <= MAX_PLOT_SPAN
