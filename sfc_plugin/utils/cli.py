@@ -101,6 +101,31 @@ def _interrupted_within(err: BaseException) -> bool:
     return False
 
 
+class _UnfailingStream:
+    """A text stream whose writes never raise: a tool's messages must not
+    fail a run whose results are complete when stderr is closed (``2>&-``)
+    or a pipe whose reader has gone (track.py's closing "Incomplete: ..."
+    line turned such runs into exit status 1, with no message)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def run_tool(main: Callable[[Optional[Sequence[str]]], object],
              prog: str,
              argv: Optional[Sequence[str]] = None,
@@ -120,6 +145,16 @@ def run_tool(main: Callable[[Optional[Sequence[str]]], object],
     debug = debug_requested(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+    stderr = sys.stderr
+    if stderr is not None:
+        sys.stderr = _UnfailingStream(stderr)
+    try:
+        _run(main, prog, argv, interrupted, debug)
+    finally:
+        sys.stderr = stderr
+
+
+def _run(main, prog: str, argv, interrupted: str, debug: bool) -> None:
     try:
         main(argv)
     except KeyboardInterrupt:

@@ -27,3 +27,31 @@ def test_a_data_workers_error_is_its_last_line():
                   'OSError: Cannot decode frame "a.jpg": the file is empty\n')
     assert one_line(err) == 'Cannot decode frame "a.jpg": the file is empty'
     assert one_line(ValueError('a\n b')) == 'a; b'
+
+
+@pytest.mark.parametrize('fails', [False, True])
+def test_an_unwritable_stderr_leaves_the_exit_status_to_the_work(
+        python, subprocess_env, fails):
+    """stderr closed by the shell (``2>&-``, which leaves a descriptor
+    that cannot be written) or a pipe whose reader has gone: what the tool
+    says there is lost, and its exit status is its work's."""
+    import os
+    import subprocess
+    code = ('import sys\n'
+            'from sfc_plugin.utils.cli import run_tool\n'
+            'def main(argv):\n'
+            '    print("Incomplete: x", file=sys.stderr)\n'
+            f'    if {fails}:\n'
+            '        raise ValueError("bad input")\n'
+            'try:\n'
+            '    run_tool(main, "t.py", [])\n'
+            'finally:\n'
+            '    print("done", flush=True)\n')
+
+    def unwritable_stderr():
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 2)
+
+    proc = subprocess.run([python, '-c', code], env=subprocess_env,
+                          stdout=subprocess.PIPE, text=True,
+                          preexec_fn=unwritable_stderr)
+    assert (proc.returncode, proc.stdout) == (1 if fails else 0, 'done\n')
