@@ -26,6 +26,7 @@ from sfc_plugin.deploy.propagation_step import (
     export_checked_step,
     step_from_config,
 )
+from sfc_plugin.deploy.provenance import report_paths
 from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.cli import (
     ConfigOptionsAction,
@@ -94,12 +95,10 @@ def main(argv=None):
     inputs.update(config_inputs(cfg))
     inputs.update((f'frame source {i}', f)
                   for i, f in enumerate(args.frames))
-    stem = out[:-len('.onnx')]
-    outputs = [out, stem + '.json', stem + '.failed.json']
-    step_out = f'{stem}-step-{args.propagation_step}.onnx'
+    outputs = [out, *report_paths(out)]
+    step_out = f'{out[:-len(".onnx")]}-step-{args.propagation_step}.onnx'
     if args.propagation_step != 'none':
-        outputs += [step_out, step_out[:-5] + '.json',
-                    step_out[:-5] + '.failed.json']
+        outputs += [step_out, *report_paths(step_out)]
     for output in outputs:
         # A folder at a report's path would fail only after the export.
         check_writable_file(output, 'Output')
@@ -115,7 +114,7 @@ def main(argv=None):
             num_frames=args.num_frames, size=args.size, atol=args.atol)
         print(f'{out}: {report["output_shape"]} features, max abs diff '
               f'{report["max_abs_diff"]:.2e} (atol {report["atol"]:g}), '
-              f'report {stem}.json')
+              f'report {report_paths(out).passed}')
         if step is not None:
             checked = export_checked_step(step, out, step_out, args.frames,
                                           args.num_frames, args.size,

@@ -20,7 +20,7 @@ import math
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import onnx
@@ -177,16 +177,6 @@ def build_engine(trt, onnx_path: str, profile, workspace_gib: float,
     return bytes(engine)
 
 
-def export_report_owner(path: str) -> Optional[str]:
-    """The ONNX model whose export report ``path`` is (``X.json`` or
-    ``X.failed.json`` beside an ``X.onnx``), else None."""
-    for suffix in ('.failed.json', '.json'):
-        if path.endswith(suffix):
-            model = path[:-len(suffix)] + '.onnx'
-            return model if osp.isfile(model) else None
-    return None
-
-
 def onnx_precision(model: onnx.ModelProto) -> str:
     """'fp16' when the model's first input is float16, else 'fp32'."""
     elem = model.graph.input[0].type.tensor_type.elem_type
@@ -247,6 +237,7 @@ def main(argv=None):
     profile = parse_profile(args.shape)
     check_profile(model, profile, args.onnx)
     from sfc_plugin.deploy.onnx_export import publish_report
+    from sfc_plugin.deploy.provenance import report_owner, report_paths
     from sfc_plugin.utils.fileio import (
         atomic_output,
         check_output_location,
@@ -259,7 +250,7 @@ def main(argv=None):
     name = args.name or osp.splitext(osp.basename(args.onnx))[0]
     precision = onnx_precision(model)
     engine_path = osp.join(args.out_dir, name + '.engine')
-    stem = engine_path[:-len('.engine')]
+    reports = report_paths(engine_path)
     if args.timing_cache is not None and not args.timing_cache.strip():
         raise ValueError('--timing-cache is empty: give a file path')
     cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
@@ -269,24 +260,23 @@ def main(argv=None):
     # (deploy/provenance.py): an engine named after an ONNX in its folder
     # (this one, through a link too, or another export) would replace it.
     inputs = {'ONNX file': args.onnx,
-              "ONNX file's export report":
-              osp.splitext(args.onnx)[0] + '.json',
+              "ONNX file's export report": report_paths(args.onnx).passed,
               "ONNX file's export report (the link resolved)":
-              osp.splitext(osp.realpath(args.onnx))[0] + '.json'}
-    outputs = {'Output': (engine_path, stem + '.json', stem + '.failed.json'),
+              report_paths(osp.realpath(args.onnx)).passed}
+    outputs = {'Output': (engine_path, *reports),
                '--timing-cache': (cache, )}
     for what, paths in outputs.items():
         for output in paths:
             check_output_location(output, inputs, what)
-            owner = export_report_owner(output)
+            owner = report_owner(output)
             if owner is not None:
                 raise ValueError(
                     f'{what} "{output}" is the export report of "{owner}": '
                     'choose another --out-dir or --name')
     # The cache is read and rewritten: it may be no other output either.
     check_output_location(
-        cache, {'engine': engine_path, 'report': stem + '.json',
-                'failure report': stem + '.failed.json'}, '--timing-cache')
+        cache, {'engine': engine_path, 'report': reports.passed,
+                'failure report': reports.failed}, '--timing-cache')
     if cache.endswith(('.onnx', '.engine', '.json')):
         raise ValueError(f'--timing-cache "{cache}" is named like a model or '
                          'a report: give a file of its own, e.g. '
@@ -338,8 +328,8 @@ def main(argv=None):
                       check_against_onnxruntime=check)
         # The earlier engine's report must not outlive it (a run stopped
         # between the two renames leaves an engine without a report).
-        remove_file(stem + '.json')
-    publish_report(report, stem)
+        remove_file(reports.passed)
+    publish_report(report, engine_path)
     print(json.dumps(report, indent=1))
 
 

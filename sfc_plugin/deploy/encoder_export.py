@@ -256,7 +256,6 @@ def export_encoder(cfg: Config,
     encoder = build_encoder(cfg, part, checkpoint)
     dtype = torch.float16 if fp16 else torch.float32
     module = copy.deepcopy(encoder).to(dtype)
-    stem = out[:-len('.onnx')]
     with atomic_output(out) as tmp:
         export_onnx(module, (images.to(dtype), ), tmp, ['images'],
                     ['features'],
@@ -277,10 +276,10 @@ def export_encoder(cfg: Config,
                 path=checkpoint, sha256=sha256(checkpoint)),
             onnx=dict(path=out, sha256=sha256(tmp)))
         settle_report(
-            report, stem,
+            report, out,
             f'ONNX Runtime disagrees with PyTorch on {len(files)} frames: '
             f'max abs diff {check["max_abs_diff"]:.3g} > atol {atol:g} '
             f'(mean {check["mean_abs_diff"]:.3g})')
-    publish_report(report, stem)
+    publish_report(report, out)
     return report
 

@@ -10,6 +10,8 @@ from torch import nn
 from sfc_plugin.utils.fileio import remove_file, write_json
 from sfc_plugin.utils.validation import check_integer
 
+from .provenance import report_paths
+
 MIN_OPSET = 17
 #: The dynamo exporter writes opset 18 or newer: 17 gives 18.
 DYNAMO_MIN_OPSET = 18
@@ -23,26 +25,29 @@ def write_report(report: Dict, path: str) -> None:
     write_json(report, path, indent=1)
 
 
-def settle_report(report: Dict, stem: str, failure: str) -> None:
-    """Called with the checked file still at its temporary path: if
-    ``report['passed']``, removes a previous ``<stem>.json`` (which must not
-    describe the new file, should the run stop before
-    :func:`publish_report`); else writes ``<stem>.failed.json`` for
+def settle_report(report: Dict, model: str, failure: str) -> None:
+    """Called with the checked file still at its temporary path (``model``
+    is where it goes): if ``report['passed']``, removes a previous passing
+    report (which must not describe the new file, should the run stop
+    before :func:`publish_report`); else writes the failure report for
     inspection and raises :class:`ExportError` with ``failure``, leaving a
-    previous result and its report as they were."""
+    previous result and its report as they were. Report names:
+    :func:`~sfc_plugin.deploy.provenance.report_paths`."""
+    paths = report_paths(model)
     if report['passed']:
-        remove_file(stem + '.json')
+        remove_file(paths.passed)
         return
-    write_report(report, stem + '.failed.json')
-    raise ExportError(f'{failure}; nothing written but {stem}.failed.json')
+    write_report(report, paths.failed)
+    raise ExportError(f'{failure}; nothing written but {paths.failed}')
 
 
-def publish_report(report: Dict, stem: str) -> None:
-    """Writes the passing report once the checked file is in place (so a
-    report always describes the file beside it), and removes a failed
-    report of an earlier run."""
-    write_report(report, stem + '.json')
-    remove_file(stem + '.failed.json')
+def publish_report(report: Dict, model: str) -> None:
+    """Writes the passing report of ``model`` once the checked file is in
+    place (so a report always describes the file beside it), and removes a
+    failed report of an earlier run."""
+    paths = report_paths(model)
+    write_report(report, paths.passed)
+    remove_file(paths.failed)
 
 
 #: Exporters: torch.export-based (the default, needs onnxscript) and the

@@ -232,7 +232,6 @@ def export_checked_step(step: PropagationStep,
         check_decomposed_memory('export: the decomposed propagation step',
                                 1, feats.shape[0], *feats.shape[-2:],
                                 feats.element_size())
-    stem = out[:-len('.onnx')]
     with atomic_output(out) as tmp:
         export_propagation_step(step, tmp, inputs=inputs, opset=opset)
         got = onnxruntime_session(tmp).run(
@@ -258,9 +257,9 @@ def export_checked_step(step: PropagationStep,
                       passed=decided <= atol,
                       onnx=dict(path=out, sha256=sha256(tmp)))
         settle_report(
-            report, stem,
+            report, out,
             f'{form} propagation step: ONNX Runtime disagrees with the torch '
             f'op, max abs diff {decided:.3g} > {atol:g} away from '
             'near-ties')
-    publish_report(report, stem)
+    publish_report(report, out)
     return report

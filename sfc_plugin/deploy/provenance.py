@@ -11,9 +11,34 @@ engine's and the ONNX file's SHA-256 and the ONNX file's path.
 import json
 import os
 import os.path as osp
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from sfc_plugin.utils.fileio import sha256
+
+
+class ReportPaths(NamedTuple):
+    """The two files an export may leave beside its model ``X.onnx`` or
+    ``X.engine``."""
+    #: ``X.json``: the check passed; it describes the model beside it.
+    passed: str
+    #: ``X.failed.json``: the check failed; the model was not written.
+    failed: str
+
+
+def report_paths(model: str) -> ReportPaths:
+    """Where the export reports of ``model`` are, by its name alone."""
+    stem = osp.splitext(model)[0]
+    return ReportPaths(stem + '.json', stem + '.failed.json')
+
+
+def report_owner(path: str, model_suffix: str = '.onnx') -> Optional[str]:
+    """The existing model (named ``*model_suffix``) whose export report
+    ``path`` is, else None."""
+    for suffix in ('.failed.json', '.json'):
+        if path.endswith(suffix):
+            model = path[:-len(suffix)] + model_suffix
+            return model if osp.isfile(model) else None
+    return None
 
 
 def _written_as(value, types) -> bool:
@@ -28,7 +53,7 @@ def _written_as(value, types) -> bool:
 def _report(model: str, kind: str, fields: dict) -> dict:
     """The export report beside ``model``, checked to have ``fields``
     (name: the types its value may have) as its tool writes them."""
-    path = osp.splitext(model)[0] + '.json'
+    path = report_paths(model).passed
     try:
         with open(path) as f:
             report = json.load(f)

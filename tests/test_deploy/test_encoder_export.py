@@ -102,13 +102,13 @@ def test_a_report_is_written_only_beside_the_file_it_describes(tmp_path):
     between the two leaves a file without a report, never a report of
     another file."""
     from sfc_plugin.deploy.onnx_export import publish_report, settle_report
-    stem = str(tmp_path / 'a')
+    model = str(tmp_path / 'a.onnx')
     (tmp_path / 'a.json').write_text('{"passed": true, "earlier": true}')
     (tmp_path / 'a.failed.json').write_text('{"passed": false}')
     report = dict(passed=True, max_abs_diff=0.0)
-    settle_report(report, stem, 'unused')
+    settle_report(report, model, 'unused')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.failed.json']
-    publish_report(report, stem)
+    publish_report(report, model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.json']
     assert json.loads((tmp_path / 'a.json').read_text()) == report
 

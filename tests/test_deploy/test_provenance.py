@@ -5,6 +5,8 @@ import pytest
 from sfc_plugin.deploy.provenance import (
     check_exported_from,
     exported_checkpoint,
+    report_owner,
+    report_paths,
 )
 from sfc_plugin.utils.fileio import sha256
 
@@ -20,6 +22,28 @@ def exported(tmp_path):
                   checkpoint=dict(path=str(ckpt), sha256=sha256(str(ckpt))))
     (tmp_path / 'fc.json').write_text(json.dumps(report))
     return model, ckpt, report
+
+
+@pytest.mark.parametrize('model, passed, failed', [
+    ('out/fc.onnx', 'out/fc.json', 'out/fc.failed.json'),
+    ('out/fc.engine', 'out/fc.json', 'out/fc.failed.json'),
+    ('out.v2/fc.fp16.onnx', 'out.v2/fc.fp16.json',
+     'out.v2/fc.fp16.failed.json'),
+])
+def test_report_paths_follow_the_model_name(model, passed, failed):
+    assert report_paths(model) == (passed, failed)
+    assert report_paths(model).passed == passed
+
+
+def test_report_owner_is_the_existing_model_beside_it(tmp_path):
+    (tmp_path / 'fc.onnx').write_bytes(b'onnx bytes')
+    for report in report_paths(str(tmp_path / 'fc.onnx')):
+        assert report_owner(report) == str(tmp_path / 'fc.onnx')
+        # Named like an engine's report, but no engine is there.
+        assert report_owner(report, '.engine') is None
+    assert report_owner(str(tmp_path / 'other.json')) is None
+    assert report_owner(str(tmp_path / 'fc.onnx')) is None
+    assert report_owner(str(tmp_path / 'fc.jsonx')) is None
 
 
 def test_report_names_the_checkpoint(exported, tmp_path):
