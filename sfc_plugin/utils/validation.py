@@ -10,6 +10,33 @@ from typing import Optional, Type
 
 import torch
 
+#: Characters of a value a message shows.
+SHOWN_CHARS = 40
+
+
+def decimal_digits(number: int) -> int:
+    """Digits of ``abs(number)``, for integers beyond what ``str`` prints
+    (4300 digits by default) too."""
+    number = abs(number)
+    digits = max(1, int(number.bit_length() * 0.30102999566398))
+    while 10**digits <= number:
+        digits += 1
+    while digits > 1 and 10**(digits - 1) > number:
+        digits -= 1
+    return digits
+
+
+def shown(value) -> str:
+    """``repr(value)`` for a message, cut to :data:`SHOWN_CHARS`; an
+    integer longer than that is described by its length (a huge one has no
+    ``repr`` at all)."""
+    if (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and decimal_digits(int(value)) > SHOWN_CHARS - 2):
+        return f'an integer of {decimal_digits(int(value))} digits'
+    text = repr(value)
+    return (text if len(text) <= SHOWN_CHARS else
+            text[:SHOWN_CHARS - 3] + '...')
+
 
 def check_integer(owner: str,
                   name: str,
@@ -46,13 +73,14 @@ def check_integer(owner: str,
             pass
     if number is None:
         raise error(
-            f'{owner}: {name} must be an integer, got {value!r} '
+            f'{owner}: {name} must be an integer, got {shown(value)} '
             f'({type(value).__name__})')
     if (low is not None and number < low) or (high is not None
                                               and number > high):
         bound = (f'>= {low}' if high is None else
                  f'<= {high}' if low is None else f'in [{low}, {high}]')
-        raise error(f'{owner}: {name} must be {bound}{why}, got {number}')
+        raise error(f'{owner}: {name} must be {bound}{why}, got '
+                    f'{shown(number)}')
     return number
 
 
@@ -80,7 +108,7 @@ def check_real(owner: str, name: str, value) -> float:
         except OverflowError:  # an int beyond float range, e.g. 10**400
             raise ValueError(f'{owner}: {name} must be a real number within '
                              f'float range, got an integer of '
-                             f'{len(str(abs(number)))} digits') from None
+                             f'{decimal_digits(int(number))} digits') from None
     raise ValueError(
-        f'{owner}: {name} must be a real number, got {value!r} '
+        f'{owner}: {name} must be a real number, got {shown(value)} '
         f'({type(value).__name__})')

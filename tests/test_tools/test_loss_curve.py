@@ -36,14 +36,15 @@ def test_table_and_curve(tool, tmp_path, capsys):
 @pytest.mark.parametrize('lines, args, message', [
     (['{"iter": 1, "loss": 0.5}', '{"iter": 2, "lo'], [],
      'line 2 is not a JSON record'),
-    (['{"iter": 1, "loss": "abc"}'], [], "loss 'abc' at iter 1 is not a "
-     'number'),
+    (['{"iter": 1, "loss": "abc"}'], [], "line 1 (iter 1): loss must be a "
+     "real number, got 'abc' (str)"),
     (['{"iter": 1, "lr": 0.5}'], [], 'no "loss" records'),
     (['{"iter": 1, "loss": 1, "target_momentum": "x"}'], [],
-     "line 1: target_momentum 'x' at iter 1 is not a number"),
+     "line 1 (iter 1): target_momentum must be a real number, got 'x' "
+     '(str)'),
     (['{"iter": 1, "loss": 1' + '0' * 400 + '}'], [],
-     'line 1: loss 1000000000000000000000000000000000000... at iter 1 is '
-     'not a number'),
+     'line 1 (iter 1): loss must be a real number within float range, got '
+     'an integer of 401 digits'),
     (['{"iter": 1e3, "loss": 1}'], [],
      'iter 1000.0 is not an iteration (an integer in [1, 2**53])'),
     (['{"iter": 0, "loss": 1}'], [], 'iter 0 is not an iteration'),

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from sfc_plugin.utils.validation import check_integer, check_real
+from sfc_plugin.utils.validation import (
+    check_integer,
+    check_real,
+    decimal_digits,
+    shown,
+)
 
 
 @pytest.mark.parametrize('value', [3, np.int64(3), np.uint8(3),
@@ -62,3 +67,49 @@ def test_non_reals_are_named(value):
     with pytest.raises(ValueError, match=r'^owner: r must be a real number, '
                        r'got '):
         check_real('owner', 'r', value)
+
+
+@pytest.mark.parametrize('number', [0, 7, 9, 10, 99, 100, 10**38 - 1, 10**38,
+                                    -10**38, 2**4000, 10**4299,
+                                    10**4299 - 1],
+                         ids=lambda n: f'{decimal_digits(n)} digits')
+def test_decimal_digits_counts_what_str_prints(number):
+    assert decimal_digits(number) == len(str(abs(number)))
+
+
+def test_decimal_digits_beyond_what_str_prints():
+    """str() refuses integers above 4300 digits: they are counted all the
+    same, exactly."""
+    assert decimal_digits(10**5000) == 5001
+    assert decimal_digits(10**5000 - 1) == 5000
+    assert decimal_digits(-(10**12345)) == 12346
+
+
+@pytest.mark.parametrize('value, expected', [
+    (10**37, str(10**37)),
+    (10**38, 'an integer of 39 digits'),
+    (-10**5000, 'an integer of 5001 digits'),
+    (np.int64(5), 'np.int64(5)'),
+    ('x' * 100, "'" + 'x' * 36 + '...'),
+    (True, 'True'),
+], ids=['37 digits', '39 digits', '5001 digits', 'np.int64', 'str', 'bool'])
+def test_shown_values_fit_a_message(value, expected):
+    assert shown(value) == expected
+
+
+@pytest.mark.parametrize('value, got', [
+    (10**5000, 'got an integer of 5001 digits'),
+    (2**63, f'got {2**63}'),
+    ('9' * 5000, "got '999999999999999999999999999999999999... (str)"),
+], ids=['5001 digits', '2**63', 'str'])
+def test_huge_values_are_named_in_a_short_message(value, got):
+    """No 5000-character messages, and no ValueError from str() itself
+    (integers beyond 4300 digits have none) instead of the setting's."""
+    with pytest.raises(ValueError) as err:
+        check_integer('owner', 'k', value, low=1, high=2**63 - 1)
+    assert str(err.value).startswith('owner: k must be ')
+    assert str(err.value).endswith(got) and len(str(err.value)) < 120
+    if value != 2**63:
+        with pytest.raises(ValueError, match=r'^owner: r must be a real '
+                           r'number'):
+            check_real('owner', 'r', value)

@@ -24,7 +24,7 @@ from sfc_plugin.utils.fileio import (
     check_writable_file,
     write_bytes,
 )
-from sfc_plugin.utils.validation import check_integer, check_real
+from sfc_plugin.utils.validation import check_integer, check_real, shown
 
 #: Iterations beyond this are no run's (and cannot be plotted exactly).
 MAX_ITER = 2**53
@@ -32,12 +32,6 @@ MAX_ITER = 2**53
 #: matplotlib's tick placement multiplies them by up to 10 and overflows
 #: near 1.8e307.
 MAX_PLOT_SPAN = 1e300
-
-
-def _shown(value) -> str:
-    """``repr(value)``, cut to a readable length for a message."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + '...'
 
 
 def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
@@ -72,7 +66,7 @@ def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
                     check_integer('', 'iter', it, low=1, high=MAX_ITER)
                 except ValueError:
                     raise ValueError(
-                        f'"{path}" line {number}: iter {_shown(it)} is not '
+                        f'"{path}" line {number}: iter {shown(it)} is not '
                         'an iteration (an integer in [1, 2**53])') from None
                 for name in (key, 'target_momentum'):
                     if name not in rec:
@@ -81,12 +75,11 @@ def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
                     # are a diverged run's; strings, bools, objects and
                     # integers beyond float range are no logged scalar.
                     try:
-                        rec[name] = check_real('', name, rec[name])
-                    except ValueError:
-                        raise ValueError(
-                            f'"{path}" line {number}: {name} '
-                            f'{_shown(rec[name])} at iter {it} is not a '
-                            'number') from None
+                        rec[name] = check_real(
+                            f'"{path}" line {number} (iter {it})', name,
+                            rec[name])
+                    except ValueError as err:
+                        raise ValueError(str(err)) from None
                 # A resumed run re-logs nothing before its start, so the
                 # latest record of an iteration wins.
                 records[it] = rec
