@@ -12,6 +12,10 @@ float32 path). The rate column counts only eligible products (2·C FLOPs
 per eligible query-key pair) and is compared with this machine's fp32
 matmul rate, measured in the same run. Prints a Markdown table; the
 "vs native" column is the speed-up over the ``native`` (float32) row.
+``decomposed`` is the standard-op form in PyTorch, ``onnx-decomposed`` its
+exported graph in ONNX Runtime (CPU; the session is made before the
+count): their peaks are compared with ``decomposed_bytes``, the estimate
+that refuses a dense form the memory left cannot hold.
 
     python benchmarks/propagation_step.py --channels 256 1280 \\
         --impl native native-bf16
@@ -19,6 +23,8 @@ matmul rate, measured in the same run. Prints a Markdown table; the
         --impl native reference dense
     python benchmarks/propagation_step.py --device cuda --channels 1280 \\
         --impl native native-bf16 reference
+    python benchmarks/propagation_step.py --channels 64 --height 40 \
+        --width 40 --frames 20 --impl native decomposed onnx-decomposed
 """
 import argparse
 import json
@@ -33,13 +39,49 @@ import torch.nn.functional as F
 from sfc_plugin.ops import (
     cpu_bf16_kernel,
     cuda_kernel_config,
+    decomposed_bytes,
     native_ops_available,
     topk_window_match,
+    topk_window_match_decomposed,
     topk_window_match_dense,
     topk_window_match_reference,
     window_mask,
 )
 from sfc_plugin.utils.fileio import write_json
+
+
+def decomposed(query, keys, labels, **kw):
+    return topk_window_match_decomposed(query[None], keys[None],
+                                        labels[None], **kw)[0]
+
+
+def onnx_decomposed(args, channels):
+    """The exported decomposition in an ONNX Runtime session (made here,
+    outside the count), as a function of the step's inputs."""
+    import tempfile
+
+    from sfc_plugin.deploy import (
+        PropagationStep,
+        export_propagation_step,
+        onnxruntime_session,
+    )
+    from sfc_plugin.deploy.propagation_step import (
+        INPUT_NAMES,
+        example_inputs,
+    )
+    step = PropagationStep(args.topk, args.radius, 0.05, form='decomposed')
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnxruntime_session(export_propagation_step(
+            step, f'{tmp}/step.onnx',
+            inputs=example_inputs(channels, num_labels=args.labels)))
+
+    def run(query, keys, labels, **kw):
+        feed = [x[None].contiguous().numpy() for x in (query, keys, labels)]
+        return torch.from_numpy(
+            session.run(None, dict(zip(INPUT_NAMES, feed)))[0][0])
+
+    return run
+
 
 #: name -> (function, feature dtype); labels stay float32.
 IMPLS = {
@@ -47,6 +89,8 @@ IMPLS = {
     'native-bf16': (topk_window_match, torch.bfloat16),
     'reference': (topk_window_match_reference, torch.float32),
     'dense': (topk_window_match_dense, torch.float32),
+    'decomposed': (decomposed, torch.float32),
+    'onnx-decomposed': (onnx_decomposed, torch.float32),
 }
 
 
@@ -168,6 +212,10 @@ def bandwidth(device, mib=1024) -> float:
 def worker(args) -> None:
     device = torch.device(args.device)
     fn, dtype = IMPLS[args.worker_impl]
+    if fn is onnx_decomposed:
+        if device.type != 'cpu':
+            sys.exit('onnx-decomposed runs on the CPU (--device cpu)')
+        fn = onnx_decomposed(args, args.worker_channels)
     query, keys, labels = inputs(args, args.worker_channels, device)
     # Converted before the clock starts; .to keeps the keys channels-last
     # and drops the float32 copies.
@@ -229,6 +277,12 @@ def main():
           f'T={args.frames}, k={args.topk}, r\'={args.radius}, best of '
           f'{args.repeats}; {pairs / 1e6:.1f} M eligible pairs; fp32 '
           f'matmul {rate:.0f} GFLOP/s; copy bandwidth {bw:.0f} GB/s')
+    if any('decomposed' in impl for impl in args.impl):
+        size = (1, args.frames, args.height, args.width, 4)
+        print('decomposed_bytes (what the dense forms are checked against): '
+              + ', '.join(f'{runtime} '
+                          f'{decomposed_bytes(*size, runtime) / 2**20:.0f} MiB'
+                          for runtime in ('torch', 'onnxruntime')))
     mem = 'peak GPU MiB' if device.type == 'cuda' else 'peak RSS (MiB)'
     print(f'| C | implementation | s/frame | {mem} | extra over inputs | '
           'speed-up vs native | speed-up vs dense | eligible GFLOP/s | '

@@ -231,7 +231,7 @@ def export_checked_step(step: PropagationStep,
         # large frames (--size 2048 2048 took 17 GB) is refused first.
         check_decomposed_memory('export: the decomposed propagation step',
                                 1, feats.shape[0], *feats.shape[-2:],
-                                feats.element_size())
+                                feats.element_size(), 'onnxruntime')
     with atomic_output(out) as tmp:
         export_propagation_step(step, tmp, inputs=inputs, opset=opset)
         got = onnxruntime_session(tmp).run(

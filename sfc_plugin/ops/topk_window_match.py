@@ -86,6 +86,8 @@ _CPU_KERNEL_MIN_SLOTS = 16
 #: made every weight NaN (blamed on the labels). The kernels' own check
 #: (csrc: kMinTemperature) is the same.
 MIN_TEMPERATURE = 1e-30
+#: Largest topk: the op's schema and ONNX attributes hold an int64.
+INT64_MAX = 2**63 - 1
 #: Feature types the CPU implementations take.
 CPU_FEATURE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 #: Reasons for the float32 path of bf16 on CPU already warned about.
@@ -108,6 +110,8 @@ def check_match_settings(owner: str, topk, radius,
         tuple: ``topk`` (int), ``radius`` and ``temperature`` (float).
     """
     topk = check_integer(owner, 'topk', topk, low=1)
+    check_integer(owner, 'topk', topk, high=INT64_MAX,
+                  why=' (a 64-bit integer in the op and in ONNX)')
     radius = check_real(owner, 'radius', radius)
     if not radius >= 0:
         raise ValueError(
@@ -487,23 +491,28 @@ def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
     return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
 
 
-def _finish_topk(vals: torch.Tensor, idx: torch.Tensor, topk: int,
-                 temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Softmax weights of top-k affinities ((..., k') with -inf where
-    ineligible), padded to ``topk`` with weight 0 and index -1; in
-    float32 for reduced-precision affinities."""
+def _finish_topk(vals: torch.Tensor, idx: torch.Tensor, temperature: float
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax weights of top-k affinities ((..., k) with -inf where
+    ineligible): weight 0 and index -1 there; in float32 for
+    reduced-precision affinities."""
     valid = torch.isfinite(vals)
     vals = vals.to(neighbour_weights_dtype(vals.dtype))
     weights = torch.softmax(vals / temperature, dim=-1)
-    weights = torch.where(valid, weights, 0)
-    idx = torch.where(valid, idx, -1)
-    missing = topk - vals.shape[-1]
-    if missing > 0:
-        weights = torch.cat(
-            [weights, weights.new_zeros(*weights.shape[:-1], missing)], -1)
-        idx = torch.cat([idx, idx.new_full((*idx.shape[:-1], missing), -1)],
-                        -1)
-    return weights, idx
+    return torch.where(valid, weights, 0), torch.where(valid, idx, -1)
+
+
+def _pad_slots(weights: torch.Tensor, idx: torch.Tensor, slots: int
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``weights`` and ``idx`` (..., k) padded to (..., slots) with weight
+    0 and index -1."""
+    missing = slots - weights.shape[-1]
+    if missing <= 0:
+        return weights, idx
+    return (torch.cat([weights,
+                       weights.new_zeros(*weights.shape[:-1], missing)], -1),
+            torch.cat([idx, idx.new_full((*idx.shape[:-1], missing), -1)],
+                      -1))
 
 
 def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
@@ -519,7 +528,8 @@ def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
         keys (Tensor): (B, T, C, H, W).
 
     Returns:
-        tuple[Tensor]: weights and flat indices, (B, Q, topk) each.
+        tuple[Tensor]: weights and flat indices, (B, Q, k) each, with
+        k = min(topk, T·H·W).
     """
     b, t, c, h, w = keys.shape
     aff = torch.einsum('bqc,btcp->bqtp', q, keys.reshape(b, t, c, h * w))
@@ -527,31 +537,42 @@ def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
     free = torch.arange(t, device=q.device) < unrestricted_keys
     eligible = free[None, :, None] | inside[:, None, :]
     aff = aff.masked_fill(~eligible, -math.inf).flatten(2)
-    # topk columns of -inf: TopK always has k entries to pick, whatever
-    # T·H·W is at run time (k is fixed in an exported graph); picks among
-    # them are ineligible and become padding.
-    aff = torch.cat([aff, aff.new_full((b, q.shape[1], topk), -math.inf)],
-                    dim=-1)
-    vals, idx = aff.topk(topk, dim=-1)
-    return _finish_topk(vals, idx, topk, temperature)
+    # Exported, k is computed by the graph (a tensor, not an int) from the
+    # T·H·W it is given, so a topk above it (any topk, "all keys") costs
+    # nothing. Picks of ineligible keys become weight 0, index -1.
+    k = (torch.clamp(torch.as_tensor(aff.shape[-1]), max=topk)
+         if torch.onnx.is_in_onnx_export() else min(topk, aff.shape[-1]))
+    vals, idx = aff.topk(k, dim=-1)
+    return _finish_topk(vals, idx, temperature)
+
+
+#: Copies of the dense (H·W, T·H·W) affinity a runtime holds at its peak
+#: in the dense form, from peaks measured with
+#: ``benchmarks/propagation_step.py`` (BENCHMARKS.md), rounded up: 2.6-2.8
+#: in PyTorch (the product, the window-masked copy, TopK's), 5.1-5.8 in
+#: ONNX Runtime 1.32 on the CPU with its default memory arena.
+DENSE_AFFINITY_COPIES = {'torch': 3, 'onnxruntime': 7}
 
 
 def decomposed_bytes(batch: int, frames: int, height: int, width: int,
-                     itemsize: int) -> int:
-    """Bytes the dense form (:func:`topk_window_match_decomposed`, and
-    its ONNX graph in a runtime) holds at once: the (H·W, T·H·W) affinity
-    of each batch item three times over (the product, the window-masked
-    copy and the padded copy TopK reads) and the window mask."""
+                     itemsize: int, runtime: str = 'torch') -> int:
+    """Bytes the dense form (:func:`topk_window_match_decomposed`, or its
+    ONNX graph with ``runtime='onnxruntime'``) holds at once: the
+    (H·W, T·H·W) affinity of each batch item
+    :data:`DENSE_AFFINITY_COPIES` times over, and the window mask."""
     pairs = batch * height * width * frames * height * width
-    return pairs * 3 * itemsize + height * width * frames * height * width
+    return (pairs * DENSE_AFFINITY_COPIES[runtime] * itemsize +
+            height * width * frames * height * width)
 
 
 def check_decomposed_memory(owner: str, batch: int, frames: int, height: int,
-                            width: int, itemsize: int) -> None:
+                            width: int, itemsize: int,
+                            runtime: str = 'torch') -> None:
     """Refuses a dense form the host memory left cannot hold, naming the
     feature map size (HostMemoryError)."""
     check_host_allocation(
-        owner, decomposed_bytes(batch, frames, height, width, itemsize),
+        owner,
+        decomposed_bytes(batch, frames, height, width, itemsize, runtime),
         f'the dense ({height * width}, {frames * height * width}) affinity '
         f'of {batch} query frame(s) of {width}×{height} features and '
         f'{frames} key frames', 'use the native op (the custom form) or '
@@ -579,10 +600,10 @@ def topk_window_match_decomposed(query: torch.Tensor,
             :func:`topk_window_match`.
 
     Settings are validated as the op's are (an infinite radius means no
-    window). ``topk`` beyond the keys a position can see only adds padding:
-    run eagerly it is clamped (:func:`most_eligible_keys`), so that an
-    absurd k allocates nothing, while an export keeps it, since the graph
-    pads at run time for whatever T·H·W it gets.
+    window). ``topk`` beyond the keys a position can see would only add
+    entries of weight 0: run eagerly it is clamped
+    (:func:`most_eligible_keys`), so that an absurd k allocates nothing;
+    an exported graph takes at most the T·H·W keys it is given.
 
     Returns:
         Tensor: (B, K, H, W).
@@ -710,8 +731,8 @@ def _tiled_neighbours(query: torch.Tensor, keys: torch.Tensor, topk: int,
                 continue
             v, i = torch.cat(vals, 1).topk(
                 min(topk, sum(x.shape[1] for x in vals)), dim=1)
-            w, i = _finish_topk(v, torch.cat(idx, 1).gather(1, i), topk,
-                                temperature)
+            w, i = _pad_slots(*_finish_topk(
+                v, torch.cat(idx, 1).gather(1, i), temperature), topk)
             weights[y0:y1, x0:x1] = w.view(y1 - y0, x1 - x0, topk)
             indices[y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
     return weights, indices

@@ -248,3 +248,37 @@ def test_to_onnx_checks_every_output_path_first(repo, frames, tmp_path,
         f'to_onnx.py: error: Output "{tmp_path / "enc-step-custom.json"}" is '
         'a folder')
     assert [p.name for p in tmp_path.iterdir()] == ['enc-step-custom.json']
+
+
+def test_decomposed_step_check_is_sized_for_onnxruntime(repo, frames,
+                                                        tmp_path,
+                                                        monkeypatch):
+    """The export runs the dense graph in ONNX Runtime, whose peak is more
+    than twice PyTorch's (DENSE_AFFINITY_COPIES): memory enough for the
+    PyTorch form is refused there, before anything is written."""
+    import re
+
+    from sfc_plugin.deploy import export_checked_step, step_from_config
+    from sfc_plugin.ops import decomposed_bytes
+    from sfc_plugin.utils import memory
+    cfg = config(repo, 'fc_davis.py')
+    encoder = str(tmp_path / 'fc.onnx')
+    export_encoder(cfg, encoder, frames, size=SIZE)
+    step, out = step_from_config(cfg, 'decomposed'), str(tmp_path / 's.onnx')
+
+    def export_with(left):
+        monkeypatch.setattr(memory, 'available_host_memory', lambda: left)
+        return export_checked_step(step, encoder, out, frames, size=SIZE)
+
+    with pytest.raises(memory.HostMemoryError) as err:
+        export_with(1)
+    h, w, t = map(int, re.search(r'of (\d+)×(\d+) features and (\d+) key',
+                                 str(err.value)).groups())
+    assert str(err.value).startswith('export: the decomposed propagation '
+                                     f'step: the dense ({h * w}, {t * h * w})')
+    with pytest.raises(memory.HostMemoryError):
+        export_with(decomposed_bytes(1, t, h, w, 4, 'torch'))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['fc.json',
+                                                          'fc.onnx']
+    assert export_with(decomposed_bytes(1, t, h, w, 4, 'onnxruntime'))[
+        'passed']

@@ -376,3 +376,45 @@ else:
                           text=True, timeout=60, env=subprocess_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+@pytest.mark.parametrize('topk', [5, 2**62, 2**63 - 1])
+def test_exported_decomposition_takes_at_most_the_keys_it_is_given(
+        topk, tmp_path):
+    """The exported graph computes k = min(topk, T·H·W) from the inputs it
+    runs on: a topk above the keys ("all keys", up to the int64 limit)
+    allocates nothing at export or at run time, and inputs larger and
+    smaller than the example give the op's result."""
+    pytest.importorskip('onnxruntime')
+    from sfc_plugin.deploy import (
+        PropagationStep,
+        export_propagation_step,
+        onnxruntime_session,
+    )
+    from sfc_plugin.deploy.propagation_step import INPUT_NAMES
+    kw = dict(topk=topk, radius=1.5, temperature=0.1, unrestricted_keys=1)
+    step = PropagationStep(**kw, form='decomposed')
+    example = [x.float() for x in random_inputs(0, 2, 6, 3, 4, 2, batch=1)]
+    path = export_propagation_step(step, str(tmp_path / 'step.onnx'),
+                                   inputs=example)
+    session = onnxruntime_session(path)
+    # 60 keys (more than the example's 24) and 4 (fewer than topk = 5).
+    for seed, (t, h, w) in enumerate([(3, 4, 5), (1, 2, 2), (2, 3, 4)]):
+        query, keys, labels = (x.float() for x in random_inputs(
+            seed, t, 6, h, w, 2, batch=1))
+        got = session.run(None, dict(zip(INPUT_NAMES, [
+            x.numpy() for x in (query, keys, labels)])))[0]
+        torch.testing.assert_close(
+            torch.from_numpy(got),
+            topk_window_match(query, keys, labels, **kw), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize('impl', PYTHON)
+def test_topk_beyond_int64_is_refused_by_name(impl):
+    """The ops' schemas take an int64: a larger topk is the caller's
+    mistake, named, not pybind's TypeError."""
+    with pytest.raises(ValueError, match=r'topk must be <= '
+                       r'9223372036854775807 \(a 64-bit integer'):
+        call(impl, *inputs(), topk=2**63)
+    with pytest.raises(ValueError, match='got an integer of 5001 digits'):
+        call(impl, *inputs(), topk=10**5000)
