@@ -14,8 +14,9 @@ matmul rate, measured in the same run. Prints a Markdown table; the
 "vs native" column is the speed-up over the ``native`` (float32) row.
 ``decomposed`` is the standard-op form in PyTorch, ``onnx-decomposed`` its
 exported graph in ONNX Runtime (CPU; the session is made before the
-count): their peaks are compared with ``decomposed_bytes``, the estimate
-that refuses a dense form the memory left cannot hold.
+count; ``--ort-arena off`` turns its CPU memory arena off): their peaks
+are compared with ``decomposed_bytes``, the estimate that refuses a dense
+form the memory left cannot hold.
 
     python benchmarks/propagation_step.py --channels 256 1280 \\
         --impl native native-bf16
@@ -70,10 +71,14 @@ def onnx_decomposed(args, channels):
         example_inputs,
     )
     step = PropagationStep(args.topk, args.radius, 0.05, form='decomposed')
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = args.ort_arena == 'on'
     with tempfile.TemporaryDirectory() as tmp:
         session = onnxruntime_session(export_propagation_step(
             step, f'{tmp}/step.onnx',
-            inputs=example_inputs(channels, num_labels=args.labels)))
+            inputs=example_inputs(channels, num_labels=args.labels)),
+            sess_options=options)
 
     def run(query, keys, labels, **kw):
         feed = [x[None].contiguous().numpy() for x in (query, keys, labels)]
@@ -251,6 +256,8 @@ def main():
     p.add_argument('--topk', type=int, default=10)
     p.add_argument('--radius', type=float, default=12)
     p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--ort-arena', choices=('on', 'off'), default='on',
+                   help="onnx-decomposed: ONNX Runtime's CPU memory arena")
     p.add_argument('--out', help='also write the rows as JSON here')
     p.add_argument('--worker-impl', help=argparse.SUPPRESS)
     p.add_argument('--worker-channels', type=int, help=argparse.SUPPRESS)

@@ -450,6 +450,28 @@ def _inside(q_pos: torch.Tensor, k_pos: torch.Tensor,
     return (d * d).sum(-1) < radius * radius
 
 
+def _window_bias(q_pos: torch.Tensor, height: int, width: int,
+                 radius: float, dtype: torch.dtype) -> torch.Tensor:
+    """(Q, H·W): 0 where a key of the H × W grid is in the window of a
+    query position (``q_pos``, (Q, 2)), -inf elsewhere; ``radius`` finite.
+
+    Built from the (Q, H) and (Q, W) squared offsets, so that it takes 1 +
+    itemsize bytes per pair where the (Q, H·W, 2) differences of
+    :func:`_inside` took 40. dy² + dx² < r² is tested as dx² <= n - dy²,
+    with n the largest integer below r²: exact in int32.
+    """
+    square = radius * radius  # may overflow to inf
+    limit = 2**31 - 1 if square >= 2**31 else math.ceil(square) - 1
+    q_pos = q_pos.to(torch.int32)
+    dy = q_pos[:, :1] - torch.arange(height, dtype=torch.int32,
+                                     device=q_pos.device)
+    dx = q_pos[:, 1:] - torch.arange(width, dtype=torch.int32,
+                                     device=q_pos.device)
+    inside = (dx * dx)[:, None, :] <= (limit - dy * dy)[:, :, None]
+    zero = torch.zeros((), dtype=dtype, device=q_pos.device)
+    return torch.where(inside, zero, -math.inf).flatten(1)
+
+
 def aggregate_labels(weights: torch.Tensor, indices: torch.Tensor,
                      key_labels: torch.Tensor) -> torch.Tensor:
     """Weighted sum of the chosen keys' labels.
@@ -515,12 +537,34 @@ def _pad_slots(weights: torch.Tensor, idx: torch.Tensor, slots: int
                       -1))
 
 
+def _top(aff: torch.Tensor, topk: int
+         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``aff.topk`` of at most the columns there are. Exported, k is
+    computed by the graph (a tensor, not an int) from the T·H·W it is
+    given, so a topk above it (any topk, "all keys") costs nothing."""
+    if not torch.onnx.is_in_onnx_export():
+        return aff.topk(min(topk, aff.shape[-1]), dim=-1)
+    with warnings.catch_warnings():
+        # The size is a value of the graph (Shape, Gather), not the
+        # constant the tracer warns of: the tests run the graph on inputs
+        # larger and smaller than the example.
+        warnings.filterwarnings('ignore', 'torch.as_tensor results are '
+                                'registered as constants')
+        k = torch.clamp(torch.as_tensor(aff.shape[-1]), max=topk)
+    return aff.topk(k, dim=-1)
+
+
 def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
                       keys: torch.Tensor, topk: int, radius: float,
                       temperature: float, unrestricted_keys: int
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Dense top-k of query rows against every key: affinity, window mask,
     ``topk``. Standard ops only (it is what ONNX exports).
+
+    The unrestricted frames and the restricted ones are scored apart, the
+    window added to the second product in place (0 or -inf), and the two
+    top-k lists merged: no window-masked copy of the whole affinity, and a
+    runtime may free one product before it makes the other.
 
     Args:
         q (Tensor): (B, Q, C) query features.
@@ -529,29 +573,48 @@ def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
 
     Returns:
         tuple[Tensor]: weights and flat indices, (B, Q, k) each, with
-        k = min(topk, T·H·W).
+        k = min(topk, T·H·W); picks of ineligible keys have weight 0 and
+        index -1.
     """
     b, t, c, h, w = keys.shape
-    aff = torch.einsum('bqc,btcp->bqtp', q, keys.reshape(b, t, c, h * w))
-    inside = _inside(q_pos, _positions(h, w, q.device), radius)
-    free = torch.arange(t, device=q.device) < unrestricted_keys
-    eligible = free[None, :, None] | inside[:, None, :]
-    aff = aff.masked_fill(~eligible, -math.inf).flatten(2)
-    # Exported, k is computed by the graph (a tensor, not an int) from the
-    # T·H·W it is given, so a topk above it (any topk, "all keys") costs
-    # nothing. Picks of ineligible keys become weight 0, index -1.
-    k = (torch.clamp(torch.as_tensor(aff.shape[-1]), max=topk)
-         if torch.onnx.is_in_onnx_export() else min(topk, aff.shape[-1]))
-    vals, idx = aff.topk(k, dim=-1)
-    return _finish_topk(vals, idx, temperature)
+    flat = keys.reshape(b, t, c, h * w)
+    # Static in a graph (T is not): slices past T are empty there.
+    free = (unrestricted_keys if torch.onnx.is_in_onnx_export() else
+            min(unrestricted_keys, t))
+    vals, idx = [], []
+    if free:
+        aff = torch.matmul(q, flat[:, :free].transpose(1, 2).flatten(2))
+        v, i = _top(aff, topk)
+        vals.append(v)
+        idx.append(i)
+    if torch.onnx.is_in_onnx_export() or free < t:
+        aff = torch.matmul(q, flat[:, free:].transpose(1, 2).flatten(2))
+        if math.isfinite(radius):
+            window = _window_bias(q_pos, h, w, radius, aff.dtype)[:, None]
+            if torch.onnx.is_in_onnx_export():
+                # A trace loses in-place writes through a view; the
+                # runtime may still add in place (no other reader).
+                aff = (aff.unflatten(-1, (-1, h * w)) + window).flatten(2)
+            else:
+                aff.unflatten(-1, (-1, h * w)).add_(window)
+        v, i = _top(aff, topk)
+        vals.append(v)
+        idx.append(i + free * h * w)
+    del aff
+    if len(vals) > 1:
+        v, pick = _top(torch.cat(vals, -1), topk)
+        vals, idx = [v], [torch.cat(idx, -1).gather(-1, pick)]
+    return _finish_topk(vals[0], idx[0], temperature)
 
 
 #: Copies of the dense (H·W, T·H·W) affinity a runtime holds at its peak
-#: in the dense form, from peaks measured with
-#: ``benchmarks/propagation_step.py`` (BENCHMARKS.md), rounded up: 2.6-2.8
-#: in PyTorch (the product, the window-masked copy, TopK's), 5.1-5.8 in
-#: ONNX Runtime 1.32 on the CPU with its default memory arena.
-DENSE_AFFINITY_COPIES = {'torch': 3, 'onnxruntime': 7}
+#: in the dense form, besides the window, from peaks measured with
+#: ``benchmarks/propagation_step.py`` (BENCHMARKS.md), rounded up: 1.1-1.5
+#: in PyTorch (the product, its top-k lists), 2.1-2.8 in one run of ONNX
+#: Runtime 1.32 on the CPU (4.6 from the second run on with the CPU
+#: memory arena, which keeps the first run's blocks: turn it off with
+#: ``SessionOptions.enable_cpu_mem_arena = False`` for repeated runs).
+DENSE_AFFINITY_COPIES = {'torch': 2, 'onnxruntime': 3}
 
 
 def decomposed_bytes(batch: int, frames: int, height: int, width: int,
@@ -559,10 +622,12 @@ def decomposed_bytes(batch: int, frames: int, height: int, width: int,
     """Bytes the dense form (:func:`topk_window_match_decomposed`, or its
     ONNX graph with ``runtime='onnxruntime'``) holds at once: the
     (H·W, T·H·W) affinity of each batch item
-    :data:`DENSE_AFFINITY_COPIES` times over, and the window mask."""
-    pairs = batch * height * width * frames * height * width
+    :data:`DENSE_AFFINITY_COPIES` times over, and the (H·W, H·W) window
+    (a boolean and an ``itemsize`` value per pair)."""
+    positions = height * width
+    pairs = batch * positions * frames * positions
     return (pairs * DENSE_AFFINITY_COPIES[runtime] * itemsize +
-            height * width * frames * height * width)
+            positions * positions * (1 + itemsize))
 
 
 def check_decomposed_memory(owner: str, batch: int, frames: int, height: int,

@@ -418,3 +418,25 @@ def test_topk_beyond_int64_is_refused_by_name(impl):
         call(impl, *inputs(), topk=2**63)
     with pytest.raises(ValueError, match='got an integer of 5001 digits'):
         call(impl, *inputs(), topk=10**5000)
+
+
+@pytest.mark.parametrize('radius', [0.0, 1e-300, 0.5, 1.0, math.sqrt(2),
+                                    math.sqrt(8), 2.5, 3.0, 12.0, 46340.95,
+                                    1e10, 1e200])
+@pytest.mark.parametrize('height,width', [(1, 1), (1, 7), (5, 3), (9, 9),
+                                          (11, 30)])
+def test_the_dense_forms_window_is_the_definition(height, width, radius):
+    """The dense forms' window (0 / -inf, from per-row and per-column
+    offsets in int32) against dy² + dx² < r² in float64, at radii whose
+    square is, or is just above, an integer, and beyond int32."""
+    from sfc_plugin.ops.topk_window_match import _positions, _window_bias
+    pos = _positions(height, width)
+    ys, xs = pos[:, 0], pos[:, 1]
+    d2 = (ys[:, None] - ys[None, :])**2 + (xs[:, None] - xs[None, :])**2
+    expected = d2 < radius * radius
+    for rows in (slice(None), slice(height * width // 2, None)):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            bias = _window_bias(pos[rows], height, width, radius, dtype)
+            assert bias.dtype == dtype
+            assert torch.equal(bias == 0, expected[rows])
+            assert torch.equal(bias == -math.inf, ~expected[rows])
