@@ -17,6 +17,7 @@ are supported by the same code.
 import argparse
 import json
 import math
+import os
 import os.path as osp
 import sys
 import time
@@ -29,6 +30,9 @@ Shape = Tuple[int, ...]
 #: Largest --workspace (GiB): TensorRT caps the pool at the GPU's memory
 #: anyway, and larger values overflow its size_t.
 MAX_WORKSPACE_GIB = 1024
+#: Largest profile dimension: far beyond any frame, and within the int32
+#: of TensorRT 8's Dims (TensorRT 10's are int64).
+MAX_DIM = 2**31 - 1
 DEFAULT_OUT_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
                            'trt_engines')
 
@@ -43,11 +47,16 @@ def parse_profile(specs: List[str]) -> Dict[str, Tuple[Shape, Shape, Shape]]:
             raise ValueError(f'--shape "{spec}": expected '
                              'NAME=MIN:OPT:MAX, e.g. images=1x3x240x432:'
                              '1x3x480x864:4x3x480x864')
+        if name in profile:
+            raise ValueError(f'--shape "{spec}": "{name}" is given twice')
         try:
             dims = [tuple(int(d) for d in p.lower().split('x')) for p in parts]
         except ValueError:
             raise ValueError(f'--shape "{spec}": dimensions must be '
                              'integers joined by x') from None
+        if any(d > MAX_DIM for shape in dims for d in shape):
+            raise ValueError(f'--shape "{spec}": dimensions must be <= '
+                             f'{MAX_DIM} (TensorRT\'s limit)')
         lo, opt, hi = dims
         if not len(lo) == len(opt) == len(hi):
             raise ValueError(f'--shape "{spec}": min, opt and max differ in '
@@ -221,10 +230,26 @@ def parse_args(argv=None):
     return args
 
 
+def check_engine_name(name: str) -> None:
+    """``--name`` is a file name in ``--out-dir``: not empty, no folder
+    (``fc/`` would write ``fc/.engine``), not hidden."""
+    seps = tuple(filter(None, (os.sep, os.altsep)))
+    if not name.strip() or name.startswith('.') or any(
+            sep in name for sep in seps) or '\0' in name:
+        raise ValueError(f'--name "{name}": give a plain file name (no '
+                         'folder, not starting with a dot); the engine goes '
+                         'in --out-dir')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if osp.isdir(args.onnx):
+        raise IsADirectoryError(f'"{args.onnx}" is a folder, not an ONNX '
+                                'file')
     if not osp.isfile(args.onnx):
         raise FileNotFoundError(f'ONNX file not found: "{args.onnx}"')
+    if args.name is not None:
+        check_engine_name(args.name)
     try:
         model = onnx.load(args.onnx, load_external_data=False)
     except Exception as e:  # not an ONNX file at all

@@ -71,13 +71,21 @@ def make_parent_dir(path: PathLike, what: str = 'Output') -> str:
     return parent
 
 
+def _check_not_empty(path: PathLike, what: str) -> None:
+    if not os.fspath(path).strip():
+        raise ValueError(f'{what} is empty: give a path')
+
+
 def check_writable_dir(path: PathLike, what: str = 'Output folder') -> None:
     """Checks, before any work, that a folder can be created or written.
 
     Raises:
+        ValueError: ``path`` is empty (an unset variable, most likely; not
+            the current folder).
         NotADirectoryError: ``path`` (or a parent) is a file.
         PermissionError: It cannot be written.
     """
+    _check_not_empty(path, what)
     path = osp.abspath(os.fspath(path))
     if osp.exists(path) and not osp.isdir(path):
         raise NotADirectoryError(f'{what} "{path}" is a file')
@@ -102,10 +110,12 @@ def check_writable_file(path: PathLike, what: str = 'Output') -> None:
             '--out'); its folder is called ``what`` + ' folder'.
 
     Raises:
+        ValueError: ``path`` is empty.
         IsADirectoryError: ``path`` is a folder.
         NotADirectoryError: A parent of it is a file.
         PermissionError: Its folder cannot be written.
     """
+    _check_not_empty(path, what)
     if osp.isdir(os.fspath(path)):
         raise IsADirectoryError(f'{what} "{os.fspath(path)}" is a folder')
     check_writable_dir(osp.dirname(osp.abspath(os.fspath(path))),

@@ -119,6 +119,46 @@ def test_timing_cache_is_checked_before_tensorrt(repo, step_onnx, tmp_path,
     assert open(step_onnx, 'rb').read() == before
 
 
+NAME_RULE = ('give a plain file name (no folder, not starting with a dot); '
+             'the engine goes in --out-dir')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--shape', 'query=1x8x4x4:1x8x6x7:2x8x9x9'],
+     '--shape "query=1x8x4x4:1x8x6x7:2x8x9x9": "query" is given twice'),
+    (['--shape', f'images=1x8x4x4:1x8x6x7:2x8x9x{2**31}'],
+     f'--shape "images=1x8x4x4:1x8x6x7:2x8x9x{2**31}": dimensions must be '
+     "<= 2147483647 (TensorRT's limit)"),
+    (['--out-dir', ''], '--out-dir is empty: give a path'),
+    (['--out-dir', '  '], '--out-dir is empty: give a path'),
+    (['--name', 'fc/'], f'--name "fc/": {NAME_RULE}'),
+    (['--name', '../fc'], f'--name "../fc": {NAME_RULE}'),
+    (['--name', '.hidden'], f'--name ".hidden": {NAME_RULE}'),
+    (['--name', ''], f'--name "": {NAME_RULE}'),
+])
+def test_bad_arguments_are_one_line_before_tensorrt(step_onnx, tmp_path,
+                                                    capsys, args, message):
+    from sfc_plugin.utils.cli import run_tool
+    tool = load_tool('export/to_trt.py')
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_trt.py', [
+            step_onnx, *GOOD, '--out-dir', str(tmp_path / 'out'), *args])
+    assert capsys.readouterr().err.strip() == f'to_trt.py: error: {message}'
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_is_not_an_onnx_file(tmp_path, capsys):
+    from sfc_plugin.utils.cli import run_tool
+    tool = load_tool('export/to_trt.py')
+    (tmp_path / 'model.onnx').mkdir()
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_trt.py', [str(tmp_path / 'model.onnx'),
+                                          *GOOD])
+    assert capsys.readouterr().err.strip() == (
+        f'to_trt.py: error: "{tmp_path / "model.onnx"}" is a folder, not an '
+        'ONNX file')
+
+
 def test_engine_report_never_replaces_the_onnx_report(repo, step_onnx,
                                                      capsys):
     """--out-dir in the ONNX's folder, default name: the engine's report

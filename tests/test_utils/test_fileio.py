@@ -8,6 +8,7 @@ import pytest
 from sfc_plugin.utils.fileio import (
     VerifiedVideoWriter,
     check_output_location,
+    check_writable_dir,
     check_writable_file,
     remove_file,
     replace_folder,
@@ -118,3 +119,13 @@ def test_output_overlapping_an_input_is_refused(tmp_path, relation, output,
         return
     with pytest.raises(ValueError, match=match):
         check_output_location(tmp_path / output, {'frames': frames})
+
+
+@pytest.mark.parametrize('check', [check_writable_dir, check_writable_file])
+@pytest.mark.parametrize('path', ['', ' ', '\t'])
+def test_an_empty_path_is_no_path(check, path, tmp_path, monkeypatch):
+    """An empty --out-dir (an unset variable) is refused, not taken for
+    the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match='^--out is empty: give a path$'):
+        check(path, '--out')
