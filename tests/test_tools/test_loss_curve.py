@@ -1,5 +1,6 @@
 """tools/analysis/loss_curve.py: a table of a run's logs, one line per
 mistake."""
+import os
 import warnings
 
 import pytest
@@ -45,6 +46,10 @@ def test_table_and_curve(tool, tmp_path, capsys):
     (['{"iter": 1, "loss": 1' + '0' * 400 + '}'], [],
      'line 1 (iter 1): loss must be a real number within float range, got '
      'an integer of 401 digits'),
+    (['{"iter": 1, "loss": 1' + '0' * 5000 + '}'], [],
+     'line 1 holds an integer of 5001 digits: no logged value'),
+    (['{"iter": 1, "loss": 0.5}', '[' * 100000], [],
+     'line 2 nests deeper than a log record does'),
     (['{"iter": 1e3, "loss": 1}'], [],
      'iter 1000.0 is not an iteration (an integer in [1, 2**53])'),
     (['{"iter": 0, "loss": 1}'], [], 'iter 0 is not an iteration'),
@@ -115,3 +120,24 @@ def test_bin_mean_near_the_float_limit(tool):
     assert tool.bin_mean([big, -big, 1.0]) == 1.0 / 3
     assert math.isnan(tool.bin_mean([math.inf, -math.inf]))
     assert tool.bin_mean([math.inf, 1.0]) == math.inf
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_record(tool, tmp_path,
+                                                          capsys):
+    work = logs(tmp_path, '{"iter": 1, "loss": 0.5}')
+    path = next(work.glob('*/vis_data/scalars.json'))
+    path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())
+    run_tool(tool.main, 'loss_curve.py', [str(work), '--bin', '1'])
+    assert '| 1–1 | 0.5000 | nan |' in capsys.readouterr().out
+
+
+def test_a_fifo_is_refused_not_read(tool, tmp_path, capsys):
+    """Opening a FIFO for reading waits for a writer: forever."""
+    folder = tmp_path / 'work' / '20261127_000000' / 'vis_data'
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / 'scalars.json')
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'loss_curve.py', [str(tmp_path / 'work')])
+    assert capsys.readouterr().err.strip() == (
+        f'loss_curve.py: error: "{folder / "scalars.json"}" is not a regular '
+        'file')

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os.path as osp
+import sys
 from collections import OrderedDict
 
 from sfc_plugin.utils.cli import add_debug_argument, run_tool
@@ -34,13 +35,33 @@ MAX_ITER = 2**53
 MAX_PLOT_SPAN = 1e300
 
 
+class _LongInteger(ValueError):
+
+    def __init__(self, digits: int):
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int:
+    """JSON integers: one longer than ``int()`` reads (4300 digits unless
+    the interpreter says otherwise) is named as such, not as a line cut
+    short."""
+    digits = len(text.lstrip('-'))
+    limit = sys.get_int_max_str_digits()
+    if limit and digits > limit:
+        raise _LongInteger(digits)
+    return int(text)
+
+
 def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
     """The logged records holding ``key``, by iteration, with ``key`` and
     ``target_momentum`` as floats.
 
     Raises:
         FileNotFoundError: No scalars file under ``work_dir``.
-        ValueError: A line that is not a JSON record, a ``key`` or
+        ValueError: A scalars file that is no regular file (a FIFO would
+            block), a line that is not a JSON record (or nests too deep,
+            or holds an integer too long to read), a ``key`` or
             ``target_momentum`` that is not a number, an ``iter`` that is
             not an integer in [1, 2**53] (naming the file and line); no
             record of ``key``.
@@ -48,12 +69,20 @@ def read_scalars(work_dir: str, key: str) -> 'OrderedDict[int, dict]':
     files = scalar_files(work_dir)
     records = OrderedDict()
     for path in files:
-        with open(path, encoding='utf-8', errors='replace') as f:
+        # utf-8-sig: a byte-order mark (an editor's) is no part of line 1.
+        with open(path, encoding='utf-8-sig', errors='replace') as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line, parse_int=_parse_int)
+                except _LongInteger as err:
+                    raise ValueError(f'"{path}" line {number} holds an '
+                                     f'integer of {err.digits} digits: no '
+                                     'logged value') from None
+                except RecursionError:
+                    raise ValueError(f'"{path}" line {number} nests deeper '
+                                     'than a log record does') from None
                 except ValueError:
                     raise ValueError(
                         f'"{path}" line {number} is not a JSON record (a '
@@ -118,6 +147,10 @@ def scalar_files(work_dir: str) -> list:
         raise FileNotFoundError(
             f'no */vis_data/scalars.json under "{work_dir}": is it the work '
             'dir of a training run?')
+    for path in files:
+        # A FIFO would block the read forever, a folder fail it.
+        if not osp.isfile(path):
+            raise ValueError(f'"{path}" is not a regular file')
     return files
 
 
