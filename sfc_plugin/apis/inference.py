@@ -14,7 +14,6 @@ import contextlib
 import os
 import os.path as osp
 import queue
-import re
 import resource
 import threading
 import time
@@ -34,7 +33,12 @@ from sfc_plugin.datasets.video_reader import VideoReader
 from sfc_plugin.ops import load_native_ops, matching_kernel
 from sfc_plugin.registry import MODELS, TRANSFORMS
 from sfc_plugin.utils import register_all_modules
-from sfc_plugin.utils.config import apply_checkpoint, find_config, load_config
+from sfc_plugin.utils.config import (
+    apply_checkpoint,
+    build_from_config,
+    find_config,
+    load_config,
+)
 from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.host_copy import HostCopy, pinned_for
 from sfc_plugin.utils.progress import FrameProgressBar
@@ -256,41 +260,8 @@ def init_tracker(cfg: Config, device: Optional[str] = None, seed: int = 0):
     register_all_modules()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        try:
-            model = MODELS.build(cfg.model)
-        except TypeError as err:
-            raise _named_setting_error(cfg.model, err) from None
+        model = build_from_config(MODELS, cfg.model)
     return model.to(device).eval()
-
-
-_UNEXPECTED_ARGUMENT = re.compile(
-    r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
-
-
-def _named_setting_error(model: dict, err: TypeError) -> Exception:
-    """A setting no part of the model takes (``--cfg-options
-    model.propagator.topK=5``) as an error naming its key in the config;
-    any other TypeError as it is."""
-    match = _UNEXPECTED_ARGUMENT.search(str(err))
-    if match is None:
-        return err
-    owner, key = match.groups()
-    found = []
-
-    def visit(node, path):
-        if isinstance(node, dict):
-            if node.get('type') == owner and key in node:
-                found.append(f'{path}.{key}')
-            for name, value in node.items():
-                visit(value, f'{path}.{name}')
-        elif isinstance(node, (list, tuple)):
-            for i, value in enumerate(node):
-                visit(value, f'{path}[{i}]')
-
-    visit(model, 'model')
-    where = found[0] if len(found) == 1 else f'"{key}"'
-    return ValueError(f'{owner} takes no setting "{key}": remove or correct '
-                      f'{where} (from the config or --cfg-options)')
 
 
 def _with_video_info(reader: VideoReader, item: dict) -> dict:

@@ -24,7 +24,7 @@ from sfc_plugin.datasets.utils import decode_frame, is_image_file
 from sfc_plugin.models.encoders import CheckpointKeyError
 from sfc_plugin.models.trackers.sfc_tracker import IMAGENET_MEAN, IMAGENET_STD
 from sfc_plugin.registry import MODELS
-from sfc_plugin.utils.config import apply_checkpoint
+from sfc_plugin.utils.config import apply_checkpoint, build_from_config
 from sfc_plugin.utils.fileio import atomic_output, sha256
 from sfc_plugin.utils.validation import check_integer
 
@@ -101,7 +101,10 @@ def build_encoder(cfg: Config,
             raise ExportError(f'{cfg.filename}: {e}; set the encoders\' '
                               'checkpoints with --cfg-options') from e
     try:
-        encoder = MODELS.build(encoder_config(cfg, part))
+        encoder = build_from_config(
+            MODELS, encoder_config(cfg, part),
+            'model.encoder' + ('' if part == 'full' else
+                               f'.{_BRANCHES[part]}'))
     except CheckpointKeyError as e:
         raise ExportError(f'a checkpoint does not match {cfg.filename}: '
                           f'{e}') from e

@@ -155,8 +155,10 @@ def export_propagation_step(step: PropagationStep,
 def step_from_config(cfg, form: str) -> PropagationStep:
     """The step with the settings of a tracker config's propagator."""
     from sfc_plugin.registry import MODELS
-    prop = MODELS.build(cfg.model.get('propagator',
-                                      dict(type='LabelPropagator')))
+    from sfc_plugin.utils.config import build_from_config
+    prop = build_from_config(
+        MODELS, cfg.model.get('propagator', dict(type='LabelPropagator')),
+        'model.propagator')
     return PropagationStep(prop.topk, prop.radius, prop.temperature,
                            0 if prop.restrict_first_frame else 1, form=form)
 

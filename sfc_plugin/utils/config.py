@@ -6,7 +6,8 @@ there.
 """
 import os
 import os.path as osp
-from typing import Dict, Optional
+import re
+from typing import Any, Dict, Optional
 
 from mmengine.config import Config
 
@@ -132,3 +133,52 @@ def config_inputs(cfg: Config) -> Dict[str, str]:
 
 __all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'config_inputs',
            'find_config', 'load_config']
+
+
+_UNEXPECTED_ARGUMENT = re.compile(
+    r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
+def named_setting_error(node: Any, err: TypeError,
+                        path: str = 'model') -> Exception:
+    """A setting no part of a built config takes (``--cfg-options
+    model.propagator.topK=5``) as a ValueError naming its key in the
+    config (``node`` is the config dict at ``path``); any other TypeError
+    as it is."""
+    match = _UNEXPECTED_ARGUMENT.search(str(err))
+    if match is None:
+        return err
+    owner, key = match.groups()
+    found = []
+
+    def visit(value, where):
+        if isinstance(value, dict):
+            if value.get('type') == owner and key in value:
+                found.append(f'{where}.{key}')
+            for name, item in value.items():
+                visit(item, f'{where}.{name}')
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f'{where}[{i}]')
+
+    visit(node, path)
+    where = found[0] if len(found) == 1 else f'"{key}"'
+    return ValueError(f'{owner} takes no setting "{key}": remove or correct '
+                      f'{where} (from the config or --cfg-options)')
+
+
+def build_from_config(registry, node: Any, path: str = 'model'):
+    """``registry.build(node)``, with a setting the built class does not
+    take named by its key in the config (see
+    :func:`named_setting_error`).
+
+    Args:
+        registry (mmengine.Registry): Where ``node['type']`` is registered.
+        node (dict): The config of what to build.
+        path (str): Where ``node`` is in the config, for the message.
+            Defaults to ``'model'``.
+    """
+    try:
+        return registry.build(node)
+    except TypeError as err:
+        raise named_setting_error(node, err, path) from None

@@ -282,3 +282,25 @@ def test_decomposed_step_check_is_sized_for_onnxruntime(repo, frames,
                                                           'fc.onnx']
     assert export_with(decomposed_bytes(1, t, h, w, 4, 'onnxruntime'))[
         'passed']
+
+
+@pytest.mark.parametrize('option, key', [
+    ('model.propagator.topK=5', 'LabelPropagator takes no setting "topK": '
+     'remove or correct model.propagator.topK'),
+    ('model.encoder.depthh=5', 'CorrespondenceEncoder takes no setting '
+     '"depthh": remove or correct model.encoder.depthh'),
+])
+def test_to_onnx_names_a_mistyped_setting_by_its_key(repo, frames, tmp_path,
+                                                     capsys, option, key):
+    from sfc_plugin.utils.cli import run_tool
+
+    from ..conftest import load_tool
+    tool = load_tool('export/to_onnx.py')
+    with pytest.raises(SystemExit, match='1'):
+        run_tool(tool.main, 'to_onnx.py', [
+            str(repo / 'configs' / 'fc_davis.py'), '--frames', *frames,
+            '--out', str(tmp_path / 'enc.onnx'), '--propagation-step',
+            'decomposed', '--cfg-options', option])
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
