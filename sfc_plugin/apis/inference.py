@@ -43,7 +43,7 @@ from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.host_copy import HostCopy, pinned_for
 from sfc_plugin.utils.progress import FrameProgressBar
 from sfc_plugin.utils.threads import lower_thread_priority
-from sfc_plugin.utils.validation import check_integer
+from sfc_plugin.utils.validation import check_integer, shown
 
 from .anchors import AnchorsArg, anchor_inputs, resolve_anchors
 from .results_writer import TrackingResultsWriter
@@ -475,6 +475,26 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+def cudnn_benchmark_setting(cfg) -> bool:
+    """The config's ``env_cfg.cudnn_benchmark`` (False when unset).
+
+    Raises:
+        ValueError: ``env_cfg`` is no dict, or the setting no bool.
+    """
+    env = cfg.get('env_cfg', {})
+    if not isinstance(env, dict):
+        raise ValueError(f'env_cfg must be a dict of environment settings '
+                         f'(mmengine\'s), got {shown(env)}')
+    enabled = env.get('cudnn_benchmark', False)
+    # 0 and 1 as mmengine's Runner reads them (truthiness); 'no' is not
+    # False there either, so strings and the rest are refused.
+    if not (isinstance(enabled, bool) or (type(enabled) is int
+                                          and enabled in (0, 1))):
+        raise ValueError('env_cfg.cudnn_benchmark must be True or False, '
+                         f'got {shown(enabled)}')
+    return bool(enabled)
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -646,6 +666,7 @@ def track_video(source: str,
         if kind == 'keypoints' else None)
     cfg = tracker_config(config, checkpoint, cfg_options, backend,
                          backend_model, kind, num_classes, precision)
+    benchmark = cudnn_benchmark_setting(cfg)
     weights = weights_record(cfg)
     inputs.update((f'{key} checkpoint', value['path'])
                   for key, value in weights.items()
@@ -654,7 +675,7 @@ def track_video(source: str,
             out_dir, kind, overlay=overlay,
             fps=getattr(reader, 'fps', None) or 24.0,
             overwrite=overwrite, inputs=inputs) as writer, cudnn_benchmark(
-                cfg.get('env_cfg', {}).get('cudnn_benchmark', False)):
+                benchmark):
         model = init_tracker(cfg, device)
         device = str(next(model.parameters()).device)
         # The matching kernels are compiled on first use (a visible, one-time

@@ -613,6 +613,34 @@ def test_a_setting_no_part_takes_is_named_by_its_key(options, message):
     assert str(err.value).startswith(message)
 
 
+@pytest.mark.parametrize('options, message', [
+    ({'env_cfg': 5}, "env_cfg must be a dict of environment settings "
+     "(mmengine's), got 5"),
+    ({'env_cfg.cudnn_benchmark': 'no'}, 'env_cfg.cudnn_benchmark must be '
+     "True or False, got 'no'"),
+    ({'env_cfg.cudnn_benchmark': 2}, 'env_cfg.cudnn_benchmark must be True '
+     'or False, got 2'),
+])
+def test_environment_settings_are_checked_before_any_output(
+        video, tmp_path, options, message):
+    """env_cfg=5 was an 'unexpected AttributeError', after the output
+    folder had been opened."""
+    with pytest.raises(ValueError) as err:
+        run(video, tmp_path / 'out', cfg_options=options, overlay=False)
+    assert str(err.value) == message
+    assert not (tmp_path / 'out').exists() and leftovers(tmp_path) == []
+
+
+def test_cudnn_benchmark_setting_reads_as_mmengine_does():
+    from sfc_plugin.apis.inference import cudnn_benchmark_setting
+    assert cudnn_benchmark_setting({}) is False
+    assert cudnn_benchmark_setting({'env_cfg': {}}) is False
+    assert cudnn_benchmark_setting(
+        {'env_cfg': {'cudnn_benchmark': 1}}) is True
+    assert cudnn_benchmark_setting(
+        {'env_cfg': {'cudnn_benchmark': False}}) is False
+
+
 @pytest.mark.parametrize('device, message', [
     ('cpu:1', 'Device "cpu:1": the CPU is one device (use cpu)'),
     ('tpu', 'Device "tpu" is not a device'),
