@@ -145,7 +145,8 @@ def export_propagation_step(step: PropagationStep,
     inputs = tuple(inputs) if inputs is not None else example_inputs()
     with atomic_output(path) as tmp:
         # The custom node comes from a TorchScript symbolic; the
-        # decomposition's data-dependent top-k padding is TorchScript's too.
+        # decomposition's k = min(topk, T·H·W), computed in the graph from
+        # the inputs' shapes, is traced by TorchScript too.
         export_onnx(step, inputs, tmp, INPUT_NAMES, OUTPUT_NAMES,
                     DYNAMIC_AXES if dynamic else None, opset,
                     exporter='torchscript')
