@@ -24,7 +24,7 @@ form the memory left cannot hold.
         --impl native reference dense
     python benchmarks/propagation_step.py --device cuda --channels 1280 \\
         --impl native native-bf16 reference
-    python benchmarks/propagation_step.py --channels 64 --height 40 \
+    python benchmarks/propagation_step.py --channels 64 --height 40 \\
         --width 40 --frames 20 --impl native decomposed onnx-decomposed
 """
 import argparse
@@ -61,6 +61,8 @@ def onnx_decomposed(args, channels):
     outside the count), as a function of the step's inputs."""
     import tempfile
 
+    import onnxruntime
+
     from sfc_plugin.deploy import (
         PropagationStep,
         export_propagation_step,
@@ -71,7 +73,6 @@ def onnx_decomposed(args, channels):
         example_inputs,
     )
     step = PropagationStep(args.topk, args.radius, 0.05, form='decomposed')
-    import onnxruntime
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = args.ort_arena == 'on'
     with tempfile.TemporaryDirectory() as tmp:

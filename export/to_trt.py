@@ -276,9 +276,10 @@ def main(argv=None):
     precision = onnx_precision(model)
     engine_path = osp.join(args.out_dir, name + '.engine')
     reports = report_paths(engine_path)
-    if args.timing_cache is not None and not args.timing_cache.strip():
-        raise ValueError('--timing-cache is empty: give a file path')
-    cache = args.timing_cache or osp.join(args.out_dir, 'timing.cache')
+    # An empty --timing-cache is check_writable_file's to refuse, not a
+    # cue for the default.
+    cache = (osp.join(args.out_dir, 'timing.cache')
+             if args.timing_cache is None else args.timing_cache)
     check_writable_dir(args.out_dir, '--out-dir')
     check_writable_file(cache, '--timing-cache')
     # An export report is read whenever its model is deployed

@@ -611,7 +611,7 @@ def _dense_neighbours(q: torch.Tensor, q_pos: torch.Tensor,
 #: in the dense form, besides the window, from peaks measured with
 #: ``benchmarks/propagation_step.py`` (BENCHMARKS.md), rounded up: 1.1-1.5
 #: in PyTorch (the product, its top-k lists), 2.1-2.8 in one run of ONNX
-#: Runtime 1.32 on the CPU (4.6 from the second run on with the CPU
+#: Runtime 1.32 on the CPU (4.4-4.6 from the second run on with the CPU
 #: memory arena, which keeps the first run's blocks: turn it off with
 #: ``SessionOptions.enable_cpu_mem_arena = False`` for repeated runs).
 DENSE_AFFINITY_COPIES = {'torch': 2, 'onnxruntime': 3}
