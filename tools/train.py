@@ -77,10 +77,13 @@ def parse_args(argv=None):
 
 
 def load_config(args) -> Config:
-    """The config with the shared options (launcher, overrides, work dir)."""
+    """The config with the shared options (launcher, overrides, work dir),
+    its ``env_cfg`` checked (:func:`~sfc_plugin.utils.config.check_env_cfg`)
+    since the Runner applies it unchecked."""
     if not os.path.isfile(args.config):
         raise FileNotFoundError(f'Config not found: "{args.config}"')
     cfg = config_io.load_config(args.config, args.cfg_options)
+    config_io.check_env_cfg(cfg)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

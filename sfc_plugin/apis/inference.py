@@ -36,6 +36,7 @@ from sfc_plugin.utils import register_all_modules
 from sfc_plugin.utils.config import (
     apply_checkpoint,
     build_from_config,
+    check_env_cfg,
     find_config,
     load_config,
 )
@@ -43,7 +44,7 @@ from sfc_plugin.utils.fileio import check_output_location, sha256
 from sfc_plugin.utils.host_copy import HostCopy, pinned_for
 from sfc_plugin.utils.progress import FrameProgressBar
 from sfc_plugin.utils.threads import lower_thread_priority
-from sfc_plugin.utils.validation import check_integer, shown
+from sfc_plugin.utils.validation import check_integer
 
 from .anchors import AnchorsArg, anchor_inputs, resolve_anchors
 from .results_writer import TrackingResultsWriter
@@ -476,23 +477,13 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 
 def cudnn_benchmark_setting(cfg) -> bool:
-    """The config's ``env_cfg.cudnn_benchmark`` (False when unset).
+    """The config's ``env_cfg.cudnn_benchmark`` (False when unset), with
+    ``env_cfg`` checked as before a Runner (:func:`check_env_cfg`).
 
     Raises:
-        ValueError: ``env_cfg`` is no dict, or the setting no bool.
+        ValueError: A setting of ``env_cfg`` is of the wrong kind.
     """
-    env = cfg.get('env_cfg', {})
-    if not isinstance(env, dict):
-        raise ValueError(f'env_cfg must be a dict of environment settings '
-                         f'(mmengine\'s), got {shown(env)}')
-    enabled = env.get('cudnn_benchmark', False)
-    # 0 and 1 as mmengine's Runner reads them (truthiness); 'no' is not
-    # False there either, so strings and the rest are refused.
-    if not (isinstance(enabled, bool) or (type(enabled) is int
-                                          and enabled in (0, 1))):
-        raise ValueError('env_cfg.cudnn_benchmark must be True or False, '
-                         f'got {shown(enabled)}')
-    return bool(enabled)
+    return bool(check_env_cfg(cfg).get('cudnn_benchmark', False))
 
 
 def peak_rss_mib() -> float:

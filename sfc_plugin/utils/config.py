@@ -4,6 +4,7 @@ Errors name the config or checkpoint file: a config that does not parse, a
 ``--cfg-options`` override that does not fit it, a checkpoint that is not
 there.
 """
+import multiprocessing
 import os
 import os.path as osp
 import re
@@ -14,6 +15,7 @@ from mmengine.config import Config
 import sfc_plugin
 
 from .optional import require_mmdet
+from .validation import check_integer, shown
 
 #: Configs shipped inside the package (what mim finds).
 PACKAGE_CONFIGS = osp.join(osp.dirname(sfc_plugin.__file__), '.mim',
@@ -131,8 +133,85 @@ def config_inputs(cfg: Config) -> Dict[str, str]:
     return found
 
 
-__all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'config_inputs',
-           'find_config', 'load_config']
+#: What mmengine's Runner reads from ``env_cfg`` (``Runner.setup_env``).
+ENV_SETTINGS = ('cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit')
+#: What it passes on from ``env_cfg.mp_cfg`` (``set_multi_processing``).
+MP_SETTINGS = ('mp_start_method', 'opencv_num_threads')
+
+
+def check_env_cfg(cfg) -> dict:
+    """The config's ``env_cfg`` ({} when unset), checked before a Runner
+    or a tool applies it.
+
+    mmengine's Runner takes each setting as it comes: ``env_cfg=5`` was an
+    AttributeError, ``mp_cfg.mp_start_method='frok'`` a ValueError of
+    multiprocessing and ``resource_limit=nan`` a TypeError of
+    ``resource.setrlimit``, none naming the setting, and a misspelt key
+    (``cudnn_benchmak``) was ignored. The rules:
+
+    - ``cudnn_benchmark``: True or False (0 and 1 too, as the Runner's
+      truthiness reads them; ``'no'`` would be True there).
+    - ``mp_cfg``: a dict of ``mp_start_method`` (a start method of this
+      platform: fork, spawn, forkserver) and ``opencv_num_threads`` (an
+      int32; negative is OpenCV's default).
+    - ``dist_cfg``: a dict (``torch.distributed.init_process_group``'s
+      keywords, which torch checks).
+    - ``resource_limit``: an integer >= 0, the open files' soft limit
+      (capped by the hard limit).
+
+    Args:
+        cfg (Config | dict): The full config.
+
+    Returns:
+        dict: ``cfg.env_cfg``.
+
+    Raises:
+        ValueError: A setting is of the wrong kind or unknown, named by
+            its key.
+    """
+    env = cfg.get('env_cfg', None)
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise ValueError(f'env_cfg must be a dict of environment settings '
+                         f'(mmengine\'s), got {shown(env)}')
+    for key in env:
+        if key not in ENV_SETTINGS:
+            raise ValueError(
+                f'env_cfg.{key} is no setting of mmengine\'s Runner (it '
+                f'reads {", ".join(ENV_SETTINGS)}): remove or correct it')
+    enabled = env.get('cudnn_benchmark', False)
+    if not (isinstance(enabled, bool) or (type(enabled) is int
+                                          and enabled in (0, 1))):
+        raise ValueError('env_cfg.cudnn_benchmark must be True or False, '
+                         f'got {shown(enabled)}')
+    for key in ('mp_cfg', 'dist_cfg'):
+        if not isinstance(env.get(key, {}), dict):
+            raise ValueError(f'env_cfg.{key} must be a dict, got '
+                             f'{shown(env[key])}')
+    mp_cfg = env.get('mp_cfg', {})
+    for key in mp_cfg:
+        if key not in MP_SETTINGS:
+            raise ValueError(
+                f'env_cfg.mp_cfg.{key} is no setting of mmengine\'s '
+                f'set_multi_processing (it takes {", ".join(MP_SETTINGS)})')
+    method = mp_cfg.get('mp_start_method')
+    methods = multiprocessing.get_all_start_methods()
+    if 'mp_start_method' in mp_cfg and method not in methods:
+        raise ValueError('env_cfg.mp_cfg.mp_start_method must be one of '
+                         f'{", ".join(methods)}, got {shown(method)}')
+    if 'opencv_num_threads' in mp_cfg:
+        check_integer('config', 'env_cfg.mp_cfg.opencv_num_threads',
+                      mp_cfg['opencv_num_threads'], low=-2**31,
+                      high=2**31 - 1)
+    if 'resource_limit' in env:
+        check_integer('config', 'env_cfg.resource_limit',
+                      env['resource_limit'], low=0)
+    return env
+
+
+__all__ = ['PACKAGE_CONFIGS', 'apply_checkpoint', 'check_env_cfg',
+           'config_inputs', 'find_config', 'load_config']
 
 
 _UNEXPECTED_ARGUMENT = re.compile(

@@ -52,6 +52,21 @@ def test_test_tool_names_a_missing_checkpoint(python, repo, tmp_path,
     assert 'nope.pth' in proc.stderr and 'not found' in proc.stderr
 
 
+def test_environment_settings_are_named_before_the_runner(
+        python, repo, tmp_path, subprocess_env):
+    """env_cfg=5 was mmengine's 'unexpected AttributeError'."""
+    for tool in ('test.py', 'train.py'):
+        proc = subprocess.run([
+            python, str(repo / 'tools' / tool),
+            str(repo / 'configs' / 'fc_davis.py'), '--work-dir',
+            str(tmp_path / 'w'), '--cfg-options', 'env_cfg=5'
+        ], env=subprocess_env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert proc.stderr == (f'{tool}: error: env_cfg must be a dict of '
+                               "environment settings (mmengine's), got 5\n")
+        assert not (tmp_path / 'w').exists()
+
+
 def test_fc_davis_end_to_end_on_generated_videos(python, repo, tmp_path,
                                                  subprocess_env):
     """tools/test.py with the FC DAVIS config, a random-init network."""

@@ -4,6 +4,7 @@ import pytest
 
 from sfc_plugin.utils.config import (
     build_from_config,
+    check_env_cfg,
     config_inputs,
     load_config,
     named_setting_error,
@@ -77,3 +78,46 @@ def test_the_same_key_in_two_places_is_named_by_itself():
         'config or --cfg-options)')
     other = TypeError('unsupported operand')
     assert named_setting_error(node, other) is other
+
+
+@pytest.mark.parametrize('env, message', [
+    (5, "env_cfg must be a dict of environment settings (mmengine's), "
+     "got 5"),
+    ({'cudnn_benchmak': True}, "env_cfg.cudnn_benchmak is no setting of "
+     "mmengine's Runner (it reads cudnn_benchmark, mp_cfg, dist_cfg, "
+     "resource_limit): remove or correct it"),
+    ({'cudnn_benchmark': 'no'}, "env_cfg.cudnn_benchmark must be True or "
+     "False, got 'no'"),
+    ({'mp_cfg': 'fork'}, "env_cfg.mp_cfg must be a dict, got 'fork'"),
+    ({'dist_cfg': 3}, 'env_cfg.dist_cfg must be a dict, got 3'),
+    ({'mp_cfg': {'threads': 2}}, "env_cfg.mp_cfg.threads is no setting of "
+     "mmengine's set_multi_processing (it takes mp_start_method, "
+     "opencv_num_threads)"),
+    ({'mp_cfg': {'mp_start_method': 'frok'}}, 'env_cfg.mp_cfg.'
+     'mp_start_method must be one of '),
+    ({'mp_cfg': {'mp_start_method': ['fork']}}, 'env_cfg.mp_cfg.'
+     'mp_start_method must be one of '),
+    ({'mp_cfg': {'opencv_num_threads': 2**40}}, 'config: env_cfg.mp_cfg.'
+     'opencv_num_threads must be in [-2147483648, 2147483647], got '
+     '1099511627776'),
+    ({'resource_limit': float('nan')}, 'config: env_cfg.resource_limit must '
+     'be an integer, got nan (float)'),
+    ({'resource_limit': -1}, 'config: env_cfg.resource_limit must be >= 0, '
+     'got -1'),
+])
+def test_environment_settings_are_named_where_mmengine_would_fail(
+        env, message):
+    """mmengine's Runner applies env_cfg unchecked: env_cfg=5 was an
+    AttributeError, a misspelt key was ignored."""
+    with pytest.raises(ValueError) as err:
+        check_env_cfg({'env_cfg': env})
+    assert str(err.value).startswith(message)
+
+
+def test_environment_settings_mmengine_takes_pass(repo):
+    cfg = load_config(str(repo / 'configs' / 'fc_ytvos.py'))
+    assert check_env_cfg(cfg) is cfg.env_cfg
+    assert check_env_cfg({}) == {}
+    env = dict(cudnn_benchmark=1, resource_limit=2**70, dist_cfg={},
+               mp_cfg=dict(mp_start_method='spawn', opencv_num_threads=-1))
+    assert check_env_cfg({'env_cfg': env}) is env
