@@ -1,6 +1,7 @@
 from .anchors import Anchor, resolve_anchors
 from .inference import (
     DEFAULT_CONFIG,
+    ReadAhead,
     TrackedFrame,
     apply_backend,
     apply_checkpoint,
@@ -21,6 +22,7 @@ __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
     'tracking_pipeline', 'label_kind', 'apply_checkpoint', 'apply_backend',
     'check_backend_checkpoint',
-    'find_config', 'first_frame_inputs', 'TrackedFrame', 'DEFAULT_CONFIG',
+    'find_config', 'first_frame_inputs', 'ReadAhead', 'TrackedFrame',
+    'DEFAULT_CONFIG',
     'TrackingResultsWriter', 'Anchor', 'resolve_anchors', 'label_loader'
 ]

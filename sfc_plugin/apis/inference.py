@@ -11,6 +11,7 @@ other programs::
         ...  # frame.name, frame.image (BGR), frame.pred (H, W) ids
 """
 import contextlib
+import itertools
 import os
 import os.path as osp
 import queue
@@ -340,6 +341,14 @@ class TrackedFrame(NamedTuple):
     anchor: bool = False  #: Its labels were given (an anchor frame).
 
 
+class ReadAhead(NamedTuple):
+    """A video whose frame 0 was read and checked before the run
+    (:func:`track_video` does so before its output opens), handed to
+    :func:`inference_video` so that no frame is decoded twice."""
+    first: dict  #: Frame 0 from :func:`first_frame_inputs`.
+    rest: Iterator[dict]  #: The reader's iterator, past frame 0.
+
+
 class _FrameInFlight(NamedTuple):
     """A frame whose work is queued, its prediction on its way to the host.
     """
@@ -363,7 +372,8 @@ def inference_video(model,
                     prefetch: int = 4,
                     anchors: Optional[AnchorsArg] = None,
                     complete_anchors: bool = False,
-                    frames_in_flight: Optional[int] = None
+                    frames_in_flight: Optional[int] = None,
+                    read_ahead: Optional[ReadAhead] = None
                     ) -> Iterator[TrackedFrame]:
     """Streams a video through a tracker, frame 0's labels propagated.
 
@@ -400,6 +410,10 @@ def inference_video(model,
             yielded, >= 0 (0: each frame is finished before the next one
             starts). Defaults to 1 on a CUDA device, 0 elsewhere (where a
             frame's work is done by the time the call returns).
+        read_ahead (ReadAhead, optional): Frame 0 already read from
+            ``reader`` with the iterator past it, which is continued
+            (frame 0 from :func:`first_frame_inputs` with these
+            ``first_labels``); without it the reader is read from its start.
 
     Yields:
         TrackedFrame: name, image, prediction of each frame in order.
@@ -420,11 +434,13 @@ def inference_video(model,
                               complete_anchors)
 
     def packed(item: dict) -> dict:
-        index = item['frame_id']
-        if index == 0:
+        if read_ahead is not None and item is read_ahead.first:
+            packed = dict(item)  # pinned below, the caller's left as it is
+        elif item['frame_id'] == 0:
             packed = first_frame_inputs(reader, item, first_labels, kind,
                                         pipeline)
         else:
+            index = item['frame_id']
             item = _with_video_info(reader, item)
             if index in anchors:
                 item.update({_LABEL_PATH_KEYS[kind]: anchors[index].labels,
@@ -437,7 +453,9 @@ def inference_video(model,
     pred_key = model.codec.pred_key
     queued = deque()
     try:
-        for frame in _prefetched(map(packed, reader), prefetch):
+        items = reader if read_ahead is None else itertools.chain(
+            [read_ahead.first], read_ahead.rest)
+        for frame in _prefetched(map(packed, items), prefetch):
             with model.results_on_device():
                 sample = model.test_step(pseudo_collate([frame]))[0]
             queued.append(
@@ -581,8 +599,9 @@ def track_video(source: str,
     ``complete``: true only when every frame of the source was tracked
     (false after ``max_frames`` or an accepted truncated source, with
     ``incomplete_reason``). Its speed: ``seconds`` and
-    ``frames_per_second`` from the first frame read to the last handed to
-    the writer (after the model is built), ``first_frame_seconds`` until
+    ``frames_per_second`` from the first frame tracked to the last handed
+    to the writer (after the model is built; frame 0 was read and checked
+    before the output opened), ``first_frame_seconds`` until
     the first frame's labels, where the run's one-time costs fall, and
     ``frames_per_second_after_first``, the rate a longer video tends to;
     ``matching_kernel`` names what matched the features
@@ -649,7 +668,9 @@ def track_video(source: str,
         # A FIFO would block the run for good.
         raise ValueError(f'First-frame labels "{first_labels}" are not a '
                          'regular file')
-    first = first_frame_inputs(reader, next(iter(reader)), first_labels,
+    # Frame 0 is read once: checked here, tracked from here on.
+    frames_read = iter(reader)
+    first = first_frame_inputs(reader, next(frames_read), first_labels,
                                kind, tracking_pipeline(kind, num_classes))
     anchors = resolve_anchors(
         anchors, reader, source, kind, label_loader(kind, num_classes),
@@ -662,7 +683,7 @@ def track_video(source: str,
     inputs.update((f'{key} checkpoint', value['path'])
                   for key, value in weights.items()
                   if isinstance(value, dict))
-    with TrackingResultsWriter(
+    with contextlib.closing(frames_read), TrackingResultsWriter(
             out_dir, kind, overlay=overlay,
             fps=getattr(reader, 'fps', None) or 24.0,
             overwrite=overwrite, inputs=inputs) as writer, cudnn_benchmark(
@@ -678,7 +699,8 @@ def track_video(source: str,
         bar = FrameProgressBar(total) if progress else None
         start = time.perf_counter()
         frames = inference_video(model, reader, first_labels, kind,
-                                 num_classes, anchors=anchors)
+                                 num_classes, anchors=anchors,
+                                 read_ahead=ReadAhead(first, frames_read))
         count, anchored = 0, []
         # A run's one-time costs (cuDNN's algorithm search, CUDA's lazy
         # module loading, the reduced-precision encoder copy) land on its
@@ -699,6 +721,9 @@ def track_video(source: str,
                 if max_frames is not None and count >= max_frames:
                     break
         except BaseException:
+            # Stops the prefetch thread before the reader is closed: it may
+            # be decoding a frame.
+            frames.close()
             if bar is not None:
                 bar.abandon()  # the error's message on a line of its own
             raise
@@ -782,6 +807,7 @@ def track_video(source: str,
 __all__ = [
     'track_video', 'init_tracker', 'inference_video', 'tracker_config',
     'tracking_pipeline', 'label_kind', 'label_loader', 'apply_checkpoint',
-    'apply_backend', 'find_config', 'first_frame_inputs', 'TrackedFrame',
+    'apply_backend', 'find_config', 'first_frame_inputs', 'ReadAhead',
+    'TrackedFrame',
     'DEFAULT_CONFIG', 'weights_record'
 ]

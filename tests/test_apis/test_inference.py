@@ -281,6 +281,68 @@ def test_video_file_source(video, tmp_path):
     ] + ['summary.json']
 
 
+@pytest.mark.parametrize('interrupt_at', [None, 3])
+def test_each_frame_is_decoded_once_and_the_decoder_released(
+        video, tmp_path, monkeypatch, interrupt_at):
+    """Frame 0 was decoded twice: once to check it before the output
+    opened, again for the run. Whether the run ends or is interrupted,
+    the prefetch thread stops and every decoder opened is released."""
+    import threading
+
+    from sfc_plugin.datasets.video_reader import VideoFileReader
+    path = write_video(tmp_path / 'clip.mp4', video['images'])
+    reads, released = [], []
+
+    class CountingCapture:
+        def __init__(self, capture):
+            self.capture = capture
+
+        def read(self):
+            reads.append(int(self.capture.get(cv2.CAP_PROP_POS_FRAMES)))
+            return self.capture.read()
+
+        def release(self):
+            released.append(1)
+            self.capture.release()
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+    opened = []
+    open_capture = VideoFileReader._open
+
+    def counted_open(self):
+        opened.append(1)
+        return CountingCapture(open_capture(self))
+
+    monkeypatch.setattr(VideoFileReader, '_open', counted_open)
+    write = TrackingResultsWriter.write
+    written = []
+
+    def write_or_stop(self, *args):
+        written.append(1)
+        if len(written) == interrupt_at:
+            raise KeyboardInterrupt
+        write(self, *args)
+
+    monkeypatch.setattr(TrackingResultsWriter, 'write', write_or_stop)
+    out = tmp_path / 'out'
+    if interrupt_at is None:
+        assert track_video(str(path), str(video['first']), str(out),
+                           progress=False, overlay=False)['frames'] == 8
+        # The reader's probe of frame 0 when opened, then one pass.
+        assert reads == [0] + list(range(9))  # the 9th read finds the end
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            track_video(str(path), str(video['first']), str(out),
+                        progress=False, overlay=False)
+        assert not out.exists()
+        assert reads[:2] == [0, 0] and sorted(set(reads)) == reads[1:]
+    assert len(opened) == len(released) == 2
+    assert not [t for t in threading.enumerate()
+                if t.name == 'frame-prefetch']
+
+
 def test_keypoints_are_tracked_into_json_lines(video, tmp_path):
     joints = [[30.0, 20.0], [80.5, 40.0], [5.0, 60.0]]
     path = tmp_path / 'joints.json'
